@@ -1,0 +1,168 @@
+"""The Bus: one object that holds a configuration and everything built from it.
+
+There is no module-level state: two Bus objects with two configs live side by
+side in one process (tests do exactly that).
+
+    bus = Bus.load()                      # tidings.toml, $TIDINGS_CONFIG or the embedded default
+    bus.publish("kcidb.checkout.new", {...}, type="kcidb.checkout.v1")   # durable on return
+    await bus.apublish(...)               # the same from asyncio code
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tidings.config import Config, load_config
+from tidings.dispatcher import Connector, Dispatcher
+from tidings.errors import InvalidEvent
+from tidings.event import Event, JSONScalar, Visibility, json_depth
+from tidings.formats import Format, load_format
+from tidings.inbox import Inbox
+from tidings.outbox import Outbox
+from tidings.schemas import SchemaRegistry
+from tidings.transport import Transport, load_transport
+
+
+class Bus:
+    def __init__(self, config: Config, *, schemas: SchemaRegistry | None = None) -> None:
+        self.config = config
+        self.schemas = schemas if schemas is not None else SchemaRegistry.default(
+            Path(config.base_dir, d) for d in config.schemas.dirs)
+        self._outbox: Outbox | None = None
+        self._inbox: Inbox | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Bus:
+        """The bus of ``path``, ``$TIDINGS_CONFIG``, ``./tidings.toml`` or the embedded default."""
+        return cls(load_config(path))
+
+    @property
+    def outbox(self) -> Outbox:
+        with self._lock:
+            if self._outbox is None:
+                self._outbox = Outbox(self.config.outbox_path())
+            return self._outbox
+
+    def inbox(self) -> Inbox:
+        with self._lock:
+            if self._inbox is None:
+                self._inbox = Inbox(self.config.home_path() / "inbox.db")
+            return self._inbox
+
+    def close(self) -> None:
+        for part in (self._outbox, self._inbox):
+            if part is not None:
+                part.close()
+        if self._executor is not None:
+            self._executor.shutdown()
+
+    # -- events -------------------------------------------------------------------------
+
+    def event(self, topic: str, body: dict[str, Any], *, type: str | None = None,  # noqa: A002
+              headers: dict[str, JSONScalar] | None = None, visibility: Visibility = "public",
+              id: str | None = None) -> Event:  # noqa: A002
+        """Build an event from this bus's source; it is checked, not yet published."""
+        event = Event.create(topic, body, source=self.config.bus.source, type=type, headers=headers,
+                             visibility=visibility, id=id)
+        self.check(event)
+        return event
+
+    def check(self, event: Event) -> None:
+        """Size, depth and schema checks; raises InvalidEvent (or SchemaError) naming the problem."""
+        limits = self.config.bus
+        depth = json_depth(event.body)
+        if depth > limits.max_depth:
+            raise InvalidEvent(f"event body nests {depth} levels deep; the limit is {limits.max_depth}")
+        size = len(orjson.dumps(event.body))
+        if size > limits.max_body_bytes:
+            raise InvalidEvent(f"event body is {size} bytes; the limit is {limits.max_body_bytes}")
+        if event.type is not None:
+            self.schemas.validate(event.type, event.body)
+        elif limits.require_schema:
+            raise InvalidEvent("event has no type, and this bus requires a schema for every event")
+
+    def check_received(self, event: Event) -> None:
+        """The receiving side: validate against a known schema; foreign types pass through."""
+        if event.type is not None and event.type in self.schemas:
+            self.schemas.validate(event.type, event.body)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def publish(self, topic_or_event: str | Event, body: dict[str, Any] | None = None, **fields: Any) -> Event:
+        """Check and durably store one event; returns it once it is committed to the outbox."""
+        event = self._as_event(topic_or_event, body, fields)
+        self.outbox.append([event])
+        return event
+
+    def publish_many(self, events: Iterable[Event]) -> list[Event]:
+        """Check all, then store all in one commit: either every event is stored or none."""
+        batch = list(events)
+        for event in batch:
+            self.check(event)
+        self.outbox.append(batch)
+        return batch
+
+    async def apublish(self, topic_or_event: str | Event, body: dict[str, Any] | None = None,
+                       **fields: Any) -> Event:
+        """:meth:`publish` for asyncio code: the commit runs off the event loop."""
+        event = self._as_event(topic_or_event, body, fields)
+        await asyncio.get_running_loop().run_in_executor(self._publisher_threads(), self.outbox.append, [event])
+        return event
+
+    async def apublish_many(self, events: Iterable[Event]) -> list[Event]:
+        batch = list(events)
+        for event in batch:
+            self.check(event)
+        await asyncio.get_running_loop().run_in_executor(self._publisher_threads(), self.outbox.append, batch)
+        return batch
+
+    def _as_event(self, topic_or_event: str | Event, body: dict[str, Any] | None, fields: dict[str, Any]) -> Event:
+        if isinstance(topic_or_event, Event):
+            if body is not None or fields:
+                raise TypeError("publish(event) takes no body or fields")
+            self.check(topic_or_event)
+            return topic_or_event
+        if body is None:
+            raise TypeError("publish(topic, body) needs a body")
+        return self.event(topic_or_event, body, **fields)
+
+    def _publisher_threads(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                # several threads so that concurrent apublish calls share group commits
+                self._executor = ThreadPoolExecutor(16, thread_name_prefix="tidings-publish")
+            return self._executor
+
+    # -- the parts built from config ------------------------------------------------------
+
+    def make_transport(self, name: str) -> Transport:
+        """A new (unconnected) transport: each event loop needs its own connection."""
+        kind, options = self.config.transport_options(name)
+        return load_transport(kind, options)
+
+    def make_format(self, name: str, options: dict[str, Any] | None = None) -> Format:
+        return load_format(name, **(options or {}))
+
+    def connectors(self, names: Sequence[str] | None = None) -> list[Connector]:
+        chosen = names or list(self.config.connectors)
+        shared: dict[str, Transport] = {}
+        connectors = []
+        for name in chosen:
+            config = self.config.connectors[name]
+            if config.transport not in shared:
+                shared[config.transport] = self.make_transport(config.transport)
+            connectors.append(Connector(name, shared[config.transport],
+                                        self.make_format(config.format, config.format_options), config))
+        return connectors
+
+    def dispatcher(self, names: Sequence[str] | None = None) -> Dispatcher:
+        return Dispatcher(self.outbox, self.connectors(names), retention=self.config.outbox.retention)

@@ -1,0 +1,72 @@
+"""The ``tidings`` command line.
+
+Exit codes: 0 success; 1 other error; 2 usage error; 3 configuration error;
+4 invalid event or input; 5 the outbox could not store; 6 a broker could not be
+reached or refused; 7 another dispatcher holds the outbox; 8 a consumer halted;
+130 interrupted. Every error is one line on stderr; ``TIDINGS_DEBUG=1`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from tidings.errors import TidingsError
+
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="tidings",
+    help="A reliable event bus: publish events durably, deliver them to every connector, consume them "
+         "with acks.\n\nWith no config file everything runs on the embedded default under ./.tidings/.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)])
+
+
+def main() -> None:
+    """Entry point: run the app, turning every error into one line and an exit code."""
+    from tidings.cli import commands, ops  # noqa: F401 - registers the commands
+
+    try:
+        app(standalone_mode=False)
+    except TidingsError as exc:
+        _fail(exc, str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("tidings: interrupted")
+        sys.exit(130)
+    except (typer.Abort, EOFError):
+        err.print("tidings: aborted")
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug of ours: still one line, with how to see more
+        _fail(exc, f"internal error: {type(exc).__name__}: {exc} (set TIDINGS_DEBUG=1 for the traceback)", 1)
+    sys.exit(0)
+
+
+def _fail(exc: BaseException, message: str, code: int) -> None:
+    import click
+
+    if isinstance(exc, click.ClickException):
+        exc.show()
+        sys.exit(exc.exit_code)
+    if os.environ.get("TIDINGS_DEBUG"):
+        err.print_exception()
+    err.print(f"tidings: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -1,0 +1,234 @@
+"""Commands that move events: publish, dispatch, consume, serve, tail."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tidings.bus import Bus
+from tidings.cli import app, err, setup_logging
+from tidings.consumer import App, callback_app
+from tidings.errors import ConfigError, InvalidEvent
+from tidings.event import Event, loads
+from tidings.topics import validate_pattern
+
+out = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", envvar="TIDINGS_CONFIG",
+                                                 help="Config file (default ./tidings.toml, else the "
+                                                      "embedded default).", show_default=False)]
+LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def load_bus(config: Path | None, log_level: str = "WARNING") -> Bus:
+    setup_logging(log_level)
+    return Bus.load(config)
+
+
+def read_body(body: str) -> dict[str, Any]:
+    """A JSON object given inline, as ``@FILE``, or ``@-`` for standard input."""
+    if body.startswith("@"):
+        name = body[1:]
+        try:
+            raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:
+            raise InvalidEvent(f"cannot read body file {name!r}: {exc.strerror}") from None
+    else:
+        raw = body.encode()
+    value = loads(raw)
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"the body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def parse_headers(pairs: list[str]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidEvent(f"header {pair!r} is not KEY=VALUE")
+        headers[key] = value
+    return headers
+
+
+@app.command()
+def publish(
+    topic: Annotated[str, typer.Argument(help="Routing key, e.g. datawarehouse.checkout.new")],
+    body: Annotated[str, typer.Option("--body", "-b", help="JSON object, @FILE, or @- for stdin.")],
+    type_: Annotated[str | None, typer.Option("--type", "-t", help="Schema type, e.g. kcidb.checkout.v1; "
+                                              "the body is validated against it.")] = None,
+    header: Annotated[list[str], typer.Option("--header", "-H", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
+    private: Annotated[bool, typer.Option(help="Mark the event private (sinks may redact it).")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Durably publish one event into the outbox and print its id.
+
+    The event is on disk when this returns; a running dispatcher (`tidings dispatch` or
+    `tidings serve`) delivers it to every connector.
+
+    Example: tidings publish demo.hello --body '{"message": "hi"}' --type tidings.demo.v1
+    """
+    bus = load_bus(config)
+    event = bus.publish(topic, read_body(body), type=type_, headers=parse_headers(header),
+                        visibility="private" if private else "public")
+    out.print(event.id, highlight=False)
+
+
+@app.command()
+def dispatch(
+    connector: Annotated[list[str], typer.Option("--connector", help="Only these connectors "
+                                                 "(repeatable; default: all enabled).")] = [],  # noqa: B006
+    once: Annotated[bool, typer.Option("--once", help="Deliver what is due, then exit.")] = False,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Deliver outbox events to the connectors until stopped (SIGTERM/Ctrl-C finish the batch in flight)."""
+    bus = load_bus(config, log_level)
+    names = connector or None
+    for name in names or []:
+        if name not in bus.config.connectors:
+            raise ConfigError(f"no connector named {name!r} (configured: {', '.join(bus.config.connectors)})")
+    dispatcher = bus.dispatcher(names)
+    if once:
+        asyncio.run(_drain(dispatcher))
+        return
+    err.print(f"dispatching from {bus.config.outbox_path()} to {', '.join(c.name for c in dispatcher.connectors)}"
+              " — Ctrl-C to stop")
+    asyncio.run(_until_signalled(dispatcher.run))
+
+
+async def _drain(dispatcher: Any) -> None:
+    dispatcher.acquire()
+    try:
+        await dispatcher.drain(timeout=3600)
+    finally:
+        dispatcher.release()
+        for connector in dispatcher.connectors:
+            await connector.transport.close()
+
+
+async def _until_signalled(run: Any, *args: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run(*args, stop)
+
+
+def import_target(target: str) -> Any:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{target!r} is not MODULE:ATTRIBUTE")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the current folder's modules are importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+@app.command()
+def consume(
+    target: Annotated[str | None, typer.Argument(help="MODULE:APP, an App object to run.")] = None,
+    callback: Annotated[str | None, typer.Option("--callback", help="MODULE:FUNC, a function taking an "
+                                                 "Event.")] = None,
+    bind: Annotated[list[str], typer.Option("--bind", help="Topic pattern for --callback "
+                                            "(repeatable).")] = [],  # noqa: B006
+    queue: Annotated[str | None, typer.Option("--queue", help="Queue name (default: the app's name).")] = None,
+    transport: Annotated[str | None, typer.Option("--transport", help="Configured transport name.")] = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run a consuming service until SIGTERM; messages are acked only after the handler returns.
+
+    Examples: tidings consume myservice:app
+              tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue triage
+    """
+    bus = load_bus(config, log_level)
+    if (target is None) == (callback is None):
+        raise typer.BadParameter("give either MODULE:APP or --callback MODULE:FUNC")
+    if callback is not None:
+        if not bind:
+            raise typer.BadParameter("--callback needs at least one --bind PATTERN")
+        for pattern in bind:
+            validate_pattern(pattern)
+        name = queue or callback.partition(":")[2]
+        consumer_app = callback_app(name, import_target(callback), bind, queue=queue or name)
+    else:
+        consumer_app = import_target(target)  # type: ignore[arg-type]
+        if not isinstance(consumer_app, App):
+            raise ConfigError(f"{target!r} is not a tidings App")
+        if queue:
+            consumer_app.settings.queue = queue
+    if transport:
+        consumer_app.settings.transport = transport
+    err.print(f"consuming queue {consumer_app.settings.queue!r} ({', '.join(consumer_app.bindings())}) "
+              "— Ctrl-C to stop")
+    asyncio.run(_until_signalled(consumer_app.run, bus))
+
+
+@app.command()
+def tail(
+    pattern: Annotated[str, typer.Argument(help="Only topics matching this pattern.")] = "#",
+    limit: Annotated[int, typer.Option("--last", help="Show this many past events first.")] = 10,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON event per line instead of a table.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Follow events as they are published into the outbox, newest last (Ctrl-C to stop)."""
+    from tidings.cli.live import follow_outbox
+
+    validate_pattern(pattern)
+    bus = load_bus(config)
+    follow_outbox(bus, pattern, limit, as_json=json_, console=out)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run the dispatcher and every configured consumer ([consumers.NAME] with app = ...) in one process."""
+    bus = load_bus(config, log_level)
+    apps = [_configured_app(name, bus) for name in bus.config.consumers]
+    err.print(f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "
+              f"consumers: {', '.join(a.name for a in apps) or 'none'} — Ctrl-C to stop")
+    asyncio.run(_until_signalled(_serve, bus, apps))
+
+
+async def _serve(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:
+    tasks = [asyncio.create_task(consumer.run(bus, stop)) for consumer in apps]
+    tasks.append(asyncio.create_task(bus.dispatcher().run(stop)))
+    await asyncio.gather(*tasks)
+
+
+def _configured_app(name: str, bus: Bus) -> App:
+    section = bus.config.consumers[name]
+    if not section.app:
+        raise ConfigError(f"[consumers.{name}] needs app = \"module:attribute\" to be served")
+    settings = {"exchange": section.exchange, "transport": section.transport, "format": section.format,
+                "prefetch": section.prefetch, "concurrency": section.concurrency,
+                "max_attempts": section.max_attempts, "retry_schedule": list(section.retry_schedule),
+                "inbox": section.inbox, "queue_kind": section.queue_kind}
+    found = import_target(section.app)
+    if isinstance(found, App):
+        found.settings.__dict__.update(settings, queue=section.queue or found.settings.queue)
+        found.settings.extra_bindings = [b for b in section.bindings if b != "#"] if found.subscriptions else \
+            list(section.bindings)
+        return found
+    return callback_app(name, found, section.bindings, queue=section.queue or name, **settings)
+
+
+def print_event(event: Event, console: Console) -> None:
+    console.print(f"[dim]{event.time:%H:%M:%S.%f}[/] [bold cyan]{event.topic}[/] "
+                  f"[dim]{event.id[:13]}… {event.type or ''}[/]")

@@ -1,0 +1,176 @@
+"""Operator commands: backlog, schemas, doctor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from tidings.bus import Bus
+from tidings.cli import app, err
+from tidings.cli.commands import ConfigOpt, load_bus, out
+from tidings.errors import ConfigError, InvalidEvent, TidingsError
+from tidings.event import loads
+from tidings.transport import ExchangeSpec, Topology
+
+backlog_app = typer.Typer(help="Show and act on each connector's backlog and dead letters.",
+                          no_args_is_help=True)
+schemas_app = typer.Typer(help="List, show and try the registered event schemas.", no_args_is_help=True)
+app.add_typer(backlog_app, name="backlog")
+app.add_typer(schemas_app, name="schemas")
+
+Table_ = Annotated[str, typer.Option("--dead/--backlog", help="Act on dead letters (default) or the backlog.")]
+
+
+def _connector(bus: Bus, name: str) -> str:
+    if name not in bus.config.connectors:
+        raise ConfigError(f"no connector named {name!r} (configured: {', '.join(bus.config.connectors)})")
+    return name
+
+
+def _ago(moment: float | None) -> str:
+    if moment is None:
+        return "-"
+    delta = moment - time.time()
+    return f"in {delta:.0f}s" if delta >= 0 else f"{-delta:.0f}s ago"
+
+
+@backlog_app.command("list")
+def backlog_list(
+    connector: Annotated[str | None, typer.Argument(help="Show this connector's entries in detail.")] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="With CONNECTOR: list dead letters, not the backlog.")]
+    = False,
+    limit: Annotated[int, typer.Option(help="At most this many entries.")] = 50,
+    config: ConfigOpt = None,
+) -> None:
+    """Per connector: events not yet sent, the backlog waiting for a retry, and dead letters."""
+    bus = load_bus(config)
+    if connector is None:
+        table = Table("connector", "cursor", "pending", "backlog", "next retry", "dead", title="connectors")
+        for s in bus.outbox.status(bus.config.connectors):
+            table.add_row(s.connector, str(s.cursor), str(s.pending), str(s.backlog), _ago(s.next_retry),
+                          str(s.dead))
+        out.print(table)
+        return
+    which = "dead" if dead else "backlog"
+    entries = bus.outbox.entries(_connector(bus, connector), which, limit)
+    table = Table("seq", "attempts", "failed" if dead else "next retry", "topic", "id", "reason",
+                  title=f"{connector}: {which}")
+    for e in entries:
+        table.add_row(str(e["seq"]), str(e["attempts"]), _ago(e["when"]), str(e["topic"]), str(e["id"]),  # type: ignore[arg-type]
+                      str(e["reason"])[:80])
+    out.print(table if entries else f"{connector}: no {which} entries")
+
+
+@backlog_app.command("retry")
+def backlog_retry(
+    connector: Annotated[str, typer.Argument(help="Connector name.")],
+    seq: Annotated[list[int], typer.Option("--seq", help="Only these entries (repeatable; default all).")] = [],  # noqa: B006
+    config: ConfigOpt = None,
+) -> None:
+    """Send dead letters again (they rejoin the backlog, due now) and make the backlog due now."""
+    bus = load_bus(config)
+    name = _connector(bus, connector)
+    revived = bus.outbox.retry_dead(name, seq or None)
+    hurried = bus.outbox.retry_backlog_now(name) if not seq else 0
+    out.print(f"{name}: {revived} dead letter(s) back in the backlog; {hurried} backlog entr(y/ies) due now")
+
+
+@backlog_app.command("drop")
+def backlog_drop(
+    connector: Annotated[str, typer.Argument(help="Connector name.")],
+    seq: Annotated[list[int], typer.Option("--seq", help="Only these entries (repeatable).")] = [],  # noqa: B006
+    all_: Annotated[bool, typer.Option("--all", help="Drop every entry of that table.")] = False,
+    backlog: Annotated[bool, typer.Option("--backlog", help="Drop from the backlog instead of the dead "
+                                          "letters.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Forget entries for good: the connector will never get those events."""
+    if not seq and not all_:
+        raise typer.BadParameter("say which entries: --seq N (repeatable) or --all")
+    bus = load_bus(config)
+    name = _connector(bus, connector)
+    count = bus.outbox.drop(name, "backlog" if backlog else "dead", seq or None)
+    out.print(f"{name}: dropped {count} {'backlog' if backlog else 'dead-letter'} entr(y/ies)")
+
+
+@schemas_app.command("list")
+def schemas_list(config: ConfigOpt = None) -> None:
+    """Every registered event type and where its schema comes from."""
+    bus = load_bus(config)
+    table = Table("type", "title", "from")
+    for type_ in bus.schemas.types():
+        table.add_row(type_, str(bus.schemas.schema(type_).get("title", "")), bus.schemas.origin(type_))
+    out.print(table)
+
+
+@schemas_app.command("show")
+def schemas_show(type_: Annotated[str, typer.Argument(metavar="TYPE")], config: ConfigOpt = None) -> None:
+    """Print the JSON Schema of an event type."""
+    bus = load_bus(config)
+    out.print_json(orjson.dumps(bus.schemas.schema(type_)).decode())
+
+
+@schemas_app.command("validate")
+def schemas_validate(
+    type_: Annotated[str, typer.Argument(metavar="TYPE")],
+    file: Annotated[Path, typer.Argument(help="JSON file with the body (or JSON lines, one body each); "
+                                         "- for stdin.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Check event bodies against a type's schema; exit 4 on the first invalid one."""
+    import sys
+
+    bus = load_bus(config)
+    try:
+        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    except OSError as exc:
+        raise InvalidEvent(f"cannot read {str(file)!r}: {exc.strerror}") from None
+    try:
+        bodies = [loads(raw)]
+    except InvalidEvent:
+        bodies = [loads(line) for line in raw.splitlines() if line.strip()]
+    for number, body in enumerate(bodies, 1):
+        try:
+            bus.schemas.validate(type_, body)
+        except InvalidEvent as exc:
+            where = f" (document {number})" if len(bodies) > 1 else ""
+            raise type(exc)(f"{exc}{where}") from None
+    out.print(f"{len(bodies)} document(s) valid as {type_}")
+
+
+@app.command()
+def doctor(config: ConfigOpt = None) -> None:
+    """Check the config, the outbox and every transport: connect, declare, report. Exit 6 on a failure."""
+    bus = load_bus(config)
+    out.print(f"config: ok ({len(bus.config.connectors)} connector(s), {len(bus.config.consumers)} consumer(s), "
+              f"{len(bus.schemas.types())} schema(s))")
+    out.print(f"outbox: {bus.config.outbox_path()} — last seq {bus.outbox.last_seq()}")
+    failures = asyncio.run(_check_transports(bus))
+    if failures:
+        raise typer.Exit(6)
+
+
+async def _check_transports(bus: Bus) -> int:
+    failures = 0
+    exchanges: dict[str, list[ExchangeSpec]] = {}
+    for connector in bus.config.connectors.values():
+        exchanges.setdefault(connector.transport, []).append(
+            ExchangeSpec(connector.exchange, passive=connector.passive_exchange))
+    for name in bus.config.transports:
+        transport = bus.make_transport(name)
+        try:
+            await asyncio.wait_for(transport.connect(), 15)
+            await transport.declare(Topology(exchanges.get(name, [])))
+            out.print(f"transport {name} ({transport.kind}): [green]ok[/]")
+        except (TidingsError, TimeoutError) as exc:
+            failures += 1
+            err.print(f"transport {name}: [red]FAILED[/] {exc or 'timed out'}", highlight=False)
+        finally:
+            await transport.close()
+    return failures

@@ -1,0 +1,338 @@
+"""The consumer runtime: an App, its subscriptions, and how a handler's end settles a message.
+
+A message is acked only after every matching handler returned. Exceptions are
+flow control, as in fedora-messaging:
+
+* :class:`Retry` — deliver again later (after ``delay`` or the app's schedule);
+* :class:`Drop` — ack and forget it;
+* :class:`Reject` — send it to the queue's dead letters now;
+* :class:`Halt` — put it back untouched and stop the app;
+* any other exception — retry with backoff until ``max_attempts``, then dead-letter.
+
+The attempt count comes from the broker (the embedded broker counts leases;
+AMQP carries it in a header), so it survives restarts. A message that cannot be
+decoded or fails its schema goes straight to the dead letters: it would fail
+again on every retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tidings.errors import InvalidEvent, TidingsError
+from tidings.event import Event
+from tidings.formats import Format
+from tidings.inbox import Inbox
+from tidings.topics import TopicMatcher, validate_pattern
+from tidings.transport import Binding, Delivery, ExchangeSpec, QueueSpec, Topology, Transport
+
+if TYPE_CHECKING:
+    from tidings.bus import Bus
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+
+class Retry(Exception):  # noqa: N818 - these are control flow, named for what they ask
+    """Deliver this message again later (after ``delay`` seconds, or the app's schedule)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "handler asked to retry")
+        self.delay = delay
+
+
+class Drop(Exception):  # noqa: N818
+    """Acknowledge and forget this message."""
+
+
+class Reject(Exception):  # noqa: N818
+    """Send this message to the dead letters now."""
+
+
+class Halt(Exception):  # noqa: N818
+    """Put the message back untouched and stop the app."""
+
+
+@dataclass(slots=True)
+class Context:
+    """What a handler that takes a second argument is given."""
+
+    attempt: int
+    queue: str
+    app: str
+    delivery: Delivery
+
+
+@dataclass(slots=True)
+class Subscription:
+    patterns: tuple[str, ...]
+    handler: Handler
+    takes_context: bool
+    is_async: bool
+
+
+@dataclass(slots=True)
+class Counters:
+    handled: int = 0
+    retried: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class AppSettings:
+    queue: str
+    exchange: str = "tidings"
+    transport: str = "local"
+    format: str = "tidings"
+    prefetch: int = 100
+    concurrency: int = 8
+    max_attempts: int = 5
+    retry_schedule: list[float] = field(default_factory=lambda: [1.0, 5.0, 25.0, 125.0, 625.0])
+    inbox: bool = False
+    queue_kind: str = "classic"
+    extra_bindings: list[str] = field(default_factory=list)
+
+
+class App:
+    """A consuming service: a durable queue bound by its subscriptions' patterns.
+
+    >>> app = App("triage")
+    >>> @app.subscribe("datawarehouse.checkout.*")
+    ... def on_checkout(event): ...
+    """
+
+    def __init__(self, name: str, *, queue: str | None = None, **settings: Any) -> None:
+        self.name = name
+        self.settings = AppSettings(queue=queue or name, **settings)
+        self.subscriptions: list[Subscription] = []
+        self._routes: TopicMatcher[int] = TopicMatcher()
+        self.counters = Counters()
+
+    def subscribe(self, *patterns: str) -> Callable[[Handler], Handler]:
+        """Register a handler (sync or async) for events whose topic matches any pattern."""
+        if not patterns:
+            raise TypeError("subscribe() needs at least one topic pattern")
+        for pattern in patterns:
+            validate_pattern(pattern)
+
+        def register(handler: Handler) -> Handler:
+            self.add_handler(patterns, handler)
+            return handler
+
+        return register
+
+    def add_handler(self, patterns: Iterable[str], handler: Handler) -> None:
+        patterns = tuple(patterns)
+        takes_context = len(inspect.signature(handler).parameters) >= 2
+        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None))
+        index = len(self.subscriptions)
+        self.subscriptions.append(Subscription(patterns, handler, takes_context, is_async))
+        for pattern in patterns:
+            self._routes.add(pattern, index)
+
+    def bindings(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for sub in self.subscriptions:
+            seen.update(dict.fromkeys(sub.patterns))
+        seen.update(dict.fromkeys(self.settings.extra_bindings))
+        return list(seen)
+
+    def queue_spec(self) -> QueueSpec:
+        s = self.settings
+        return QueueSpec(s.queue, [Binding(s.exchange, p) for p in self.bindings()], kind=s.queue_kind)
+
+    def handlers_for(self, topic: str) -> list[Subscription]:
+        return [self.subscriptions[i] for i in sorted(self._routes.match(topic))]
+
+    def retry_delay(self, attempt: int) -> float:
+        schedule = self.settings.retry_schedule
+        return schedule[min(attempt, len(schedule)) - 1]
+
+    def topology(self) -> Topology:
+        return Topology([ExchangeSpec(self.settings.exchange)], [self.queue_spec()])
+
+    async def declare(self, bus: Bus) -> None:
+        """Create the app's exchange, queue and bindings now (``run`` does it too)."""
+        transport = bus.make_transport(self.settings.transport)
+        await transport.connect()
+        try:
+            await transport.declare(self.topology())
+        finally:
+            await transport.close()
+
+    async def run(self, bus: Bus, stop: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set (or a handler raises Halt)."""
+        runner = Runner(self, bus)
+        await runner.run(stop or asyncio.Event())
+
+    def run_forever(self, bus: Bus) -> None:
+        """Blocking entry point: consume until SIGTERM or SIGINT, finishing in-flight handlers."""
+        asyncio.run(_run_until_signalled(self, bus))
+
+
+async def _run_until_signalled(app: App, bus: Bus) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.run(bus, stop)
+
+
+class Runner:
+    """One running consumer of an App: transport, decoding, handlers, settling."""
+
+    def __init__(self, app: App, bus: Bus) -> None:
+        self.app = app
+        self.bus = bus
+        settings = app.settings
+        self.transport: Transport = bus.make_transport(settings.transport)
+        self.format: Format = bus.make_format(settings.format)
+        self.inbox: Inbox | None = bus.inbox() if settings.inbox else None
+        self.halted = False
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._threads = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"tidings-{app.name}")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.app.settings
+        await self.transport.connect()
+        try:
+            await self.transport.declare(self.app.topology())
+            stream = self.transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
+            watcher = asyncio.create_task(self._watch(stop))
+            try:
+                await self._pump(stream)
+            finally:
+                watcher.cancel()
+                await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._threads.shutdown(wait=True)
+            await self.transport.close()
+        if self.halted:
+            raise HaltedError(f"app {self.app.name} halted by its handler")
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stopping.set()
+
+    async def _pump(self, stream: Any) -> None:
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while True:
+                await self._slots.acquire()
+                nxt = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({nxt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt in done:
+                    task = asyncio.create_task(self._handle(nxt.result()))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._finished)
+                    continue
+                self._slots.release()
+                await self._shut_down(nxt)
+                return
+        finally:
+            stopping.cancel()
+
+    async def _shut_down(self, nxt: asyncio.Future[Delivery]) -> None:
+        """Graceful: handlers already running finish and settle first; then stop fetching."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if nxt.done() and not nxt.cancelled() and nxt.exception() is None:
+            await nxt.result().release()  # fetched but never started: hand it back uncounted
+        else:
+            nxt.cancel()
+            await asyncio.gather(nxt, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("tidings bug: settling a message failed: %r", task.exception())
+
+    async def _handle(self, delivery: Delivery) -> None:
+        if self.halted:
+            await delivery.release()
+            return
+        try:
+            event = self.format.decode(delivery.message)
+            self.bus.check_received(event)
+        except InvalidEvent as exc:  # it would fail the same way every time
+            self.app.counters.rejected += 1
+            log.warning("%s: dead-lettering an invalid message (%s)", self.app.name, exc)
+            await delivery.reject(f"invalid message: {exc}")
+            return
+        if self.inbox is not None and self.inbox.seen(self.app.name, event.id):
+            self.app.counters.duplicates += 1
+            await delivery.ack()
+            return
+        await self._settle(delivery, event, await self._call_handlers(delivery, event))
+
+    async def _call_handlers(self, delivery: Delivery, event: Event) -> BaseException | None:
+        context = Context(delivery.attempt, self.app.settings.queue, self.app.name, delivery)
+        try:
+            for sub in self.app.handlers_for(event.topic):
+                args = (event, context) if sub.takes_context else (event,)
+                if sub.is_async:
+                    await sub.handler(*args)
+                else:
+                    await asyncio.get_running_loop().run_in_executor(self._threads, lambda a=args, s=sub: s.handler(*a))
+        except Exception as exc:  # handler outcome: decided in _settle
+            return exc
+        return None
+
+    async def _settle(self, delivery: Delivery, event: Event, outcome: BaseException | None) -> None:
+        counters, settings = self.app.counters, self.app.settings
+        if outcome is None or isinstance(outcome, Drop):
+            if self.inbox is not None:
+                self.inbox.mark(self.app.name, event.id)
+            await delivery.ack()
+            if outcome is None:
+                counters.handled += 1
+            else:
+                counters.dropped += 1
+            return
+        if isinstance(outcome, Halt):
+            self.halted = True
+            self._stopping.set()
+            await delivery.release()
+            return
+        if isinstance(outcome, Reject):
+            counters.rejected += 1
+            await delivery.reject(f"rejected by handler: {outcome}")
+            return
+        if delivery.attempt >= settings.max_attempts:
+            counters.rejected += 1
+            log.error("%s: event %s failed %d times, dead-lettering: %r", self.app.name, event.id,
+                      delivery.attempt, outcome)
+            await delivery.reject(f"failed {delivery.attempt} times; last error: {outcome!r}"[:1000])
+            return
+        delay = outcome.delay if isinstance(outcome, Retry) and outcome.delay is not None \
+            else self.app.retry_delay(delivery.attempt)
+        counters.retried += 1
+        log.info("%s: event %s attempt %d failed (%r), retrying in %.1fs", self.app.name, event.id,
+                 delivery.attempt, outcome, delay)
+        await delivery.retry(delay, repr(outcome)[:1000])
+
+
+class HaltedError(TidingsError):
+    exit_code = 8
+
+
+def callback_app(name: str, callback: Callable[..., Any] | Callable[..., Awaitable[Any]],
+                 patterns: Iterable[str], **settings: Any) -> App:
+    """An App with one handler: what ``tidings consume --callback`` runs."""
+    app = App(name, **settings)
+    app.add_handler(list(patterns), callback)
+    return app

@@ -1,0 +1,276 @@
+"""Delivers outbox events to every connector, each on its own.
+
+Per connector: a cursor over the outbox, order kept, a backlog of events the
+connector refused (retried on a schedule with jitter), dead letters after the
+attempt limit. A connector whose broker is unreachable pauses with capped
+exponential backoff and its cursor stays where it was: nothing is skipped, and
+the other connectors go on. An event is finished for a connector once it was
+delivered or dead-lettered there; a delivered event is never sent to that
+connector again because another connector failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tidings.config import ConnectorConfig
+from tidings.errors import TidingsError, TransportError
+from tidings.formats import Format
+from tidings.outbox import Outbox, Row, Settlement
+from tidings.topics import TopicMatcher
+from tidings.transport import ExchangeSpec, Outcome, SendResult, Topology, Transport
+
+log = logging.getLogger(__name__)
+
+#: how long an idle connector waits before looking for events from other processes
+IDLE_POLL = 0.02
+#: reconnect backoff of a connector that cannot reach its broker: base * 2^n, capped
+DOWN_BASE, DOWN_CAP = 0.5, 30.0
+PURGE_EVERY = 60.0
+
+
+@dataclass(slots=True)
+class ConnectorStats:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    down_since: float | None = None
+    last_error: str = ""
+
+
+@dataclass
+class Connector:
+    """A dispatcher destination: where (transport, exchange), how (format), and its policy."""
+
+    name: str
+    transport: Transport
+    format: Format
+    config: ConnectorConfig
+    stats: ConnectorStats = field(default_factory=ConnectorStats)
+
+    def __post_init__(self) -> None:
+        self._topics: TopicMatcher[bool] = TopicMatcher()
+        for pattern in self.config.topics:
+            self._topics.add(pattern, True)
+
+    def wants(self, topic: str) -> bool:
+        return bool(self._topics.match(topic))
+
+    def retry_delay(self, attempts: int, rng: Callable[[], float] = random.random) -> float:
+        """Delay before retry number ``attempts``: the schedule's entry with ±20 % jitter."""
+        schedule = self.config.retry_schedule
+        base = schedule[min(attempts, len(schedule)) - 1]
+        return base * (0.8 + 0.4 * rng())
+
+
+class DispatcherBusy(TidingsError):
+    exit_code = 7
+
+
+class Dispatcher:
+    """Runs one worker per enabled connector over one outbox."""
+
+    def __init__(self, outbox: Outbox, connectors: Sequence[Connector], *, retention: float = 7 * 86400.0,
+                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random) -> None:
+        self.outbox = outbox
+        self.connectors = [c for c in connectors if c.config.enabled]
+        self.retention = retention
+        self.clock, self.rng = clock, rng
+        self.workers = [ConnectorWorker(self, c) for c in self.connectors]
+        self._lock_fd: int | None = None
+
+    # -- one dispatcher per outbox ------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the outbox's dispatcher lock; two dispatchers would send everything twice."""
+        path = Path(f"{self.outbox.path}.dispatch.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DispatcherBusy(f"another dispatcher (pid {holder}) is already delivering from "
+                                 f"{self.outbox.path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; in-flight batches finish first."""
+        self.acquire()
+        loop = asyncio.get_running_loop()
+        wake = lambda: loop.call_soon_threadsafe(self._wake_all)  # noqa: E731 - called from publisher threads
+        self.outbox.add_listener(wake)
+        try:
+            tasks = [asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers]
+            tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
+            await asyncio.gather(*tasks)
+        finally:
+            self.outbox.remove_listener(wake)
+            self.release()
+
+    def _wake_all(self) -> None:
+        for worker in self.workers:
+            worker.wake.set()
+
+    async def _purge_loop(self, stop: asyncio.Event) -> None:
+        while not await _stopped_within(stop, PURGE_EVERY):
+            self.purge()
+
+    def purge(self) -> int:
+        return self.outbox.purge([c.name for c in self.connectors], self.clock() - self.retention)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Step every connector until none has anything due (tests, one-shot CLI runs)."""
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            await worker.ensure_connected()
+        while any([await w.step() for w in self.workers]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("dispatcher did not drain in time")
+
+
+class ConnectorWorker:
+    def __init__(self, dispatcher: Dispatcher, connector: Connector) -> None:
+        self.dispatcher = dispatcher
+        self.connector = connector
+        self.outbox = dispatcher.outbox
+        self.cursor = self.outbox.ensure_connector(connector.name)
+        self.wake = asyncio.Event()
+        self.connected = False
+        self.next_due: float | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self.ensure_connected()
+                worked = await self.step()
+                failures = 0
+                self.connector.stats.down_since = None
+            except TransportError as exc:
+                failures += 1
+                await self._pause(exc, failures, stop)
+                continue
+            if not worked:
+                await self._idle(stop)
+
+    async def ensure_connected(self) -> None:
+        if self.connected:
+            return
+        transport = self.connector.transport
+        await transport.connect()
+        config = self.connector.config
+        await transport.declare(Topology([ExchangeSpec(config.exchange, passive=config.passive_exchange)]))
+        self.connected = True
+
+    async def _pause(self, exc: TransportError, failures: int, stop: asyncio.Event) -> None:
+        stats = self.connector.stats
+        if stats.down_since is None:
+            stats.down_since = self.dispatcher.clock()
+            log.warning("connector %s is down, pausing (events wait in the outbox): %s", self.connector.name, exc)
+        stats.last_error = str(exc)
+        self.connected = False
+        delay = min(DOWN_CAP, DOWN_BASE * 2 ** (failures - 1)) * (0.5 + self.dispatcher.rng())
+        await _stopped_within(stop, delay)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        wait = IDLE_POLL
+        if self.next_due is not None:
+            wait = max(0.0, min(wait, self.next_due - self.dispatcher.clock()))
+        self.wake.clear()
+        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def step(self) -> bool:
+        """Send one batch (from the backlog if one is due, else new events); False if idle."""
+        config = self.connector.config
+        now = self.dispatcher.clock()
+        self.next_due = None
+        head = self.outbox.backlog_head(self.connector.name)
+        if head is not None:
+            rows = self.outbox.backlog_due(self.connector.name, now, config.batch_size, contiguous=config.ordered)
+            if rows:
+                await self._deliver(rows, from_backlog=True)
+                return True
+            self.next_due = head[1]
+            if config.ordered:  # new events queue behind the backlog so the order holds
+                return False
+        rows = self.outbox.read_after(self.cursor, config.batch_size)
+        if not rows:
+            return False
+        await self._deliver(rows, from_backlog=False)
+        return True
+
+    async def _deliver(self, rows: list[Row], *, from_backlog: bool) -> None:
+        connector = self.connector
+        settlements: list[Settlement] = []
+        sending: list[Row] = []
+        messages = []
+        for row in rows:
+            if not from_backlog and not connector.wants(row.topic):
+                continue
+            try:
+                messages.append(connector.format.encode(row.event()))
+            except TidingsError as exc:  # this connector can never carry it
+                settlements.append(self._dead(row, f"cannot encode for {connector.format.name}: {exc}"))
+                continue
+            sending.append(row)
+        if messages:
+            results = await connector.transport.send(connector.config.exchange, messages)
+            if len(results) != len(messages):
+                raise TransportError(f"transport {connector.transport.kind} answered {len(results)} results "
+                                     f"for {len(messages)} messages")
+            settlements.extend(self._settlement(row, result) for row, result in zip(sending, results, strict=True))
+        new_cursor = None if from_backlog else rows[-1].seq
+        self.outbox.settle(connector.name, settlements, new_cursor=new_cursor)
+        if new_cursor is not None:
+            self.cursor = new_cursor
+
+    def _settlement(self, row: Row, result: SendResult) -> Settlement:
+        stats = self.connector.stats
+        if result.outcome is Outcome.DELIVERED:
+            stats.delivered += 1
+            return Settlement(row.seq, "delivered")
+        if result.outcome is Outcome.REFUSED:
+            return self._dead(row, result.reason or "refused")
+        attempts = row.attempts + 1
+        if attempts >= self.connector.config.max_attempts:
+            return self._dead(row, f"gave up after {attempts} attempts: {result.reason}", attempts)
+        stats.retried += 1
+        stats.last_error = result.reason
+        next_at = self.dispatcher.clock() + self.connector.retry_delay(attempts, self.dispatcher.rng)
+        return Settlement(row.seq, "retry", attempts, next_at, result.reason)
+
+    def _dead(self, row: Row, reason: str, attempts: int | None = None) -> Settlement:
+        self.connector.stats.dead += 1
+        log.error("connector %s: event seq %d dead-lettered: %s", self.connector.name, row.seq, reason)
+        return Settlement(row.seq, "dead", attempts if attempts is not None else row.attempts + 1, reason=reason)
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True as soon as ``stop`` is set."""
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)  # not wait_for: see EmbeddedTransport._nap
+    finally:
+        waiter.cancel()
+    return stop.is_set()

@@ -1,0 +1,261 @@
+"""The event envelope, its identifiers and its CloudEvents 1.0 mapping."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time as _time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from tidings.errors import InvalidEvent
+from tidings.topics import validate_topic
+
+Visibility = Literal["public", "private"]
+JSONScalar = str | int | float | bool | None
+
+#: CloudEvents ``type`` used for events that carry no schema type of ours.
+UNTYPED = "tidings.untyped"
+#: Limits every event body is held to; the :class:`~tidings.bus.Bus` can lower or raise them.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_DEPTH = 64
+#: header names the native format uses for the envelope (CloudEvents binary mode)
+RESERVED_HEADER_PREFIX = "ce_"
+
+
+class _Uuid7:
+    """UUIDv7 (RFC 9562) with a 12-bit counter, so ids from one process sort in creation order.
+
+    It holds no configuration, only the last timestamp and counter; one per
+    process is what makes ids monotonic, so the module keeps one instance.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._counter = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            ms = _time.time_ns() // 1_000_000
+            if ms > self._last_ms:
+                self._last_ms, self._counter = ms, int.from_bytes(os.urandom(2)) & 0x3FF
+            else:  # same millisecond (or the clock stepped back): count up
+                self._counter += 1
+                if self._counter > 0xFFF:
+                    self._last_ms, self._counter = self._last_ms + 1, 0
+                ms = self._last_ms
+            counter = self._counter
+        tail = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+        value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | tail
+        return str(uuid.UUID(int=value))
+
+
+new_id = _Uuid7()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 with microseconds and ``Z``: the one time format of the tidings envelope."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise InvalidEvent(f"time {text!r} is not an ISO 8601 timestamp") from None
+    if moment.tzinfo is None:
+        raise InvalidEvent(f"time {text!r} has no time zone")
+    return moment.astimezone(UTC)
+
+
+@dataclass(slots=True)
+class Event:
+    """One thing that happened, as tidings carries it.
+
+    ``id`` is the deduplication key: a redelivered event keeps it.
+    ``type`` names the schema (``kcidb.checkout.v1``); ``None`` means untyped.
+    """
+
+    topic: str
+    body: dict[str, Any]
+    source: str = "tidings"
+    type: str | None = None
+    id: str = field(default_factory=new_id)
+    time: datetime = field(default_factory=utcnow)
+    headers: dict[str, JSONScalar] = field(default_factory=dict)
+    visibility: Visibility = "public"
+
+    @classmethod
+    def create(
+        cls,
+        topic: str,
+        body: dict[str, Any],
+        *,
+        source: str = "tidings",
+        type: str | None = None,  # noqa: A002 - the envelope field is called type
+        headers: dict[str, JSONScalar] | None = None,
+        visibility: Visibility = "public",
+        id: str | None = None,  # noqa: A002
+        time: datetime | None = None,
+    ) -> Event:
+        """Build an event, checking the envelope (not the schema: the bus does that)."""
+        validate_topic(topic)
+        check_envelope(body, headers or {}, visibility)
+        if time is not None and time.tzinfo is None:
+            raise InvalidEvent("event time must carry a time zone (use UTC)")
+        return cls(
+            topic=topic,
+            body=body,
+            source=source,
+            type=type,
+            id=id or new_id(),
+            time=(time or utcnow()).astimezone(UTC),
+            headers=dict(headers or {}),
+            visibility=visibility,
+        )
+
+    # -- the tidings JSON form (outbox rows, archives, dumps) ---------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "time": format_time(self.time),
+            "source": self.source,
+            "type": self.type,
+            "headers": self.headers,
+            "visibility": self.visibility,
+            "body": self.body,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Event:
+        if not isinstance(data, dict):
+            raise InvalidEvent("an event must be a JSON object")
+        missing = {"id", "topic", "time", "body"} - data.keys()
+        if missing:
+            raise InvalidEvent(f"event lacks {', '.join(sorted(missing))}")
+        unknown = data.keys() - {"id", "topic", "time", "source", "type", "headers", "visibility", "body"}
+        if unknown:
+            raise InvalidEvent(f"event has unknown field(s) {', '.join(sorted(unknown))}")
+        for name in ("id", "topic", "time"):
+            if not isinstance(data[name], str):
+                raise InvalidEvent(f"event field {name!r} must be a string")
+        type_ = data.get("type")
+        if type_ is not None and not isinstance(type_, str):
+            raise InvalidEvent("event field 'type' must be a string or null")
+        source = data.get("source", "tidings")
+        if not isinstance(source, str):
+            raise InvalidEvent("event field 'source' must be a string")
+        return cls.create(
+            data["topic"],
+            data["body"],
+            source=source,
+            type=type_,
+            headers=data.get("headers") or {},
+            visibility=data.get("visibility", "public"),
+            id=data["id"],
+            time=parse_time(data["time"]),
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        return cls.from_dict(loads(raw))
+
+    # -- CloudEvents 1.0 --------------------------------------------------------------
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        """Structured-mode CloudEvent (JSON format). Lossless: see :meth:`from_cloudevent`."""
+        ce: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type or UNTYPED,
+            "time": format_time(self.time),
+            "subject": self.topic,
+            "datacontenttype": "application/json",
+            "data": self.body,
+        }
+        if self.type:
+            ce["dataschema"] = f"urn:tidings:schema:{self.type}"
+        if self.visibility != "public":
+            ce["visibility"] = self.visibility
+        if self.headers:
+            # CloudEvents extension names allow only [a-z0-9]; headers such as
+            # fedora_messaging_schema do not fit, so they travel as one JSON string.
+            ce["tidingsheaders"] = orjson.dumps(self.headers).decode()
+        return ce
+
+    @classmethod
+    def from_cloudevent(cls, ce: Any) -> Event:
+        if not isinstance(ce, dict):
+            raise InvalidEvent("a CloudEvent must be a JSON object")
+        if ce.get("specversion") != "1.0":
+            raise InvalidEvent(f"unsupported CloudEvents specversion {ce.get('specversion')!r}")
+        for name in ("id", "source", "type", "subject"):
+            if not isinstance(ce.get(name), str):
+                raise InvalidEvent(f"CloudEvent attribute {name!r} must be a string")
+        headers = ce.get("tidingsheaders")
+        return cls.create(
+            ce["subject"],
+            ce.get("data") if ce.get("data") is not None else {},
+            source=ce["source"],
+            type=None if ce["type"] == UNTYPED else ce["type"],
+            headers=loads(headers) if headers else {},
+            visibility=ce.get("visibility", "public"),
+            id=ce["id"],
+            time=parse_time(ce["time"]) if "time" in ce else None,
+        )
+
+
+def loads(raw: bytes | str) -> Any:
+    """orjson.loads with our error type: garbage in is an InvalidEvent, nothing else."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from None
+
+
+def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
+    if not isinstance(body, dict):
+        raise InvalidEvent(f"event body must be a JSON object, not {type(body).__name__}")
+    if not isinstance(headers, dict):
+        raise InvalidEvent("event headers must be an object")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str | int | float | bool | None):
+            raise InvalidEvent(f"header {key!r} must map a string to a JSON scalar")
+        if key.startswith(RESERVED_HEADER_PREFIX):
+            raise InvalidEvent(f"header {key!r}: the prefix {RESERVED_HEADER_PREFIX!r} is reserved for "
+                               "the CloudEvents attributes")
+    if visibility not in ("public", "private"):
+        raise InvalidEvent(f"visibility must be 'public' or 'private', not {visibility!r}")
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in children if isinstance(child, dict | list))
+    return deepest

@@ -1,0 +1,50 @@
+"""The idempotent inbox: which events a consumer has already handled.
+
+Keyed by (consumer, event id). The runtime skips an event it finds here and
+records one after its handlers returned, before the ack: a crash between the
+two leaves a duplicate delivery that the inbox then swallows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from tidings.errors import OutboxError
+from tidings.sqlite import connect, explain
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    consumer TEXT NOT NULL, event_id TEXT NOT NULL, handled_at REAL NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+) WITHOUT ROWID;
+"""
+
+
+class Inbox:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = connect(self.path, schema=SCHEMA)
+        self._lock = threading.Lock()
+
+    def seen(self, consumer: str, event_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?",
+                                   (consumer, event_id)).fetchone()
+        return row is not None
+
+    def mark(self, consumer: str, event_id: str) -> None:
+        with self._lock:
+            try:
+                self._db.execute("INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time()))
+            except sqlite3.Error as exc:
+                raise OutboxError(f"inbox {self.path.name}: {explain(exc)}") from None
+
+    def purge(self, older_than: float) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM inbox WHERE handled_at < ?", (older_than,)).rowcount
+
+    def close(self) -> None:
+        self._db.close()

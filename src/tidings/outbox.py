@@ -1,0 +1,357 @@
+"""The durable queue between producers and connectors, on SQLite.
+
+``append`` returns only after the events are committed with ``synchronous=FULL``.
+Threads of one process share commits (group commit): the first thread to arrive
+writes everything queued so far in one transaction while the others wait, so a
+lone publisher pays no hand-off and many publishers pay one fsync per group.
+Several processes may append to one outbox; SQLite's write lock orders them.
+
+Per connector the outbox keeps a cursor (the last event it took responsibility
+for), a backlog of events to try again later and dead letters. Rows are
+addressed by ``seq``, which AUTOINCREMENT keeps from ever being reused, so a
+purge can never make a cursor skip an event.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidings.errors import OutboxError
+from tidings.event import Event
+from tidings.sqlite import connect, explain
+
+#: longest a group commit waits for more publishers to join (see Outbox._gather)
+GATHER_SECONDS = 0.0002
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    created REAL NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (connector TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS backlog (
+    connector TEXT NOT NULL, seq INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    next_at REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (connector, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead (
+    connector TEXT NOT NULL, seq INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL, failed_at REAL NOT NULL,
+    PRIMARY KEY (connector, seq)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(slots=True)
+class Row:
+    """An outbox event as the dispatcher sees it."""
+
+    seq: int
+    topic: str
+    data: bytes
+    attempts: int = 0
+
+    def event(self) -> Event:
+        return Event.from_json(self.data)
+
+
+@dataclass(slots=True, frozen=True)
+class Settlement:
+    """What to record for one event after a connector tried it."""
+
+    seq: int
+    #: "delivered", "retry" (to the backlog, due at next_at) or "dead"
+    state: str
+    attempts: int = 0
+    next_at: float = 0.0
+    reason: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class ConnectorStatus:
+    connector: str
+    cursor: int
+    pending: int
+    backlog: int
+    next_retry: float | None
+    dead: int
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "events")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class Outbox:
+    """One outbox file. Safe to share between threads; one instance per process is enough."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = connect(self.path, schema=SCHEMA)
+        self._cond = threading.Condition()
+        self._queue: list[_Waiter] = []
+        self._writing = False
+        self._gathering = False
+        self._last_group = 1
+        self._listeners: list[Callable[[], None]] = []
+        self._reader_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._cond:
+            self._db.close()
+
+    # -- producers ---------------------------------------------------------------------
+
+    def append(self, events: Sequence[Event]) -> None:
+        """Store events durably; returns once they are committed. Raises OutboxError."""
+        waiter = _Waiter(events)
+        with self._cond:
+            self._queue.append(waiter)
+            if self._gathering:
+                self._cond.notify_all()
+            while not waiter.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._lead_one_commit()
+        if waiter.error is not None:
+            raise waiter.error
+        for listener in self._listeners:
+            listener()
+
+    def _lead_one_commit(self) -> None:
+        """Write every queued waiter's events in one transaction (called holding _cond)."""
+        self._writing = True  # before gathering: the wait below lets other threads in
+        self._gather()
+        group, self._queue = self._queue, []
+        self._last_group = len(group)
+        self._cond.release()
+        try:
+            error = self._write(group)
+        finally:
+            self._cond.acquire()
+            self._writing = False
+            for waiter in group:
+                waiter.done, waiter.error = True, error
+            self._cond.notify_all()
+
+    def _gather(self) -> None:
+        """Wait a moment for the rest of the last group's threads before committing.
+
+        Busy threads come back one by one after a commit; committing for the first
+        one alone would halve the group size. The wait is bounded (a fraction of one
+        fsync) and happens only while more than one thread publishes.
+        """
+        deadline = time.monotonic() + GATHER_SECONDS
+        self._gathering = True
+        while len(self._queue) < self._last_group:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._cond.wait(left):
+                break
+        self._gathering = False
+
+    def _write(self, group: list[_Waiter]) -> BaseException | None:
+        now = time.time()
+        rows = [(e.id, e.topic, now, e.to_json()) for w in group for e in w.events]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            # a re-published id (a producer retrying after an unknown outcome) is stored once
+            self._db.executemany("INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            return OutboxError(f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}")
+        return None
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was open: nothing to undo
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every append from this process (the dispatcher's wake-up)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.remove(listener)
+
+    # -- dispatcher ---------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+        with self._reader_lock:
+            try:
+                return self._db.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
+
+    def _transaction(self, statements: list[tuple[str, Sequence[tuple]]]) -> None:
+        with self._cond:  # never interleave with a group commit on the shared connection
+            while self._writing:
+                self._cond.wait()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for sql, rows in statements:
+                    self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (process) commits: a cheap poll."""
+        return self._read("PRAGMA data_version")[0][0]
+
+    def last_seq(self) -> int:
+        row = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return row[0][0] if row else 0
+
+    def ensure_connector(self, connector: str, *, start_at_end: bool = False) -> int:
+        """The connector's cursor, creating it if new.
+
+        A new connector starts before the oldest event still in the outbox: events
+        published before any dispatcher ran must not be skipped.
+        """
+        row = self._read("SELECT seq FROM cursors WHERE connector = ?", (connector,))
+        if row:
+            return row[0][0]
+        start = self.last_seq() if start_at_end else 0
+        self._transaction([("INSERT OR IGNORE INTO cursors (connector, seq) VALUES (?, ?)", [(connector, start)])])
+        return self._read("SELECT seq FROM cursors WHERE connector = ?", (connector,))[0][0]
+
+    def read_after(self, cursor: int, limit: int) -> list[Row]:
+        rows = self._read("SELECT seq, topic, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit))
+        return [Row(seq, topic, data) for seq, topic, data in rows]
+
+    def backlog_head(self, connector: str) -> tuple[int, float] | None:
+        """(count, next_at of the oldest entry) of a connector's backlog, or None if empty."""
+        row = self._read(
+            "SELECT count(*), (SELECT next_at FROM backlog WHERE connector = ?1 ORDER BY seq LIMIT 1) "
+            "FROM backlog WHERE connector = ?1",
+            (connector,),
+        )
+        count, head_due = row[0]
+        return (count, head_due) if count else None
+
+    def backlog_due(self, connector: str, now: float, limit: int, *, contiguous: bool = True) -> list[Row]:
+        """Due backlog entries in order; with ``contiguous``, stop at the first one not yet due."""
+        rows = self._read(
+            "SELECT b.seq, e.topic, e.data, b.attempts, b.next_at FROM backlog b "
+            "JOIN events e ON e.seq = b.seq WHERE b.connector = ? ORDER BY b.seq LIMIT ?",
+            (connector, limit),
+        )
+        due = []
+        for seq, topic, data, attempts, next_at in rows:
+            if next_at > now:
+                if contiguous:
+                    break
+                continue
+            due.append(Row(seq, topic, data, attempts))
+        return due
+
+    def settle(self, connector: str, settlements: Sequence[Settlement], *, new_cursor: int | None) -> None:
+        """Record a batch's outcomes (and move the cursor) in one transaction."""
+        retry = [(connector, s.seq, s.attempts, s.next_at, s.reason) for s in settlements if s.state == "retry"]
+        dead = [(connector, s.seq, s.attempts, s.reason, time.time()) for s in settlements if s.state == "dead"]
+        finished = [(connector, s.seq) for s in settlements if s.state in ("delivered", "dead")]
+        statements: list[tuple[str, Sequence[tuple]]] = [
+            ("INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) VALUES (?,?,?,?,?)",
+             retry),
+            ("INSERT OR REPLACE INTO dead (connector, seq, attempts, reason, failed_at) VALUES (?,?,?,?,?)", dead),
+            ("DELETE FROM backlog WHERE connector = ? AND seq = ?", finished),
+        ]
+        if new_cursor is not None:
+            statements.append(("UPDATE cursors SET seq = max(seq, ?) WHERE connector = ?", [(new_cursor, connector)]))
+        self._transaction(statements)
+
+    # -- operators (tidings backlog) -------------------------------------------------------
+
+    def status(self, connectors: Iterable[str]) -> list[ConnectorStatus]:
+        result = []
+        last = self.last_seq()
+        for name in connectors:
+            cursor = self.ensure_connector(name)
+            pending = self._read("SELECT count(*) FROM events WHERE seq > ?", (cursor,))[0][0]
+            head = self.backlog_head(name)
+            dead = self._read("SELECT count(*) FROM dead WHERE connector = ?", (name,))[0][0]
+            result.append(ConnectorStatus(name, cursor, pending if last > cursor else 0,
+                                          head[0] if head else 0, head[1] if head else None, dead))
+        return result
+
+    def entries(self, connector: str, table: str, limit: int = 100) -> list[dict[str, object]]:
+        """Backlog or dead-letter entries with their events, oldest first."""
+        if table not in ("backlog", "dead"):
+            raise ValueError(table)
+        detail = "b.next_at, b.last_error" if table == "backlog" else "b.failed_at, b.reason"
+        rows = self._read(
+            f"SELECT b.seq, b.attempts, {detail}, e.id, e.topic FROM {table} b "
+            "JOIN events e ON e.seq = b.seq WHERE b.connector = ? ORDER BY b.seq LIMIT ?",
+            (connector, limit),
+        )
+        keys = ("seq", "attempts", "when", "reason", "id", "topic")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def retry_dead(self, connector: str, seqs: Sequence[int] | None = None, *, now: float | None = None) -> int:
+        """Move dead letters back into the backlog, due now, with a fresh attempt count."""
+        where, params = _selection(connector, seqs)
+        rows = self._read(f"SELECT seq FROM dead WHERE {where}", params)
+        now = time.time() if now is None else now
+        self._transaction([
+            ("INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) VALUES (?,?,0,?,'')",
+             [(connector, seq, now) for (seq,) in rows]),
+            ("DELETE FROM dead WHERE connector = ? AND seq = ?", [(connector, seq) for (seq,) in rows]),
+        ])
+        return len(rows)
+
+    def retry_backlog_now(self, connector: str) -> int:
+        rows = self._read("SELECT seq FROM backlog WHERE connector = ?", (connector,))
+        self._transaction([("UPDATE backlog SET next_at = ? WHERE connector = ?", [(time.time(), connector)])])
+        return len(rows)
+
+    def drop(self, connector: str, table: str, seqs: Sequence[int] | None = None) -> int:
+        """Forget backlog or dead-letter entries (an operator's explicit decision)."""
+        if table not in ("backlog", "dead"):
+            raise ValueError(table)
+        where, params = _selection(connector, seqs)
+        count = self._read(f"SELECT count(*) FROM {table} WHERE {where}", params)[0][0]
+        self._transaction([(f"DELETE FROM {table} WHERE {where}", [tuple(params)])])
+        return count
+
+    def purge(self, connectors: Iterable[str], older_than: float) -> int:
+        """Delete events every connector has finished with, created before ``older_than``."""
+        names = list(connectors)
+        if not names:
+            return 0
+        marks = ",".join("?" * len(names))
+        floor = self._read(f"SELECT min(seq) FROM cursors WHERE connector IN ({marks})", names)[0][0] or 0
+        sql = ("DELETE FROM events WHERE seq <= ? AND created < ? "
+               "AND seq NOT IN (SELECT seq FROM backlog) AND seq NOT IN (SELECT seq FROM dead)")
+        before = self._read("SELECT count(*) FROM events")[0][0]
+        self._transaction([(sql, [(floor, older_than)])])
+        return before - self._read("SELECT count(*) FROM events")[0][0]
+
+    def history(self, *, since: float = 0.0, topic_like: str = "%") -> Iterable[Event]:
+        """Events still in the outbox, oldest first (for replays)."""
+        rows = self._read("SELECT data FROM events WHERE created >= ? AND topic LIKE ? ORDER BY seq",
+                          (since, topic_like))
+        for (data,) in rows:
+            yield Event.from_json(data)
+
+
+def _selection(connector: str, seqs: Sequence[int] | None) -> tuple[str, list[object]]:
+    if seqs is None:
+        return "connector = ?", [connector]
+    marks = ",".join("?" * len(seqs))
+    return f"connector = ? AND seq IN ({marks})", [connector, *seqs]

@@ -1,0 +1,185 @@
+"""The one small protocol every transport implements, and how transports are found.
+
+A transport moves :class:`WireMessage` objects; it knows nothing of events or
+schemas. A *format* (``tidings.formats``) turns an event into a wire message
+and back, so one transport serves every seed system's wire format.
+
+The core never imports a transport module: :func:`load_transport` finds the
+class by name through the ``tidings.transports`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from tidings.errors import ConfigError, UnknownTransport
+
+
+@dataclass(slots=True)
+class WireMessage:
+    """What a broker carries: routing key, headers/properties and body bytes.
+
+    ``exchange`` overrides the connector's exchange (Taskcluster publishes each
+    kind of event to its own exchange); ``cc`` lists extra routing keys that
+    the broker routes the same single message by (a queue matched by several
+    of them still gets one copy); ``frames`` replaces the body for frame-based
+    transports (ZeroMQ multipart).
+    """
+
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
+    content_type: str | None = "application/json"
+    content_encoding: str | None = None
+    timestamp: datetime | None = None
+    priority: int | None = None
+    exchange: str | None = None
+    cc: list[str] = field(default_factory=list)
+    frames: list[bytes] | None = None
+    #: further AMQP basic properties (app_id, user_id, correlation_id, type, ...)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+class Outcome(enum.Enum):
+    """What became of one message a transport was asked to send."""
+
+    DELIVERED = "delivered"  # the broker confirmed it and routed it somewhere
+    RETRY = "retry"  # not taken now (nack, unroutable, throttled); try again later
+    REFUSED = "refused"  # never acceptable (too large, forbidden): dead-letter it
+
+
+@dataclass(slots=True, frozen=True)
+class SendResult:
+    outcome: Outcome
+    reason: str = ""
+
+
+DELIVERED = SendResult(Outcome.DELIVERED)
+
+
+@dataclass(slots=True, frozen=True)
+class ExchangeSpec:
+    name: str
+    type: str = "topic"
+    durable: bool = True
+    #: only check that it exists (brokers where the app may not declare, as Fedora's)
+    passive: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Binding:
+    exchange: str
+    pattern: str
+
+
+@dataclass(slots=True)
+class QueueSpec:
+    """A durable queue owned by one consuming service."""
+
+    name: str
+    bindings: list[Binding] = field(default_factory=list)
+    durable: bool = True
+    #: "classic" or "quorum" where the broker knows the difference
+    kind: str = "classic"
+    #: broker-specific queue arguments, passed through untouched
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.name}.dead"
+
+
+@dataclass(slots=True)
+class Topology:
+    exchanges: list[ExchangeSpec] = field(default_factory=list)
+    queues: list[QueueSpec] = field(default_factory=list)
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """One message handed to a consumer; settle it exactly once."""
+
+    message: WireMessage
+    #: 1 on the first delivery; counted by the broker, so it survives restarts
+    attempt: int
+
+    async def ack(self) -> None:
+        """Done: remove it for good."""
+
+    async def retry(self, delay: float, reason: str = "") -> None:
+        """Deliver again after ``delay`` seconds, counting one more attempt."""
+
+    async def reject(self, reason: str) -> None:
+        """Give up: move it to the queue's dead letters with the reason."""
+
+    async def release(self) -> None:
+        """Put it back untouched, now, without counting an attempt (shutdown, halt)."""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A broker connection. Instances are made from the config table of one transport."""
+
+    #: the registered name ("embedded", "amqp", "zeromq", ...)
+    kind: str
+    #: whether a DELIVERED outcome means the broker durably took the message
+    acknowledged: bool
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def declare(self, topology: Topology) -> None:
+        """Create (or passively check) exchanges, queues and bindings; idempotent."""
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        """Send a batch; one result per message, in order.
+
+        Raises :class:`~tidings.errors.TransportError` when the broker cannot be
+        reached at all: then no message of the batch counts as delivered.
+        """
+
+    def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Deliveries from a declared queue, at most ``prefetch`` unsettled at once."""
+
+
+#: Transports that ship with tidings; entry points may add to or override these.
+BUILTIN_TRANSPORTS = {
+    "embedded": "tidings.transports.embedded:EmbeddedTransport",
+    "amqp": "tidings.transports.amqp:AmqpTransport",
+    "zeromq": "tidings.transports.zeromq:ZeroMQTransport",
+}
+
+
+def transport_names() -> dict[str, str]:
+    names = dict(BUILTIN_TRANSPORTS)
+    for ep in entry_points(group="tidings.transports"):
+        names[ep.name] = ep.value
+    return names
+
+
+def load_transport(kind: str, options: dict[str, Any]) -> Transport:
+    """Build the transport registered as ``kind`` from its config options."""
+    target = transport_names().get(kind)
+    if target is None:
+        known = ", ".join(sorted(transport_names()))
+        raise UnknownTransport(f"unknown transport kind {kind!r} (known: {known})")
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(import_module(module_name), attr)
+    except ImportError as exc:
+        raise ConfigError(
+            f"transport {kind!r} needs a package that is not installed ({exc.name}); "
+            f"install tidings[{kind}]"
+        ) from None
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"transport {kind!r}: {exc}") from None

@@ -1,0 +1,350 @@
+"""The embedded broker: durable queues in one SQLite file that processes share.
+
+Semantics follow a RabbitMQ topic exchange so that code moves between the two
+unchanged: a message goes to every queue with a matching binding, exactly once
+per queue (however many of its bindings or CC keys match); a message no queue
+takes is reported back as RETRY (like an AMQP ``mandatory`` return).
+
+Consumers take messages with a lease (a visibility timeout): a leased message
+is invisible until it is acked, retried or rejected, or until the lease runs
+out because its consumer died — then it comes back. The delivery count lives
+in the row, so it survives every crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tidings.errors import TransportError
+from tidings.event import format_time, parse_time
+from tidings.sqlite import connect, explain
+from tidings.topics import TopicMatcher
+from tidings.transport import DELIVERED, Outcome, QueueSpec, SendResult, Topology, WireMessage
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchanges (name TEXT PRIMARY KEY, type TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS bindings (
+    queue TEXT NOT NULL, exchange TEXT NOT NULL, pattern TEXT NOT NULL,
+    PRIMARY KEY (queue, exchange, pattern)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS topology (version INTEGER NOT NULL);
+INSERT INTO topology SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM topology);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    visible_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease TEXT,
+    meta BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, id);
+"""
+
+_META_FIELDS = ("routing_key", "headers", "message_id", "content_type", "content_encoding", "priority",
+                "exchange", "cc", "properties")
+
+
+def _encode_meta(message: WireMessage, exchange: str) -> bytes:
+    meta = {name: getattr(message, name) for name in _META_FIELDS}
+    meta["exchange"] = exchange
+    if message.timestamp is not None:
+        meta["timestamp"] = format_time(message.timestamp)
+    return orjson.dumps(meta)
+
+
+def _decode_meta(meta: bytes, body: bytes) -> WireMessage:
+    fields = orjson.loads(meta)
+    stamp = fields.pop("timestamp", None)
+    return WireMessage(body=body, timestamp=parse_time(stamp) if stamp else None, **fields)
+
+
+@dataclass(slots=True)
+class EmbeddedDelivery:
+    """A leased message; settling it is batched with its neighbours into one commit."""
+
+    message: WireMessage
+    attempt: int
+    row_id: int
+    queue: str
+    _settle: Callable[[str, EmbeddedDelivery, float, str], Any] = field(repr=False)
+    settled: bool = False
+
+    async def ack(self) -> None:
+        await self._settle("ack", self, 0.0, "")
+
+    async def retry(self, delay: float, reason: str = "") -> None:
+        await self._settle("retry", self, delay, reason)
+
+    async def reject(self, reason: str) -> None:
+        await self._settle("reject", self, 0.0, reason)
+
+    async def release(self) -> None:
+        await self._settle("release", self, 0.0, "")
+
+
+class EmbeddedTransport:
+    """Transport ``embedded``: options ``path`` (the broker file), ``lease`` (seconds), ``poll`` (seconds)."""
+
+    kind = "embedded"
+    acknowledged = True
+
+    def __init__(self, path: str = ".tidings/broker.db", lease: float = 30.0, poll: float = 0.01) -> None:
+        self.path = Path(path)
+        self.lease = float(lease)
+        self.poll = float(poll)
+        self._db: sqlite3.Connection | None = None
+        # one thread owns the connection: the event loop never waits on an fsync
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tidings-embedded")
+        self._routes: dict[str, TopicMatcher[str]] = {}
+        self._routes_version = -1
+        self._token = f"{os.getpid()}-{id(self):x}"
+        self._pending: list[tuple[str, EmbeddedDelivery, float, str, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._db is None:
+            raise TransportError(f"embedded broker {self.path.name} is not connected")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise TransportError(f"embedded broker {self.path.name}: {explain(exc)}") from None
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
+
+    async def connect(self) -> None:
+        if self._db is None:
+            try:
+                self._db = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, lambda: connect(self.path, schema=SCHEMA))
+            except Exception as exc:
+                raise TransportError(str(exc)) from None
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=False)
+
+    # -- topology ---------------------------------------------------------------------
+
+    async def declare(self, topology: Topology) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            for exchange in topology.exchanges:
+                if exchange.passive:
+                    if not db.execute("SELECT 1 FROM exchanges WHERE name = ?", (exchange.name,)).fetchone():
+                        raise TransportError(f"exchange {exchange.name!r} does not exist")
+                    continue
+                db.execute("INSERT OR IGNORE INTO exchanges VALUES (?, ?)", (exchange.name, exchange.type))
+            for queue in topology.queues:
+                db.executemany("INSERT OR IGNORE INTO queues VALUES (?)", [(queue.name,),
+                                                                          (queue.dead_letter_queue,)])
+                db.executemany("INSERT OR IGNORE INTO bindings VALUES (?, ?, ?)",
+                               [(queue.name, b.exchange, b.pattern) for b in queue.bindings])
+            db.execute("UPDATE topology SET version = version + 1")
+
+        await self._run(self._write, work)
+
+    def _load_routes(self, db: sqlite3.Connection) -> None:
+        version = db.execute("SELECT version FROM topology").fetchone()[0]
+        if version == self._routes_version:
+            return
+        routes: dict[str, TopicMatcher[str]] = {}
+        for queue, exchange, pattern in db.execute("SELECT queue, exchange, pattern FROM bindings"):
+            routes.setdefault(exchange, TopicMatcher()).add(pattern, queue)
+        self._routes, self._routes_version = routes, version
+
+    def _queues_for(self, exchange: str, message: WireMessage) -> set[str]:
+        matcher = self._routes.get(exchange)
+        if matcher is None:
+            return set()
+        queues: set[str] = set()
+        for key in (message.routing_key, *message.cc):
+            queues |= matcher.match(key)
+        return queues
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        results = await self._run(self._write, lambda db: self._insert(db, exchange, messages))
+        self._wake.set()
+        return results
+
+    def _insert(self, db: sqlite3.Connection, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        self._load_routes(db)
+        now = time.time()
+        rows, results = [], []
+        for message in messages:
+            target = message.exchange or exchange
+            queues = self._queues_for(target, message)
+            if not queues:
+                results.append(SendResult(Outcome.RETRY, f"unroutable: no queue bound for {message.routing_key!r}"
+                                                         f" on exchange {target!r}"))
+                continue
+            meta = _encode_meta(message, target)
+            rows.extend((queue, now, meta, message.body) for queue in sorted(queues))
+            results.append(DELIVERED)
+        db.executemany("INSERT INTO messages (queue, visible_at, meta, body) VALUES (?, ?, ?, ?)", rows)
+        return results
+
+    # -- consuming --------------------------------------------------------------------
+
+    async def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[EmbeddedDelivery]:
+        """Lease up to ``prefetch`` messages at a time; extend leases while they are held."""
+        held: dict[int, EmbeddedDelivery] = {}
+        renewer = asyncio.create_task(self._renew_leases(held))
+        try:
+            while True:
+                for row_id in [r for r, d in held.items() if d.settled]:
+                    del held[row_id]
+                room = prefetch - len(held)
+                batch = await self._run(self._lease, queue.name, room) if room > 0 else []
+                if not batch:
+                    await self._nap()
+                    continue
+                for row_id, attempts, meta, body in batch:
+                    delivery = EmbeddedDelivery(_decode_meta(meta, body), attempts, row_id, queue.name,
+                                                self._settle)
+                    held[row_id] = delivery
+                    yield delivery
+        finally:
+            renewer.cancel()
+            unsettled = [d for d in held.values() if not d.settled]
+            if unsettled and self._db is not None:  # hand them back at once, not at lease expiry
+                await asyncio.gather(*(d.release() for d in unsettled), return_exceptions=True)
+
+    async def _nap(self) -> None:
+        """Wait for a settle or a send in this process, or for ``poll`` seconds (other processes)."""
+        self._wake.clear()
+        # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races with the wake-up, and a consumer being shut down would then never stop
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=self.poll)
+        finally:
+            waiter.cancel()
+
+    def _lease(self, queue: str, limit: int) -> list[tuple[int, int, bytes, bytes]]:
+        now = time.time()
+
+        def work(db: sqlite3.Connection) -> list[tuple[int, int, bytes, bytes]]:
+            return db.execute(
+                "UPDATE messages SET visible_at = ?, attempts = attempts + 1, lease = ? WHERE id IN "
+                "(SELECT id FROM messages WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT ?) "
+                "RETURNING id, attempts, meta, body",
+                (now + self.lease, self._token, queue, now, limit),
+            ).fetchall()
+
+        return sorted(self._write(work))
+
+    async def _renew_leases(self, held: dict[int, EmbeddedDelivery]) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            ids = [(time.time() + self.lease, row_id, self._token) for row_id, d in held.items() if not d.settled]
+            if not ids:
+                continue
+            try:
+                await self._run(self._write, lambda db, ids=ids: db.executemany(
+                    "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?", ids))
+            except TransportError:
+                return  # closed under us: the leases run out and the messages come back
+
+    # -- settling (batched: many acks, one commit) -------------------------------------
+
+    async def _settle(self, action: str, delivery: EmbeddedDelivery, delay: float, reason: str) -> None:
+        if delivery.settled:
+            raise TransportError(f"message {delivery.message.message_id} was already settled")
+        delivery.settled = True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((action, delivery, delay, reason, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._run(self._write, lambda db, batch=batch: self._apply(db, batch))
+            except Exception as exc:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for *_, done in batch:
+                if not done.done():
+                    done.set_result(None)
+            self._wake.set()
+
+    def _apply(self, db: sqlite3.Connection, batch: list[tuple[str, EmbeddedDelivery, float, str, Any]]) -> None:
+        now = time.time()
+        for action, delivery, delay, reason, _ in batch:
+            mine = (delivery.row_id, self._token)
+            if action == "ack":
+                db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", mine)
+            elif action == "release":
+                db.execute("UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL "
+                           "WHERE id = ? AND lease = ?", (now, *mine))
+            elif action == "retry":
+                # a new row goes to the back of the queue, after the delay, keeping its count
+                db.execute("INSERT INTO messages (queue, visible_at, attempts, meta, body) "
+                           "SELECT queue, ?, attempts, meta, body FROM messages WHERE id = ? AND lease = ?",
+                           (now + max(delay, 0.0), *mine))
+                db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", mine)
+            elif action == "reject":
+                self._dead_letter(db, delivery, reason, now)
+
+    def _dead_letter(self, db: sqlite3.Connection, delivery: EmbeddedDelivery, reason: str, now: float) -> None:
+        message = delivery.message
+        message.headers = {**message.headers, "x-tidings-reason": reason[:1000],
+                           "x-tidings-attempts": delivery.attempt, "x-tidings-queue": delivery.queue}
+        cursor = db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", (delivery.row_id, self._token))
+        if cursor.rowcount:  # only the lease holder may move it
+            db.execute("INSERT INTO messages (queue, visible_at, attempts, meta, body) VALUES (?, ?, 0, ?, ?)",
+                       (f"{delivery.queue}.dead", now, _encode_meta(message, message.exchange or ""),
+                        message.body))
+
+    # -- inspection (tests, doctor, backlog views) ---------------------------------------
+
+    async def queue_depth(self, queue: str) -> int:
+        def count() -> int:
+            assert self._db is not None
+            return self._db.execute("SELECT count(*) FROM messages WHERE queue = ?", (queue,)).fetchone()[0]
+
+        return await self._run(count)
+
+    async def queue_names(self) -> list[str]:
+        def names() -> list[str]:
+            assert self._db is not None
+            return [name for (name,) in self._db.execute("SELECT name FROM queues ORDER BY name")]
+
+        return await self._run(names)

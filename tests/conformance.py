@@ -1,0 +1,260 @@
+"""The conformance suite every transport runs.
+
+A transport's test module subclasses :class:`TransportConformance` and provides
+two fixtures: ``make_transport`` (an async factory returning a *connected* new
+transport on the same broker, so tests can simulate a second process or a
+crash) and ``exchange`` (a fresh exchange name). Every test builds its own
+uniquely named queues, so the suite runs against a shared broker.
+
+Transports without acknowledgements (ZeroMQ) set ``acknowledged = False``; the
+tests that need a broker to keep or return a message then assert that the
+transport says so instead of silently passing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from tidings.transport import (
+    Binding,
+    Delivery,
+    ExchangeSpec,
+    Outcome,
+    QueueSpec,
+    Topology,
+    Transport,
+    WireMessage,
+)
+
+MakeTransport = Callable[[], Awaitable[Transport]]
+TIMEOUT = 10.0
+
+
+def message(key: str, body: bytes = b'{"n": 1}', **kw: object) -> WireMessage:
+    return WireMessage(routing_key=key, body=body, message_id=str(uuid.uuid4()), **kw)  # type: ignore[arg-type]
+
+
+async def take(transport: Transport, queue: QueueSpec, count: int, *, prefetch: int = 50) -> list[Delivery]:
+    """Consume and ack ``count`` deliveries, failing after TIMEOUT."""
+    stream = transport.consume(queue, prefetch=prefetch)
+    got: list[Delivery] = []
+    try:
+        while len(got) < count:
+            delivery = await asyncio.wait_for(anext(stream), TIMEOUT)  # type: ignore[arg-type]
+            await delivery.ack()
+            got.append(delivery)
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    return got
+
+
+async def hold(stream: AsyncIterator[Delivery], count: int) -> list[Delivery]:
+    """The next ``count`` deliveries of an open stream, unsettled."""
+    return [await asyncio.wait_for(anext(stream), TIMEOUT) for _ in range(count)]
+
+
+async def nothing_arrives(transport: Transport, queue: QueueSpec, within: float = 0.5) -> bool:
+    """True when no delivery comes from ``queue`` within ``within`` seconds."""
+    stream = transport.consume(queue, prefetch=1)
+    try:
+        delivery = await asyncio.wait_for(anext(stream), within)  # type: ignore[arg-type]
+    except TimeoutError:
+        return True
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    await delivery.release()
+    return False
+
+
+class TransportConformance:
+    #: False for transports with no broker-side acknowledgement (ZeroMQ)
+    acknowledged = True
+
+    @pytest.fixture
+    async def transport(self, make_transport: MakeTransport) -> AsyncIterator[Transport]:
+        t = await make_transport()
+        yield t
+        await t.close()
+
+    @pytest.fixture
+    def unique(self) -> str:
+        return f"conf-{uuid.uuid4().hex[:10]}"
+
+    async def declare(self, transport: Transport, exchange: str, name: str, *patterns: str) -> QueueSpec:
+        queue = QueueSpec(name, [Binding(exchange, p) for p in patterns])
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        return queue
+
+    async def test_round_trip_keeps_every_field(self, transport: Transport, exchange: str, unique: str) -> None:
+        queue = await self.declare(transport, exchange, unique, "kcidb.#")
+        sent = message("kcidb.checkout.new", b'{"id": "x"}', headers={"a": "b", "n": 3, "t": True},
+                       content_type="application/json", timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        assert (await transport.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
+        (got,) = await take(transport, queue, 1)
+        assert got.message.routing_key == sent.routing_key
+        assert got.message.body == sent.body
+        assert got.message.message_id == sent.message_id
+        assert got.message.content_type == "application/json"
+        assert {k: got.message.headers[k] for k in sent.headers} == sent.headers
+        assert got.message.timestamp is not None
+        assert abs((got.message.timestamp - sent.timestamp).total_seconds()) < 1  # type: ignore[operator]
+        assert got.attempt == 1
+
+    async def test_routes_by_topic_pattern(self, transport: Transport, exchange: str, unique: str) -> None:
+        one_word = await self.declare(transport, exchange, f"{unique}.star", "a.*")
+        any_words = await self.declare(transport, exchange, f"{unique}.hash", "a.#")
+        results = await transport.send(exchange, [message(k) for k in ("a", "a.b", "a.b.c", "b.a")])
+        assert [r.outcome for r in results] == [Outcome.DELIVERED] * 3 + [Outcome.RETRY]
+        assert sorted(d.message.routing_key for d in await take(transport, one_word, 1)) == ["a.b"]
+        got = await take(transport, any_words, 3)
+        assert sorted(d.message.routing_key for d in got) == ["a", "a.b", "a.b.c"]
+
+    async def test_queue_matched_by_several_bindings_gets_one_copy(
+        self, transport: Transport, exchange: str, unique: str
+    ) -> None:
+        queue = await self.declare(transport, exchange, unique, "x.#", "#.y", "x.y")
+        await transport.send(exchange, [message("x.y"), message("x.z")])
+        got = await take(transport, queue, 2)
+        assert sorted(d.message.routing_key for d in got) == ["x.y", "x.z"]
+        if self.acknowledged:
+            assert await nothing_arrives(transport, queue)
+
+    async def test_cc_keys_route_one_copy(self, transport: Transport, exchange: str, unique: str) -> None:
+        queue = await self.declare(transport, exchange, unique, "route.a", "route.b")
+        sent = message("primary.task", cc=["route.a", "route.b"])
+        assert (await transport.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
+        (got,) = await take(transport, queue, 1)
+        assert got.message.message_id == sent.message_id
+        if self.acknowledged:
+            assert await nothing_arrives(transport, queue)
+
+    async def test_unroutable_is_never_reported_delivered(
+        self, transport: Transport, exchange: str, unique: str
+    ) -> None:
+        if not self.acknowledged:
+            pytest.xfail("this transport cannot know whether anyone received a message")
+        await self.declare(transport, exchange, unique, "bound.key")
+        results = await transport.send(exchange, [message("bound.key"), message("nobody.listens")])
+        assert results[0].outcome is Outcome.DELIVERED
+        assert results[1].outcome is Outcome.RETRY
+        assert "unroutable" in results[1].reason
+
+    async def test_order_within_a_queue(self, transport: Transport, exchange: str, unique: str) -> None:
+        queue = await self.declare(transport, exchange, unique, "o.#")
+        await transport.send(exchange, [message(f"o.{i}") for i in range(50)])
+        got = await take(transport, queue, 50, prefetch=10)
+        assert [d.message.routing_key for d in got] == [f"o.{i}" for i in range(50)]
+
+    async def test_declare_is_idempotent(self, transport: Transport, exchange: str, unique: str) -> None:
+        queue = await self.declare(transport, exchange, unique, "i.#")
+        await self.declare(transport, exchange, unique, "i.#")
+        await transport.send(exchange, [message("i.1")])
+        assert len(await take(transport, queue, 1)) == 1
+
+    async def test_unacked_message_comes_back_after_a_crash(
+        self, make_transport: MakeTransport, exchange: str, unique: str
+    ) -> None:
+        if not self.acknowledged:
+            pytest.xfail("no broker-side acknowledgement: an unhandled message is gone")
+        first = await make_transport()
+        queue = await self.declare(first, exchange, unique, "c.#")
+        await first.send(exchange, [message("c.1")])
+        stream = first.consume(queue, prefetch=1)
+        (delivery,) = await hold(stream, 1)
+        assert delivery.attempt == 1
+        await self.crash(first)
+        second = await make_transport()
+        try:
+            (again,) = await take(second, queue, 1)
+            assert again.message.message_id == delivery.message.message_id
+            # a crash counts as an attempt: a message that kills its consumer must reach dead letters
+            assert again.attempt >= 2
+        finally:
+            await second.close()
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def crash(self, transport: Transport) -> None:
+        """Lose a consumer without settling (its stream is never closed); override to do it harder."""
+        await transport.close()
+
+    async def test_ack_removes_for_good(self, transport: Transport, exchange: str, unique: str) -> None:
+        queue = await self.declare(transport, exchange, unique, "k.#")
+        await transport.send(exchange, [message("k.1")])
+        await take(transport, queue, 1)
+        if self.acknowledged:
+            assert await nothing_arrives(transport, queue)
+
+    async def test_retry_comes_back_after_the_delay_with_the_count(
+        self, transport: Transport, exchange: str, unique: str
+    ) -> None:
+        if not self.acknowledged:
+            pytest.xfail("no broker to keep a message for a later retry")
+        queue = await self.declare(transport, exchange, unique, "r.#")
+        await transport.send(exchange, [message("r.1")])
+        stream = transport.consume(queue, prefetch=1)
+        (first,) = await hold(stream, 1)
+        await first.retry(1.0, "try later")
+        await stream.aclose()  # type: ignore[attr-defined]
+        start = asyncio.get_running_loop().time()
+        (second,) = await take(transport, queue, 1)
+        assert second.message.message_id == first.message.message_id
+        assert second.attempt == 2
+        assert asyncio.get_running_loop().time() - start >= 0.8
+
+    async def test_reject_moves_to_the_dead_letter_queue(
+        self, transport: Transport, exchange: str, unique: str
+    ) -> None:
+        if not self.acknowledged:
+            pytest.xfail("no broker to keep dead letters")
+        queue = await self.declare(transport, exchange, unique, "p.#")
+        await transport.send(exchange, [message("p.poison"), message("p.fine")])
+        stream = transport.consume(queue, prefetch=2)
+        poison, fine = await hold(stream, 2)
+        await poison.reject("handler raised ValueError")
+        await fine.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+        dead = QueueSpec(queue.dead_letter_queue)
+        (letter,) = await take(transport, dead, 1)
+        assert letter.message.message_id == poison.message.message_id
+        assert letter.message.headers["x-tidings-reason"] == "handler raised ValueError"
+        assert letter.message.body == poison.message.body
+        assert await nothing_arrives(transport, queue)
+
+    async def test_release_puts_back_without_counting(
+        self, transport: Transport, exchange: str, unique: str
+    ) -> None:
+        if not self.acknowledged:
+            pytest.xfail("no broker to take a message back")
+        queue = await self.declare(transport, exchange, unique, "l.#")
+        await transport.send(exchange, [message("l.1")])
+        stream = transport.consume(queue, prefetch=1)
+        (first,) = await hold(stream, 1)
+        await first.release()
+        await stream.aclose()  # type: ignore[attr-defined]
+        (again,) = await take(transport, queue, 1)
+        assert again.message.message_id == first.message.message_id
+        assert again.attempt == 1
+
+    async def test_prefetch_bounds_unsettled_deliveries(
+        self, transport: Transport, exchange: str, unique: str
+    ) -> None:
+        if not self.acknowledged:
+            pytest.xfail("no flow control without acknowledgements")
+        queue = await self.declare(transport, exchange, unique, "f.#")
+        await transport.send(exchange, [message(f"f.{i}") for i in range(10)])
+        stream = transport.consume(queue, prefetch=3)
+        held = await hold(stream, 3)
+        more = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({more}, timeout=0.5)
+        assert not done, "a fourth delivery arrived while three were unsettled"
+        await held[0].ack()
+        fourth = await asyncio.wait_for(more, TIMEOUT)
+        assert fourth.message.routing_key == "f.3"
+        for delivery in [*held[1:], fourth]:
+            await delivery.ack()
+        await stream.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,52 @@
+"""Shared fixtures: a Bus on a temporary embedded default, and service checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tidings.bus import Bus
+from tidings.config import Config, default_config
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def service_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(host: str, port: int, name: str) -> None:
+    """Fail in CI when a needed service is missing (never skip silently there); skip elsewhere."""
+    if service_up(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a test that needs a service must not skip)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def rabbitmq() -> str:
+    require_service("127.0.0.1", 5672, "RabbitMQ")
+    return "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def embedded_config(home: Path, **bus: object) -> Config:
+    config = default_config(home.parent)
+    return msgspec.structs.replace(config, bus=msgspec.structs.replace(config.bus, home=home.name, **bus))
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[Bus]:
+    b = Bus(embedded_config(tmp_path / "home", source="test"))
+    yield b
+    b.close()

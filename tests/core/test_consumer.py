@@ -1,0 +1,205 @@
+"""The consumer runtime on the embedded broker: acks, flow-control exceptions, dead letters, inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from tests.conformance import take
+from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
+from tidings.consumer import Context, HaltedError
+from tidings.transport import QueueSpec, WireMessage
+
+WAIT = 15.0
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+class Running:
+    """An app and the dispatcher running in the background of a test."""
+
+    def __init__(self, bus: Bus, app: App) -> None:
+        self.bus, self.app = bus, app
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def __aenter__(self) -> Running:
+        await self.app.declare(self.bus)
+        self.tasks = [asyncio.create_task(self.app.run(self.bus, self.stop)),
+                      asyncio.create_task(self.bus.dispatcher().run(self.stop))]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def dead_letters(bus: Bus, queue: str, count: int) -> list[Any]:
+    transport = bus.make_transport("local")
+    await transport.connect()
+    try:
+        return await take(transport, QueueSpec(f"{queue}.dead"), count)
+    finally:
+        await transport.close()
+
+
+@pytest.fixture
+async def fast_app() -> AsyncIterator[App]:
+    yield App("svc", max_attempts=3, retry_schedule=[0.05], prefetch=10, concurrency=4)
+
+
+async def test_sync_and_async_handlers_get_matching_events(bus: Bus, fast_app: App) -> None:
+    seen: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    @fast_app.subscribe("build.*")
+    def sync_handler(event: Event) -> None:
+        with lock:
+            seen.append(("sync", event.topic))
+
+    @fast_app.subscribe("build.#", "test.done")
+    async def async_handler(event: Event, ctx: Context) -> None:
+        assert ctx.attempt == 1
+        seen.append(("async", event.topic))
+
+    async with Running(bus, fast_app):
+        for topic in ("build.new", "build.x.y", "test.done", "other.thing"):
+            await bus.apublish(topic, {"n": 1})
+        await until(lambda: fast_app.counters.handled == 3)
+    assert sorted(seen) == [("async", "build.new"), ("async", "build.x.y"), ("async", "test.done"),
+                            ("sync", "build.new")]
+
+
+async def test_flow_control_exceptions(bus: Bus, fast_app: App) -> None:
+    calls: dict[str, int] = {}
+
+    @fast_app.subscribe("#")
+    async def handler(event: Event) -> None:
+        calls[event.topic] = calls.get(event.topic, 0) + 1
+        if event.topic == "retry.once" and calls[event.topic] == 1:
+            raise Retry(0.05)
+        if event.topic == "drop":
+            raise Drop()
+        if event.topic == "reject":
+            raise Reject("not for us")
+        if event.topic == "always.fails":
+            raise ValueError("boom")
+
+    async with Running(bus, fast_app):
+        for topic in ("retry.once", "drop", "reject", "always.fails", "fine"):
+            await bus.apublish(topic, {})
+        await until(lambda: fast_app.counters.handled == 2 and fast_app.counters.rejected == 2)
+    assert calls == {"retry.once": 2, "drop": 1, "reject": 1, "always.fails": 3, "fine": 1}
+    assert fast_app.counters.dropped == 1
+    letters = await dead_letters(bus, "svc", 2)
+    reasons = {m.message.routing_key: m.message.headers["x-tidings-reason"] for m in letters}
+    assert "not for us" in reasons["reject"]
+    assert "failed 3 times" in reasons["always.fails"] and "boom" in reasons["always.fails"]
+
+
+async def test_invalid_messages_go_to_dead_letters_without_a_requeue_loop(bus: Bus, fast_app: App) -> None:
+    handled: list[str] = []
+    fast_app.subscribe("#")(lambda event: handled.append(event.topic))
+    async with Running(bus, fast_app):
+        transport = bus.make_transport("local")
+        await transport.connect()
+        garbage = WireMessage("bad.json", b"{not json", headers={"ce_specversion": "1.0"})
+        foreign = WireMessage("no.headers", b"{}")
+        await transport.send("tidings", [garbage, foreign])
+        await transport.close()
+        await bus.apublish("good", {})
+        await until(lambda: fast_app.counters.rejected == 2 and handled == ["good"])
+    letters = await dead_letters(bus, "svc", 2)
+    assert {m.attempt for m in letters} == {1}  # straight there, no retries
+    assert all("invalid message" in m.message.headers["x-tidings-reason"] for m in letters)
+
+
+async def test_halt_puts_the_message_back_and_stops(bus: Bus, fast_app: App) -> None:
+    @fast_app.subscribe("#")
+    async def handler(event: Event) -> None:
+        raise Halt()
+
+    await fast_app.declare(bus)
+    await bus.apublish("x", {})
+    stop = asyncio.Event()
+    dispatching = asyncio.create_task(bus.dispatcher().run(stop))
+    with pytest.raises(HaltedError):
+        await asyncio.wait_for(fast_app.run(bus, asyncio.Event()), WAIT)
+    stop.set()
+    await dispatching
+    transport = bus.make_transport("local")
+    await transport.connect()
+    (again,) = await take(transport, fast_app.queue_spec(), 1)
+    await transport.close()
+    assert again.attempt == 1  # released, not counted
+
+
+async def test_shutdown_finishes_the_handler_in_flight(bus: Bus, fast_app: App) -> None:
+    started, finished = asyncio.Event(), []
+
+    @fast_app.subscribe("#")
+    async def slow(event: Event) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.append(event.id)
+
+    running = Running(bus, fast_app)
+    await running.__aenter__()
+    event = await bus.apublish("slow", {})
+    await asyncio.wait_for(started.wait(), WAIT)
+    await running.__aexit__()
+    assert finished == [event.id]
+    transport = bus.make_transport("local")
+    await transport.connect()
+    assert await transport.queue_depth("svc") == 0  # it was acked, not left for redelivery
+    await transport.close()
+
+
+async def test_inbox_swallows_a_redelivered_event(bus: Bus) -> None:
+    app = App("once", inbox=True, retry_schedule=[0.05])
+    handled: list[str] = []
+    app.subscribe("#")(lambda event: handled.append(event.id))
+    event = bus.event("dup", {})
+    async with Running(bus, app):
+        await bus.apublish(event)
+        await until(lambda: handled == [event.id])
+        transport = bus.make_transport("local")  # the same event id arrives again (a producer retry)
+        await transport.connect()
+        await transport.send("tidings", [bus.make_format("tidings").encode(event)])
+        await transport.close()
+        await until(lambda: app.counters.duplicates == 1)
+    assert handled == [event.id]
+
+
+async def test_attempts_survive_a_restart_of_the_consumer(bus: Bus) -> None:
+    attempts: list[int] = []
+
+    def make_app() -> App:
+        app = App("restart", max_attempts=3, retry_schedule=[0.05])
+
+        @app.subscribe("#")
+        async def failing(event: Event, ctx: Context) -> None:
+            attempts.append(ctx.attempt)
+            raise RuntimeError("still broken")
+
+        return app
+
+    first = make_app()
+    async with Running(bus, first):
+        await bus.apublish("x", {})
+        await until(lambda: len(attempts) == 2)
+    second = make_app()
+    async with Running(bus, second):
+        await until(lambda: second.counters.rejected == 1)
+    assert attempts[-1] == 3
+    assert len(attempts) == 3

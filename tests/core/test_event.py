@@ -1,0 +1,111 @@
+"""The envelope: ids, time, JSON and CloudEvents mappings, input checks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidings.errors import InvalidEvent, InvalidTopic
+from tidings.event import Event, json_depth, new_id
+from tidings.formats.native import NativeFormat, StructuredFormat
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+words = st.text(alphabet="abcxyz0123-_", min_size=1, max_size=6)
+topics = st.lists(words, min_size=1, max_size=5).map(".".join)
+events = st.builds(
+    Event.create,
+    topics,
+    st.dictionaries(st.text(max_size=8), json_values, max_size=5),
+    source=words,
+    type=st.none() | words,
+    headers=st.dictionaries(st.text(alphabet="abcdefgh_-", min_size=1, max_size=8).filter(
+        lambda k: not k.startswith("ce_")), json_scalars, max_size=4),
+    visibility=st.sampled_from(["public", "private"]),
+)
+
+
+def test_ids_are_uuid7_and_sort_in_creation_order() -> None:
+    ids = [new_id() for _ in range(5000)]
+    assert len(set(ids)) == 5000
+    assert ids == sorted(ids)
+    assert {uuid.UUID(i).version for i in ids} == {7}
+
+
+def test_time_is_utc_with_microseconds() -> None:
+    event = Event.create("a.b", {})
+    assert event.time.tzinfo is not None
+    assert event.to_dict()["time"].endswith("Z")
+    assert len(event.to_dict()["time"].split(".")[1]) == 7  # six digits and the Z
+
+
+@given(events)
+def test_json_round_trip_is_lossless(event: Event) -> None:
+    assert Event.from_json(event.to_json()) == event
+
+
+@given(events)
+def test_cloudevents_structured_round_trip_is_lossless(event: Event) -> None:
+    assert Event.from_cloudevent(event.to_cloudevent()) == event
+    fmt = StructuredFormat()
+    assert fmt.decode(fmt.encode(event)) == event
+
+
+@given(events)
+def test_native_binary_mode_round_trip_is_lossless(event: Event) -> None:
+    fmt = NativeFormat()
+    message = fmt.encode(event)
+    assert message.routing_key == event.topic
+    assert message.message_id == event.id
+    assert fmt.decode(message) == event
+
+
+def test_cloudevent_has_the_required_attributes() -> None:
+    ce = Event.create("kcidb.checkout.new", {"id": 1}, source="cki", type="kcidb.checkout.v1").to_cloudevent()
+    assert {"specversion", "id", "source", "type", "time", "subject", "data"} <= ce.keys()
+    assert ce["specversion"] == "1.0"
+    assert ce["subject"] == "kcidb.checkout.new"
+    assert ce["dataschema"] == "urn:tidings:schema:kcidb.checkout.v1"
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "kw", "message"),
+    [
+        ("a..b", {}, {}, "empty word"),
+        ("a.b", [], {}, "must be a JSON object"),
+        ("a.b", {}, {"visibility": "secret"}, "visibility"),
+        ("a.b", {}, {"headers": {"k": [1]}}, "JSON scalar"),
+        ("a.b", {}, {"headers": {"ce_id": "x"}}, "reserved"),
+        ("a.b", {}, {"time": datetime(2026, 1, 1)}, "time zone"),  # noqa: DTZ001 - the point of the test
+    ],
+)
+def test_bad_envelopes_are_refused_with_a_clear_message(topic: str, body: object, kw: dict, message: str) -> None:
+    with pytest.raises((InvalidEvent, InvalidTopic), match=message):
+        Event.create(topic, body, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"id": 1}', b'{"id":"x","topic":"a","time":"nope","body":{}}',
+                                 b'\xff\xfe', b'{"id":"x","topic":"a","time":"2026-01-01T00:00:00Z","body":{},"z":1}'])
+def test_from_json_refuses_garbage_with_our_error(raw: bytes) -> None:
+    with pytest.raises(InvalidEvent):
+        Event.from_json(raw)
+
+
+def test_json_depth_counts_nesting_without_recursion() -> None:
+    assert json_depth(1) == 0
+    assert json_depth({"a": [1, {"b": {}}]}) == 4
+    deep: object = {}
+    for _ in range(100_000):
+        deep = [deep]
+    assert json_depth(deep) == 100_001
+
+
+def test_event_time_is_kept_exactly() -> None:
+    moment = datetime(2026, 11, 22, 9, 7, 41, 123456, tzinfo=UTC)
+    event = Event.create("a", {}, time=moment)
+    assert Event.from_json(event.to_json()).time == moment

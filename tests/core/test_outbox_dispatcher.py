@@ -1,0 +1,198 @@
+"""Outbox durability and the dispatcher's per-connector rules, against a scripted transport."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.core.fakes import ScriptedTransport
+from tidings.config import ConnectorConfig
+from tidings.dispatcher import Connector, Dispatcher, DispatcherBusy
+from tidings.event import Event
+from tidings.formats.native import NativeFormat
+from tidings.outbox import Outbox
+from tidings.transport import DELIVERED, Outcome, SendResult, WireMessage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(outbox: Outbox, clock: Clock, **transports: ScriptedTransport) -> Dispatcher:
+    connectors = [
+        Connector(name, transport, NativeFormat(),
+                  ConnectorConfig(transport=name, retry_schedule=[5, 25, 125], max_attempts=4, batch_size=50))
+        for name, transport in transports.items()
+    ]
+    return Dispatcher(outbox, connectors, clock=clock, rng=lambda: 0.5)
+
+
+def events(n: int, prefix: str = "t") -> list[Event]:
+    return [Event.create(f"{prefix}.{i}", {"i": i}) for i in range(n)]
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(tmp_path / "outbox.db")
+
+
+def test_append_is_durable_and_idempotent_by_id(tmp_path: Path) -> None:
+    first = Outbox(tmp_path / "o.db")
+    batch = events(3)
+    first.append(batch)
+    first.append(batch[:1])  # a retried publish of the same id is stored once
+    first.close()
+    again = Outbox(tmp_path / "o.db")
+    assert [r.event().id for r in again.read_after(0, 10)] == [e.id for e in batch]
+
+
+def test_group_commit_from_many_threads_stores_everything_once(outbox: Outbox) -> None:
+    batches = [events(200, f"th{n}") for n in range(8)]
+    threads = [threading.Thread(target=lambda b=b: [outbox.append([e]) for e in b]) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = [r.event().id for r in outbox.read_after(0, 10_000)]
+    assert sorted(stored) == sorted(e.id for b in batches for e in b)
+    for batch in batches:  # each thread's events keep their order
+        mine = {e.id for e in batch}
+        assert [i for i in stored if i in mine] == [e.id for e in batch]
+
+
+async def test_every_connector_gets_every_event_in_order(outbox: Outbox) -> None:
+    a, b = ScriptedTransport(), ScriptedTransport()
+    dispatcher = make(outbox, Clock(), a=a, b=b)
+    outbox.append(events(120))
+    await dispatcher.drain()
+    expected = [f"t.{i}" for i in range(120)]
+    assert a.delivered_topics() == expected
+    assert b.delivered_topics() == expected
+
+
+async def test_a_down_connector_pauses_without_delaying_the_other(outbox: Outbox) -> None:
+    up, down = ScriptedTransport(), ScriptedTransport()
+    down.down = True
+    dispatcher = make(outbox, Clock(), up=up, down=down)
+    outbox.append(events(10))
+    worker_up, worker_down = dispatcher.workers
+    await worker_up.ensure_connected()
+    assert await worker_up.step()
+    assert len(up.sent) == 10
+    with pytest.raises(Exception, match="down"):
+        await worker_down.ensure_connected()
+    # nothing was lost for the down connector: its cursor did not move
+    assert outbox.status(["down"])[0].pending == 10
+    down.down = False
+    await worker_down.ensure_connected()
+    assert await worker_down.step()
+    assert down.delivered_topics() == [f"t.{i}" for i in range(10)]
+
+
+async def test_a_refused_event_waits_in_the_backlog_and_new_events_queue_behind(outbox: Outbox) -> None:
+    clock = Clock()
+    refusing = {"t.1"}
+    transport = ScriptedTransport(lambda m: SendResult(Outcome.RETRY, "nack") if m.routing_key in refusing
+                                  else DELIVERED)
+    dispatcher = make(outbox, clock, c=transport)
+    outbox.append(events(3))
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["t.0", "t.2"]
+    status = outbox.status(["c"])[0]
+    assert status.backlog == 1
+    assert status.next_retry == pytest.approx(clock.now + 5)
+    outbox.append(events(1, "later"))
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["t.0", "t.2"], "a new event overtook the backlog"
+    refusing.clear()
+    clock.now += 5
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["t.0", "t.2", "t.1", "later.0"]
+    assert outbox.status(["c"])[0].backlog == 0
+
+
+async def test_after_the_attempt_limit_the_event_is_dead_lettered_and_replayable(outbox: Outbox) -> None:
+    clock = Clock()
+    transport = ScriptedTransport(lambda m: SendResult(Outcome.RETRY, "unroutable"))
+    dispatcher = make(outbox, clock, c=transport)
+    outbox.append(events(1))
+    await dispatcher.drain()
+    for delay in (5, 25, 125):
+        clock.now += delay
+        await dispatcher.drain()
+    status = outbox.status(["c"])[0]
+    assert (status.backlog, status.dead) == (0, 1)
+    (entry,) = outbox.entries("c", "dead")
+    assert entry["attempts"] == 4
+    assert "unroutable" in str(entry["reason"])
+    transport.decide = lambda m: DELIVERED
+    assert outbox.retry_dead("c", now=clock.now) == 1
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["t.0"]
+    assert outbox.status(["c"])[0].dead == 0
+
+
+async def test_refused_goes_straight_to_dead_letters_and_the_rest_flows(outbox: Outbox) -> None:
+    transport = ScriptedTransport(lambda m: SendResult(Outcome.REFUSED, "too large") if m.routing_key == "t.0"
+                                  else DELIVERED)
+    dispatcher = make(outbox, Clock(), c=transport)
+    outbox.append(events(3))
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["t.1", "t.2"]
+    assert outbox.status(["c"])[0].dead == 1
+
+
+async def test_connector_topic_filter(outbox: Outbox) -> None:
+    transport = ScriptedTransport()
+    connector = Connector("c", transport, NativeFormat(), ConnectorConfig(transport="c", topics=["keep.#"]))
+    dispatcher = Dispatcher(outbox, [connector])
+    outbox.append([Event.create("keep.a", {}), Event.create("skip.a", {}), Event.create("keep", {})])
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["keep.a", "keep"]
+
+
+async def test_purge_keeps_what_a_connector_still_needs(outbox: Outbox) -> None:
+    clock = Clock()
+    ok = ScriptedTransport()
+    refusing = ScriptedTransport(lambda m: SendResult(Outcome.RETRY, "no") if m.routing_key == "t.0" else DELIVERED)
+    dispatcher = make(outbox, clock, ok=ok, refusing=refusing)
+    outbox.append(events(3))
+    await dispatcher.drain()
+    assert outbox.purge(["ok", "refusing"], older_than=2e12) == 2  # t.0 is still in a backlog
+    assert [r.topic for r in outbox.read_after(0, 10)] == ["t.0"]
+
+
+def test_only_one_dispatcher_per_outbox(outbox: Outbox) -> None:
+    first = make(outbox, Clock(), c=ScriptedTransport())
+    second = make(outbox, Clock(), c=ScriptedTransport())
+    first.acquire()
+    try:
+        with pytest.raises(DispatcherBusy, match="another dispatcher"):
+            second.acquire()
+    finally:
+        first.release()
+    second.acquire()
+    second.release()
+
+
+async def test_an_event_the_format_cannot_encode_is_dead_lettered(outbox: Outbox) -> None:
+    class Picky(NativeFormat):
+        def encode(self, event: Event) -> WireMessage:
+            if event.topic == "t.1":
+                from tidings.errors import InvalidEvent
+
+                raise InvalidEvent("route not allowed")
+            return super().encode(event)
+
+    transport = ScriptedTransport()
+    dispatcher = Dispatcher(outbox, [Connector("c", transport, Picky(), ConnectorConfig(transport="c"))])
+    outbox.append(events(3))
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["t.0", "t.2"]
+    assert "route not allowed" in str(outbox.entries("c", "dead")[0]["reason"])
