@@ -13,6 +13,9 @@ import logging
 import os
 import sys
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -32,6 +35,16 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _global(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file for every command "
+                                                "(also $TIDINGS_CONFIG; default ./tidings.toml, else the "
+                                                "embedded default).", show_default=False)] = None,
+) -> None:
+    if config is not None:
+        os.environ["TIDINGS_CONFIG"] = str(config)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)])
@@ -42,30 +55,17 @@ def main() -> None:
     from tidings.cli import commands, ops  # noqa: F401 - registers the commands
 
     try:
-        app(standalone_mode=False)
+        app()  # standalone: usage errors print themselves and exit 2
     except TidingsError as exc:
-        _fail(exc, str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         err.print("tidings: interrupted")
         sys.exit(130)
-    except (typer.Abort, EOFError):
-        err.print("tidings: aborted")
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
     except Exception as exc:  # a bug of ours: still one line, with how to see more
-        _fail(exc, f"internal error: {type(exc).__name__}: {exc} (set TIDINGS_DEBUG=1 for the traceback)", 1)
-    sys.exit(0)
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set TIDINGS_DEBUG=1 for the traceback)", 1)
 
 
-def _fail(exc: BaseException, message: str, code: int) -> None:
-    import click
-
-    if isinstance(exc, click.ClickException):
-        exc.show()
-        sys.exit(exc.exit_code)
+def _fail(message: str, code: int) -> None:
     if os.environ.get("TIDINGS_DEBUG"):
         err.print_exception()
     err.print(f"tidings: error: {message}", markup=False, highlight=False, soft_wrap=True)

@@ -98,6 +98,11 @@ def dispatch(
     dispatcher = bus.dispatcher(names)
     if once:
         asyncio.run(_drain(dispatcher))
+        for c in dispatcher.connectors:
+            stats = c.stats
+            note = f" (last: {stats.last_error})" if stats.last_error else ""
+            out.print(f"{c.name}: delivered {stats.delivered}, to backlog {stats.retried}, dead {stats.dead}{note}",
+                      highlight=False)
         return
     err.print(f"dispatching from {bus.config.outbox_path()} to {', '.join(c.name for c in dispatcher.connectors)}"
               " — Ctrl-C to stop")
@@ -232,3 +237,26 @@ def _configured_app(name: str, bus: Bus) -> App:
 def print_event(event: Event, console: Console) -> None:
     console.print(f"[dim]{event.time:%H:%M:%S.%f}[/] [bold cyan]{event.topic}[/] "
                   f"[dim]{event.id[:13]}… {event.type or ''}[/]")
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds the producer runs.")] = 15.0,
+    rate: Annotated[float, typer.Option(help="Events per second the producer emits.")] = 40.0,
+    home: Annotated[Path, typer.Option(help="Folder for the demo's outbox and broker files.")] =
+    Path(".tidings-demo"),
+) -> None:
+    """Watch the embedded bus work: CKI DataWarehouse-like events published, dispatched and consumed."""
+    from tidings.demo import run_demo
+
+    setup_logging("WARNING")
+    err.print(f"[bold]tidings demo[/]: embedded bus in {home}/ — a DataWarehouse-like producer at {rate:g} "
+              f"events/s for {duration:g}s, a consumer service printing what it acks")
+    ledger = asyncio.run(run_demo(home, duration, rate, out))
+    latencies = sorted(ledger.latencies or [0.0])
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    lost = ledger.published - ledger.received
+    out.print(f"\n[bold]ledger[/]: published {ledger.published}, received {ledger.received}, "
+              f"lost {max(lost, 0)}; publish→handler latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    if lost > 0:
+        raise typer.Exit(1)
