@@ -201,6 +201,7 @@ class Runner:
         self.inbox: Inbox | None = bus.inbox() if settings.inbox else None
         self.halted = False
         self._stopping = asyncio.Event()
+        self._draining = False
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._threads = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"tidings-{app.name}")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -212,9 +213,13 @@ class Runner:
             await self.transport.declare(self.app.topology())
             stream = self.transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
             watcher = asyncio.create_task(self._watch(stop))
+            pump = asyncio.create_task(self._pump(stream))
+            stopping = asyncio.ensure_future(self._stopping.wait())
             try:
-                await self._pump(stream)
+                await asyncio.wait({pump, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                await self._shut_down(pump)
             finally:
+                stopping.cancel()
                 watcher.cancel()
                 await stream.aclose()  # type: ignore[attr-defined]
         finally:
@@ -228,32 +233,27 @@ class Runner:
         self._stopping.set()
 
     async def _pump(self, stream: Any) -> None:
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            while True:
-                await self._slots.acquire()
-                nxt = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait({nxt, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt in done:
-                    task = asyncio.create_task(self._handle(nxt.result()))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._finished)
-                    continue
-                self._slots.release()
-                await self._shut_down(nxt)
-                return
-        finally:
-            stopping.cancel()
+        async for delivery in stream:
+            if self._draining:  # fetched during shutdown: hand it back uncounted
+                await delivery.release()
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._handle(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
 
-    async def _shut_down(self, nxt: asyncio.Future[Delivery]) -> None:
+    async def _shut_down(self, pump: asyncio.Task[None]) -> None:
         """Graceful: handlers already running finish and settle first; then stop fetching."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if nxt.done() and not nxt.cancelled() and nxt.exception() is None:
-            await nxt.result().release()  # fetched but never started: hand it back uncounted
-        else:
-            nxt.cancel()
-            await asyncio.gather(nxt, return_exceptions=True)
+        self._draining = True
+        self._stopping.set()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if pump.done():
+            pump.result()  # a transport failure ends the app with its error
+            return
+        # cancelled only now, with nothing in flight: the stream has nothing of ours to hand back
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

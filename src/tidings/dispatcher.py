@@ -159,6 +159,7 @@ class ConnectorWorker:
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
+            self.wake.clear()  # before looking: a publish during the step wakes the next idle
             try:
                 await self.ensure_connected()
                 worked = await self.step()
@@ -194,7 +195,6 @@ class ConnectorWorker:
         wait = IDLE_POLL
         if self.next_due is not None:
             wait = max(0.0, min(wait, self.next_due - self.dispatcher.clock()))
-        self.wake.clear()
         waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
         await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:

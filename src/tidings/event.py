@@ -174,6 +174,13 @@ class Event:
     def from_json(cls, raw: bytes | str) -> Event:
         return cls.from_dict(loads(raw))
 
+    @classmethod
+    def from_stored(cls, raw: bytes) -> Event:
+        """An event this process's own outbox wrote: checked when published, so not checked again."""
+        d = orjson.loads(raw)
+        return cls(topic=d["topic"], body=d["body"], source=d["source"], type=d["type"], id=d["id"],
+                   time=datetime.fromisoformat(d["time"]), headers=d["headers"], visibility=d["visibility"])
+
     # -- CloudEvents 1.0 --------------------------------------------------------------
 
     def to_cloudevent(self) -> dict[str, Any]:

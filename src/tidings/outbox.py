@@ -60,7 +60,7 @@ class Row:
     attempts: int = 0
 
     def event(self) -> Event:
-        return Event.from_json(self.data)
+        return Event.from_stored(self.data)
 
 
 @dataclass(slots=True, frozen=True)
@@ -347,7 +347,7 @@ class Outbox:
         rows = self._read("SELECT data FROM events WHERE created >= ? AND topic LIKE ? ORDER BY seq",
                           (since, topic_like))
         for (data,) in rows:
-            yield Event.from_json(data)
+            yield Event.from_stored(data)
 
 
 def _selection(connector: str, seqs: Sequence[int] | None) -> tuple[str, list[object]]:

@@ -1,0 +1,189 @@
+"""Durable publishing, validation and end-to-end delivery on the embedded default.
+
+    python bench/bench_embedded.py [--quick]
+
+Runs tidings and, where a peer exists on this machine, the peer in the same run:
+fedora-messaging's ``api.publish`` (to the local RabbitMQ) for publishing and its
+``Message.validate`` for schema checks. Results print as a table and go to
+``bench/results/embedded.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BODY_1KB, Report, percentile, rate, timed  # noqa: E402
+from tidings import App, Bus, Event  # noqa: E402
+from tidings.config import default_config  # noqa: E402
+
+
+def fresh_bus(root: Path) -> Bus:
+    return Bus(default_config(root))
+
+
+def one_publisher(root: Path, n: int) -> float:
+    bus = fresh_bus(root)
+    events = [bus.event("bench.one", BODY_1KB) for _ in range(n)]
+    return rate(n, timed(lambda: [bus.publish(e) for e in events]))
+
+
+def threads_publishing(root: Path, n_threads: int, each: int) -> float:
+    bus = fresh_bus(root)
+    batches = [[bus.event("bench.threads", BODY_1KB) for _ in range(each)] for _ in range(n_threads)]
+
+    def run() -> None:
+        workers = [threading.Thread(target=lambda b=b: [bus.publish(e) for e in b]) for b in batches]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return rate(n_threads * each, timed(run))
+
+
+def _process_publisher(root: str, each: int, start: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    bus = fresh_bus(Path(root))
+    events = [bus.event("bench.procs", BODY_1KB) for _ in range(each)]
+    start.wait()
+    for event in events:
+        bus.publish(event)
+
+
+def processes_publishing(root: Path, n_procs: int, each: int) -> float:
+    fresh_bus(root).outbox.last_seq()  # create the files once, before the race
+    start = multiprocessing.Event()
+    procs = [multiprocessing.Process(target=_process_publisher, args=(str(root), each, start)) for _ in range(n_procs)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every process import and build its events before the clock starts
+
+    def run() -> None:
+        start.set()
+        for p in procs:
+            p.join()
+
+    return rate(n_procs * each, timed(run))
+
+
+def batches(root: Path, n: int, size: int) -> float:
+    bus = fresh_bus(root)
+    groups = [[bus.event("bench.batch", BODY_1KB) for _ in range(size)] for _ in range(n // size)]
+    return rate(n, timed(lambda: [bus.publish_many(g) for g in groups]))
+
+
+def validation_us(n: int) -> float:
+    bus = fresh_bus(Path(tempfile.mkdtemp()))
+    body = {"message": "kernel build finished"}
+    bus.schemas.validate("tidings.demo.v1", body)
+    start = time.perf_counter()
+    for _ in range(n):
+        bus.schemas.validate("tidings.demo.v1", body)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def fedora_validation_us(n: int) -> float | None:
+    try:
+        from fedora_messaging import message
+    except ImportError:
+        return None
+    msg = message.Message(topic="bench.validate", body={"message": "kernel build finished"})
+    start = time.perf_counter()
+    for _ in range(n):
+        msg.validate()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+async def end_to_end(root: Path, n: int, rate_limit: float | None) -> tuple[float, float, float]:
+    """Publish n events (optionally paced) through outbox → dispatcher → broker → consumer."""
+    bus = fresh_bus(root)
+    app = App("bench", prefetch=500, concurrency=64)
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    @app.subscribe("bench.#")
+    async def handler(event: Event) -> None:
+        latencies.append(time.time() - event.time.timestamp())
+        if len(latencies) >= n:
+            done.set()
+
+    await app.declare(bus)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(app.run(bus, stop)), asyncio.create_task(bus.dispatcher().run(stop))]
+    events = [bus.event("bench.e2e", BODY_1KB) for _ in range(n)]
+    start = time.perf_counter()
+    if rate_limit is None:
+        for i in range(0, n, 100):
+            await bus.apublish_many([Event.create(e.topic, e.body, source=e.source) for e in events[i:i + 100]])
+    else:
+        for i, event in enumerate(events):
+            await bus.apublish(Event.create(event.topic, event.body, source=event.source))
+            lag = start + (i + 1) / rate_limit - time.perf_counter()
+            if lag > 0:
+                await asyncio.sleep(lag)
+    await asyncio.wait_for(done.wait(), 300)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await asyncio.gather(*tasks)
+    return rate(n, elapsed), percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+
+
+def fedora_publish_rate(n: int) -> float | None:
+    """fedora-messaging's blocking api.publish to the local RabbitMQ, if it is running."""
+    import os
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return None
+    conf = Path(tempfile.mkdtemp()) / "fm.toml"
+    conf.write_text('amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2F"\npublish_exchange = "amq.topic"\n'
+                    'passive_declares = false\n[client_properties]\napp = "bench"\n')
+    os.environ["FEDORA_MESSAGING_CONF"] = str(conf)
+    from fedora_messaging import api, message
+
+    msgs = [message.Message(topic="bench.fedora", body=BODY_1KB) for _ in range(n)]
+    api.publish(msgs[0])  # connect outside the clock
+    return rate(n - 1, timed(lambda: [api.publish(m) for m in msgs[1:]]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    args = parser.parse_args()
+    scale = 0.2 if args.quick else 1.0
+    n = int(5000 * scale)
+    report = Report("embedded")
+    work = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
+    fedora = fedora_publish_rate(int(1000 * scale))
+    peer = {"peer": "fedora-messaging api.publish", "peer_value": fedora} if fedora else {}
+    report.add("durable publish, 1 publisher", one_publisher(work / "one", n), "events/s", target=">= 4,000",
+               **peer)
+    report.add("durable publish, 8 threads", threads_publishing(work / "threads", 8, n // 4), "events/s",
+               target=">= 20,000", **peer)
+    report.add("durable publish, 4 processes together", processes_publishing(work / "procs", 4, n // 2),
+               "events/s", target=">= 4,000", **peer)
+    report.add("durable publish, batches of 100", batches(work / "batch", n * 4, 100), "events/s",
+               target=">= 40,000", **peer)
+    fm_validate = fedora_validation_us(int(2000 * scale))
+    report.add("schema validation per event", validation_us(int(100_000 * scale)), "µs", target="<= 20",
+               **({"peer": "fedora-messaging Message.validate", "peer_value": fm_validate} if fm_validate else {}))
+    e2e_rate, _, _ = asyncio.run(end_to_end(work / "e2e", n * 2, None))
+    report.add("embedded end to end (outbox→broker→consumer)", e2e_rate, "events/s", target=">= 10,000")
+    _, p50, p99 = asyncio.run(end_to_end(work / "lat", int(3000 * scale), 1000.0))
+    report.add("embedded end-to-end latency p50 @1,000/s", p50, "ms")
+    report.add("embedded end-to-end latency p99 @1,000/s", p99, "ms")
+    print(f"saved {report.save()}")
+
+
+if __name__ == "__main__":
+    main()

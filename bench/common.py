@@ -1,0 +1,63 @@
+"""Small helpers shared by the benchmarks: timing, percentiles, a results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+BODY_1KB = {"message": "x" * 1000}
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+class Report:
+    """Rows of (what, figure, unit, peer figure) printed as a table and saved as JSON."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, what: str, value: float, unit: str, *, peer: str = "", peer_value: float | None = None,
+            target: str = "") -> None:
+        row = {"what": what, "value": round(value, 2), "unit": unit, "target": target}
+        if peer_value is not None:
+            row.update(peer=peer, peer_value=round(peer_value, 2))
+            higher_is_better = not unit.startswith(("µs", "ms"))
+            row["ratio"] = round(value / peer_value if higher_is_better else peer_value / value, 2)
+        self.rows.append(row)
+        print(self.format(row), flush=True)
+
+    @staticmethod
+    def format(row: dict[str, Any]) -> str:
+        line = f"{row['what']:<48} {row['value']:>12,.1f} {row['unit']:<10}"
+        if "peer" in row:
+            line += f"  vs {row['peer']}: {row['peer_value']:,.1f} → ×{row['ratio']}"
+        if row.get("target"):
+            line += f"  (target {row['target']})"
+        return line
+
+    def save(self) -> Path:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        meta = {"cpus": os.cpu_count(), "python": platform.python_version(), "time": time.time()}
+        path.write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=2))
+        return path
