@@ -77,7 +77,8 @@ class ConsumerConfig(_Strict):
     transport: str = "local"
     queue: str = ""
     exchange: str = "tidings"
-    bindings: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    #: topic patterns the queue is bound by, besides the App's own subscriptions
+    bindings: list[str] = []
     format: str = "tidings"
     #: ``module:attribute`` of an App, or of a plain function taking an Event
     app: str = ""

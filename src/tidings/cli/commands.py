@@ -228,9 +228,10 @@ def _configured_app(name: str, bus: Bus) -> App:
     found = import_target(section.app)
     if isinstance(found, App):
         found.settings.__dict__.update(settings, queue=section.queue or found.settings.queue)
-        found.settings.extra_bindings = [b for b in section.bindings if b != "#"] if found.subscriptions else \
-            list(section.bindings)
+        found.settings.extra_bindings = list(section.bindings)
         return found
+    if not section.bindings:
+        raise ConfigError(f"[consumers.{name}] serves a plain function: give it bindings = [\"pattern\", ...]")
     return callback_app(name, found, section.bindings, queue=section.queue or name, **settings)
 
 

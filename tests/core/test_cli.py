@@ -1,0 +1,180 @@
+"""The command line as a user meets it: real processes, one-line errors, exit codes, nothing written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tidings(cwd: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    full_env.pop("TIDINGS_CONFIG", None)
+    full_env.update(env or {})
+    raw = subprocess.run([sys.executable, "-m", "tidings", *args], cwd=cwd, input=stdin, capture_output=True,
+                         env=full_env, timeout=timeout, check=False)
+    return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+
+
+def _count(path: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def deep(levels: int) -> str:
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["publish", "a.b", "--body", "{not json"], 4, "malformed JSON"),
+        (["publish", "a.b", "--body", "[1, 2]"], 4, "must be a JSON object"),
+        (["publish", "a.b", "--body", '{"message": 3}', "--type", "tidings.demo.v1"], 4,
+         "tidings.demo.v1: message: 3 is not of type"),
+        (["publish", "a.b", "--body", "{}", "--type", "no.such.v1"], 4, "unknown event type 'no.such.v1'"),
+        (["publish", "a.b", "--body", "@-"], 4, "the limit is 1048576"),
+        (["publish", "a.b", "--body", deep(65)], 4, "nests 65 levels deep; the limit is 64"),
+        (["publish", "a..b", "--body", "{}"], 4, "invalid topic"),
+        (["publish", "a.*", "--body", "{}"], 4, "invalid topic"),
+        (["publish", "a.b", "--body", "@missing.json"], 4, "cannot read body file"),
+        (["publish", "a.b", "--body", "{}", "-H", "novalue"], 4, "is not KEY=VALUE"),
+        (["--config", "nope.toml", "publish", "a.b", "--body", "{}"], 3, "config file 'nope.toml' does not exist"),
+        (["tail", "a.#b"], 4, "invalid pattern"),
+        (["consume", "--callback", "os:getcwd", "--bind", "a..b"], 4, "invalid pattern"),
+        (["consume", "no_such_module:app"], 3, "cannot import 'no_such_module'"),
+        (["backlog", "retry", "nobody"], 3, "no connector named 'nobody'"),
+        (["schemas", "show", "no.such.v1"], 4, "unknown event type"),
+    ],
+)
+def test_bad_input_is_one_line_with_an_exit_code_and_writes_nothing(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    oversize = b'{"x": "' + b"y" * (1024 * 1024) + b'"}'
+    result = tidings(tmp_path, *args, stdin=oversize)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tidings: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert _count_if_any(tmp_path) == 0
+
+
+def _count_if_any(cwd: Path) -> int:
+    path = cwd / ".tidings" / "outbox.db"
+    return _count(path) if path.exists() else 0
+
+
+def test_unknown_config_key_is_named(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text('[bus]\nsource = "x"\nsorce = "typo"\n')
+    result = tidings(tmp_path, "publish", "a.b", "--body", "{}")
+    assert result.returncode == 3
+    assert result.stderr.strip() == "tidings: error: tidings.toml: unknown key `sorce` in [bus]"
+
+
+def test_config_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "other.toml").write_text('[connectors.x]\ntransport = "nowhere"\n')
+    result = tidings(tmp_path, "backlog", "list", env={"TIDINGS_CONFIG": str(tmp_path / "other.toml")})
+    assert result.returncode == 3
+    assert "names transport 'nowhere'" in result.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert tidings(tmp_path, "publish", "a.b").returncode == 2
+    assert tidings(tmp_path, "no-such-command").returncode == 2
+
+
+def test_publish_dispatch_and_consume_with_a_callback(tmp_path: Path) -> None:
+    (tmp_path / "handler.py").write_text(
+        "import json, pathlib\n"
+        "def handle(event):\n"
+        "    with open('seen.jsonl', 'a') as f:\n"
+        "        f.write(json.dumps({'topic': event.topic, 'body': event.body}) + '\\n')\n")
+    body = tmp_path / "body.json"
+    body.write_text('{"message": "from a file"}')
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "consume", "--callback", "handler:handle", "--bind", "demo.#",
+         "--queue", "demo-q"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_queue(tmp_path, "demo-q")
+        first = tidings(tmp_path, "publish", "demo.hello", "--body", '{"message": "hi"}', "--type",
+                        "tidings.demo.v1")
+        assert first.returncode == 0, first.stderr
+        event_id = first.stdout.strip()
+        assert len(event_id) == 36
+        assert tidings(tmp_path, "publish", "demo.file", "--body", f"@{body}").returncode == 0
+        assert tidings(tmp_path, "publish", "demo.stdin", "--body", "@-", stdin=b'{"n": 1}').returncode == 0
+        assert tidings(tmp_path, "publish", "other.topic", "--body", "{}").returncode == 0
+        dispatched = tidings(tmp_path, "dispatch", "--once")
+        assert dispatched.returncode == 0
+        assert "local: delivered 3, to backlog 1" in dispatched.stdout  # other.topic: no queue bound
+        seen = tmp_path / "seen.jsonl"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not seen.exists() or len(seen.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        got = [orjson.loads(line) for line in seen.read_text().splitlines()]
+        assert got == [{"topic": "demo.hello", "body": {"message": "hi"}},
+                       {"topic": "demo.file", "body": {"message": "from a file"}},
+                       {"topic": "demo.stdin", "body": {"n": 1}}]
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.wait(20) == 0, consumer.stderr.read().decode()  # type: ignore[union-attr]
+    backlog = tidings(tmp_path, "backlog", "list", "local")
+    assert "other.topic" in backlog.stdout and "unroutable" in backlog.stdout
+
+
+def _wait_for_queue(cwd: Path, queue: str) -> None:
+    import sqlite3
+
+    broker = cwd / ".tidings" / "broker.db"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if broker.exists():
+            try:
+                with sqlite3.connect(broker) as db:
+                    if db.execute("SELECT 1 FROM queues WHERE name = ?", (queue,)).fetchone():
+                        return
+            except sqlite3.OperationalError:
+                pass  # the consumer is still creating the tables
+        time.sleep(0.05)
+    raise AssertionError(f"queue {queue} was never declared")
+
+
+def test_schemas_commands(tmp_path: Path) -> None:
+    listing = tidings(tmp_path, "schemas", "list")
+    assert listing.returncode == 0 and "tidings.demo.v1" in listing.stdout
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"message": "a"}\n{"message": "b"}\n')
+    assert "2 document(s) valid" in tidings(tmp_path, "schemas", "validate", "tidings.demo.v1", str(good)).stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"message": "a"}\n{"nothing": 1}\n')
+    result = tidings(tmp_path, "schemas", "validate", "tidings.demo.v1", str(bad))
+    assert result.returncode == 4
+    assert "(document 2)" in result.stderr and "message" in result.stderr
+
+
+def test_doctor_reports_the_embedded_default_healthy(tmp_path: Path) -> None:
+    result = tidings(tmp_path, "doctor")
+    assert result.returncode == 0, result.stderr
+    assert "transport local (embedded): ok" in result.stdout
+
+
+def test_demo_runs_and_loses_nothing(tmp_path: Path) -> None:
+    result = tidings(tmp_path, "demo", "--duration", "2", "--rate", "50")
+    assert result.returncode == 0, result.stderr
+    assert "lost 0" in result.stdout
+    assert "datawarehouse.checkout.new" in result.stdout

@@ -1,0 +1,123 @@
+"""Schema registry and configuration loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidings import Bus
+from tidings.config import load_config, parse_config
+from tidings.errors import ConfigError, InvalidEvent, SchemaError, UnknownSchema
+from tidings.schemas import SchemaRegistry
+
+CHECKOUT = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["id", "origin"],
+    "properties": {"id": {"type": "string"}, "origin": {"type": "string"},
+                   "builds": {"type": "array", "items": {"type": "object", "required": ["arch"],
+                                                         "properties": {"arch": {"enum": ["x86_64", "s390x"]}}}}},
+}
+
+
+def test_validation_names_the_failing_field() -> None:
+    registry = SchemaRegistry({"kcidb.checkout.v1": CHECKOUT})
+    registry.validate("kcidb.checkout.v1", {"id": "a", "origin": "o", "builds": [{"arch": "x86_64"}]})
+    with pytest.raises(SchemaError) as info:
+        registry.validate("kcidb.checkout.v1", {"id": "a", "origin": "o", "builds": [{"arch": "mips"}]})
+    assert info.value.path == "builds/0/arch"
+    assert str(info.value).startswith("kcidb.checkout.v1: builds/0/arch: ")
+
+
+def test_validators_are_compiled_once() -> None:
+    registry = SchemaRegistry({"t.v1": CHECKOUT})
+    assert registry.validator("t.v1") is registry.validator("t.v1")
+
+
+def test_unknown_type_suggests_other_versions() -> None:
+    registry = SchemaRegistry({"kcidb.checkout.v1": CHECKOUT})
+    with pytest.raises(UnknownSchema, match="did you mean kcidb.checkout.v1"):
+        registry.validate("kcidb.checkout.v2", {})
+
+
+def test_an_invalid_schema_is_reported_as_such() -> None:
+    registry = SchemaRegistry({"broken.v1": {"type": "no-such-type"}})
+    with pytest.raises(SchemaError, match="itself invalid"):
+        registry.validate("broken.v1", {})
+
+
+def test_directories_from_config_extend_the_built_in_packs(tmp_path: Path) -> None:
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "mine.thing.v1.json").write_text('{"type": "object", "required": ["x"]}')
+    (tmp_path / "tidings.toml").write_text('[schemas]\ndirs = ["schemas"]\n')
+    bus = Bus.load(tmp_path / "tidings.toml")
+    assert {"mine.thing.v1", "tidings.demo.v1"} <= set(bus.schemas.types())
+    assert bus.schemas.origin("mine.thing.v1").endswith("schemas")
+    with pytest.raises(SchemaError):
+        bus.event("a.b", {}, type="mine.thing.v1")
+
+
+def test_a_missing_schema_directory_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text('[schemas]\ndirs = ["nowhere"]\n')
+    with pytest.raises(ConfigError, match="does not exist"):
+        Bus.load(tmp_path / "tidings.toml")
+
+
+def test_require_schema_refuses_untyped_events(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text("[bus]\nrequire_schema = true\n")
+    bus = Bus.load(tmp_path / "tidings.toml")
+    with pytest.raises(InvalidEvent, match="requires a schema"):
+        bus.publish("a.b", {})
+
+
+def test_no_config_means_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIDINGS_CONFIG", raising=False)
+    config = load_config()
+    assert config.transport_options("local") == ("embedded", {"path": str(Path(".tidings") / "broker.db")})
+    assert list(config.connectors) == ["local"]
+    assert config.outbox_path() == Path(".tidings") / "outbox.db"
+
+
+def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "t.toml").write_text('[bus]\nhome = "state"\n[transports.b]\nkind = "embedded"\n'
+                                             'path = "broker.db"\n[transports.c]\nkind = "amqp"\n'
+                                             'ca_file = "certs/ca.pem"\n')
+    config = load_config(tmp_path / "sub" / "t.toml")
+    assert config.outbox_path() == tmp_path / "sub" / "state" / "outbox.db"
+    assert config.transport_options("b")[1]["path"] == str(tmp_path / "sub" / "state" / "broker.db")
+    assert config.transport_options("c")[1]["ca_file"] == str(tmp_path / "sub" / "certs" / "ca.pem")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"bus": {"sorce": "x"}}, "unknown key `sorce` in [bus]"),
+        ({"connectors": {"rabbit": {"transport": "local", "exchnage": "x"}}}, "unknown key `exchnage` in "
+                                                                                "[connectors.rabbit]"),
+        ({"consumers": {"svc": {"prefetch": "many"}}}, "Expected `int`, got `str` in [consumers.svc.prefetch]"),
+        ({"whatever": 1}, "unknown key `whatever` in [top level]"),
+        ({"connectors": {"x": {"transport": "gone"}}}, "names transport 'gone', which is not configured"),
+        ({"transports": {"t": {"path": "x"}}, "connectors": {"c": {"transport": "t"}}}, None),
+    ],
+)
+def test_config_errors_name_the_key(raw: dict, message: str | None) -> None:
+    if message is None:  # a transport without kind fails when it is used, naming the table
+        config = parse_config(raw)
+        with pytest.raises(ConfigError, match=r"\[transports.t\] needs kind"):
+            config.transport_options("t")
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert message in str(info.value)
+
+
+def test_unknown_transport_kind_and_option_are_config_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('[transports.x]\nkind = "carrier-pigeon"\n')
+    with pytest.raises(ConfigError, match="unknown transport kind 'carrier-pigeon'"):
+        Bus.load(tmp_path / "a.toml").make_transport("x")
+    (tmp_path / "b.toml").write_text('[transports.x]\nkind = "embedded"\npaht = "b.db"\n')
+    with pytest.raises(ConfigError, match="paht"):
+        Bus.load(tmp_path / "b.toml").make_transport("x")
