@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BODY_1KB, Report, percentile, rate, timed  # noqa: E402
-from tidings import App, Bus, Event  # noqa: E402
-from tidings.config import default_config  # noqa: E402
+from bench.common import BODY_1KB, Report, percentile, rate, timed
+from tidings import App, Bus, Event
+from tidings.config import default_config
 
 
 def fresh_bus(root: Path) -> Bus:
@@ -61,7 +61,10 @@ def _process_publisher(root: str, each: int, start: multiprocessing.synchronize.
 def processes_publishing(root: Path, n_procs: int, each: int) -> float:
     fresh_bus(root).outbox.last_seq()  # create the files once, before the race
     start = multiprocessing.Event()
-    procs = [multiprocessing.Process(target=_process_publisher, args=(str(root), each, start)) for _ in range(n_procs)]
+    procs = [
+        multiprocessing.Process(target=_process_publisher, args=(str(root), each, start))
+        for _ in range(n_procs)
+    ]
     for p in procs:
         p.start()
     time.sleep(1.0)  # let every process import and build its events before the clock starts
@@ -122,7 +125,9 @@ async def end_to_end(root: Path, n: int, rate_limit: float | None) -> tuple[floa
     start = time.perf_counter()
     if rate_limit is None:
         for i in range(0, n, 100):
-            await bus.apublish_many([Event.create(e.topic, e.body, source=e.source) for e in events[i:i + 100]])
+            await bus.apublish_many(
+                [Event.create(e.topic, e.body, source=e.source) for e in events[i : i + 100]]
+            )
     else:
         for i, event in enumerate(events):
             await bus.apublish(Event.create(event.topic, event.body, source=event.source))
@@ -146,8 +151,10 @@ def fedora_publish_rate(n: int) -> float | None:
     except OSError:
         return None
     conf = Path(tempfile.mkdtemp()) / "fm.toml"
-    conf.write_text('amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2F"\npublish_exchange = "amq.topic"\n'
-                    'passive_declares = false\n[client_properties]\napp = "bench"\n')
+    conf.write_text(
+        'amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2F"\npublish_exchange = "amq.topic"\n'
+        'passive_declares = false\n[client_properties]\napp = "bench"\n'
+    )
     os.environ["FEDORA_MESSAGING_CONF"] = str(conf)
     from fedora_messaging import api, message
 
@@ -157,7 +164,9 @@ def fedora_publish_rate(n: int) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
@@ -166,17 +175,38 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
     fedora = fedora_publish_rate(int(1000 * scale))
     peer = {"peer": "fedora-messaging api.publish", "peer_value": fedora} if fedora else {}
-    report.add("durable publish, 1 publisher", one_publisher(work / "one", n), "events/s", target=">= 4,000",
-               **peer)
-    report.add("durable publish, 8 threads", threads_publishing(work / "threads", 8, n // 4), "events/s",
-               target=">= 20,000", **peer)
-    report.add("durable publish, 4 processes together", processes_publishing(work / "procs", 4, n // 2),
-               "events/s", target=">= 4,000", **peer)
-    report.add("durable publish, batches of 100", batches(work / "batch", n * 4, 100), "events/s",
-               target=">= 40,000", **peer)
+    report.add(
+        "durable publish, 1 publisher", one_publisher(work / "one", n), "events/s", target=">= 4,000", **peer
+    )
+    report.add(
+        "durable publish, 8 threads",
+        threads_publishing(work / "threads", 8, n // 4),
+        "events/s",
+        target=">= 20,000",
+        **peer,
+    )
+    report.add(
+        "durable publish, 4 processes together",
+        processes_publishing(work / "procs", 4, n // 2),
+        "events/s",
+        target=">= 4,000",
+        **peer,
+    )
+    report.add(
+        "durable publish, batches of 100",
+        batches(work / "batch", n * 4, 100),
+        "events/s",
+        target=">= 40,000",
+        **peer,
+    )
     fm_validate = fedora_validation_us(int(2000 * scale))
-    report.add("schema validation per event", validation_us(int(100_000 * scale)), "µs", target="<= 20",
-               **({"peer": "fedora-messaging Message.validate", "peer_value": fm_validate} if fm_validate else {}))
+    report.add(
+        "schema validation per event",
+        validation_us(int(100_000 * scale)),
+        "µs",
+        target="<= 20",
+        **({"peer": "fedora-messaging Message.validate", "peer_value": fm_validate} if fm_validate else {}),
+    )
     e2e_rate, _, _ = asyncio.run(end_to_end(work / "e2e", n * 2, None))
     report.add("embedded end to end (outbox→broker→consumer)", e2e_rate, "events/s", target=">= 10,000")
     _, p50, p99 = asyncio.run(end_to_end(work / "lat", int(3000 * scale), 1000.0))

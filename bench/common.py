@@ -36,8 +36,16 @@ class Report:
         self.name = name
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, what: str, value: float, unit: str, *, peer: str = "", peer_value: float | None = None,
-            target: str = "") -> None:
+    def add(
+        self,
+        what: str,
+        value: float,
+        unit: str,
+        *,
+        peer: str = "",
+        peer_value: float | None = None,
+        target: str = "",
+    ) -> None:
         row = {"what": what, "value": round(value, 2), "unit": unit, "target": target}
         if peer_value is not None:
             row.update(peer=peer, peer_value=round(peer_value, 2))
@@ -50,7 +58,7 @@ class Report:
     def format(row: dict[str, Any]) -> str:
         line = f"{row['what']:<48} {row['value']:>12,.1f} {row['unit']:<10}"
         if "peer" in row:
-            line += f"  vs {row['peer']}: {row['peer_value']:,.1f} → ×{row['ratio']}"
+            line += f"  vs {row['peer']}: {row['peer_value']:,.1f} → x{row['ratio']}"
         if row.get("target"):
             line += f"  (target {row['target']})"
         return line

@@ -90,10 +90,17 @@ class TransportConformance:
         await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
         return queue
 
-    async def test_round_trip_keeps_every_field(self, transport: Transport, exchange: str, unique: str) -> None:
+    async def test_round_trip_keeps_every_field(
+        self, transport: Transport, exchange: str, unique: str
+    ) -> None:
         queue = await self.declare(transport, exchange, unique, "kcidb.#")
-        sent = message("kcidb.checkout.new", b'{"id": "x"}', headers={"a": "b", "n": 3, "t": True},
-                       content_type="application/json", timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        sent = message(
+            "kcidb.checkout.new",
+            b'{"id": "x"}',
+            headers={"a": "b", "n": 3, "t": True},
+            content_type="application/json",
+            timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        )
         assert (await transport.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
         (got,) = await take(transport, queue, 1)
         assert got.message.routing_key == sent.routing_key

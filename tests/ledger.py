@@ -62,9 +62,11 @@ class Verdict:
         return self.lost == 0 and self.unexpected == 0
 
     def line(self, scenario: str) -> str:
-        return (f"[ledger] {scenario}: attempted {self.attempted}, returned {self.returned}, delivered "
-                f"{self.delivered}, lost {self.lost}, unexpected {self.unexpected}, duplicated "
-                f"{self.duplicated}, recovered {self.recovered}")
+        return (
+            f"[ledger] {scenario}: attempted {self.attempted}, returned {self.returned}, delivered "
+            f"{self.delivered}, lost {self.lost}, unexpected {self.unexpected}, duplicated "
+            f"{self.duplicated}, recovered {self.recovered}"
+        )
 
 
 def check(attempted: list[str], returned: list[str], delivered: list[str]) -> Verdict:

@@ -33,8 +33,11 @@ from tidings.transport import Transport, load_transport
 class Bus:
     def __init__(self, config: Config, *, schemas: SchemaRegistry | None = None) -> None:
         self.config = config
-        self.schemas = schemas if schemas is not None else SchemaRegistry.default(
-            Path(config.base_dir, d) for d in config.schemas.dirs)
+        self.schemas = (
+            schemas
+            if schemas is not None
+            else SchemaRegistry.default(Path(config.base_dir, d) for d in config.schemas.dirs)
+        )
         self._outbox: Outbox | None = None
         self._inbox: Inbox | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -67,28 +70,49 @@ class Bus:
 
     # -- events -------------------------------------------------------------------------
 
-    def event(self, topic: str, body: dict[str, Any], *, type: str | None = None,  # noqa: A002
-              headers: dict[str, JSONScalar] | None = None, visibility: Visibility = "public",
-              id: str | None = None) -> Event:  # noqa: A002
+    def event(
+        self,
+        topic: str,
+        body: dict[str, Any],
+        *,
+        type: str | None = None,  # noqa: A002
+        headers: dict[str, JSONScalar] | None = None,
+        visibility: Visibility = "public",
+        id: str | None = None,  # noqa: A002
+    ) -> Event:
         """Build an event from this bus's source; it is checked, not yet published."""
-        event = Event.create(topic, body, source=self.config.bus.source, type=type, headers=headers,
-                             visibility=visibility, id=id)
+        event = Event.create(
+            topic,
+            body,
+            source=self.config.bus.source,
+            type=type,
+            headers=headers,
+            visibility=visibility,
+            id=id,
+        )
         self.check(event)
         return event
 
-    def check(self, event: Event) -> None:
-        """Size, depth and schema checks; raises InvalidEvent (or SchemaError) naming the problem."""
+    def check(self, event: Event) -> bytes:
+        """Depth, size and schema checks; returns the event's stored form (JSON).
+
+        Raises InvalidEvent (or SchemaError) naming the problem.
+        """
         limits = self.config.bus
         depth = json_depth(event.body)
         if depth > limits.max_depth:
             raise InvalidEvent(f"event body nests {depth} levels deep; the limit is {limits.max_depth}")
-        size = len(orjson.dumps(event.body))
-        if size > limits.max_body_bytes:
-            raise InvalidEvent(f"event body is {size} bytes; the limit is {limits.max_body_bytes}")
         if event.type is not None:
             self.schemas.validate(event.type, event.body)
         elif limits.require_schema:
             raise InvalidEvent("event has no type, and this bus requires a schema for every event")
+        data = event.to_json()
+        # the limit is on the body; the envelope around it is small and bounded by the topic/header checks
+        if len(data) > limits.max_body_bytes and len(orjson.dumps(event.body)) > limits.max_body_bytes:
+            raise InvalidEvent(
+                f"event body is {len(orjson.dumps(event.body))} bytes; the limit is {limits.max_body_bytes}"
+            )
+        return data
 
     def check_received(self, event: Event) -> None:
         """The receiving side: validate against a known schema; foreign types pass through."""
@@ -97,43 +121,49 @@ class Bus:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def publish(self, topic_or_event: str | Event, body: dict[str, Any] | None = None, **fields: Any) -> Event:
+    def publish(
+        self, topic_or_event: str | Event, body: dict[str, Any] | None = None, **fields: Any
+    ) -> Event:
         """Check and durably store one event; returns it once it is committed to the outbox."""
-        event = self._as_event(topic_or_event, body, fields)
-        self.outbox.append([event])
+        event, data = self._as_event(topic_or_event, body, fields)
+        self.outbox.append_encoded([(event.id, event.topic, data)])
         return event
 
     def publish_many(self, events: Iterable[Event]) -> list[Event]:
         """Check all, then store all in one commit: either every event is stored or none."""
         batch = list(events)
-        for event in batch:
-            self.check(event)
-        self.outbox.append(batch)
+        self.outbox.append_encoded([(event.id, event.topic, self.check(event)) for event in batch])
         return batch
 
-    async def apublish(self, topic_or_event: str | Event, body: dict[str, Any] | None = None,
-                       **fields: Any) -> Event:
+    async def apublish(
+        self, topic_or_event: str | Event, body: dict[str, Any] | None = None, **fields: Any
+    ) -> Event:
         """:meth:`publish` for asyncio code: the commit runs off the event loop."""
-        event = self._as_event(topic_or_event, body, fields)
-        await asyncio.get_running_loop().run_in_executor(self._publisher_threads(), self.outbox.append, [event])
+        event, data = self._as_event(topic_or_event, body, fields)
+        await asyncio.get_running_loop().run_in_executor(
+            self._publisher_threads(), self.outbox.append_encoded, [(event.id, event.topic, data)]
+        )
         return event
 
     async def apublish_many(self, events: Iterable[Event]) -> list[Event]:
         batch = list(events)
-        for event in batch:
-            self.check(event)
-        await asyncio.get_running_loop().run_in_executor(self._publisher_threads(), self.outbox.append, batch)
+        rows = [(event.id, event.topic, self.check(event)) for event in batch]
+        await asyncio.get_running_loop().run_in_executor(
+            self._publisher_threads(), self.outbox.append_encoded, rows
+        )
         return batch
 
-    def _as_event(self, topic_or_event: str | Event, body: dict[str, Any] | None, fields: dict[str, Any]) -> Event:
+    def _as_event(
+        self, topic_or_event: str | Event, body: dict[str, Any] | None, fields: dict[str, Any]
+    ) -> tuple[Event, bytes]:
         if isinstance(topic_or_event, Event):
             if body is not None or fields:
                 raise TypeError("publish(event) takes no body or fields")
-            self.check(topic_or_event)
-            return topic_or_event
+            return topic_or_event, self.check(topic_or_event)
         if body is None:
             raise TypeError("publish(topic, body) needs a body")
-        return self.event(topic_or_event, body, **fields)
+        event = Event.create(topic_or_event, body, source=self.config.bus.source, **fields)
+        return event, self.check(event)
 
     def _publisher_threads(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -160,8 +190,14 @@ class Bus:
             config = self.config.connectors[name]
             if config.transport not in shared:
                 shared[config.transport] = self.make_transport(config.transport)
-            connectors.append(Connector(name, shared[config.transport],
-                                        self.make_format(config.format, config.format_options), config))
+            connectors.append(
+                Connector(
+                    name,
+                    shared[config.transport],
+                    self.make_format(config.format, config.format_options),
+                    config,
+                )
+            )
         return connectors
 
     def dispatcher(self, names: Sequence[str] | None = None) -> Dispatcher:

@@ -116,7 +116,7 @@ class Config(_Strict):
             raise ConfigError(f"no transport named {name!r} is configured (configured: {known})") from None
         kind = options.pop("kind", None)
         if not isinstance(kind, str):
-            raise ConfigError(f"[transports.{name}] needs kind = \"embedded\" | \"amqp\" | ...")
+            raise ConfigError(f'[transports.{name}] needs kind = "embedded" | "amqp" | ...')
         for key in ("path", "ca_file", "cert_file", "key_file"):
             if isinstance(options.get(key), str):
                 options[key] = str(self._resolve(options[key]))
@@ -195,13 +195,17 @@ def _explain(exc: msgspec.ValidationError, table: str = "") -> str:
 def _check_references(config: Config, origin: str) -> None:
     for name, connector in config.connectors.items():
         if connector.transport not in config.transports:
-            raise ConfigError(f"{origin}: [connectors.{name}] names transport {connector.transport!r}, "
-                              "which is not configured")
+            raise ConfigError(
+                f"{origin}: [connectors.{name}] names transport {connector.transport!r}, "
+                "which is not configured"
+            )
         if connector.max_attempts < 1 or not connector.retry_schedule:
             raise ConfigError(f"{origin}: [connectors.{name}] needs max_attempts >= 1 and a retry_schedule")
     for name, consumer in config.consumers.items():
         if consumer.transport not in config.transports:
-            raise ConfigError(f"{origin}: [consumers.{name}] names transport {consumer.transport!r}, "
-                              "which is not configured")
+            raise ConfigError(
+                f"{origin}: [consumers.{name}] names transport {consumer.transport!r}, "
+                "which is not configured"
+            )
         if consumer.prefetch < 1 or consumer.concurrency < 1:
             raise ConfigError(f"{origin}: [consumers.{name}] needs prefetch >= 1 and concurrency >= 1")

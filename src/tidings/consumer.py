@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[..., Any]
 
 
-class Retry(Exception):  # noqa: N818 - these are control flow, named for what they ask
+class Retry(Exception):
     """Deliver this message again later (after ``delay`` seconds, or the app's schedule)."""
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
@@ -49,15 +49,15 @@ class Retry(Exception):  # noqa: N818 - these are control flow, named for what t
         self.delay = delay
 
 
-class Drop(Exception):  # noqa: N818
+class Drop(Exception):
     """Acknowledge and forget this message."""
 
 
-class Reject(Exception):  # noqa: N818
+class Reject(Exception):
     """Send this message to the dead letters now."""
 
 
-class Halt(Exception):  # noqa: N818
+class Halt(Exception):
     """Put the message back untouched and stop the app."""
 
 
@@ -134,8 +134,9 @@ class App:
     def add_handler(self, patterns: Iterable[str], handler: Handler) -> None:
         patterns = tuple(patterns)
         takes_context = len(inspect.signature(handler).parameters) >= 2
-        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None))
+        # a coroutine function, or an object whose __call__ is one
+        call = None if inspect.isroutine(handler) else vars(type(handler)).get("__call__")
+        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
         index = len(self.subscriptions)
         self.subscriptions.append(Subscription(patterns, handler, takes_context, is_async))
         for pattern in patterns:
@@ -287,7 +288,9 @@ class Runner:
                 if sub.is_async:
                     await sub.handler(*args)
                 else:
-                    await asyncio.get_running_loop().run_in_executor(self._threads, lambda a=args, s=sub: s.handler(*a))
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._threads, lambda a=args, s=sub: s.handler(*a)
+                    )
         except Exception as exc:  # handler outcome: decided in _settle
             return exc
         return None
@@ -314,15 +317,29 @@ class Runner:
             return
         if delivery.attempt >= settings.max_attempts:
             counters.rejected += 1
-            log.error("%s: event %s failed %d times, dead-lettering: %r", self.app.name, event.id,
-                      delivery.attempt, outcome)
+            log.error(
+                "%s: event %s failed %d times, dead-lettering: %r",
+                self.app.name,
+                event.id,
+                delivery.attempt,
+                outcome,
+            )
             await delivery.reject(f"failed {delivery.attempt} times; last error: {outcome!r}"[:1000])
             return
-        delay = outcome.delay if isinstance(outcome, Retry) and outcome.delay is not None \
+        delay = (
+            outcome.delay
+            if isinstance(outcome, Retry) and outcome.delay is not None
             else self.app.retry_delay(delivery.attempt)
+        )
         counters.retried += 1
-        log.info("%s: event %s attempt %d failed (%r), retrying in %.1fs", self.app.name, event.id,
-                 delivery.attempt, outcome, delay)
+        log.info(
+            "%s: event %s attempt %d failed (%r), retrying in %.1fs",
+            self.app.name,
+            event.id,
+            delivery.attempt,
+            outcome,
+            delay,
+        )
         await delivery.retry(delay, repr(outcome)[:1000])
 
 
@@ -330,8 +347,12 @@ class HaltedError(TidingsError):
     exit_code = 8
 
 
-def callback_app(name: str, callback: Callable[..., Any] | Callable[..., Awaitable[Any]],
-                 patterns: Iterable[str], **settings: Any) -> App:
+def callback_app(
+    name: str,
+    callback: Callable[..., Any] | Callable[..., Awaitable[Any]],
+    patterns: Iterable[str],
+    **settings: Any,
+) -> App:
     """An App with one handler: what ``tidings consume --callback`` runs."""
     app = App(name, **settings)
     app.add_handler(list(patterns), callback)

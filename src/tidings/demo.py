@@ -34,26 +34,49 @@ def checkout_story(number: int, rng: random.Random) -> Iterator[tuple[str, str, 
     """(object_type, status, object) in the order the DataWarehouse reports a checkout's life."""
     tree = rng.choice(TREES)
     checkout_id = f"redhat:{rng.getrandbits(40):010x}"
-    checkout = {"id": checkout_id, "origin": "redhat", "tree_name": tree,
-                "git_commit_hash": f"{rng.getrandbits(160):040x}", "valid": True}
+    checkout = {
+        "id": checkout_id,
+        "origin": "redhat",
+        "tree_name": tree,
+        "git_commit_hash": f"{rng.getrandbits(160):040x}",
+        "valid": True,
+    }
     yield "checkout", "new", checkout
     for arch in rng.sample(ARCHES, 2):
-        build = {"id": f"{checkout_id}-{arch}", "checkout_id": checkout_id, "origin": "redhat",
-                 "architecture": arch, "valid": rng.random() > 0.1}
+        build = {
+            "id": f"{checkout_id}-{arch}",
+            "checkout_id": checkout_id,
+            "origin": "redhat",
+            "architecture": arch,
+            "valid": rng.random() > 0.1,
+        }
         yield "build", "new", build
         yield "build", "updated", build
         for test in rng.sample(TESTS, 2):
             status = rng.choices(["PASS", "FAIL", "ERROR"], [8, 1, 1])[0]
-            yield "test", "new", {"id": f"{build['id']}-{test}", "build_id": build["id"], "origin": "redhat",
-                                  "path": test, "status": status}
+            yield (
+                "test",
+                "new",
+                {
+                    "id": f"{build['id']}-{test}",
+                    "build_id": build["id"],
+                    "origin": "redhat",
+                    "path": test,
+                    "status": status,
+                },
+            )
     yield "checkout", "build_setups_finished", checkout
     yield "checkout", "tests_finished", checkout
     yield "checkout", "ready_to_report", checkout
 
 
 def cki_event(bus: Bus, object_type: str, status: str, obj: dict[str, Any]) -> Event:
-    body = {"timestamp": datetime.now(UTC).isoformat(), "status": status, "object_type": object_type,
-            "object": obj}
+    body = {
+        "timestamp": datetime.now(UTC).isoformat(),
+        "status": status,
+        "object_type": object_type,
+        "object": obj,
+    }
     return bus.event(f"datawarehouse.{object_type}.{status}", body)
 
 
@@ -87,10 +110,14 @@ def dashboard(console: Console, ledger: Ledger) -> App:
         ledger.latencies.append((datetime.now(UTC) - event.time).total_seconds())  # type: ignore[union-attr]
         body = event.body
         obj = body["object"]
-        colour = {"new": "green", "updated": "yellow", "tests_finished": "magenta"}.get(body["status"], "cyan")
+        colour = {"new": "green", "updated": "yellow", "tests_finished": "magenta"}.get(
+            body["status"], "cyan"
+        )
         detail = obj.get("tree_name") or obj.get("architecture") or f"{obj.get('path')} {obj.get('status')}"
-        console.print(f"[dim]{event.time:%H:%M:%S.%f}[/] [{colour}]{event.topic:<45}[/] {obj['id'][:34]:<34} "
-                      f"{detail}", highlight=False)
+        console.print(
+            f"[dim]{event.time:%H:%M:%S.%f}[/] [{colour}]{event.topic:<45}[/] {obj['id'][:34]:<34} {detail}",
+            highlight=False,
+        )
 
     return app
 
@@ -117,5 +144,6 @@ def _config(home: Path) -> Any:
     import msgspec
 
     config = default_config(home.parent)
-    return msgspec.structs.replace(config, bus=msgspec.structs.replace(config.bus, home=home.name,
-                                                                       source="demo.datawarehouse"))
+    return msgspec.structs.replace(
+        config, bus=msgspec.structs.replace(config.bus, home=home.name, source="demo.datawarehouse")
+    )

@@ -78,8 +78,15 @@ class DispatcherBusy(TidingsError):
 class Dispatcher:
     """Runs one worker per enabled connector over one outbox."""
 
-    def __init__(self, outbox: Outbox, connectors: Sequence[Connector], *, retention: float = 7 * 86400.0,
-                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        connectors: Sequence[Connector],
+        *,
+        retention: float = 7 * 86400.0,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self.outbox = outbox
         self.connectors = [c for c in connectors if c.config.enabled]
         self.retention = retention
@@ -98,8 +105,9 @@ class Dispatcher:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise DispatcherBusy(f"another dispatcher (pid {holder}) is already delivering from "
-                                 f"{self.outbox.path}") from None
+            raise DispatcherBusy(
+                f"another dispatcher (pid {holder}) is already delivering from {self.outbox.path}"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -118,7 +126,9 @@ class Dispatcher:
         wake = lambda: loop.call_soon_threadsafe(self._wake_all)  # noqa: E731 - called from publisher threads
         self.outbox.add_listener(wake)
         try:
-            tasks = [asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers]
+            tasks = [
+                asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers
+            ]
             tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
             await asyncio.gather(*tasks)
         finally:
@@ -185,7 +195,9 @@ class ConnectorWorker:
         stats = self.connector.stats
         if stats.down_since is None:
             stats.down_since = self.dispatcher.clock()
-            log.warning("connector %s is down, pausing (events wait in the outbox): %s", self.connector.name, exc)
+            log.warning(
+                "connector %s is down, pausing (events wait in the outbox): %s", self.connector.name, exc
+            )
         stats.last_error = str(exc)
         self.connected = False
         delay = min(DOWN_CAP, DOWN_BASE * 2 ** (failures - 1)) * (0.5 + self.dispatcher.rng())
@@ -207,7 +219,9 @@ class ConnectorWorker:
         self.next_due = None
         head = self.outbox.backlog_head(self.connector.name)
         if head is not None:
-            rows = self.outbox.backlog_due(self.connector.name, now, config.batch_size, contiguous=config.ordered)
+            rows = self.outbox.backlog_due(
+                self.connector.name, now, config.batch_size, contiguous=config.ordered
+            )
             if rows:
                 await self._deliver(rows, from_backlog=True)
                 return True
@@ -237,9 +251,13 @@ class ConnectorWorker:
         if messages:
             results = await connector.transport.send(connector.config.exchange, messages)
             if len(results) != len(messages):
-                raise TransportError(f"transport {connector.transport.kind} answered {len(results)} results "
-                                     f"for {len(messages)} messages")
-            settlements.extend(self._settlement(row, result) for row, result in zip(sending, results, strict=True))
+                raise TransportError(
+                    f"transport {connector.transport.kind} answered {len(results)} results "
+                    f"for {len(messages)} messages"
+                )
+            settlements.extend(
+                self._settlement(row, result) for row, result in zip(sending, results, strict=True)
+            )
         new_cursor = None if from_backlog else rows[-1].seq
         self.outbox.settle(connector.name, settlements, new_cursor=new_cursor)
         if new_cursor is not None:
@@ -263,7 +281,9 @@ class ConnectorWorker:
     def _dead(self, row: Row, reason: str, attempts: int | None = None) -> Settlement:
         self.connector.stats.dead += 1
         log.error("connector %s: event seq %d dead-lettered: %s", self.connector.name, row.seq, reason)
-        return Settlement(row.seq, "dead", attempts if attempts is not None else row.attempts + 1, reason=reason)
+        return Settlement(
+            row.seq, "dead", attempts if attempts is not None else row.attempts + 1, reason=reason
+        )
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

@@ -178,8 +178,16 @@ class Event:
     def from_stored(cls, raw: bytes) -> Event:
         """An event this process's own outbox wrote: checked when published, so not checked again."""
         d = orjson.loads(raw)
-        return cls(topic=d["topic"], body=d["body"], source=d["source"], type=d["type"], id=d["id"],
-                   time=datetime.fromisoformat(d["time"]), headers=d["headers"], visibility=d["visibility"])
+        return cls(
+            topic=d["topic"],
+            body=d["body"],
+            source=d["source"],
+            type=d["type"],
+            id=d["id"],
+            time=datetime.fromisoformat(d["time"]),
+            headers=d["headers"],
+            visibility=d["visibility"],
+        )
 
     # -- CloudEvents 1.0 --------------------------------------------------------------
 
@@ -244,8 +252,10 @@ def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
         if not isinstance(key, str) or not isinstance(value, str | int | float | bool | None):
             raise InvalidEvent(f"header {key!r} must map a string to a JSON scalar")
         if key.startswith(RESERVED_HEADER_PREFIX):
-            raise InvalidEvent(f"header {key!r}: the prefix {RESERVED_HEADER_PREFIX!r} is reserved for "
-                               "the CloudEvents attributes")
+            raise InvalidEvent(
+                f"header {key!r}: the prefix {RESERVED_HEADER_PREFIX!r} is reserved for "
+                "the CloudEvents attributes"
+            )
     if visibility not in ("public", "private"):
         raise InvalidEvent(f"visibility must be 'public' or 'private', not {visibility!r}")
 

@@ -31,14 +31,17 @@ class Inbox:
 
     def seen(self, consumer: str, event_id: str) -> bool:
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?",
-                                   (consumer, event_id)).fetchone()
+            row = self._db.execute(
+                "SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?", (consumer, event_id)
+            ).fetchone()
         return row is not None
 
     def mark(self, consumer: str, event_id: str) -> None:
         with self._lock:
             try:
-                self._db.execute("INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time()))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time())
+                )
             except sqlite3.Error as exc:
                 raise OutboxError(f"inbox {self.path.name}: {explain(exc)}") from None
 

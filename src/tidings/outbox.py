@@ -86,10 +86,10 @@ class ConnectorStatus:
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "events")
+    __slots__ = ("done", "error", "rows")
 
-    def __init__(self, events: Sequence[Event]) -> None:
-        self.events = events
+    def __init__(self, rows: list[tuple[str, str, bytes]]) -> None:
+        self.rows = rows
         self.done = False
         self.error: BaseException | None = None
 
@@ -116,7 +116,15 @@ class Outbox:
 
     def append(self, events: Sequence[Event]) -> None:
         """Store events durably; returns once they are committed. Raises OutboxError."""
-        waiter = _Waiter(events)
+        self.append_encoded([(e.id, e.topic, e.to_json()) for e in events])
+
+    def append_encoded(self, rows: list[tuple[str, str, bytes]]) -> None:
+        """:meth:`append` for events already serialised as (id, topic, JSON).
+
+        Serialising happens in the caller's thread, outside the commit, so it
+        overlaps with another thread's fsync instead of lengthening it.
+        """
+        waiter = _Waiter(rows)
         with self._cond:
             self._queue.append(waiter)
             if self._gathering:
@@ -164,15 +172,19 @@ class Outbox:
 
     def _write(self, group: list[_Waiter]) -> BaseException | None:
         now = time.time()
-        rows = [(e.id, e.topic, now, e.to_json()) for w in group for e in w.events]
+        rows = [(event_id, topic, now, data) for w in group for event_id, topic, data in w.rows]
         try:
             self._db.execute("BEGIN IMMEDIATE")
             # a re-published id (a producer retrying after an unknown outcome) is stored once
-            self._db.executemany("INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows
+            )
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            return OutboxError(f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}")
+            return OutboxError(
+                f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
+            )
         return None
 
     def _rollback(self) -> None:
@@ -228,11 +240,15 @@ class Outbox:
         if row:
             return row[0][0]
         start = self.last_seq() if start_at_end else 0
-        self._transaction([("INSERT OR IGNORE INTO cursors (connector, seq) VALUES (?, ?)", [(connector, start)])])
+        self._transaction(
+            [("INSERT OR IGNORE INTO cursors (connector, seq) VALUES (?, ?)", [(connector, start)])]
+        )
         return self._read("SELECT seq FROM cursors WHERE connector = ?", (connector,))[0][0]
 
     def read_after(self, cursor: int, limit: int) -> list[Row]:
-        rows = self._read("SELECT seq, topic, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit))
+        rows = self._read(
+            "SELECT seq, topic, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+        )
         return [Row(seq, topic, data) for seq, topic, data in rows]
 
     def backlog_head(self, connector: str) -> tuple[int, float] | None:
@@ -263,17 +279,30 @@ class Outbox:
 
     def settle(self, connector: str, settlements: Sequence[Settlement], *, new_cursor: int | None) -> None:
         """Record a batch's outcomes (and move the cursor) in one transaction."""
-        retry = [(connector, s.seq, s.attempts, s.next_at, s.reason) for s in settlements if s.state == "retry"]
-        dead = [(connector, s.seq, s.attempts, s.reason, time.time()) for s in settlements if s.state == "dead"]
+        retry = [
+            (connector, s.seq, s.attempts, s.next_at, s.reason) for s in settlements if s.state == "retry"
+        ]
+        dead = [
+            (connector, s.seq, s.attempts, s.reason, time.time()) for s in settlements if s.state == "dead"
+        ]
         finished = [(connector, s.seq) for s in settlements if s.state in ("delivered", "dead")]
         statements: list[tuple[str, Sequence[tuple]]] = [
-            ("INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) VALUES (?,?,?,?,?)",
-             retry),
-            ("INSERT OR REPLACE INTO dead (connector, seq, attempts, reason, failed_at) VALUES (?,?,?,?,?)", dead),
+            (
+                "INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) "
+                "VALUES (?,?,?,?,?)",
+                retry,
+            ),
+            (
+                "INSERT OR REPLACE INTO dead (connector, seq, attempts, reason, failed_at) "
+                "VALUES (?,?,?,?,?)",
+                dead,
+            ),
             ("DELETE FROM backlog WHERE connector = ? AND seq = ?", finished),
         ]
         if new_cursor is not None:
-            statements.append(("UPDATE cursors SET seq = max(seq, ?) WHERE connector = ?", [(new_cursor, connector)]))
+            statements.append(
+                ("UPDATE cursors SET seq = max(seq, ?) WHERE connector = ?", [(new_cursor, connector)])
+            )
         self._transaction(statements)
 
     # -- operators (tidings backlog) -------------------------------------------------------
@@ -286,8 +315,16 @@ class Outbox:
             pending = self._read("SELECT count(*) FROM events WHERE seq > ?", (cursor,))[0][0]
             head = self.backlog_head(name)
             dead = self._read("SELECT count(*) FROM dead WHERE connector = ?", (name,))[0][0]
-            result.append(ConnectorStatus(name, cursor, pending if last > cursor else 0,
-                                          head[0] if head else 0, head[1] if head else None, dead))
+            result.append(
+                ConnectorStatus(
+                    name,
+                    cursor,
+                    pending if last > cursor else 0,
+                    head[0] if head else 0,
+                    head[1] if head else None,
+                    dead,
+                )
+            )
         return result
 
     def entries(self, connector: str, table: str, limit: int = 100) -> list[dict[str, object]]:
@@ -303,21 +340,30 @@ class Outbox:
         keys = ("seq", "attempts", "when", "reason", "id", "topic")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def retry_dead(self, connector: str, seqs: Sequence[int] | None = None, *, now: float | None = None) -> int:
+    def retry_dead(
+        self, connector: str, seqs: Sequence[int] | None = None, *, now: float | None = None
+    ) -> int:
         """Move dead letters back into the backlog, due now, with a fresh attempt count."""
         where, params = _selection(connector, seqs)
         rows = self._read(f"SELECT seq FROM dead WHERE {where}", params)
         now = time.time() if now is None else now
-        self._transaction([
-            ("INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) VALUES (?,?,0,?,'')",
-             [(connector, seq, now) for (seq,) in rows]),
-            ("DELETE FROM dead WHERE connector = ? AND seq = ?", [(connector, seq) for (seq,) in rows]),
-        ])
+        self._transaction(
+            [
+                (
+                    "INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) "
+                    "VALUES (?,?,0,?,'')",
+                    [(connector, seq, now) for (seq,) in rows],
+                ),
+                ("DELETE FROM dead WHERE connector = ? AND seq = ?", [(connector, seq) for (seq,) in rows]),
+            ]
+        )
         return len(rows)
 
     def retry_backlog_now(self, connector: str) -> int:
         rows = self._read("SELECT seq FROM backlog WHERE connector = ?", (connector,))
-        self._transaction([("UPDATE backlog SET next_at = ? WHERE connector = ?", [(time.time(), connector)])])
+        self._transaction(
+            [("UPDATE backlog SET next_at = ? WHERE connector = ?", [(time.time(), connector)])]
+        )
         return len(rows)
 
     def drop(self, connector: str, table: str, seqs: Sequence[int] | None = None) -> int:
@@ -336,16 +382,19 @@ class Outbox:
             return 0
         marks = ",".join("?" * len(names))
         floor = self._read(f"SELECT min(seq) FROM cursors WHERE connector IN ({marks})", names)[0][0] or 0
-        sql = ("DELETE FROM events WHERE seq <= ? AND created < ? "
-               "AND seq NOT IN (SELECT seq FROM backlog) AND seq NOT IN (SELECT seq FROM dead)")
+        sql = (
+            "DELETE FROM events WHERE seq <= ? AND created < ? "
+            "AND seq NOT IN (SELECT seq FROM backlog) AND seq NOT IN (SELECT seq FROM dead)"
+        )
         before = self._read("SELECT count(*) FROM events")[0][0]
         self._transaction([(sql, [(floor, older_than)])])
         return before - self._read("SELECT count(*) FROM events")[0][0]
 
     def history(self, *, since: float = 0.0, topic_like: str = "%") -> Iterable[Event]:
         """Events still in the outbox, oldest first (for replays)."""
-        rows = self._read("SELECT data FROM events WHERE created >= ? AND topic LIKE ? ORDER BY seq",
-                          (since, topic_like))
+        rows = self._read(
+            "SELECT data FROM events WHERE created >= ? AND topic LIKE ? ORDER BY seq", (since, topic_like)
+        )
         for (data,) in rows:
             yield Event.from_stored(data)
 

@@ -176,8 +176,7 @@ def load_transport(kind: str, options: dict[str, Any]) -> Transport:
         cls = getattr(import_module(module_name), attr)
     except ImportError as exc:
         raise ConfigError(
-            f"transport {kind!r} needs a package that is not installed ({exc.name}); "
-            f"install tidings[{kind}]"
+            f"transport {kind!r} needs a package that is not installed ({exc.name}); install tidings[{kind}]"
         ) from None
     try:
         return cls(**options)

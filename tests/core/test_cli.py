@@ -12,17 +12,24 @@ from pathlib import Path
 import orjson
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tidings(cwd: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def tidings(
+    cwd: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     full_env.pop("TIDINGS_CONFIG", None)
     full_env.update(env or {})
-    raw = subprocess.run([sys.executable, "-m", "tidings", *args], cwd=cwd, input=stdin, capture_output=True,
-                         env=full_env, timeout=timeout, check=False)
+    raw = subprocess.run(
+        [sys.executable, "-m", "tidings", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
     return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
 
 
@@ -42,8 +49,11 @@ def deep(levels: int) -> str:
     [
         (["publish", "a.b", "--body", "{not json"], 4, "malformed JSON"),
         (["publish", "a.b", "--body", "[1, 2]"], 4, "must be a JSON object"),
-        (["publish", "a.b", "--body", '{"message": 3}', "--type", "tidings.demo.v1"], 4,
-         "tidings.demo.v1: message: 3 is not of type"),
+        (
+            ["publish", "a.b", "--body", '{"message": 3}', "--type", "tidings.demo.v1"],
+            4,
+            "tidings.demo.v1: message: 3 is not of type",
+        ),
         (["publish", "a.b", "--body", "{}", "--type", "no.such.v1"], 4, "unknown event type 'no.such.v1'"),
         (["publish", "a.b", "--body", "@-"], 4, "the limit is 1048576"),
         (["publish", "a.b", "--body", deep(65)], 4, "nests 65 levels deep; the limit is 64"),
@@ -51,7 +61,11 @@ def deep(levels: int) -> str:
         (["publish", "a.*", "--body", "{}"], 4, "invalid topic"),
         (["publish", "a.b", "--body", "@missing.json"], 4, "cannot read body file"),
         (["publish", "a.b", "--body", "{}", "-H", "novalue"], 4, "is not KEY=VALUE"),
-        (["--config", "nope.toml", "publish", "a.b", "--body", "{}"], 3, "config file 'nope.toml' does not exist"),
+        (
+            ["--config", "nope.toml", "publish", "a.b", "--body", "{}"],
+            3,
+            "config file 'nope.toml' does not exist",
+        ),
         (["tail", "a.#b"], 4, "invalid pattern"),
         (["consume", "--callback", "os:getcwd", "--bind", "a..b"], 4, "invalid pattern"),
         (["consume", "no_such_module:app"], 3, "cannot import 'no_such_module'"),
@@ -102,17 +116,35 @@ def test_publish_dispatch_and_consume_with_a_callback(tmp_path: Path) -> None:
         "import json, pathlib\n"
         "def handle(event):\n"
         "    with open('seen.jsonl', 'a') as f:\n"
-        "        f.write(json.dumps({'topic': event.topic, 'body': event.body}) + '\\n')\n")
+        "        f.write(json.dumps({'topic': event.topic, 'body': event.body}) + '\\n')\n"
+    )
     body = tmp_path / "body.json"
     body.write_text('{"message": "from a file"}')
     consumer = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "consume", "--callback", "handler:handle", "--bind", "demo.#",
-         "--queue", "demo-q"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "tidings",
+            "consume",
+            "--callback",
+            "handler:handle",
+            "--bind",
+            "demo.#",
+            "--queue",
+            "demo-q",
+            "--concurrency",
+            "1",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_for_queue(tmp_path, "demo-q")
-        first = tidings(tmp_path, "publish", "demo.hello", "--body", '{"message": "hi"}', "--type",
-                        "tidings.demo.v1")
+        first = tidings(
+            tmp_path, "publish", "demo.hello", "--body", '{"message": "hi"}', "--type", "tidings.demo.v1"
+        )
         assert first.returncode == 0, first.stderr
         event_id = first.stdout.strip()
         assert len(event_id) == 36
@@ -127,9 +159,11 @@ def test_publish_dispatch_and_consume_with_a_callback(tmp_path: Path) -> None:
         while time.monotonic() < deadline and (not seen.exists() or len(seen.read_text().splitlines()) < 3):
             time.sleep(0.05)
         got = [orjson.loads(line) for line in seen.read_text().splitlines()]
-        assert got == [{"topic": "demo.hello", "body": {"message": "hi"}},
-                       {"topic": "demo.file", "body": {"message": "from a file"}},
-                       {"topic": "demo.stdin", "body": {"n": 1}}]
+        assert got == [
+            {"topic": "demo.hello", "body": {"message": "hi"}},
+            {"topic": "demo.file", "body": {"message": "from a file"}},
+            {"topic": "demo.stdin", "body": {"n": 1}},
+        ]
     finally:
         consumer.send_signal(signal.SIGTERM)
         assert consumer.wait(20) == 0, consumer.stderr.read().decode()  # type: ignore[union-attr]
@@ -159,7 +193,9 @@ def test_schemas_commands(tmp_path: Path) -> None:
     assert listing.returncode == 0 and "tidings.demo.v1" in listing.stdout
     good = tmp_path / "good.jsonl"
     good.write_text('{"message": "a"}\n{"message": "b"}\n')
-    assert "2 document(s) valid" in tidings(tmp_path, "schemas", "validate", "tidings.demo.v1", str(good)).stdout
+    assert (
+        "2 document(s) valid" in tidings(tmp_path, "schemas", "validate", "tidings.demo.v1", str(good)).stdout
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"message": "a"}\n{"nothing": 1}\n')
     result = tidings(tmp_path, "schemas", "validate", "tidings.demo.v1", str(bad))
@@ -178,3 +214,60 @@ def test_demo_runs_and_loses_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "lost 0" in result.stdout
     assert "datawarehouse.checkout.new" in result.stdout
+
+
+def test_serve_runs_the_dispatcher_and_configured_consumers(tmp_path: Path) -> None:
+    (tmp_path / "svc.py").write_text(
+        "from tidings import App\n"
+        "app = App('svc')\n"
+        "@app.subscribe('job.#')\n"
+        "def done(event):\n"
+        "    open('done.txt', 'a').write(event.topic + '\\n')\n"
+        "def plain(event):\n"
+        "    open('plain.txt', 'a').write(event.topic + '\\n')\n"
+    )
+    (tmp_path / "tidings.toml").write_text(
+        '[consumers.svc]\napp = "svc:app"\n\n'
+        '[consumers.plain]\napp = "svc:plain"\nbindings = ["job.finished"]\n'
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_queue(tmp_path, "plain")
+        for topic in ("job.started", "job.finished"):
+            assert tidings(tmp_path, "publish", topic, "--body", "{}").returncode == 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (tmp_path / "plain.txt").exists():
+            time.sleep(0.05)
+        while time.monotonic() < deadline and len((tmp_path / "done.txt").read_text().split()) < 2:
+            time.sleep(0.05)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0, server.stderr.read().decode()  # type: ignore[union-attr]
+    assert (tmp_path / "done.txt").read_text().split() == ["job.started", "job.finished"]
+    assert (tmp_path / "plain.txt").read_text().split() == ["job.finished"]
+
+
+def test_tail_shows_published_events(tmp_path: Path) -> None:
+    for n in range(3):
+        assert tidings(tmp_path, "publish", f"tail.t{n}", "--body", f'{{"n": {n}}}').returncode == 0
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "tail", "tail.#", "--json", "--last", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        lines = [follower.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+        assert tidings(tmp_path, "publish", "tail.live", "--body", "{}").returncode == 0
+        lines.append(follower.stdout.readline())  # type: ignore[union-attr]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(10)
+    assert [orjson.loads(line)["topic"] for line in lines] == ["tail.t1", "tail.t2", "tail.live"]

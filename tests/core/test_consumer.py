@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,8 +35,10 @@ class Running:
 
     async def __aenter__(self) -> Running:
         await self.app.declare(self.bus)
-        self.tasks = [asyncio.create_task(self.app.run(self.bus, self.stop)),
-                      asyncio.create_task(self.bus.dispatcher().run(self.stop))]
+        self.tasks = [
+            asyncio.create_task(self.app.run(self.bus, self.stop)),
+            asyncio.create_task(self.bus.dispatcher().run(self.stop)),
+        ]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -54,8 +56,8 @@ async def dead_letters(bus: Bus, queue: str, count: int) -> list[Any]:
 
 
 @pytest.fixture
-async def fast_app() -> AsyncIterator[App]:
-    yield App("svc", max_attempts=3, retry_schedule=[0.05], prefetch=10, concurrency=4)
+def fast_app() -> App:
+    return App("svc", max_attempts=3, retry_schedule=[0.05], prefetch=10, concurrency=4)
 
 
 async def test_sync_and_async_handlers_get_matching_events(bus: Bus, fast_app: App) -> None:
@@ -76,8 +78,12 @@ async def test_sync_and_async_handlers_get_matching_events(bus: Bus, fast_app: A
         for topic in ("build.new", "build.x.y", "test.done", "other.thing"):
             await bus.apublish(topic, {"n": 1})
         await until(lambda: fast_app.counters.handled == 3)
-    assert sorted(seen) == [("async", "build.new"), ("async", "build.x.y"), ("async", "test.done"),
-                            ("sync", "build.new")]
+    assert sorted(seen) == [
+        ("async", "build.new"),
+        ("async", "build.x.y"),
+        ("async", "test.done"),
+        ("sync", "build.new"),
+    ]
 
 
 async def test_flow_control_exceptions(bus: Bus, fast_app: App) -> None:

@@ -26,8 +26,12 @@ class Clock:
 
 def make(outbox: Outbox, clock: Clock, **transports: ScriptedTransport) -> Dispatcher:
     connectors = [
-        Connector(name, transport, NativeFormat(),
-                  ConnectorConfig(transport=name, retry_schedule=[5, 25, 125], max_attempts=4, batch_size=50))
+        Connector(
+            name,
+            transport,
+            NativeFormat(),
+            ConnectorConfig(transport=name, retry_schedule=[5, 25, 125], max_attempts=4, batch_size=50),
+        )
         for name, transport in transports.items()
     ]
     return Dispatcher(outbox, connectors, clock=clock, rng=lambda: 0.5)
@@ -98,8 +102,9 @@ async def test_a_down_connector_pauses_without_delaying_the_other(outbox: Outbox
 async def test_a_refused_event_waits_in_the_backlog_and_new_events_queue_behind(outbox: Outbox) -> None:
     clock = Clock()
     refusing = {"t.1"}
-    transport = ScriptedTransport(lambda m: SendResult(Outcome.RETRY, "nack") if m.routing_key in refusing
-                                  else DELIVERED)
+    transport = ScriptedTransport(
+        lambda m: SendResult(Outcome.RETRY, "nack") if m.routing_key in refusing else DELIVERED
+    )
     dispatcher = make(outbox, clock, c=transport)
     outbox.append(events(3))
     await dispatcher.drain()
@@ -139,8 +144,9 @@ async def test_after_the_attempt_limit_the_event_is_dead_lettered_and_replayable
 
 
 async def test_refused_goes_straight_to_dead_letters_and_the_rest_flows(outbox: Outbox) -> None:
-    transport = ScriptedTransport(lambda m: SendResult(Outcome.REFUSED, "too large") if m.routing_key == "t.0"
-                                  else DELIVERED)
+    transport = ScriptedTransport(
+        lambda m: SendResult(Outcome.REFUSED, "too large") if m.routing_key == "t.0" else DELIVERED
+    )
     dispatcher = make(outbox, Clock(), c=transport)
     outbox.append(events(3))
     await dispatcher.drain()
@@ -160,7 +166,9 @@ async def test_connector_topic_filter(outbox: Outbox) -> None:
 async def test_purge_keeps_what_a_connector_still_needs(outbox: Outbox) -> None:
     clock = Clock()
     ok = ScriptedTransport()
-    refusing = ScriptedTransport(lambda m: SendResult(Outcome.RETRY, "no") if m.routing_key == "t.0" else DELIVERED)
+    refusing = ScriptedTransport(
+        lambda m: SendResult(Outcome.RETRY, "no") if m.routing_key == "t.0" else DELIVERED
+    )
     dispatcher = make(outbox, clock, ok=ok, refusing=refusing)
     outbox.append(events(3))
     await dispatcher.drain()

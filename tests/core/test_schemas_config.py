@@ -15,9 +15,18 @@ CHECKOUT = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "required": ["id", "origin"],
-    "properties": {"id": {"type": "string"}, "origin": {"type": "string"},
-                   "builds": {"type": "array", "items": {"type": "object", "required": ["arch"],
-                                                         "properties": {"arch": {"enum": ["x86_64", "s390x"]}}}}},
+    "properties": {
+        "id": {"type": "string"},
+        "origin": {"type": "string"},
+        "builds": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["arch"],
+                "properties": {"arch": {"enum": ["x86_64", "s390x"]}},
+            },
+        },
+    },
 }
 
 
@@ -37,7 +46,7 @@ def test_validators_are_compiled_once() -> None:
 
 def test_unknown_type_suggests_other_versions() -> None:
     registry = SchemaRegistry({"kcidb.checkout.v1": CHECKOUT})
-    with pytest.raises(UnknownSchema, match="did you mean kcidb.checkout.v1"):
+    with pytest.raises(UnknownSchema, match=r"did you mean kcidb\.checkout\.v1"):
         registry.validate("kcidb.checkout.v2", {})
 
 
@@ -82,9 +91,11 @@ def test_no_config_means_the_embedded_default(tmp_path: Path, monkeypatch: pytes
 
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "t.toml").write_text('[bus]\nhome = "state"\n[transports.b]\nkind = "embedded"\n'
-                                             'path = "broker.db"\n[transports.c]\nkind = "amqp"\n'
-                                             'ca_file = "certs/ca.pem"\n')
+    (tmp_path / "sub" / "t.toml").write_text(
+        '[bus]\nhome = "state"\n[transports.b]\nkind = "embedded"\n'
+        'path = "broker.db"\n[transports.c]\nkind = "amqp"\n'
+        'ca_file = "certs/ca.pem"\n'
+    )
     config = load_config(tmp_path / "sub" / "t.toml")
     assert config.outbox_path() == tmp_path / "sub" / "state" / "outbox.db"
     assert config.transport_options("b")[1]["path"] == str(tmp_path / "sub" / "state" / "broker.db")
@@ -95,9 +106,14 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     ("raw", "message"),
     [
         ({"bus": {"sorce": "x"}}, "unknown key `sorce` in [bus]"),
-        ({"connectors": {"rabbit": {"transport": "local", "exchnage": "x"}}}, "unknown key `exchnage` in "
-                                                                                "[connectors.rabbit]"),
-        ({"consumers": {"svc": {"prefetch": "many"}}}, "Expected `int`, got `str` in [consumers.svc.prefetch]"),
+        (
+            {"connectors": {"rabbit": {"transport": "local", "exchnage": "x"}}},
+            "unknown key `exchnage` in [connectors.rabbit]",
+        ),
+        (
+            {"consumers": {"svc": {"prefetch": "many"}}},
+            "Expected `int`, got `str` in [consumers.svc.prefetch]",
+        ),
         ({"whatever": 1}, "unknown key `whatever` in [top level]"),
         ({"connectors": {"x": {"transport": "gone"}}}, "names transport 'gone', which is not configured"),
         ({"transports": {"t": {"path": "x"}}, "connectors": {"c": {"transport": "t"}}}, None),

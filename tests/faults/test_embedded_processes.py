@@ -31,8 +31,9 @@ def write_config(tmp_path: Path, lease: float = 30.0) -> Path:
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def dispatcher(config: Path) -> subprocess.Popen[bytes]:
@@ -44,8 +45,10 @@ def consumer(config: Path, app: str, ledger: Path) -> subprocess.Popen[bytes]:
 
 
 def publishers(config: Path, ledger_dir: Path, count: int, each: int) -> list[subprocess.Popen[bytes]]:
-    return [spawn("-m", "tests.faults.procs", "publish", str(config), f"p{i}", str(each), str(ledger_dir))
-            for i in range(count)]
+    return [
+        spawn("-m", "tests.faults.procs", "publish", str(config), f"p{i}", str(each), str(ledger_dir))
+        for i in range(count)
+    ]
 
 
 def declare(config: Path, *apps: str) -> None:
@@ -87,9 +90,12 @@ def test_four_publishers_three_consumers_exactly_once(tmp_path: Path) -> None:
     ledgers = tmp_path / "ledger"
     ledgers.mkdir()
     declare(config, "alpha", "beta")
-    procs = [dispatcher(config),
-             consumer(config, "alpha", ledgers / "alpha-1"), consumer(config, "alpha", ledgers / "alpha-2"),
-             consumer(config, "beta", ledgers / "beta-1")]
+    procs = [
+        dispatcher(config),
+        consumer(config, "alpha", ledgers / "alpha-1"),
+        consumer(config, "alpha", ledgers / "alpha-2"),
+        consumer(config, "beta", ledgers / "beta-1"),
+    ]
     pubs = publishers(config, ledgers, 4, 2500)
     try:
         for pub in pubs:
@@ -124,9 +130,11 @@ def test_sigkill_dispatcher_and_consumers_loses_nothing(tmp_path: Path) -> None:
     ledgers = tmp_path / "ledger"
     ledgers.mkdir()
     declare(config, "svc")
-    roles = {"dispatcher": lambda: dispatcher(config),
-             "consumer-1": lambda: consumer(config, "svc", ledgers / "svc-1"),
-             "consumer-2": lambda: consumer(config, "svc", ledgers / "svc-2")}
+    roles = {
+        "dispatcher": lambda: dispatcher(config),
+        "consumer-1": lambda: consumer(config, "svc", ledgers / "svc-1"),
+        "consumer-2": lambda: consumer(config, "svc", ledgers / "svc-2"),
+    }
     running = {name: start() for name, start in roles.items()}
     pubs = publishers(config, ledgers, 2, 3000)
     kills = 0

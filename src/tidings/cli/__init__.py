@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +26,7 @@ err = Console(stderr=True)
 app = typer.Typer(
     name="tidings",
     help="A reliable event bus: publish events durably, deliver them to every connector, consume them "
-         "with acks.\n\nWith no config file everything runs on the embedded default under ./.tidings/.",
+    "with acks.\n\nWith no config file everything runs on the embedded default under ./.tidings/.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -37,17 +36,29 @@ app = typer.Typer(
 
 @app.callback()
 def _global(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file for every command "
-                                                "(also $TIDINGS_CONFIG; default ./tidings.toml, else the "
-                                                "embedded default).", show_default=False)] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config file for every command "
+            "(also $TIDINGS_CONFIG; default ./tidings.toml, else the "
+            "embedded default).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     if config is not None:
         os.environ["TIDINGS_CONFIG"] = str(config)
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)])
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+    )
 
 
 def main() -> None:

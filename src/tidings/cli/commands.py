@@ -21,9 +21,16 @@ from tidings.topics import validate_pattern
 
 out = Console()
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", envvar="TIDINGS_CONFIG",
-                                                 help="Config file (default ./tidings.toml, else the "
-                                                      "embedded default).", show_default=False)]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="TIDINGS_CONFIG",
+        help="Config file (default ./tidings.toml, else the embedded default).",
+        show_default=False,
+    ),
+]
 LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
 
@@ -62,8 +69,12 @@ def parse_headers(pairs: list[str]) -> dict[str, str]:
 def publish(
     topic: Annotated[str, typer.Argument(help="Routing key, e.g. datawarehouse.checkout.new")],
     body: Annotated[str, typer.Option("--body", "-b", help="JSON object, @FILE, or @- for stdin.")],
-    type_: Annotated[str | None, typer.Option("--type", "-t", help="Schema type, e.g. kcidb.checkout.v1; "
-                                              "the body is validated against it.")] = None,
+    type_: Annotated[
+        str | None,
+        typer.Option(
+            "--type", "-t", help="Schema type, e.g. kcidb.checkout.v1; the body is validated against it."
+        ),
+    ] = None,
     header: Annotated[list[str], typer.Option("--header", "-H", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
     private: Annotated[bool, typer.Option(help="Mark the event private (sinks may redact it).")] = False,
     config: ConfigOpt = None,
@@ -76,15 +87,22 @@ def publish(
     Example: tidings publish demo.hello --body '{"message": "hi"}' --type tidings.demo.v1
     """
     bus = load_bus(config)
-    event = bus.publish(topic, read_body(body), type=type_, headers=parse_headers(header),
-                        visibility="private" if private else "public")
+    event = bus.publish(
+        topic,
+        read_body(body),
+        type=type_,
+        headers=parse_headers(header),
+        visibility="private" if private else "public",
+    )
     out.print(event.id, highlight=False)
 
 
 @app.command()
 def dispatch(
-    connector: Annotated[list[str], typer.Option("--connector", help="Only these connectors "
-                                                 "(repeatable; default: all enabled).")] = [],  # noqa: B006
+    connector: Annotated[
+        list[str],
+        typer.Option("--connector", help="Only these connectors (repeatable; default: all enabled)."),
+    ] = [],  # noqa: B006
     once: Annotated[bool, typer.Option("--once", help="Deliver what is due, then exit.")] = False,
     config: ConfigOpt = None,
     log_level: LogOpt = "INFO",
@@ -101,11 +119,15 @@ def dispatch(
         for c in dispatcher.connectors:
             stats = c.stats
             note = f" (last: {stats.last_error})" if stats.last_error else ""
-            out.print(f"{c.name}: delivered {stats.delivered}, to backlog {stats.retried}, dead {stats.dead}{note}",
-                      highlight=False)
+            out.print(
+                f"{c.name}: delivered {stats.delivered}, to backlog {stats.retried}, dead {stats.dead}{note}",
+                highlight=False,
+            )
         return
-    err.print(f"dispatching from {bus.config.outbox_path()} to {', '.join(c.name for c in dispatcher.connectors)}"
-              " — Ctrl-C to stop")
+    err.print(
+        f"dispatching from {bus.config.outbox_path()} to {', '.join(c.name for c in dispatcher.connectors)}"
+        " — Ctrl-C to stop"
+    )
     asyncio.run(_until_signalled(dispatcher.run))
 
 
@@ -146,12 +168,20 @@ def import_target(target: str) -> Any:
 @app.command()
 def consume(
     target: Annotated[str | None, typer.Argument(help="MODULE:APP, an App object to run.")] = None,
-    callback: Annotated[str | None, typer.Option("--callback", help="MODULE:FUNC, a function taking an "
-                                                 "Event.")] = None,
-    bind: Annotated[list[str], typer.Option("--bind", help="Topic pattern for --callback "
-                                            "(repeatable).")] = [],  # noqa: B006
-    queue: Annotated[str | None, typer.Option("--queue", help="Queue name (default: the app's name).")] = None,
+    callback: Annotated[
+        str | None, typer.Option("--callback", help="MODULE:FUNC, a function taking an Event.")
+    ] = None,
+    bind: Annotated[
+        list[str], typer.Option("--bind", help="Topic pattern for --callback (repeatable).")
+    ] = [],  # noqa: B006
+    queue: Annotated[
+        str | None, typer.Option("--queue", help="Queue name (default: the app's name).")
+    ] = None,
     transport: Annotated[str | None, typer.Option("--transport", help="Configured transport name.")] = None,
+    prefetch: Annotated[int | None, typer.Option(min=1, help="Messages held unsettled at once.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Handlers running at once (1 keeps the queue's order).")
+    ] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "INFO",
 ) -> None:
@@ -178,8 +208,14 @@ def consume(
             consumer_app.settings.queue = queue
     if transport:
         consumer_app.settings.transport = transport
-    err.print(f"consuming queue {consumer_app.settings.queue!r} ({', '.join(consumer_app.bindings())}) "
-              "— Ctrl-C to stop")
+    if prefetch:
+        consumer_app.settings.prefetch = prefetch
+    if concurrency:
+        consumer_app.settings.concurrency = concurrency
+    err.print(
+        f"consuming queue {consumer_app.settings.queue!r} ({', '.join(consumer_app.bindings())}) "
+        "— Ctrl-C to stop"
+    )
     asyncio.run(_until_signalled(consumer_app.run, bus))
 
 
@@ -187,7 +223,9 @@ def consume(
 def tail(
     pattern: Annotated[str, typer.Argument(help="Only topics matching this pattern.")] = "#",
     limit: Annotated[int, typer.Option("--last", help="Show this many past events first.")] = 10,
-    json_: Annotated[bool, typer.Option("--json", help="One JSON event per line instead of a table.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="One JSON event per line instead of a table.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Follow events as they are published into the outbox, newest last (Ctrl-C to stop)."""
@@ -206,8 +244,10 @@ def serve(
     """Run the dispatcher and every configured consumer ([consumers.NAME] with app = ...) in one process."""
     bus = load_bus(config, log_level)
     apps = [_configured_app(name, bus) for name in bus.config.consumers]
-    err.print(f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "
-              f"consumers: {', '.join(a.name for a in apps) or 'none'} — Ctrl-C to stop")
+    err.print(
+        f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "
+        f"consumers: {', '.join(a.name for a in apps) or 'none'} — Ctrl-C to stop"
+    )
     asyncio.run(_until_signalled(_serve, bus, apps))
 
 
@@ -220,44 +260,58 @@ async def _serve(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:
 def _configured_app(name: str, bus: Bus) -> App:
     section = bus.config.consumers[name]
     if not section.app:
-        raise ConfigError(f"[consumers.{name}] needs app = \"module:attribute\" to be served")
-    settings = {"exchange": section.exchange, "transport": section.transport, "format": section.format,
-                "prefetch": section.prefetch, "concurrency": section.concurrency,
-                "max_attempts": section.max_attempts, "retry_schedule": list(section.retry_schedule),
-                "inbox": section.inbox, "queue_kind": section.queue_kind}
+        raise ConfigError(f'[consumers.{name}] needs app = "module:attribute" to be served')
+    settings = {
+        "exchange": section.exchange,
+        "transport": section.transport,
+        "format": section.format,
+        "prefetch": section.prefetch,
+        "concurrency": section.concurrency,
+        "max_attempts": section.max_attempts,
+        "retry_schedule": list(section.retry_schedule),
+        "inbox": section.inbox,
+        "queue_kind": section.queue_kind,
+    }
     found = import_target(section.app)
     if isinstance(found, App):
         found.settings.__dict__.update(settings, queue=section.queue or found.settings.queue)
         found.settings.extra_bindings = list(section.bindings)
         return found
     if not section.bindings:
-        raise ConfigError(f"[consumers.{name}] serves a plain function: give it bindings = [\"pattern\", ...]")
+        raise ConfigError(f'[consumers.{name}] serves a plain function: give it bindings = ["pattern", ...]')
     return callback_app(name, found, section.bindings, queue=section.queue or name, **settings)
 
 
 def print_event(event: Event, console: Console) -> None:
-    console.print(f"[dim]{event.time:%H:%M:%S.%f}[/] [bold cyan]{event.topic}[/] "
-                  f"[dim]{event.id[:13]}… {event.type or ''}[/]")
+    console.print(
+        f"[dim]{event.time:%H:%M:%S.%f}[/] [bold cyan]{event.topic}[/] "
+        f"[dim]{event.id[:13]}… {event.type or ''}[/]"
+    )
 
 
 @app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="Seconds the producer runs.")] = 15.0,
     rate: Annotated[float, typer.Option(help="Events per second the producer emits.")] = 40.0,
-    home: Annotated[Path, typer.Option(help="Folder for the demo's outbox and broker files.")] =
-    Path(".tidings-demo"),
+    home: Annotated[Path, typer.Option(help="Folder for the demo's outbox and broker files.")] = Path(
+        ".tidings-demo"
+    ),
 ) -> None:
     """Watch the embedded bus work: CKI DataWarehouse-like events published, dispatched and consumed."""
     from tidings.demo import run_demo
 
     setup_logging("WARNING")
-    err.print(f"[bold]tidings demo[/]: embedded bus in {home}/ — a DataWarehouse-like producer at {rate:g} "
-              f"events/s for {duration:g}s, a consumer service printing what it acks")
+    err.print(
+        f"[bold]tidings demo[/]: embedded bus in {home}/ — a DataWarehouse-like producer at {rate:g} "
+        f"events/s for {duration:g}s, a consumer service printing what it acks"
+    )
     ledger = asyncio.run(run_demo(home, duration, rate, out))
     latencies = sorted(ledger.latencies or [0.0])
     p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
     lost = ledger.published - ledger.received
-    out.print(f"\n[bold]ledger[/]: published {ledger.published}, received {ledger.received}, "
-              f"lost {max(lost, 0)}; publish→handler latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    out.print(
+        f"\n[bold]ledger[/]: published {ledger.published}, received {ledger.received}, "
+        f"lost {max(lost, 0)}; publish→handler latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+    )
     if lost > 0:
         raise typer.Exit(1)

@@ -18,13 +18,16 @@ from tidings.errors import ConfigError, InvalidEvent, TidingsError
 from tidings.event import loads
 from tidings.transport import ExchangeSpec, Topology
 
-backlog_app = typer.Typer(help="Show and act on each connector's backlog and dead letters.",
-                          no_args_is_help=True)
+backlog_app = typer.Typer(
+    help="Show and act on each connector's backlog and dead letters.", no_args_is_help=True
+)
 schemas_app = typer.Typer(help="List, show and try the registered event schemas.", no_args_is_help=True)
 app.add_typer(backlog_app, name="backlog")
 app.add_typer(schemas_app, name="schemas")
 
-Table_ = Annotated[str, typer.Option("--dead/--backlog", help="Act on dead letters (default) or the backlog.")]
+Table_ = Annotated[
+    str, typer.Option("--dead/--backlog", help="Act on dead letters (default) or the backlog.")
+]
 
 
 def _connector(bus: Bus, name: str) -> str:
@@ -43,8 +46,9 @@ def _ago(moment: float | None) -> str:
 @backlog_app.command("list")
 def backlog_list(
     connector: Annotated[str | None, typer.Argument(help="Show this connector's entries in detail.")] = None,
-    dead: Annotated[bool, typer.Option("--dead", help="With CONNECTOR: list dead letters, not the backlog.")]
-    = False,
+    dead: Annotated[
+        bool, typer.Option("--dead", help="With CONNECTOR: list dead letters, not the backlog.")
+    ] = False,
     limit: Annotated[int, typer.Option(help="At most this many entries.")] = 50,
     config: ConfigOpt = None,
 ) -> None:
@@ -53,24 +57,40 @@ def backlog_list(
     if connector is None:
         table = Table("connector", "cursor", "pending", "backlog", "next retry", "dead", title="connectors")
         for s in bus.outbox.status(bus.config.connectors):
-            table.add_row(s.connector, str(s.cursor), str(s.pending), str(s.backlog), _ago(s.next_retry),
-                          str(s.dead))
+            table.add_row(
+                s.connector, str(s.cursor), str(s.pending), str(s.backlog), _ago(s.next_retry), str(s.dead)
+            )
         out.print(table)
         return
     which = "dead" if dead else "backlog"
     entries = bus.outbox.entries(_connector(bus, connector), which, limit)
-    table = Table("seq", "attempts", "failed" if dead else "next retry", "topic", "id", "reason",
-                  title=f"{connector}: {which}")
+    table = Table(
+        "seq",
+        "attempts",
+        "failed" if dead else "next retry",
+        "topic",
+        "id",
+        "reason",
+        title=f"{connector}: {which}",
+    )
     for e in entries:
-        table.add_row(str(e["seq"]), str(e["attempts"]), _ago(e["when"]), str(e["topic"]), str(e["id"]),  # type: ignore[arg-type]
-                      str(e["reason"])[:80])
+        table.add_row(
+            str(e["seq"]),
+            str(e["attempts"]),
+            _ago(e["when"]),
+            str(e["topic"]),
+            str(e["id"]),  # type: ignore[arg-type]
+            str(e["reason"])[:80],
+        )
     out.print(table if entries else f"{connector}: no {which} entries")
 
 
 @backlog_app.command("retry")
 def backlog_retry(
     connector: Annotated[str, typer.Argument(help="Connector name.")],
-    seq: Annotated[list[int], typer.Option("--seq", help="Only these entries (repeatable; default all).")] = [],  # noqa: B006
+    seq: Annotated[
+        list[int], typer.Option("--seq", help="Only these entries (repeatable; default all).")
+    ] = [],  # noqa: B006
     config: ConfigOpt = None,
 ) -> None:
     """Send dead letters again (they rejoin the backlog, due now) and make the backlog due now."""
@@ -86,8 +106,9 @@ def backlog_drop(
     connector: Annotated[str, typer.Argument(help="Connector name.")],
     seq: Annotated[list[int], typer.Option("--seq", help="Only these entries (repeatable).")] = [],  # noqa: B006
     all_: Annotated[bool, typer.Option("--all", help="Drop every entry of that table.")] = False,
-    backlog: Annotated[bool, typer.Option("--backlog", help="Drop from the backlog instead of the dead "
-                                          "letters.")] = False,
+    backlog: Annotated[
+        bool, typer.Option("--backlog", help="Drop from the backlog instead of the dead letters.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Forget entries for good: the connector will never get those events."""
@@ -119,8 +140,9 @@ def schemas_show(type_: Annotated[str, typer.Argument(metavar="TYPE")], config: 
 @schemas_app.command("validate")
 def schemas_validate(
     type_: Annotated[str, typer.Argument(metavar="TYPE")],
-    file: Annotated[Path, typer.Argument(help="JSON file with the body (or JSON lines, one body each); "
-                                         "- for stdin.")],
+    file: Annotated[
+        Path, typer.Argument(help="JSON file with the body (or JSON lines, one body each); - for stdin.")
+    ],
     config: ConfigOpt = None,
 ) -> None:
     """Check event bodies against a type's schema; exit 4 on the first invalid one."""
@@ -148,8 +170,10 @@ def schemas_validate(
 def doctor(config: ConfigOpt = None) -> None:
     """Check the config, the outbox and every transport: connect, declare, report. Exit 6 on a failure."""
     bus = load_bus(config)
-    out.print(f"config: ok ({len(bus.config.connectors)} connector(s), {len(bus.config.consumers)} consumer(s), "
-              f"{len(bus.schemas.types())} schema(s))")
+    out.print(
+        f"config: ok ({len(bus.config.connectors)} connector(s), {len(bus.config.consumers)} consumer(s), "
+        f"{len(bus.schemas.types())} schema(s))"
+    )
     out.print(f"outbox: {bus.config.outbox_path()} — last seq {bus.outbox.last_seq()}")
     failures = asyncio.run(_check_transports(bus))
     if failures:
@@ -161,7 +185,8 @@ async def _check_transports(bus: Bus) -> int:
     exchanges: dict[str, list[ExchangeSpec]] = {}
     for connector in bus.config.connectors.values():
         exchanges.setdefault(connector.transport, []).append(
-            ExchangeSpec(connector.exchange, passive=connector.passive_exchange))
+            ExchangeSpec(connector.exchange, passive=connector.passive_exchange)
+        )
     for name in bus.config.transports:
         transport = bus.make_transport(name)
         try:

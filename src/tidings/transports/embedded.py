@@ -60,8 +60,17 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, id);
 """
 
-_META_FIELDS = ("routing_key", "headers", "message_id", "content_type", "content_encoding", "priority",
-                "exchange", "cc", "properties")
+_META_FIELDS = (
+    "routing_key",
+    "headers",
+    "message_id",
+    "content_type",
+    "content_encoding",
+    "priority",
+    "exchange",
+    "cc",
+    "properties",
+)
 
 
 def _encode_meta(message: WireMessage, exchange: str) -> bytes:
@@ -162,7 +171,8 @@ class EmbeddedTransport:
         if self._db is None:
             try:
                 self._db = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, lambda: connect(self.path, schema=SCHEMA))
+                    self._executor, lambda: connect(self.path, schema=SCHEMA)
+                )
             except Exception as exc:
                 raise TransportError(str(exc)) from None
 
@@ -186,10 +196,13 @@ class EmbeddedTransport:
                     continue
                 db.execute("INSERT OR IGNORE INTO exchanges VALUES (?, ?)", (exchange.name, exchange.type))
             for queue in topology.queues:
-                db.executemany("INSERT OR IGNORE INTO queues VALUES (?)", [(queue.name,),
-                                                                          (queue.dead_letter_queue,)])
-                db.executemany("INSERT OR IGNORE INTO bindings VALUES (?, ?, ?)",
-                               [(queue.name, b.exchange, b.pattern) for b in queue.bindings])
+                db.executemany(
+                    "INSERT OR IGNORE INTO queues VALUES (?)", [(queue.name,), (queue.dead_letter_queue,)]
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO bindings VALUES (?, ?, ?)",
+                    [(queue.name, b.exchange, b.pattern) for b in queue.bindings],
+                )
             db.execute("UPDATE topology SET version = version + 1")
 
         await self._run(self._write, work)
@@ -226,7 +239,9 @@ class EmbeddedTransport:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
 
-    def _insert(self, db: sqlite3.Connection, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+    def _insert(
+        self, db: sqlite3.Connection, exchange: str, messages: Sequence[WireMessage]
+    ) -> list[SendResult]:
         self._load_routes(db)
         now = time.time()
         rows, results = [], []
@@ -234,8 +249,12 @@ class EmbeddedTransport:
             target = message.exchange or exchange
             queues = self._queues_for(target, message)
             if not queues:
-                results.append(SendResult(Outcome.RETRY, f"unroutable: no queue bound for {message.routing_key!r}"
-                                                         f" on exchange {target!r}"))
+                results.append(
+                    SendResult(
+                        Outcome.RETRY,
+                        f"unroutable: no queue bound for {message.routing_key!r} on exchange {target!r}",
+                    )
+                )
                 continue
             meta = _encode_meta(message, target)
             rows.extend((queue, now, meta, message.body) for queue in sorted(queues))
@@ -264,8 +283,9 @@ class EmbeddedTransport:
                     await self._nap()
                     continue
                 for row_id, attempts, meta, body in batch:
-                    delivery = EmbeddedDelivery(_decode_meta(meta, body), attempts, row_id, queue.name,
-                                                self._settle)
+                    delivery = EmbeddedDelivery(
+                        _decode_meta(meta, body), attempts, row_id, queue.name, self._settle
+                    )
                     held[row_id] = delivery
                     yield delivery
         finally:
@@ -300,12 +320,20 @@ class EmbeddedTransport:
     async def _renew_leases(self, held: dict[int, EmbeddedDelivery]) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            ids = [(time.time() + self.lease, row_id, self._token) for row_id, d in held.items() if not d.settled]
+            ids = [
+                (time.time() + self.lease, row_id, self._token) for row_id, d in held.items() if not d.settled
+            ]
             if not ids:
                 continue
             try:
-                await self._run(lambda ids=ids: self._write(lambda db: db.executemany(
-                    "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?", ids), durable=False))
+                await self._run(
+                    lambda ids=ids: self._write(
+                        lambda db: db.executemany(
+                            "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?", ids
+                        ),
+                        durable=False,
+                    )
+                )
             except TransportError:
                 return  # closed under us: the leases run out and the messages come back
 
@@ -328,7 +356,9 @@ class EmbeddedTransport:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self._run(lambda batch=batch: self._write(lambda db: self._apply(db, batch), durable=False))
+                await self._run(
+                    lambda batch=batch: self._write(lambda db: self._apply(db, batch), durable=False)
+                )
             except Exception as exc:
                 for *_, done in batch:
                     if not done.done():
@@ -339,33 +369,47 @@ class EmbeddedTransport:
                     done.set_result(None)
             self._wake.set()
 
-    def _apply(self, db: sqlite3.Connection, batch: list[tuple[str, EmbeddedDelivery, float, str, Any]]) -> None:
+    def _apply(
+        self, db: sqlite3.Connection, batch: list[tuple[str, EmbeddedDelivery, float, str, Any]]
+    ) -> None:
         now = time.time()
         for action, delivery, delay, reason, _ in batch:
             mine = (delivery.row_id, self._token)
             if action == "ack":
                 db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", mine)
             elif action == "release":
-                db.execute("UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL "
-                           "WHERE id = ? AND lease = ?", (now, *mine))
+                db.execute(
+                    "UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL "
+                    "WHERE id = ? AND lease = ?",
+                    (now, *mine),
+                )
             elif action == "retry":
                 # a new row goes to the back of the queue, after the delay, keeping its count
-                db.execute("INSERT INTO messages (queue, visible_at, attempts, meta, body) "
-                           "SELECT queue, ?, attempts, meta, body FROM messages WHERE id = ? AND lease = ?",
-                           (now + max(delay, 0.0), *mine))
+                db.execute(
+                    "INSERT INTO messages (queue, visible_at, attempts, meta, body) "
+                    "SELECT queue, ?, attempts, meta, body FROM messages WHERE id = ? AND lease = ?",
+                    (now + max(delay, 0.0), *mine),
+                )
                 db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", mine)
             elif action == "reject":
                 self._dead_letter(db, delivery, reason, now)
 
-    def _dead_letter(self, db: sqlite3.Connection, delivery: EmbeddedDelivery, reason: str, now: float) -> None:
+    def _dead_letter(
+        self, db: sqlite3.Connection, delivery: EmbeddedDelivery, reason: str, now: float
+    ) -> None:
         message = delivery.message
-        message.headers = {**message.headers, "x-tidings-reason": reason[:1000],
-                           "x-tidings-attempts": delivery.attempt, "x-tidings-queue": delivery.queue}
+        message.headers = {
+            **message.headers,
+            "x-tidings-reason": reason[:1000],
+            "x-tidings-attempts": delivery.attempt,
+            "x-tidings-queue": delivery.queue,
+        }
         cursor = db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", (delivery.row_id, self._token))
         if cursor.rowcount:  # only the lease holder may move it
-            db.execute("INSERT INTO messages (queue, visible_at, attempts, meta, body) VALUES (?, ?, 0, ?, ?)",
-                       (f"{delivery.queue}.dead", now, _encode_meta(message, message.exchange or ""),
-                        message.body))
+            db.execute(
+                "INSERT INTO messages (queue, visible_at, attempts, meta, body) VALUES (?, ?, 0, ?, ?)",
+                (f"{delivery.queue}.dead", now, _encode_meta(message, message.exchange or ""), message.body),
+            )
 
     # -- inspection (tests, doctor, backlog views) ---------------------------------------
 
