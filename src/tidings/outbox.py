@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tidings.errors import OutboxError
 from tidings.event import Event
-from tidings.sqlite import connect, explain
+from tidings.sqlite import WriterLock, connect, explain
 
 #: longest a group commit waits for more publishers to join (see Outbox._gather)
 GATHER_SECONDS = 0.0002
@@ -100,6 +100,7 @@ class Outbox:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db = connect(self.path, schema=SCHEMA)
+        self._writer = WriterLock(self.path)
         self._cond = threading.Condition()
         self._queue: list[_Waiter] = []
         self._writing = False
@@ -111,6 +112,7 @@ class Outbox:
     def close(self) -> None:
         with self._cond:
             self._db.close()
+            self._writer.close()
 
     # -- producers ---------------------------------------------------------------------
 
@@ -174,18 +176,18 @@ class Outbox:
         now = time.time()
         rows = [(event_id, topic, now, data) for w in group for event_id, topic, data in w.rows]
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            # a re-published id (a producer retrying after an unknown outcome) is stored once
-            self._db.executemany(
-                "INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows
-            )
-            self._db.execute("COMMIT")
+            with self._writer:
+                self._insert(rows)
         except sqlite3.Error as exc:
             self._rollback()
-            return OutboxError(
-                f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
-            )
+            return OutboxError(f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}")
         return None
+
+    def _insert(self, rows: list[tuple[str, str, float, bytes]]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        # a re-published id (a producer retrying after an unknown outcome) is stored once
+        self._db.executemany("INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows)
+        self._db.execute("COMMIT")
 
     def _rollback(self) -> None:
         try:
@@ -214,10 +216,11 @@ class Outbox:
             while self._writing:
                 self._cond.wait()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for sql, rows in statements:
-                    self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
+                with self._writer:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    for sql, rows in statements:
+                        self._db.executemany(sql, rows)
+                    self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from pathlib import Path
 
@@ -35,3 +37,26 @@ def explain(exc: sqlite3.Error) -> str:
     if "disk is full" in text or "disk I/O" in text:
         return f"{text} (free disk space; nothing of this call was stored)"
     return text
+
+
+class WriterLock:
+    """A blocking file lock taken around each write transaction.
+
+    SQLite lets only one writer in at a time, and a writer that finds the lock
+    taken waits in its busy handler by *sleeping* (1, 2, 5, 10 ... ms), which
+    wastes most of the disk's fsync rate when several processes publish. A
+    kernel file lock instead wakes the next writer the moment the lock is free.
+    """
+
+    def __init__(self, database: str | Path) -> None:
+        self.path = Path(f"{database}.writer-lock")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -29,7 +29,7 @@ import orjson
 
 from tidings.errors import TransportError
 from tidings.event import format_time, parse_time
-from tidings.sqlite import connect, explain
+from tidings.sqlite import WriterLock, connect, explain
 from tidings.topics import TopicMatcher
 from tidings.transport import DELIVERED, Outcome, QueueSpec, SendResult, Topology, WireMessage
 
@@ -132,6 +132,7 @@ class EmbeddedTransport:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._durable = True
+        self._writer: WriterLock | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -156,13 +157,15 @@ class EmbeddedTransport:
         if durable != self._durable:
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(db)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        assert self._writer is not None
+        with self._writer:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         return result
 
     async def connect(self) -> None:
@@ -173,6 +176,7 @@ class EmbeddedTransport:
                 self._db = await asyncio.get_running_loop().run_in_executor(
                     self._executor, lambda: connect(self.path, schema=SCHEMA)
                 )
+                self._writer = WriterLock(self.path)
             except Exception as exc:
                 raise TransportError(str(exc)) from None
 
@@ -183,6 +187,9 @@ class EmbeddedTransport:
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self._executor.shutdown(wait=False)
 
     # -- topology ---------------------------------------------------------------------
