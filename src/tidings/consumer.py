@@ -21,7 +21,9 @@ import asyncio
 import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -69,6 +71,21 @@ class Context:
     queue: str
     app: str
     delivery: Delivery
+    event_id: str = ""
+    inbox: Inbox | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on the inbox database that also records this event as handled.
+
+        A side effect written through it happens exactly once: if the process dies
+        before the commit, nothing happened and the redelivery runs the handler
+        again; if it dies after, the redelivery finds the event in the inbox.
+        """
+        if self.inbox is None:
+            raise TidingsError(f"ctx.transaction() needs the inbox: App({self.app!r}, inbox=True)")
+        with self.inbox.transaction(self.app, self.event_id) as db:
+            yield db
 
 
 @dataclass(slots=True)
@@ -281,7 +298,7 @@ class Runner:
         await self._settle(delivery, event, await self._call_handlers(delivery, event))
 
     async def _call_handlers(self, delivery: Delivery, event: Event) -> BaseException | None:
-        context = Context(delivery.attempt, self.app.settings.queue, self.app.name, delivery)
+        context = Context(delivery.attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
         try:
             for sub in self.app.handlers_for(event.topic):
                 args = (event, context) if sub.takes_context else (event,)

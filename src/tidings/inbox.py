@@ -2,13 +2,17 @@
 
 Keyed by (consumer, event id). The runtime skips an event it finds here and
 records one after its handlers returned, before the ack: a crash between the
-two leaves a duplicate delivery that the inbox then swallows.
+two leaves a duplicate delivery that the inbox then swallows. A handler that
+writes its side effect through ``ctx.transaction()`` gets the record in the
+same transaction, so that side effect happens exactly once.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 import time
 from pathlib import Path
 
@@ -44,6 +48,19 @@ class Inbox:
                 )
             except sqlite3.Error as exc:
                 raise OutboxError(f"inbox {self.path.name}: {explain(exc)}") from None
+
+    @contextmanager
+    def transaction(self, consumer: str, event_id: str) -> Iterator[sqlite3.Connection]:
+        """Run the caller's writes and the inbox record in one transaction (see Context.transaction)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def purge(self, older_than: float) -> int:
         with self._lock:

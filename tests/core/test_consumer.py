@@ -209,3 +209,47 @@ async def test_attempts_survive_a_restart_of_the_consumer(bus: Bus) -> None:
         await until(lambda: second.counters.rejected == 1)
     assert attempts[-1] == 3
     assert len(attempts) == 3
+
+
+async def test_side_effects_through_the_inbox_transaction_happen_once(bus: Bus) -> None:
+    app = App("effects", inbox=True)
+    calls: list[str] = []
+
+    @app.subscribe("#")
+    def handler(event: Event, ctx: Context) -> None:
+        calls.append(event.id)
+        with ctx.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT)")
+            db.execute("INSERT INTO effects VALUES (?)", (event.id,))
+
+    event = bus.event("fx", {})
+    async with Running(bus, app):
+        await bus.apublish(event)
+        await until(lambda: app.counters.handled == 1)
+        transport = bus.make_transport("local")  # the same event again, as after a crash before the ack
+        await transport.connect()
+        await transport.send("tidings", [bus.make_format("tidings").encode(event)])
+        await transport.close()
+        await until(lambda: app.counters.duplicates == 1)
+    rows = bus.inbox()._db.execute("SELECT id FROM effects").fetchall()
+    assert rows == [(event.id,)]
+    assert calls == [event.id]
+
+
+async def test_transaction_without_inbox_is_a_clear_error(bus: Bus) -> None:
+    app = App("no-inbox", max_attempts=1)
+    errors: list[str] = []
+
+    @app.subscribe("#")
+    def handler(event: Event, ctx: Context) -> None:
+        try:
+            with ctx.transaction():
+                pass
+        except Exception as exc:
+            errors.append(str(exc))
+            raise
+
+    async with Running(bus, app):
+        await bus.apublish("x", {})
+        await until(lambda: app.counters.rejected == 1)
+    assert errors == ["ctx.transaction() needs the inbox: App('no-inbox', inbox=True)"]

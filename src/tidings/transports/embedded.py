@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, id);
 """
 
+#: hand a leased message back, visible now, without counting the delivery
+RELEASE = "UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL WHERE id = ? AND lease = ?"
+
 _META_FIELDS = (
     "routing_key",
     "headers",
@@ -285,7 +288,7 @@ class EmbeddedTransport:
                 if held and room < max(1, prefetch // 4):
                     await self._nap()
                     continue
-                batch = await self._run(self._lease, queue.name, room)
+                batch = await self._lease_safely(queue.name, room)
                 if not batch:
                     await self._nap()
                     continue
@@ -310,6 +313,22 @@ class EmbeddedTransport:
             await asyncio.wait({waiter}, timeout=self.poll)
         finally:
             waiter.cancel()
+
+    async def _lease_safely(self, queue: str, limit: int) -> list[tuple[int, int, bytes, bytes]]:
+        """Lease in the worker thread; if we are cancelled meanwhile, hand back what it took.
+
+        The thread cannot be stopped half-way: without this, messages leased by a
+        consumer that is shutting down would stay invisible until their lease ran out.
+        """
+        job = asyncio.ensure_future(self._run(self._lease, queue, limit))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            taken = await job
+            ids = [(time.time(), row_id, self._token) for row_id, *_ in taken]
+            if ids:
+                await self._run(lambda: self._write(lambda db: db.executemany(RELEASE, ids), durable=False))
+            raise
 
     def _lease(self, queue: str, limit: int) -> list[tuple[int, int, bytes, bytes]]:
         now = time.time()
@@ -385,11 +404,7 @@ class EmbeddedTransport:
             if action == "ack":
                 db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", mine)
             elif action == "release":
-                db.execute(
-                    "UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL "
-                    "WHERE id = ? AND lease = ?",
-                    (now, *mine),
-                )
+                db.execute(RELEASE, (now, *mine))
             elif action == "retry":
                 # a new row goes to the back of the queue, after the delay, keeping its count
                 db.execute(
