@@ -23,8 +23,8 @@ import logging
 import signal
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -298,7 +298,9 @@ class Runner:
         await self._settle(delivery, event, await self._call_handlers(delivery, event))
 
     async def _call_handlers(self, delivery: Delivery, event: Event) -> BaseException | None:
-        context = Context(delivery.attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
+        context = Context(
+            delivery.attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox
+        )
         try:
             for sub in self.app.handlers_for(event.topic):
                 args = (event, context) if sub.takes_context else (event,)

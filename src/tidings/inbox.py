@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-import time
 from pathlib import Path
 
 from tidings.errors import OutboxError
@@ -56,7 +56,9 @@ class Inbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-                self._db.execute("INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time()))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time())
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -180,7 +180,9 @@ class Outbox:
                 self._insert(rows)
         except sqlite3.Error as exc:
             self._rollback()
-            return OutboxError(f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}")
+            return OutboxError(
+                f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
+            )
         return None
 
     def _insert(self, rows: list[tuple[str, str, float, bytes]]) -> None:

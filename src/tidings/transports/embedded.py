@@ -61,7 +61,10 @@ CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, id);
 """
 
 #: hand a leased message back, visible now, without counting the delivery
-RELEASE = "UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL WHERE id = ? AND lease = ?"
+RELEASE = (
+    "UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL "
+    "WHERE id = ? AND lease = ?"
+)
 
 _META_FIELDS = (
     "routing_key",
