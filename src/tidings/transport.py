@@ -155,6 +155,7 @@ BUILTIN_TRANSPORTS = {
     "embedded": "tidings.transports.embedded:EmbeddedTransport",
     "amqp": "tidings.transports.amqp:AmqpTransport",
     "zeromq": "tidings.transports.zeromq:ZeroMQTransport",
+    "file": "tidings.transports.file:FileTransport",
 }
 
 

@@ -1,0 +1,80 @@
+"""The write-only file transport, alone and as one connector among several."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tidings import Bus
+from tidings.config import load_config
+from tidings.errors import ConfigError, TransportError
+from tidings.transport import QueueSpec, WireMessage
+from tidings.transports.file import FileTransport
+
+
+async def test_jsonl_lines_are_appended_and_fsynced(tmp_path: Path) -> None:
+    transport = FileTransport(str(tmp_path / "out" / "push.jsonl"))
+    await transport.connect()
+    results = await transport.send(
+        "x",
+        [
+            WireMessage("bug.modify", b'{"a": 1}', headers={"h": 1}, message_id="m1"),
+            WireMessage("raw", b"\xff\x00", message_id="m2"),
+        ],
+    )
+    await transport.close()
+    assert [r.outcome.value for r in results] == ["delivered", "delivered"]
+    lines = [orjson.loads(line) for line in (tmp_path / "out" / "push.jsonl").read_bytes().splitlines()]
+    assert lines[0] == {
+        "routing_key": "bug.modify",
+        "message_id": "m1",
+        "headers": {"h": 1},
+        "body": {"a": 1},
+    }
+    assert lines[1]["body_base64"] == "/wA="
+
+
+async def test_bugzilla_style_blocks(tmp_path: Path) -> None:
+    # the block shape of bmo's File connector: "[localtime]\n" + pretty JSON + "\n\n"
+    # (mozilla-bteam/bmo, extensions/Push/lib/Connector/File.pm, sub send)
+    transport = FileTransport(str(tmp_path / "push.log"), style="bugzilla")
+    await transport.connect()
+    await transport.send("x", [WireMessage("comment.create", b'{"event": {"target": "comment"}}')])
+    await transport.close()
+    text = (tmp_path / "push.log").read_text()
+    stamp, rest = text.split("\n", 1)
+    assert stamp.startswith("[") and stamp.endswith("]")
+    assert rest.endswith("\n\n")
+    assert orjson.loads(rest) == {"event": {"target": "comment"}}
+
+
+async def test_errors_are_ours(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="style must be one of"):
+        FileTransport("x", style="xml")
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    transport = FileTransport(str(blocked / "push.jsonl"))
+    with pytest.raises(TransportError, match="cannot open"):
+        await transport.connect()
+    with pytest.raises(TransportError, match="only writes"):
+        FileTransport("x").consume(QueueSpec("q"), prefetch=1)
+
+
+async def test_a_file_connector_beside_the_embedded_one(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.local]\nkind = "embedded"\npath = "broker.db"\n'
+        '[transports.log]\nkind = "file"\npath = "push.jsonl"\n'
+        '[connectors.local]\ntransport = "local"\n'
+        '[connectors.log]\ntransport = "log"\ntopics = ["bug.#"]\n'
+    )
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    for topic in ("bug.create", "comment.create", "bug.modify"):
+        bus.publish(topic, {"t": topic})
+    await bus.dispatcher().drain()
+    lines = [orjson.loads(line) for line in (tmp_path / ".tidings" / "push.jsonl").read_bytes().splitlines()]
+    assert [line["routing_key"] for line in lines] == ["bug.create", "bug.modify"]
+    local, log = bus.outbox.status(["local", "log"])
+    assert (log.pending, log.backlog, log.dead) == (0, 0, 0)
+    assert local.backlog == 3  # no queue is bound on the embedded broker: unroutable, waiting
