@@ -1,10 +1,8 @@
 """The durable queue between producers and connectors, on SQLite.
 
 ``append`` returns only after the events are committed with ``synchronous=FULL``.
-Threads of one process share commits (group commit): the first thread to arrive
-writes everything queued so far in one transaction while the others wait, so a
-lone publisher pays no hand-off and many publishers pay one fsync per group.
-Several processes may append to one outbox; SQLite's write lock orders them.
+Threads of one process share commits (:mod:`tidings.groupcommit`). Several
+processes may append to one outbox; a file lock orders their transactions.
 
 Per connector the outbox keeps a cursor (the last event it took responsibility
 for), a backlog of events to try again later and dead letters. Rows are
@@ -23,10 +21,8 @@ from pathlib import Path
 
 from tidings.errors import OutboxError
 from tidings.event import Event
+from tidings.groupcommit import GroupCommit
 from tidings.sqlite import WriterLock, connect, explain
-
-#: longest a group commit waits for more publishers to join (see Outbox._gather)
-GATHER_SECONDS = 0.0002
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -85,15 +81,6 @@ class ConnectorStatus:
     dead: int
 
 
-class _Waiter:
-    __slots__ = ("done", "error", "rows")
-
-    def __init__(self, rows: list[tuple[str, str, bytes]]) -> None:
-        self.rows = rows
-        self.done = False
-        self.error: BaseException | None = None
-
-
 class Outbox:
     """One outbox file. Safe to share between threads; one instance per process is enough."""
 
@@ -101,16 +88,13 @@ class Outbox:
         self.path = Path(path)
         self._db = connect(self.path, schema=SCHEMA)
         self._writer = WriterLock(self.path)
-        self._cond = threading.Condition()
-        self._queue: list[_Waiter] = []
-        self._writing = False
-        self._gathering = False
-        self._last_group = 1
+        # one sqlite3 connection serves every thread of this process, one at a time
+        self._db_lock = threading.Lock()
+        self._group_commit: GroupCommit[tuple[str, str, bytes]] = GroupCommit(self._write)
         self._listeners: list[Callable[[], None]] = []
-        self._reader_lock = threading.Lock()
 
     def close(self) -> None:
-        with self._cond:
+        with self._db_lock:
             self._db.close()
             self._writer.close()
 
@@ -126,57 +110,15 @@ class Outbox:
         Serialising happens in the caller's thread, outside the commit, so it
         overlaps with another thread's fsync instead of lengthening it.
         """
-        waiter = _Waiter(rows)
-        with self._cond:
-            self._queue.append(waiter)
-            if self._gathering:
-                self._cond.notify_all()
-            while not waiter.done:
-                if self._writing:
-                    self._cond.wait()
-                    continue
-                self._lead_one_commit()
-        if waiter.error is not None:
-            raise waiter.error
+        self._group_commit.submit(rows)
         for listener in self._listeners:
             listener()
 
-    def _lead_one_commit(self) -> None:
-        """Write every queued waiter's events in one transaction (called holding _cond)."""
-        self._writing = True  # before gathering: the wait below lets other threads in
-        self._gather()
-        group, self._queue = self._queue, []
-        self._last_group = len(group)
-        self._cond.release()
-        try:
-            error = self._write(group)
-        finally:
-            self._cond.acquire()
-            self._writing = False
-            for waiter in group:
-                waiter.done, waiter.error = True, error
-            self._cond.notify_all()
-
-    def _gather(self) -> None:
-        """Wait a moment for the rest of the last group's threads before committing.
-
-        Busy threads come back one by one after a commit; committing for the first
-        one alone would halve the group size. The wait is bounded (a fraction of one
-        fsync) and happens only while more than one thread publishes.
-        """
-        deadline = time.monotonic() + GATHER_SECONDS
-        self._gathering = True
-        while len(self._queue) < self._last_group:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._cond.wait(left):
-                break
-        self._gathering = False
-
-    def _write(self, group: list[_Waiter]) -> BaseException | None:
+    def _write(self, encoded: list[tuple[str, str, bytes]]) -> BaseException | None:
         now = time.time()
-        rows = [(event_id, topic, now, data) for w in group for event_id, topic, data in w.rows]
+        rows = [(event_id, topic, now, data) for event_id, topic, data in encoded]
         try:
-            with self._writer:
+            with self._db_lock, self._writer:
                 self._insert(rows)
         except sqlite3.Error as exc:
             self._rollback()
@@ -207,16 +149,14 @@ class Outbox:
     # -- dispatcher ---------------------------------------------------------------------
 
     def _read(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
-        with self._reader_lock:
+        with self._db_lock:
             try:
                 return self._db.execute(sql, tuple(params)).fetchall()
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
 
     def _transaction(self, statements: list[tuple[str, Sequence[tuple]]]) -> None:
-        with self._cond:  # never interleave with a group commit on the shared connection
-            while self._writing:
-                self._cond.wait()
+        with self._db_lock:
             try:
                 with self._writer:
                     self._db.execute("BEGIN IMMEDIATE")
