@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -271,3 +272,21 @@ def test_tail_shows_published_events(tmp_path: Path) -> None:
         follower.send_signal(signal.SIGINT)
         follower.wait(10)
     assert [orjson.loads(line)["topic"] for line in lines] == ["tail.t1", "tail.t2", "tail.live"]
+
+
+def test_replay_from_a_file_and_from_the_outbox(tmp_path: Path) -> None:
+    from tidings import Event
+
+    old = Event.create("old.one", {"n": 0}, time=datetime.now(UTC) - timedelta(days=30))
+    recent = [Event.create(f"keep.e{n}", {"n": n}) for n in range(3)]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join(e.to_json() for e in [old, *recent]) + b"\n")
+    result = tidings(tmp_path, "replay", "--from", str(dump), "--days", "14", "--topic", "keep.#")
+    assert result.returncode == 0, result.stderr
+    assert "published 3 event(s) from 3 in the window" in result.stdout
+    again = tidings(tmp_path, "replay", "--topic", "keep.#", "--dry-run")  # the outbox's own history
+    assert "would publish 3 event(s)" in again.stdout
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\n')
+    bad = tidings(tmp_path, "replay", "--from", "bad.jsonl")
+    assert bad.returncode == 4
+    assert "bad.jsonl line 1" in bad.stderr

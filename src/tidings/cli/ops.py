@@ -199,3 +199,53 @@ async def _check_transports(bus: Bus) -> int:
         finally:
             await transport.close()
     return failures
+
+
+TRANSFORMS = {
+    "same": "tidings.replay:same_again",
+    "cki-needs-triage": "tidings.formats.cki:needs_triage",
+}
+
+
+@app.command()
+def replay(
+    source: Annotated[
+        Path | None, typer.Option("--from", help="JSON-lines file of events (default: the outbox's history).")
+    ] = None,
+    days: Annotated[float, typer.Option(help="Only events of the last DAYS days.")] = 14.0,
+    topic: Annotated[str, typer.Option(help="Only topics matching this pattern.")] = "#",
+    transform: Annotated[
+        str,
+        typer.Option(
+            help="same: each event again; cki-needs-triage: one datawarehouse.*.needs_triage per object seen."
+        ),
+    ] = "same",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and count, publish nothing.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Publish past events again (new ids) through the outbox, with a progress bar.
+
+    Example (CKI: triage rules changed, re-triage two weeks of objects):
+        tidings replay --from datawarehouse.jsonl --days 14 --transform cki-needs-triage
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tidings import replay as replaying
+    from tidings.cli.commands import import_target
+    from tidings.topics import validate_pattern
+
+    validate_pattern(topic)
+    if transform not in TRANSFORMS:
+        raise ConfigError(f"unknown transform {transform!r} (known: {', '.join(TRANSFORMS)})")
+    bus = load_bus(config)
+    since = replaying.since_days(days)
+    history = replaying.read_jsonl(source) if source else bus.outbox.history(since=since.timestamp())
+    chosen = list(replaying.window(history, since=since, pattern=topic))
+    events = list(import_target(TRANSFORMS[transform])(chosen))
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+    ) as progress:
+        task = progress.add_task("checking" if dry_run else "publishing", total=len(events))
+        count = replaying.replay(bus, events, dry_run=dry_run, progress=lambda n: progress.advance(task, n))
+    verb = "would publish" if dry_run else "published"
+    out.print(f"{verb} {count} event(s) from {len(chosen)} in the window ({transform})")
