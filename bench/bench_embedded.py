@@ -149,15 +149,23 @@ def end_to_end_processes(root: Path, n: int) -> tuple[float, float, float]:
 
     root.mkdir(parents=True)
     config = root / "tidings.toml"
-    config.write_text('[bus]\nhome = "home"\n[transports.local]\nkind = "embedded"\npath = "broker.db"\n'
-                      'poll = 0.005\n[connectors.local]\ntransport = "local"\n')
+    config.write_text(
+        '[bus]\nhome = "home"\n[transports.local]\nkind = "embedded"\npath = "broker.db"\n'
+        'poll = 0.005\n[connectors.local]\ntransport = "local"\n'
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = root / "result.json"
-    consumer = subprocess.Popen([sys.executable, "-m", "bench.e2e_consumer", str(config), str(n), str(result)],
-                                env=env, stdout=subprocess.PIPE)
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "bench.e2e_consumer", str(config), str(n), str(result)],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
     assert consumer.stdout is not None and consumer.stdout.readline().strip() == b"ready"
-    dispatcher = subprocess.Popen([sys.executable, "-m", "tidings", "--config", str(config), "dispatch",
-                                   "--log-level", "WARNING"], env=env, stderr=subprocess.DEVNULL)
+    dispatcher = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "--config", str(config), "dispatch", "--log-level", "WARNING"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     bus = Bus.load(config)
     for i in range(0, n, 100):
         bus.publish_many([bus.event("bench.procs", BODY_1KB) for _ in range(min(100, n - i))])
@@ -165,7 +173,11 @@ def end_to_end_processes(root: Path, n: int) -> tuple[float, float, float]:
     dispatcher.terminate()
     dispatcher.wait(30)
     stats = json.loads(result.read_text())
-    return stats["rate"], percentile(stats["latencies"], 0.5) * 1000, percentile(stats["latencies"], 0.99) * 1000
+    return (
+        stats["rate"],
+        percentile(stats["latencies"], 0.5) * 1000,
+        percentile(stats["latencies"], 0.99) * 1000,
+    )
 
 
 def fedora_publish_rate(n: int) -> float | None:
@@ -237,7 +249,9 @@ def main() -> None:
     e2e_rate, _, _ = asyncio.run(end_to_end(work / "e2e", n * 2, None))
     report.add("embedded end to end, one process", e2e_rate, "events/s", target=">= 10,000")
     procs_rate, _, _ = end_to_end_processes(work / "e2e-procs", n * 4)
-    report.add("embedded end to end, dispatcher + consumer processes", procs_rate, "events/s", target=">= 10,000")
+    report.add(
+        "embedded end to end, dispatcher + consumer processes", procs_rate, "events/s", target=">= 10,000"
+    )
     _, p50, p99 = asyncio.run(end_to_end(work / "lat", int(3000 * scale), 1000.0))
     report.add("embedded end-to-end latency p50 @1,000/s", p50, "ms")
     report.add("embedded end-to-end latency p99 @1,000/s", p99, "ms")

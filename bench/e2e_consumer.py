@@ -11,11 +11,12 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 from tidings import App, Bus, Event
 
 
-async def run(config: str, count: int, result: str) -> None:
+async def run(config: str, count: int) -> dict[str, object]:
     bus = Bus.load(config)
     app = App("bench-e2e", prefetch=1000, concurrency=64)
     latencies: list[float] = []
@@ -35,9 +36,9 @@ async def run(config: str, count: int, result: str) -> None:
     print("ready", flush=True)
     await app.run(bus, stop)
     elapsed = time.perf_counter() - first[0]
-    with open(result, "w") as out:
-        json.dump({"rate": count / elapsed, "latencies": latencies}, out)
+    return {"rate": count / elapsed, "latencies": latencies}
 
 
 if __name__ == "__main__":
-    asyncio.run(run(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+    stats = asyncio.run(run(sys.argv[1], int(sys.argv[2])))
+    Path(sys.argv[3]).write_text(json.dumps(stats))

@@ -74,6 +74,8 @@ async def nothing_arrives(transport: Transport, queue: QueueSpec, within: float 
 class TransportConformance:
     #: False for transports with no broker-side acknowledgement (ZeroMQ)
     acknowledged = True
+    #: True where a released message comes back counted (AMQP 0-9-1 cannot tell it from a crash)
+    release_counts = False
 
     @pytest.fixture
     async def transport(self, make_transport: MakeTransport) -> AsyncIterator[Transport]:
@@ -245,7 +247,7 @@ class TransportConformance:
         await stream.aclose()  # type: ignore[attr-defined]
         (again,) = await take(transport, queue, 1)
         assert again.message.message_id == first.message.message_id
-        assert again.attempt == 1
+        assert again.attempt == (2 if self.release_counts else 1)
 
     async def test_prefetch_bounds_unsettled_deliveries(
         self, transport: Transport, exchange: str, unique: str

@@ -50,3 +50,19 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
     b = Bus(embedded_config(tmp_path / "home", source="test"))
     yield b
     b.close()
+
+
+async def delete_amqp_topology(url: str, queues: list[str], exchanges: list[str]) -> None:
+    """Remove what a test declared on the shared RabbitMQ (queues with their retry and dead queues)."""
+    import aiormq
+
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        for name in queues:
+            for suffix in ("", ".dead", *(f".retry.{d}s" for d in (1, 5, 25, 125, 625))):
+                await channel.queue_delete(name + suffix)
+        for name in exchanges:
+            await channel.exchange_delete(name)
+    finally:
+        await connection.close()

@@ -1,0 +1,218 @@
+"""Consuming from RabbitMQ: deliveries, their settling, and a consumer that survives reconnects.
+
+The attempt count lives in the message (header ``x-tidings-attempt``), so it
+survives restarts. A redelivery after a crash (the ``redelivered`` flag) counts
+as one more attempt — a message that kills its consumer must reach the dead
+letters in the end. AMQP 0-9-1 cannot tell a requeue from a crash, so a
+released message counts as an attempt too. On quorum queues the broker's own
+``x-delivery-count`` is used instead of the flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+
+from tidings.errors import ConnectionLost, TransportError
+from tidings.transport import QueueSpec, Topology, WireMessage
+
+if TYPE_CHECKING:
+    from tidings.transports.amqp import AmqpTransport
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BASE, RECONNECT_CAP = 0.5, 10.0
+_CANCELLED = object()  # the broker cancelled our consumer (queue deleted)
+_CLOSED = object()  # the channel or connection closed under us
+
+
+#: the routing key a message had before it went through a retry queue (which re-keys it)
+ROUTING_KEY_HEADER = "x-tidings-routing-key"
+#: headers the broker or this transport adds for its own bookkeeping; formats never see them
+_INTERNAL = (
+    "x-death",
+    "x-first-death-",
+    "x-last-death-",
+    "x-delivery-count",
+    "x-tidings-attempt",
+    ROUTING_KEY_HEADER,
+)
+
+
+def to_wire(message: DeliveredMessage) -> WireMessage:
+    props = message.header.properties
+    raw = dict(props.headers or {})
+    routing_key = raw.get(ROUTING_KEY_HEADER) or message.routing_key or ""
+    headers = {k: _plain(v) for k, v in raw.items() if not k.startswith(_INTERNAL)}
+    cc = headers.pop("CC", None) or []
+    stamp = props.timestamp
+    return WireMessage(
+        routing_key=str(routing_key),
+        body=message.body,
+        headers=headers,
+        message_id=props.message_id,
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        timestamp=stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp,
+        priority=props.priority,
+        exchange=message.exchange,
+        cc=list(cc),
+        properties={
+            k: v
+            for k, v in (
+                ("app_id", props.app_id),
+                ("user_id", props.user_id),
+                ("correlation_id", props.correlation_id),
+                ("type", props.message_type),
+                ("delivery_mode", props.delivery_mode),
+            )
+            if v is not None
+        },
+    )
+
+
+def _plain(value: Any) -> Any:
+    # AMQP long strings may arrive as bytes; formats expect text
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+def attempt_of(message: DeliveredMessage) -> int:
+    headers = message.header.properties.headers or {}
+    counted = headers.get("x-tidings-attempt", 1)
+    counted = counted if isinstance(counted, int) and counted > 0 else 1
+    broker_count = headers.get("x-delivery-count")  # quorum queues count redeliveries themselves
+    if isinstance(broker_count, int):
+        return counted + broker_count
+    return counted + (1 if message.delivery.redelivered else 0)
+
+
+@dataclass
+class AmqpDelivery:
+    message: WireMessage
+    attempt: int
+    queue: str
+    raw: DeliveredMessage = field(repr=False)
+    transport: AmqpTransport = field(repr=False)
+    settled: bool = False
+
+    async def ack(self) -> None:
+        await self._settle(lambda: self.raw.channel.basic_ack(self.raw.delivery.delivery_tag))
+
+    async def release(self) -> None:
+        await self._settle(lambda: self.raw.channel.basic_nack(self.raw.delivery.delivery_tag, requeue=True))
+
+    async def retry(self, delay: float, reason: str = "") -> None:
+        target, _ = self.transport.retry_queue_for(self.queue, delay)
+        await self._forward(
+            target, {"x-tidings-attempt": self.attempt + 1, "x-tidings-last-error": reason[:1000]}
+        )
+
+    async def reject(self, reason: str) -> None:
+        await self._forward(
+            f"{self.queue}.dead",
+            {
+                "x-tidings-reason": reason[:1000],
+                "x-tidings-attempts": self.attempt,
+                "x-tidings-queue": self.queue,
+            },
+        )
+
+    async def _forward(self, queue: str, headers: dict[str, Any]) -> None:
+        """Publish a confirmed copy to ``queue`` (default exchange), then ack the original."""
+        if self.settled:
+            raise TransportError(f"message {self.message.message_id} was already settled")
+        original = self.message
+        copy = replace(
+            original,
+            headers={**original.headers, ROUTING_KEY_HEADER: original.routing_key, **headers},
+            routing_key=queue,
+            exchange="",
+            cc=[],
+        )
+        (result,) = await self.transport.send("", [copy])
+        if result.outcome.value != "delivered":
+            raise TransportError(f"moving message {original.message_id} to {queue} failed: {result.reason}")
+        await self.ack()
+
+    async def _settle(self, act: Any) -> None:
+        if self.settled:
+            raise TransportError(f"message {self.message.message_id} was already settled")
+        self.settled = True
+        try:
+            await act()
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            OSError,
+            RuntimeError,
+        ):
+            # the channel is gone: the broker hands the message out again (at-least-once)
+            log.warning(
+                "settling message %s was lost with its channel; the broker will redeliver it",
+                self.message.message_id,
+            )
+
+
+async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[AmqpDelivery]:
+    """Deliveries from ``queue``; reconnects with capped backoff and jitter, restoring the topology."""
+    failures = 0
+    while True:
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        try:
+            channel = await _subscribe(transport, queue, prefetch, inbox)
+        except TransportError as exc:  # the broker is away (restarting, unreachable): keep trying
+            failures += 1
+            await _back_off(exc, failures)
+            continue
+        failures = 0
+        try:
+            while True:
+                item = await inbox.get()
+                if item is _CANCELLED:
+                    raise TransportError(
+                        f"queue {queue.name!r} was deleted: the broker cancelled the consumer"
+                    )
+                if item is _CLOSED:
+                    log.warning("consumer of %s lost its channel; reconnecting", queue.name)
+                    break
+                yield AmqpDelivery(to_wire(item), attempt_of(item), queue.name, item, transport)
+        finally:
+            if not channel.is_closed:
+                try:
+                    await asyncio.wait_for(channel.close(), 5)
+                except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError):
+                    pass  # closing a dying channel: the broker requeues what was unacked
+
+
+async def _subscribe(
+    transport: AmqpTransport, queue: QueueSpec, prefetch: int, inbox: asyncio.Queue[Any]
+) -> aiormq.abc.AbstractChannel:
+    channel = await transport.channel()
+    try:
+        await transport.declare(Topology(transport.declared.exchanges, [queue]))
+        await channel.basic_qos(prefetch_count=prefetch)
+        channel.on_consumer_cancel_callbacks.add(lambda frame: inbox.put_nowait(_CANCELLED))
+        channel.closing.add_done_callback(lambda _: inbox.put_nowait(_CLOSED))
+        await channel.basic_consume(queue.name, inbox.put, no_ack=False)
+    except (aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+        raise ConnectionLost(f"cannot consume from {queue.name!r}: {exc}") from None
+    return channel
+
+
+async def _back_off(exc: Exception, failures: int) -> None:
+    delay = min(RECONNECT_CAP, RECONNECT_BASE * 2 ** (failures - 1)) * (0.5 + random.random())
+    log.warning("consumer cannot reach the broker (%s); retrying in %.1fs", exc, delay)
+    await asyncio.sleep(delay)
