@@ -49,7 +49,7 @@ class Report:
         row = {"what": what, "value": round(value, 2), "unit": unit, "target": target}
         if peer_value is not None:
             row.update(peer=peer, peer_value=round(peer_value, 2))
-            higher_is_better = not unit.startswith(("µs", "ms"))
+            higher_is_better = unit not in ("µs", "ms")
             row["ratio"] = round(value / peer_value if higher_is_better else peer_value / value, 2)
         self.rows.append(row)
         print(self.format(row), flush=True)

@@ -201,4 +201,10 @@ class Bus:
         return connectors
 
     def dispatcher(self, names: Sequence[str] | None = None) -> Dispatcher:
-        return Dispatcher(self.outbox, self.connectors(names), retention=self.config.outbox.retention)
+        # its own connection: reads and settlements never wait behind this process's publishers
+        return Dispatcher(
+            Outbox(self.config.outbox_path()),
+            self.connectors(names),
+            retention=self.config.outbox.retention,
+            wake_source=self.outbox,
+        )

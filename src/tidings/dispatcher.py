@@ -18,8 +18,10 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tidings.config import ConnectorConfig
 from tidings.errors import TidingsError, TransportError
@@ -29,6 +31,7 @@ from tidings.topics import TopicMatcher
 from tidings.transport import ExchangeSpec, Outcome, SendResult, Topology, Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: how long an idle connector waits before looking for events from other processes
 IDLE_POLL = 0.02
@@ -86,8 +89,14 @@ class Dispatcher:
         retention: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        wake_source: Outbox | None = None,
     ) -> None:
         self.outbox = outbox
+        # publishers in this process append through wake_source (the bus's outbox); the
+        # dispatcher reads and settles through its own connection, off the event loop, so a
+        # publisher's fsync never stalls delivery
+        self.wake_source = wake_source or outbox
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="tidings-dispatch-io")
         self.connectors = [c for c in connectors if c.config.enabled]
         self.retention = retention
         self.clock, self.rng = clock, rng
@@ -124,7 +133,7 @@ class Dispatcher:
         self.acquire()
         loop = asyncio.get_running_loop()
         wake = lambda: loop.call_soon_threadsafe(self._wake_all)  # noqa: E731 - called from publisher threads
-        self.outbox.add_listener(wake)
+        self.wake_source.add_listener(wake)
         try:
             tasks = [
                 asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers
@@ -132,16 +141,20 @@ class Dispatcher:
             tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
             await asyncio.gather(*tasks)
         finally:
-            self.outbox.remove_listener(wake)
+            self.wake_source.remove_listener(wake)
             self.release()
 
     def _wake_all(self) -> None:
         for worker in self.workers:
             worker.wake.set()
 
+    async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an outbox call on the dispatcher's own I/O thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, lambda: fn(*args, **kwargs))
+
     async def _purge_loop(self, stop: asyncio.Event) -> None:
         while not await _stopped_within(stop, PURGE_EVERY):
-            self.purge()
+            await self.io(self.purge)
 
     def purge(self) -> int:
         return self.outbox.purge([c.name for c in self.connectors], self.clock() - self.retention)
@@ -217,10 +230,15 @@ class ConnectorWorker:
         config = self.connector.config
         now = self.dispatcher.clock()
         self.next_due = None
-        head = self.outbox.backlog_head(self.connector.name)
+        io = self.dispatcher.io
+        head = await io(self.outbox.backlog_head, self.connector.name)
         if head is not None:
-            rows = self.outbox.backlog_due(
-                self.connector.name, now, config.batch_size, contiguous=config.ordered
+            rows = await io(
+                self.outbox.backlog_due,
+                self.connector.name,
+                now,
+                config.batch_size,
+                contiguous=config.ordered,
             )
             if rows:
                 await self._deliver(rows, from_backlog=True)
@@ -228,7 +246,7 @@ class ConnectorWorker:
             self.next_due = head[1]
             if config.ordered:  # new events queue behind the backlog so the order holds
                 return False
-        rows = self.outbox.read_after(self.cursor, config.batch_size)
+        rows = await io(self.outbox.read_after, self.cursor, config.batch_size)
         if not rows:
             return False
         await self._deliver(rows, from_backlog=False)
@@ -259,7 +277,7 @@ class ConnectorWorker:
                 self._settlement(row, result) for row, result in zip(sending, results, strict=True)
             )
         new_cursor = None if from_backlog else rows[-1].seq
-        self.outbox.settle(connector.name, settlements, new_cursor=new_cursor)
+        await self.dispatcher.io(self.outbox.settle, connector.name, settlements, new_cursor=new_cursor)
         if new_cursor is not None:
             self.cursor = new_cursor
 

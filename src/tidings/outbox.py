@@ -155,14 +155,27 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
 
-    def _transaction(self, statements: list[tuple[str, Sequence[tuple]]]) -> None:
+    def _transaction(self, statements: list[tuple[str, Sequence[tuple]]], *, durable: bool = True) -> None:
+        """Run statements in one transaction.
+
+        ``durable=False`` skips the fsync: for bookkeeping whose loss on a power
+        failure can only make the dispatcher send something again (a cursor, a
+        backlog entry), never lose an event — the events themselves are always
+        committed with a full sync.
+        """
         with self._db_lock:
             try:
                 with self._writer:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    for sql, rows in statements:
-                        self._db.executemany(sql, rows)
-                    self._db.execute("COMMIT")
+                    if not durable:
+                        self._db.execute("PRAGMA synchronous=NORMAL")
+                    try:
+                        self._db.execute("BEGIN IMMEDIATE")
+                        for sql, rows in statements:
+                            self._db.executemany(sql, rows)
+                        self._db.execute("COMMIT")
+                    finally:
+                        if not durable:
+                            self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
@@ -248,7 +261,9 @@ class Outbox:
             statements.append(
                 ("UPDATE cursors SET seq = max(seq, ?) WHERE connector = ?", [(new_cursor, connector)])
             )
-        self._transaction(statements)
+        # a settlement lost to a power failure means events are sent again, never lost; a later
+        # durable commit (a publish, a purge) fsyncs the log up to and including this one
+        self._transaction(statements, durable=False)
 
     # -- operators (tidings backlog) -------------------------------------------------------
 

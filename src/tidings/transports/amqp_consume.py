@@ -109,7 +109,8 @@ class AmqpDelivery:
     settled: bool = False
 
     async def ack(self) -> None:
-        await self._settle(lambda: self.raw.channel.basic_ack(self.raw.delivery.delivery_tag))
+        # no drain wait: an ack lost with the connection only means a redelivery
+        await self._settle(lambda: self.raw.channel.basic_ack(self.raw.delivery.delivery_tag, wait=False))
 
     async def release(self) -> None:
         await self._settle(lambda: self.raw.channel.basic_nack(self.raw.delivery.delivery_tag, requeue=True))
