@@ -239,6 +239,9 @@ class Runner:
             finally:
                 stopping.cancel()
                 watcher.cancel()
+                if not pump.done():  # we are being cancelled ourselves: stop fetching first
+                    pump.cancel()
+                    await asyncio.gather(pump, return_exceptions=True)
                 await stream.aclose()  # type: ignore[attr-defined]
         finally:
             self._threads.shutdown(wait=True)

@@ -24,6 +24,7 @@ from tidings.bus import Bus
 from tidings.config import default_config
 from tidings.consumer import App, Context
 from tidings.event import Event
+from tidings.formats.cki import cki_event, queue_name
 
 TREES = ["mainline", "stable", "net-next", "rhel-9", "fedora-rawhide"]
 ARCHES = ["x86_64", "aarch64", "ppc64le", "s390x"]
@@ -48,7 +49,7 @@ def checkout_story(number: int, rng: random.Random) -> Iterator[tuple[str, str, 
             "checkout_id": checkout_id,
             "origin": "redhat",
             "architecture": arch,
-            "valid": rng.random() > 0.1,
+            "status": "PASS" if rng.random() > 0.1 else "FAIL",
         }
         yield "build", "new", build
         yield "build", "updated", build
@@ -70,16 +71,6 @@ def checkout_story(number: int, rng: random.Random) -> Iterator[tuple[str, str, 
     yield "checkout", "ready_to_report", checkout
 
 
-def cki_event(bus: Bus, object_type: str, status: str, obj: dict[str, Any]) -> Event:
-    body = {
-        "timestamp": datetime.now(UTC).isoformat(),
-        "status": status,
-        "object_type": object_type,
-        "object": obj,
-    }
-    return bus.event(f"datawarehouse.{object_type}.{status}", body)
-
-
 @dataclass
 class Ledger:
     published: int = 0
@@ -94,7 +85,7 @@ async def produce(bus: Bus, ledger: Ledger, rate: float, duration: float) -> Non
     while time.monotonic() < deadline:
         number += 1
         for object_type, status, obj in checkout_story(number, rng):
-            await bus.apublish(cki_event(bus, object_type, status, obj))
+            await bus.apublish(cki_event(object_type, status, obj, source=bus.config.bus.source))
             ledger.published += 1
             await asyncio.sleep(1 / rate)
             if time.monotonic() >= deadline:
@@ -102,7 +93,7 @@ async def produce(bus: Bus, ledger: Ledger, rate: float, duration: float) -> Non
 
 
 def dashboard(console: Console, ledger: Ledger) -> App:
-    app = App("demo-dashboard", queue="cki.queue.webhooks.demo-dashboard", prefetch=50)
+    app = App("demo-dashboard", queue=queue_name("demo-dashboard"), prefetch=50)
 
     @app.subscribe("datawarehouse.#")
     async def show(event: Event, ctx: Context) -> None:
@@ -130,12 +121,14 @@ async def run_demo(home: Path, duration: float, rate: float, console: Console) -
     await consumer.declare(bus)  # the queue exists before the first event is published
     consuming = asyncio.create_task(consumer.run(bus, stop))
     dispatching = asyncio.create_task(bus.dispatcher().run(stop))
-    await produce(bus, ledger, rate, duration)
-    deadline = time.monotonic() + 10
-    while ledger.received < ledger.published and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.gather(consuming, dispatching)
+    try:
+        await produce(bus, ledger, rate, duration)
+        deadline = time.monotonic() + 10
+        while ledger.received < ledger.published and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(consuming, dispatching)
     bus.close()
     return ledger
 

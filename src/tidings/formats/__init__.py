@@ -30,6 +30,7 @@ class Format(Protocol):
 BUILTIN_FORMATS = {
     "tidings": "tidings.formats.native:NativeFormat",
     "cloudevents-structured": "tidings.formats.native:StructuredFormat",
+    "cki": "tidings.formats.cki:CKIFormat",
 }
 
 
