@@ -138,7 +138,7 @@ class Event:
         }
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> Event:
@@ -233,6 +233,14 @@ class Event:
             id=ce["id"],
             time=parse_time(ce["time"]) if "time" in ce else None,
         )
+
+
+def dumps(value: Any) -> bytes:
+    """orjson.dumps with our error type (integers past 64 bits, non-JSON objects)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        raise InvalidEvent(f"event cannot be written as JSON: {exc}") from None
 
 
 def loads(raw: bytes | str) -> Any:

@@ -31,6 +31,7 @@ BUILTIN_FORMATS = {
     "tidings": "tidings.formats.native:NativeFormat",
     "cloudevents-structured": "tidings.formats.native:StructuredFormat",
     "cki": "tidings.formats.cki:CKIFormat",
+    "fedora-messaging": "tidings.formats.fedora:FedoraMessagingFormat",
 }
 
 

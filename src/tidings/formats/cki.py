@@ -18,10 +18,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from tidings.errors import DecodeError, InvalidEvent
-from tidings.event import Event, loads
+from tidings.event import Event, dumps, loads
 from tidings.transport import WireMessage
 
 EXCHANGE = "cki.exchange.datawarehouse"
@@ -93,7 +91,7 @@ class CKIFormat:
             )
         return WireMessage(
             routing_key=event.topic,
-            body=orjson.dumps(body),
+            body=dumps(body),
             message_id=event.id,
             content_type="application/json",
             timestamp=event.time,

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from tidings.errors import DecodeError
-from tidings.event import RESERVED_HEADER_PREFIX, UNTYPED, Event, format_time, loads, parse_time
+from tidings.event import RESERVED_HEADER_PREFIX, UNTYPED, Event, dumps, format_time, loads, parse_time
 from tidings.transport import WireMessage
 
 PREFIX = RESERVED_HEADER_PREFIX
@@ -35,7 +35,7 @@ class NativeFormat:
         headers.update(event.headers)  # Event.create refused user headers with the ce_ prefix
         return WireMessage(
             routing_key=event.topic,
-            body=orjson.dumps(event.body),
+            body=dumps(event.body),
             headers=headers,
             message_id=event.id,
             content_type="application/json",

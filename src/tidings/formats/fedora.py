@@ -1,0 +1,214 @@
+"""fedora-messaging's wire format, so its publishers and consumers and tidings interoperate.
+
+What a fedora-messaging message carries (fedora-messaging, docs/api/wire-format.rst and
+fedora_messaging/message.py, ``Message._build_properties``):
+
+* the routing key is the topic, with the configured ``topic_prefix`` in front;
+* properties: content type ``application/json``, content encoding ``utf-8``, delivery mode 2,
+  a ``message_id``, an optional ``priority``;
+* headers: ``fedora_messaging_schema`` (the message class's entry-point name),
+  ``fedora_messaging_schema_package`` (the distribution that ships it, when known), ``sent-at``
+  (UTC, whole seconds, ``+00:00``), ``fedora_messaging_severity`` (10/20/30/40), ``priority``
+  mirrored, and ``fedora_messaging_{user,group,rpm,container,module,flatpak}_<name>: true`` for
+  filtering;
+* the body is the JSON object, UTF-8.
+
+The tidings event type is the fedora schema name; an event without a type goes out as
+fedora-messaging's base schema ``base.message``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
+from typing import Any
+
+import orjson
+
+from tidings.errors import DecodeError, InvalidEvent
+from tidings.event import Event, JSONScalar, dumps, loads
+from tidings.transport import WireMessage
+
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
+SEVERITIES = (DEBUG, INFO, WARNING, ERROR)
+BASE_SCHEMA = "base.message"
+#: the object kinds fedora-messaging adds filter headers for, with the Message property names
+FILTERS = {
+    "user": "usernames",
+    "group": "groups",
+    "rpm": "packages",
+    "container": "containers",
+    "module": "modules",
+    "flatpak": "flatpaks",
+}
+_ID_NAMESPACE = uuid.UUID("0b5bd0c4-5b2f-4f55-8f8e-3f7d2f6c1a90")
+
+
+@functools.cache
+def schema_packages() -> dict[str, str]:
+    """fedora schema name → the distribution that provides it (``fedora.messages`` entry points)."""
+    found = {}
+    for ep in entry_points(group="fedora.messages"):
+        if ep.dist is not None:
+            # normalised as fedora-messaging does: PEP 503, then dashes as underscores
+            # (fedora_messaging/message.py, _get_distribution_from_module)
+            found[ep.name] = re.sub(r"[-_.]+", "-", ep.dist.name).lower().replace("-", "_")
+    return found
+
+
+def filter_headers(**objects: Iterable[str]) -> dict[str, JSONScalar]:
+    """``filter_headers(user=["alice"], rpm=["kernel"])`` → the ``fedora_messaging_*`` filter headers."""
+    headers: dict[str, JSONScalar] = {}
+    for kind, names in objects.items():
+        if kind not in FILTERS:
+            raise InvalidEvent(f"fedora filter headers exist for {', '.join(FILTERS)}, not {kind!r}")
+        headers.update({f"fedora_messaging_{kind}_{name}": True for name in names})
+    return headers
+
+
+def fedora_event(
+    topic: str,
+    body: dict[str, Any],
+    *,
+    schema: str = BASE_SCHEMA,
+    severity: int = INFO,
+    source: str = "fedora",
+    **objects: Iterable[str],
+) -> Event:
+    """An event as a fedora-messaging ``Message`` subclass would describe itself."""
+    if severity not in SEVERITIES:
+        raise InvalidEvent(f"fedora severity must be one of {SEVERITIES}, not {severity!r}")
+    headers = {"fedora_messaging_severity": severity, **filter_headers(**objects)}
+    return Event.create(topic, body, source=source, type=schema, headers=headers)
+
+
+class FedoraMessagingFormat:
+    """Format ``fedora-messaging``; option ``topic_prefix`` (e.g. ``org.fedoraproject.prod``)."""
+
+    name = "fedora-messaging"
+
+    def __init__(self, topic_prefix: str = "") -> None:
+        self.topic_prefix = topic_prefix.rstrip(".")
+
+    def encode(self, event: Event) -> WireMessage:
+        schema = event.type or BASE_SCHEMA
+        headers: dict[str, Any] = {"fedora_messaging_schema": schema}
+        package = event.headers.get("fedora_messaging_schema_package") or schema_packages().get(schema)
+        if package:
+            headers["fedora_messaging_schema_package"] = package
+        headers["sent-at"] = event.time.astimezone(UTC).replace(microsecond=0).isoformat()
+        headers["fedora_messaging_severity"] = event.headers.get("fedora_messaging_severity", INFO)
+        priority = event.headers.get("priority")
+        headers["priority"] = priority or 0
+        headers.update({k: v for k, v in event.headers.items() if k not in headers})
+        topic = f"{self.topic_prefix}.{event.topic}" if self.topic_prefix else event.topic
+        return WireMessage(
+            routing_key=topic,
+            body=dumps(event.body),
+            headers=headers,
+            message_id=event.id,
+            content_type="application/json",
+            content_encoding="utf-8",
+            timestamp=event.time,
+            priority=priority if isinstance(priority, int) else None,
+            properties={"delivery_mode": 2},
+        )
+
+    def decode(self, message: WireMessage) -> Event:
+        headers = dict(message.headers or {})
+        encoding = message.content_encoding or "utf-8"
+        try:
+            text = message.body.decode(encoding)
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"fedora message body cannot be decoded as {encoding}: {exc}") from None
+        body = loads(text)
+        if not isinstance(body, dict):
+            raise DecodeError("fedora message body must be a JSON object")
+        schema = headers.pop("fedora_messaging_schema", BASE_SCHEMA)
+        if not isinstance(schema, str):
+            raise DecodeError("header fedora_messaging_schema must be a string")
+        topic = message.routing_key
+        if self.topic_prefix and topic.startswith(self.topic_prefix + "."):
+            topic = topic[len(self.topic_prefix) + 1 :]
+        scalars = {k: v for k, v in headers.items() if isinstance(v, str | int | float | bool) or v is None}
+        return Event.create(
+            topic,
+            body,
+            source=_source(topic),
+            type=schema,
+            headers=scalars,
+            id=message.message_id or _stable_id(message),
+            time=_sent_at(headers, message),
+        )
+
+
+def _source(topic: str) -> str:
+    # fedora topics start with the application's name ("bodhi.update.comment" → "bodhi")
+    return topic.split(".", 1)[0] or "fedora"
+
+
+def _sent_at(headers: dict[str, Any], message: WireMessage) -> datetime | None:
+    sent = headers.get("sent-at")
+    if isinstance(sent, str):
+        try:
+            moment = datetime.fromisoformat(sent)
+        except ValueError:
+            raise DecodeError(f"header sent-at {sent!r} is not ISO 8601") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return message.timestamp
+
+
+def _stable_id(message: WireMessage) -> str:
+    return str(
+        uuid.uuid5(_ID_NAMESPACE, message.routing_key + "\0" + message.body.decode("utf-8", "replace"))
+    )
+
+
+# -- fedora-messaging's JSON-lines dump format (fedora_messaging.message.dumps / loads) ----------
+
+
+def dump_lines(events: Iterable[Event], fmt: FedoraMessagingFormat | None = None) -> str:
+    """Events as fedora-messaging's dump lines: ``{body, headers, id, priority, queue, topic}``."""
+    fmt = fmt or FedoraMessagingFormat()
+    lines = []
+    for event in events:
+        wire = fmt.encode(event)
+        record = {
+            "topic": event.topic,
+            "headers": wire.headers,
+            "id": event.id,
+            "body": event.body,
+            "queue": None,
+            "priority": wire.headers.get("priority", 0),
+        }
+        lines.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())
+    return "".join(line + "\n" for line in lines)
+
+
+def load_lines(text: str, fmt: FedoraMessagingFormat | None = None) -> list[Event]:
+    """Events from fedora-messaging dump lines (as written by its ``dumps`` or ``consume`` CLI)."""
+    fmt = fmt or FedoraMessagingFormat()
+    events = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        record = loads(line)
+        if not isinstance(record, dict) or not {"topic", "headers", "id", "body"} <= record.keys():
+            raise DecodeError(f"dump line {number}: needs topic, headers, id and body")
+        if not isinstance(record["headers"], dict) or not isinstance(record["topic"], str):
+            raise DecodeError(f"dump line {number}: headers must be an object and topic a string")
+        wire = WireMessage(
+            routing_key=record["topic"],
+            body=orjson.dumps(record["body"]),
+            headers=record["headers"],
+            message_id=str(record["id"]),
+        )
+        try:
+            events.append(fmt.decode(wire))
+        except InvalidEvent as exc:
+            raise DecodeError(f"dump line {number}: {exc}") from None
+    return events
