@@ -76,6 +76,8 @@ class TransportConformance:
     acknowledged = True
     #: True where a released message comes back counted (AMQP 0-9-1 cannot tell it from a crash)
     release_counts = False
+    #: False where the broker cannot route one message by extra (CC) keys (ZeroMQ filters on one topic)
+    routes_cc = True
 
     @pytest.fixture
     async def transport(self, make_transport: MakeTransport) -> AsyncIterator[Transport]:
@@ -118,7 +120,9 @@ class TransportConformance:
         one_word = await self.declare(transport, exchange, f"{unique}.star", "a.*")
         any_words = await self.declare(transport, exchange, f"{unique}.hash", "a.#")
         results = await transport.send(exchange, [message(k) for k in ("a", "a.b", "a.b.c", "b.a")])
-        assert [r.outcome for r in results] == [Outcome.DELIVERED] * 3 + [Outcome.RETRY]
+        # "b.a" matches no binding: unroutable where the broker can tell, sent into the void where not
+        last = Outcome.RETRY if self.acknowledged else Outcome.DELIVERED
+        assert [r.outcome for r in results] == [Outcome.DELIVERED] * 3 + [last]
         assert sorted(d.message.routing_key for d in await take(transport, one_word, 1)) == ["a.b"]
         got = await take(transport, any_words, 3)
         assert sorted(d.message.routing_key for d in got) == ["a", "a.b", "a.b.c"]
@@ -134,6 +138,8 @@ class TransportConformance:
             assert await nothing_arrives(transport, queue)
 
     async def test_cc_keys_route_one_copy(self, transport: Transport, exchange: str, unique: str) -> None:
+        if not self.routes_cc:
+            pytest.xfail("this transport routes by one topic only; CC keys are not carried")
         queue = await self.declare(transport, exchange, unique, "route.a", "route.b")
         sent = message("primary.task", cc=["route.a", "route.b"])
         assert (await transport.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED

@@ -32,6 +32,8 @@ BUILTIN_FORMATS = {
     "cloudevents-structured": "tidings.formats.native:StructuredFormat",
     "cki": "tidings.formats.cki:CKIFormat",
     "fedora-messaging": "tidings.formats.fedora:FedoraMessagingFormat",
+    "fedmsg": "tidings.formats.fedmsg:FedmsgFormat",
+    "lava": "tidings.formats.lava:LavaFormat",
 }
 
 

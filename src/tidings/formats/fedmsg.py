@@ -1,0 +1,234 @@
+"""fedmsg, the ZeroMQ bus Fedora left because it lost messages — spoken so bridges can drain it.
+
+Facts (fedora-infra/fedmsg): ``fedmsg/core.py`` ``FedMsgContext.publish`` sends two frames,
+``[topic, fedmsg.encoding.dumps(envelope)]``, the topic being
+``<topic_prefix>.<environment>.<modname>.<topic>`` and the envelope
+``{topic, msg, timestamp (int seconds), msg_id "<year>-<uuid4>", i, username}``;
+``fedmsg/encoding/__init__.py`` encodes JSON with ``sort_keys=True, separators=(',', ':')``;
+``fedmsg/crypto/x509_ng.py`` signs by adding ``crypto: "x509"``, then an RSA PKCS#1 v1.5
+SHA-1 signature of that encoding, base64, cut into 76-character lines ending in a newline, as
+``signature``, with the PEM certificate likewise as ``certificate``; validation strips those two
+fields (``fedmsg.crypto.strip_credentials``), checks the certificate against the CA and the
+signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tidings.errors import DecodeError, InvalidEvent
+from tidings.event import Event, loads
+from tidings.transport import WireMessage
+
+#: the field a bridge sets so that it never carries a message back where it came from
+BRIDGED_HEADER = "fedmsg_bridged_by"
+
+
+def encode_json(value: Any) -> str:
+    """fedmsg.encoding.dumps: sorted keys, compact separators, ASCII."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class FedmsgFormat:
+    """Format ``fedmsg``; options ``topic_prefix``, ``environment``, ``username``, and for signing
+    ``key_pem``/``cert_pem`` (bytes or a path)."""
+
+    name = "fedmsg"
+
+    def __init__(
+        self,
+        topic_prefix: str = "org.fedoraproject",
+        environment: str = "prod",
+        username: str = "tidings",
+        key_pem: bytes | str | None = None,
+        cert_pem: bytes | str | None = None,
+    ) -> None:
+        self.prefix = f"{topic_prefix}.{environment}"
+        self.username = username
+        self._signer = Signer(_read(key_pem), _read(cert_pem)) if key_pem and cert_pem else None
+        self._counter = itertools.count(1)
+
+    def envelope(self, event: Event) -> dict[str, Any]:
+        topic = event.topic if event.topic.startswith(self.prefix + ".") else f"{self.prefix}.{event.topic}"
+        envelope = {
+            "topic": topic,
+            "msg": event.body,
+            "timestamp": int(event.time.timestamp()),
+            "msg_id": _msg_id(event),
+            "i": next(self._counter),
+            "username": str(event.headers.get("username", self.username)),
+        }
+        bridged = event.headers.get(BRIDGED_HEADER)
+        if bridged:
+            envelope[BRIDGED_HEADER] = bridged
+        return self._signer.sign(envelope) if self._signer else envelope
+
+    def encode(self, event: Event) -> WireMessage:
+        envelope = self.envelope(event)
+        topic = envelope["topic"]
+        body = encode_json(envelope).encode()
+        return WireMessage(
+            routing_key=topic,
+            body=body,
+            message_id=envelope["msg_id"],
+            timestamp=event.time,
+            frames=[topic.encode(), body],
+        )
+
+    def decode(self, message: WireMessage) -> Event:
+        envelope = loads(message.frames[-1] if message.frames else message.body)
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("msg"), dict):
+            raise DecodeError("not a fedmsg envelope: it needs a 'msg' object")
+        topic = envelope.get("topic") or message.routing_key
+        msg_id, stamp = envelope.get("msg_id"), envelope.get("timestamp")
+        if not isinstance(topic, str) or not isinstance(msg_id, str):
+            raise DecodeError("fedmsg envelope: topic and msg_id must be strings")
+        if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+            raise DecodeError("fedmsg envelope: timestamp must be a number")
+        short = topic.removeprefix(self.prefix + ".")
+        headers = {k: v for k, v in envelope.items() if k in ("username", "i", "crypto", BRIDGED_HEADER)}
+        try:
+            moment = datetime.fromtimestamp(stamp, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise DecodeError(f"fedmsg envelope: timestamp {stamp!r} is out of range") from None
+        return Event.create(
+            short,
+            envelope["msg"],
+            source=short.split(".", 1)[0],
+            type="fedmsg.message.v1",
+            headers=headers,
+            id=msg_id,
+            time=moment,
+        )
+
+
+def _msg_id(event: Event) -> str:
+    # fedmsg ids are "<year>-<uuid4>"; an event that came from fedmsg keeps its own
+    if len(event.id) > 5 and event.id[:4].isdigit() and event.id[4] == "-":
+        return event.id
+    return f"{event.time.year}-{event.id}"
+
+
+def _read(value: bytes | str | None) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    try:
+        with open(str(value), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InvalidEvent(f"fedmsg signing file {value!r}: {exc.strerror}") from None
+
+
+def _lines76(data: bytes) -> str:
+    text = base64.b64encode(data).decode()
+    return "\n".join(text[i : i + 76] for i in range(0, len(text), 76)) + "\n"
+
+
+class Signer:
+    """x509 signing exactly as fedmsg's x509_ng backend does it."""
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise InvalidEvent("fedmsg signs with RSA keys only")
+        self.key = key
+        self.cert_pem = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.PEM)
+
+    def sign(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        signed = {**envelope, "crypto": "x509"}
+        signature = self.key.sign(encode_json(signed).encode(), padding.PKCS1v15(), hashes.SHA1())
+        return {**signed, "signature": _lines76(signature), "certificate": _lines76(self.cert_pem)}
+
+
+def verify(envelope: dict[str, Any], ca_pem: bytes) -> str:
+    """Check a signed envelope against the CA; returns the signer's common name or raises InvalidEvent."""
+    try:
+        signature = base64.b64decode(envelope["signature"])
+        cert = x509.load_pem_x509_certificate(base64.b64decode(envelope["certificate"]))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidEvent("fedmsg envelope is not signed (no valid signature and certificate)") from None
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise InvalidEvent("fedmsg certificate is not issued by the trusted CA") from None
+    unsigned = {k: v for k, v in envelope.items() if k not in ("signature", "certificate")}
+    public = cert.public_key()
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise InvalidEvent("fedmsg certificate does not hold an RSA key")
+    try:
+        public.verify(signature, encode_json(unsigned).encode(), padding.PKCS1v15(), hashes.SHA1())
+    except InvalidSignature:
+        raise InvalidEvent("fedmsg signature does not match the message") from None
+    return signer_name(cert)
+
+
+def signer_name(cert: x509.Certificate) -> str:
+    """The certificate's common name (what fedmsg's routing_policy names), else its first DNS name."""
+    names = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    if names:
+        return str(names[0].value)
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    dns = alt.get_values_for_type(x509.DNSName)
+    return dns[0] if dns else ""
+
+
+# -- bridging: fedmsg <-> AMQP (fedora-messaging), without loops -------------------------------
+
+
+def bridged(event: Event, bridge: str) -> Event | None:
+    """The event to forward across a bridge, or None if this bridge already carried it (a loop)."""
+    if event.headers.get(BRIDGED_HEADER) == bridge:
+        return None
+    return Event.create(
+        event.topic,
+        event.body,
+        source=event.source,
+        type=event.type,
+        headers={**event.headers, BRIDGED_HEADER: bridge},
+        id=event.id,
+        time=event.time,
+    )
+
+
+@dataclass
+class MissingCheck:
+    """Ids seen on each side of a bridge; reports those seen on one side only after a grace period."""
+
+    grace: float = 30.0
+    seen: dict[str, dict[str, float]] = field(default_factory=lambda: {"a": {}, "b": {}})
+
+    def saw(self, side: str, event_id: str, at: float) -> None:
+        self.seen[side].setdefault(event_id, at)
+
+    def missing(self, now: float) -> dict[str, list[str]]:
+        """{"a": ids only side a has had for longer than the grace, "b": likewise}."""
+        a, b = self.seen["a"], self.seen["b"]
+        return {
+            "a": sorted(i for i, t in a.items() if i not in b and now - t > self.grace),
+            "b": sorted(i for i, t in b.items() if i not in a and now - t > self.grace),
+        }
+
+    def saw_all(self, side: str, ids: Iterable[str], at: float) -> None:
+        for event_id in ids:
+            self.saw(side, event_id, at)
+
+
+def fedmsg_id() -> str:
+    """A fresh id in fedmsg's own form."""
+    return f"{datetime.now(UTC).year}-{uuid.uuid4()}"

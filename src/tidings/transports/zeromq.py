@@ -1,0 +1,172 @@
+"""The ZeroMQ transport: PUB/SUB multipart frames, as fedmsg and LAVA publish.
+
+Best effort, and honest about it: a PUB socket has no acknowledgement, so
+``send`` reports a message DELIVERED once it is handed to the socket; ZeroMQ
+drops it if no subscriber is connected or a subscriber's queue is at the
+high-water mark. Settling a delivery does nothing (there is no broker to tell),
+``retry`` and ``reject`` only log. Use it to feed systems that speak ZeroMQ; use
+an acknowledged transport for anything that must not be lost. ZeroMQ reconnects
+dropped TCP peers by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import zmq
+import zmq.asyncio
+
+from tidings.errors import ConfigError, TransportError
+from tidings.topics import topic_matches
+from tidings.transport import DELIVERED, QueueSpec, SendResult, Topology, WireMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ZeroMQDelivery:
+    message: WireMessage
+    attempt: int = 1
+
+    async def ack(self) -> None:
+        """Nothing to acknowledge: ZeroMQ PUB/SUB has no acknowledgement."""
+
+    async def release(self) -> None:
+        """Nothing to release: the publisher has already forgotten the message."""
+
+    async def retry(self, delay: float, reason: str = "") -> None:
+        log.warning(
+            "zeromq: cannot deliver %s again (no broker keeps it); dropped: %s",
+            self.message.routing_key,
+            reason,
+        )
+
+    async def reject(self, reason: str) -> None:
+        log.warning("zeromq: no dead letters on PUB/SUB; dropped %s: %s", self.message.routing_key, reason)
+
+
+def prefix_of(pattern: str) -> str:
+    """The literal words before the first wildcard: what a SUB socket can filter on."""
+    words = []
+    for word in pattern.split("."):
+        if word in ("*", "#"):
+            break
+        words.append(word)
+    return ".".join(words)
+
+
+class ZeroMQTransport:
+    """Transport ``zeromq``: options ``endpoint`` (e.g. ``tcp://127.0.0.1:5556``), ``mode``
+    (``bind`` or ``connect`` for the publisher; subscribers do the opposite), ``hwm``."""
+
+    kind = "zeromq"
+    acknowledged = False
+
+    def __init__(self, endpoint: str, mode: str = "bind", hwm: int = 10_000) -> None:
+        if mode not in ("bind", "connect"):
+            raise ConfigError(f"zeromq transport: mode must be 'bind' or 'connect', not {mode!r}")
+        if "://" not in endpoint:
+            raise ConfigError(f"zeromq transport: endpoint must look like tcp://host:port, not {endpoint!r}")
+        self.endpoint, self.mode, self.hwm = endpoint, mode, int(hwm)
+        self._context: zmq.asyncio.Context | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+
+    async def connect(self) -> None:
+        if self._context is None:
+            self._context = zmq.asyncio.Context()
+
+    async def close(self) -> None:
+        if self._pub is not None:
+            self._pub.close(linger=1000)  # a second to flush what is queued
+            self._pub = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    async def declare(self, topology: Topology) -> None:
+        """Nothing to declare: topics are only prefixes on the wire."""
+
+    def _socket(self, kind: int, *, publisher: bool) -> zmq.asyncio.Socket:
+        if self._context is None:
+            raise TransportError("zeromq transport is not connected")
+        sock = self._context.socket(kind)
+        sock.setsockopt(zmq.SNDHWM if publisher else zmq.RCVHWM, self.hwm)
+        binds = (self.mode == "bind") == publisher
+        try:
+            sock.bind(self.endpoint) if binds else sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise TransportError(
+                f"zeromq cannot {'bind' if binds else 'connect'} {self.endpoint}: {exc}"
+            ) from None
+        return sock
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        if self._pub is None:
+            self._pub = self._socket(zmq.PUB, publisher=True)
+        for message in messages:
+            await self._pub.send_multipart(message.frames or to_frames(message))
+        return [DELIVERED] * len(messages)
+
+    async def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[ZeroMQDelivery]:
+        patterns = [b.pattern for b in queue.bindings] or ["#"]
+        sub = self._socket(zmq.SUB, publisher=False)
+        for prefix in {prefix_of(p) for p in patterns}:
+            sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        try:
+            while True:
+                frames = await sub.recv_multipart()
+                message = to_wire(frames)
+                if message is not None and any(topic_matches(p, message.routing_key) for p in patterns):
+                    yield ZeroMQDelivery(message)
+        finally:
+            sub.close(linger=0)
+
+
+#: the middle frame of tidings' own three-frame layout starts with this
+_META_MARK = b'{"tidings_zmq":1'
+
+
+def to_frames(message: WireMessage) -> list[bytes]:
+    """Messages whose format sets no frames go as ``[topic, properties JSON, body]``."""
+    meta = {
+        "tidings_zmq": 1,
+        "headers": message.headers,
+        "message_id": message.message_id,
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "timestamp": message.timestamp.isoformat() if message.timestamp else None,
+        "priority": message.priority,
+    }
+    return [message.routing_key.encode(), orjson.dumps(meta, default=str), message.body]
+
+
+def to_wire(frames: list[bytes]) -> WireMessage | None:
+    """Frames as a WireMessage: the first frame is the topic, the last the body."""
+    try:
+        topic = frames[0].decode()
+    except (IndexError, UnicodeDecodeError):
+        log.warning("zeromq: dropped a message whose topic frame is missing or not UTF-8")
+        return None
+    if len(frames) == 3 and frames[1].startswith(_META_MARK):
+        try:
+            meta = orjson.loads(frames[1])
+            stamp = meta.get("timestamp")
+            return WireMessage(
+                routing_key=topic,
+                body=frames[2],
+                headers=meta.get("headers") or {},
+                message_id=meta.get("message_id"),
+                content_type=meta.get("content_type"),
+                content_encoding=meta.get("content_encoding"),
+                priority=meta.get("priority"),
+                timestamp=datetime.fromisoformat(stamp) if stamp else None,
+            )
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
+            log.warning("zeromq: dropped a message with a malformed properties frame on %s", topic)
+            return None
+    return WireMessage(routing_key=topic, body=frames[-1] if len(frames) > 1 else b"", frames=list(frames))

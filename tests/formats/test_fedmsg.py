@@ -1,0 +1,208 @@
+"""fedmsg envelopes, x509 signatures, and a fedmsg → AMQP → fedmsg bridge round trip with nothing missing.
+
+Facts: fedora-infra/fedmsg fedmsg/core.py (FedMsgContext.publish: topic and envelope),
+fedmsg/encoding/__init__.py (sort_keys, compact separators), fedmsg/crypto/x509_ng.py (sign,
+_prep_crypto_msg, validate), fedmsg/crypto/__init__.py (strip_credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+
+import pytest
+import trustme
+import zmq
+import zmq.asyncio
+
+from tests.transports.test_zeromq import free_port
+from tidings.errors import InvalidEvent
+from tidings.event import Event
+from tidings.formats.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck, bridged, encode_json, verify
+from tidings.formats.fedora import FedoraMessagingFormat
+from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology, WireMessage
+
+
+def test_envelope_and_frames_as_fedmsg_publishes_them() -> None:
+    event = Event.create(
+        "bodhi.update.comment", {"b": 1, "a": {"y": 2, "x": 1}}, headers={"username": "apache"}
+    )
+    message = FedmsgFormat(environment="stg").encode(event)
+    topic, body = message.frames  # type: ignore[misc]
+    assert topic == b"org.fedoraproject.stg.bodhi.update.comment"
+    envelope = json.loads(body)
+    assert set(envelope) == {"topic", "msg", "timestamp", "msg_id", "i", "username"}
+    assert envelope["topic"] == topic.decode()
+    assert envelope["username"] == "apache"
+    assert isinstance(envelope["timestamp"], int)
+    assert re.fullmatch(r"\d{4}-[0-9a-f-]{36}", envelope["msg_id"])
+    assert body == json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()  # sorted, compact
+
+
+def test_counter_i_increases() -> None:
+    fmt = FedmsgFormat()
+    events = [Event.create("a.b", {}) for _ in range(3)]
+    assert [json.loads(fmt.encode(e).body)["i"] for e in events] == [1, 2, 3]
+
+
+def test_decode_keeps_id_topic_and_time() -> None:
+    fmt = FedmsgFormat()
+    event = Event.create("koji.build.tag", {"build_id": 7})
+    back = fmt.decode(fmt.encode(event))
+    assert back.topic == "koji.build.tag"
+    assert back.id == f"{event.time.year}-{event.id}"
+    assert back.body == {"build_id": 7}
+    assert int(back.time.timestamp()) == int(event.time.timestamp())
+    again = fmt.decode(fmt.encode(back))
+    assert again.id == back.id  # a fedmsg id is kept as it is
+
+
+@pytest.fixture(scope="module")
+def pki() -> tuple[trustme.CA, bytes, bytes]:
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert("shell-bodhi01.example.org", key_type=trustme.KeyType.RSA)
+    return ca, cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes()
+
+
+def test_signature_as_x509_ng_makes_it(pki: tuple[trustme.CA, bytes, bytes]) -> None:
+    ca, key, cert = pki
+    envelope = json.loads(
+        FedmsgFormat(key_pem=key, cert_pem=cert).encode(Event.create("a.b", {"k": "v"})).body
+    )
+    assert envelope["crypto"] == "x509"
+    for field in ("signature", "certificate"):  # 76-character lines, a final newline (_prep_crypto_msg)
+        lines = envelope[field].split("\n")
+        assert lines[-1] == "" and all(len(line) <= 76 for line in lines)
+    assert verify(envelope, ca.cert_pem.bytes()) == "shell-bodhi01.example.org"
+
+
+def test_tampering_and_strangers_are_refused(pki: tuple[trustme.CA, bytes, bytes]) -> None:
+    ca, key, cert = pki
+    envelope = json.loads(
+        FedmsgFormat(key_pem=key, cert_pem=cert).encode(Event.create("a.b", {"k": "v"})).body
+    )
+    with pytest.raises(InvalidEvent, match="does not match"):
+        verify({**envelope, "msg": {"k": "changed"}}, ca.cert_pem.bytes())
+    with pytest.raises(InvalidEvent, match="not issued by the trusted CA"):
+        verify(envelope, trustme.CA(key_type=trustme.KeyType.RSA).cert_pem.bytes())
+    with pytest.raises(InvalidEvent, match="not signed"):
+        verify({k: v for k, v in envelope.items() if k != "signature"}, ca.cert_pem.bytes())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b'{"msg": []}',
+        b'{"msg": {}, "topic": 1, "msg_id": "x"}',
+        b'{"msg": {}, "topic": "a", "msg_id": "x", "timestamp": "now"}',
+        b'{"msg": {}, "topic": "a", "msg_id": "x", "timestamp": 1e300}',
+        b"\xff",
+    ],
+)
+def test_garbage_gives_our_error(body: bytes) -> None:
+    with pytest.raises(InvalidEvent):
+        FedmsgFormat().decode(WireMessage("a", body, frames=[b"a", body]))
+
+
+def test_bridge_never_carries_a_message_back() -> None:
+    event = Event.create("a.b", {})
+    once = bridged(event, "fedmsg-to-amqp")
+    assert once is not None and once.headers[BRIDGED_HEADER] == "fedmsg-to-amqp"
+    assert bridged(once, "fedmsg-to-amqp") is None
+    assert once.id == event.id
+
+
+def test_missing_check() -> None:
+    check = MissingCheck(grace=10)
+    check.saw_all("a", ["1", "2", "3"], at=0)
+    check.saw_all("b", ["1", "3", "4"], at=5)
+    assert check.missing(now=12) == {"a": ["2"], "b": []}  # "4" is still within its grace
+    assert check.missing(now=16) == {"a": ["2"], "b": ["4"]}
+
+
+@pytest.mark.rabbitmq
+async def test_fedmsg_to_amqp_to_fedmsg_loses_nothing(rabbitmq: str) -> None:
+    """1,000 fedmsg messages over ZeroMQ, bridged to RabbitMQ as fedora-messaging and back to fedmsg."""
+    from tests.conftest import delete_amqp_topology
+    from tidings.transports.amqp import AmqpTransport
+    from tidings.transports.zeromq import ZeroMQTransport
+
+    count = 1000
+    in_port, out_port = free_port(), free_port()
+    exchange = f"bridge.{uuid.uuid4().hex[:6]}"
+    queue = QueueSpec(f"{exchange}.q", [Binding(exchange, "#")])
+    fedmsg_in, fedmsg_out = FedmsgFormat(), FedmsgFormat(environment="prod")
+    fedora = FedoraMessagingFormat(topic_prefix="org.fedoraproject.prod")
+    ctx = zmq.asyncio.Context()
+    legacy_pub = ctx.socket(zmq.PUB)  # the old fedmsg publisher
+    legacy_pub.bind(f"tcp://127.0.0.1:{in_port}")
+    legacy_sub = ctx.socket(zmq.SUB)  # an old fedmsg consumer on the far side
+    legacy_sub.setsockopt(zmq.SUBSCRIBE, b"org.fedoraproject.prod")
+    zmq_in = ZeroMQTransport(f"tcp://127.0.0.1:{in_port}", mode="bind")  # its SUB connects
+    zmq_out = ZeroMQTransport(f"tcp://127.0.0.1:{out_port}", mode="bind")
+    amqp = AmqpTransport(url=rabbitmq)
+    for t in (zmq_in, zmq_out, amqp):
+        await t.connect()
+    await zmq_out.send("", [])
+    legacy_sub.connect(f"tcp://127.0.0.1:{out_port}")
+    await amqp.declare(Topology([ExchangeSpec(exchange)], [queue]))
+    check = MissingCheck(grace=5)
+    received: list[str] = []
+
+    async def bridge_in() -> None:
+        async for delivery in zmq_in.consume(QueueSpec("in", [Binding("", "#")]), prefetch=100):
+            event = bridged(fedmsg_in.decode(delivery.message), "fedmsg-to-amqp")
+            if event is not None:
+                result = await amqp.send(exchange, [fedora.encode(event)])
+                assert result[0].outcome.value == "delivered"
+
+    async def bridge_out() -> None:
+        async for delivery in amqp.consume(queue, prefetch=100):
+            event = bridged(fedora.decode(delivery.message), "amqp-to-fedmsg")
+            if event is not None:
+                await zmq_out.send("", [fedmsg_out.encode(event)])
+            await delivery.ack()
+
+    async def far_side() -> None:
+        while len(received) < count:
+            _, body = await legacy_sub.recv_multipart()
+            envelope = json.loads(body)
+            received.append(envelope["msg_id"])
+            check.saw("b", envelope["msg_id"], time.monotonic())
+
+    tasks = [asyncio.create_task(bridge_in()), asyncio.create_task(bridge_out())]
+    far = asyncio.create_task(far_side())
+    try:
+        await asyncio.sleep(0.5)  # subscriptions attach (ZeroMQ's slow joiner)
+        for n in range(count):
+            msg_id = f"2026-{uuid.uuid4()}"
+            envelope = {
+                "topic": "org.fedoraproject.prod.bodhi.update.comment",
+                "msg": {"n": n},
+                "timestamp": int(time.time()),
+                "msg_id": msg_id,
+                "i": n + 1,
+                "username": "apache",
+            }
+            check.saw("a", msg_id, time.monotonic())
+            await legacy_pub.send_multipart([envelope["topic"].encode(), encode_json(envelope).encode()])
+            if n % 100 == 99:
+                await asyncio.sleep(0.01)  # a fedmsg publisher's pace, not a flood past the HWM
+        await asyncio.wait_for(far, 60)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        legacy_pub.close(linger=0)
+        legacy_sub.close(linger=0)
+        ctx.term()
+        for t in (zmq_in, zmq_out, amqp):
+            await t.close()
+        await delete_amqp_topology(rabbitmq, [queue.name], [exchange])
+    assert check.missing(now=time.monotonic() + 10) == {"a": [], "b": []}
+    assert sorted(received) == sorted(check.seen["a"])

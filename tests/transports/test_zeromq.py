@@ -1,0 +1,127 @@
+"""The ZeroMQ transport: the conformance suite as far as PUB/SUB allows, plus its own behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conformance import MakeTransport, TransportConformance
+from tidings.errors import ConfigError
+from tidings.transport import Binding, QueueSpec, Transport, WireMessage
+from tidings.transports.zeromq import ZeroMQTransport, prefix_of
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SubscribedFirst:
+    """Wraps a transport so that subscriptions exist before anything is sent (a PUB drops
+    messages nobody subscribed to yet — the suite's tests declare, then send, then consume)."""
+
+    def __init__(self, inner: ZeroMQTransport, *, publishes: bool) -> None:
+        self.inner = inner
+        self.publishes = publishes
+        self.kind, self.acknowledged = inner.kind, inner.acknowledged
+        self.streams: dict[str, tuple[AsyncIterator, asyncio.Queue]] = {}
+        self.pumps: list[asyncio.Task[None]] = []
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+        if self.publishes:
+            await self.inner.send("", [])  # bind the PUB now, before anyone subscribes
+
+    async def close(self) -> None:
+        for task in self.pumps:
+            task.cancel()
+        await asyncio.gather(*self.pumps, return_exceptions=True)
+        for stream, _ in self.streams.values():
+            await stream.aclose()
+        await self.inner.close()
+
+    async def declare(self, topology) -> None:  # type: ignore[no-untyped-def]
+        for queue in topology.queues:
+            if queue.name not in self.streams:
+                stream = self.inner.consume(queue, prefetch=100)
+                buffer: asyncio.Queue = asyncio.Queue()
+
+                async def pump(stream: AsyncIterator = stream, buffer: asyncio.Queue = buffer) -> None:
+                    async for delivery in stream:
+                        await buffer.put(delivery)
+
+                self.pumps.append(asyncio.ensure_future(pump()))
+                self.streams[queue.name] = (stream, buffer)
+        await asyncio.sleep(0.3)  # ZeroMQ's slow-joiner: a SUB needs a moment to attach
+
+    async def send(self, exchange, messages):  # type: ignore[no-untyped-def]
+        return await self.inner.send(exchange, messages)
+
+    async def consume(self, queue: QueueSpec, *, prefetch: int):  # type: ignore[no-untyped-def]
+        _, buffer = self.streams[queue.name]
+        while True:
+            yield await buffer.get()
+
+
+class TestZeroMQConformance(TransportConformance):
+    acknowledged = False
+    routes_cc = False
+
+    @pytest.fixture
+    async def make_transport(self) -> AsyncIterator[MakeTransport]:
+        port = free_port()
+        made: list[SubscribedFirst] = []
+
+        async def make() -> Transport:
+            transport = SubscribedFirst(ZeroMQTransport(f"tcp://127.0.0.1:{port}"), publishes=not made)
+            await transport.connect()
+            made.append(transport)
+            return transport  # type: ignore[return-value]
+
+        yield make
+        for transport in made:
+            await transport.close()
+
+    @pytest.fixture
+    def exchange(self) -> str:
+        return f"zmq-{uuid.uuid4().hex[:6]}"
+
+
+def test_prefixes_stop_at_the_first_wildcard() -> None:
+    assert prefix_of("org.linaro.validation.testjob") == "org.linaro.validation.testjob"
+    assert prefix_of("org.*.validation") == "org"
+    assert prefix_of("#") == ""
+
+
+def test_bad_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="mode"):
+        ZeroMQTransport("tcp://127.0.0.1:1", mode="listen")
+    with pytest.raises(ConfigError, match="endpoint"):
+        ZeroMQTransport("localhost:1")
+
+
+async def test_publisher_connects_to_a_bound_subscriber_and_frames_pass_unchanged() -> None:
+    port = free_port()
+    subscriber = ZeroMQTransport(f"tcp://127.0.0.1:{port}", mode="connect")  # publisher connects: SUB binds
+    publisher = ZeroMQTransport(f"tcp://127.0.0.1:{port}", mode="connect")
+    await subscriber.connect()
+    await publisher.connect()
+    stream = subscriber.consume(QueueSpec("q", [Binding("", "lab.device")]), prefetch=10)
+    got = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+    frames = [b"lab.device", b"uuid", b"2026-01-01T00:00:00", b"lava", b'{"a": 1}']
+    for _ in range(50):  # until the subscription has reached the publisher
+        await publisher.send("", [WireMessage("lab.device", b"", frames=frames)])
+        done, _ = await asyncio.wait({got}, timeout=0.1)
+        if done:
+            break
+    delivery = got.result()
+    assert delivery.message.frames == frames
+    assert delivery.message.routing_key == "lab.device"
+    await stream.aclose()  # type: ignore[attr-defined]
+    await publisher.close()
+    await subscriber.close()
