@@ -27,9 +27,9 @@ import aiormq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BODY_1KB, Report, percentile, rate  # noqa: E402
-from tidings import App, Bus, Event  # noqa: E402
-from tidings.config import load_config  # noqa: E402
+from bench.common import BODY_1KB, Report, percentile, rate
+from tidings import App, Bus, Event
+from tidings.config import load_config
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_bus(root: Path, exchange: str) -> Bus:
     root.mkdir(parents=True, exist_ok=True)
     config = root / "tidings.toml"
-    config.write_text(f'[bus]\nhome = "home"\n[transports.rabbit]\nkind = "amqp"\nurl = "{URL}"\n'
-                      f'[connectors.rabbit]\ntransport = "rabbit"\nexchange = "{exchange}"\nbatch_size = 1000\n')
+    config.write_text(
+        f'[bus]\nhome = "home"\n[transports.rabbit]\nkind = "amqp"\nurl = "{URL}"\n'
+        f'[connectors.rabbit]\ntransport = "rabbit"\nexchange = "{exchange}"\nbatch_size = 1000\n'
+    )
     return Bus(load_config(config))
 
 
@@ -93,9 +95,16 @@ async def aio_pika_delivery(n: int, exchange_name: str, window: int = 1000) -> f
     body = Event.create("bench.raw", BODY_1KB).to_json()
     start = time.perf_counter()
     for i in range(0, n, window):
-        await asyncio.gather(*(exchange.publish(aio_pika.Message(body, delivery_mode=2, message_id=str(uuid.uuid4())),
-                                                routing_key="bench.raw", mandatory=True)
-                               for _ in range(min(window, n - i))))
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(body, delivery_mode=2, message_id=str(uuid.uuid4())),
+                    routing_key="bench.raw",
+                    mandatory=True,
+                )
+                for _ in range(min(window, n - i))
+            )
+        )
     elapsed = time.perf_counter() - start
     await connection.close()
     return rate(n, elapsed)
@@ -122,7 +131,9 @@ async def tidings_consume(root: Path, n: int, exchange: str, queue: str) -> floa
     await transport.connect()
     fmt = bus.make_format("tidings")
     for i in range(0, n, 1000):
-        await transport.send(exchange, [fmt.encode(bus.event("bench.fill", BODY_1KB)) for _ in range(min(1000, n - i))])
+        await transport.send(
+            exchange, [fmt.encode(bus.event("bench.fill", BODY_1KB)) for _ in range(min(1000, n - i))]
+        )
     await transport.close()
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(bus, stop))
@@ -142,8 +153,12 @@ async def aio_pika_consume(n: int, exchange: str, queue_name: str) -> float:
     await queue.bind(ex, routing_key="#")
     body = Event.create("bench.raw", BODY_1KB).to_json()
     for i in range(0, n, 1000):
-        await asyncio.gather(*(ex.publish(aio_pika.Message(body, delivery_mode=2), routing_key="bench.raw")
-                               for _ in range(min(1000, n - i))))
+        await asyncio.gather(
+            *(
+                ex.publish(aio_pika.Message(body, delivery_mode=2), routing_key="bench.raw")
+                for _ in range(min(1000, n - i))
+            )
+        )
     seen = 0
     done = asyncio.Event()
     first: list[float] = []
@@ -166,8 +181,14 @@ async def aio_pika_consume(n: int, exchange: str, queue_name: str) -> float:
 
 def fedora(role: str, n: int, *args: str) -> float | None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "bench.fedora_peer", role, str(n), *args], env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.fedora_peer", role, str(n), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if result.returncode != 0:
         print(f"(fedora-messaging {role} failed: {result.stderr.strip().splitlines()[-1:]})")
         return None
@@ -214,30 +235,57 @@ async def main(quick: bool) -> None:
         ours = await tidings_delivery(work / "deliver", n, exchange)
         raw = await aio_pika_delivery(n, exchange)
         fm = fedora("publish", fedora_n, exchange)
-        report.add("deliver to RabbitMQ with confirms: tidings", ours, "msgs/s", peer="raw aio-pika pipelined",
-                   peer_value=raw, target=">= 1x raw (aim 2x)")
+        report.add(
+            "deliver to RabbitMQ with confirms: tidings",
+            ours,
+            "msgs/s",
+            peer="raw aio-pika pipelined",
+            peer_value=raw,
+            target=">= 1x raw (aim 2x)",
+        )
         if fm:
-            report.add("deliver to RabbitMQ with confirms: tidings", ours, "msgs/s",
-                       peer="fedora-messaging api.publish", peer_value=fm)
+            report.add(
+                "deliver to RabbitMQ with confirms: tidings",
+                ours,
+                "msgs/s",
+                peer="fedora-messaging api.publish",
+                peer_value=fm,
+            )
         ours_c = await tidings_consume(work / "consume", n, exchange, f"bench.{tag}.ours")
         raw_c = await aio_pika_consume(n, exchange, f"bench.{tag}.raw")
         await declare_fedora_queue(exchange, f"bench.{tag}.fm")
         fm_c = fedora("consume", fedora_n, f"bench.{tag}.fm", exchange)
-        report.add("consume with ack: tidings App", ours_c, "msgs/s", peer="raw aio-pika prefetch 100",
-                   peer_value=raw_c, target=">= 1x raw")
+        report.add(
+            "consume with ack: tidings App",
+            ours_c,
+            "msgs/s",
+            peer="raw aio-pika prefetch 100",
+            peer_value=raw_c,
+            target=">= 1x raw",
+        )
         if fm_c:
-            report.add("consume with ack: tidings App", ours_c, "msgs/s", peer="fedora-messaging consumer",
-                       peer_value=fm_c)
-        p50, p99 = await latency(work / "latency", 1000 if quick else 5000, 1000.0, exchange, f"bench.{tag}.lat")
+            report.add(
+                "consume with ack: tidings App",
+                ours_c,
+                "msgs/s",
+                peer="fedora-messaging consumer",
+                peer_value=fm_c,
+            )
+        p50, p99 = await latency(
+            work / "latency", 1000 if quick else 5000, 1000.0, exchange, f"bench.{tag}.lat"
+        )
         report.add("end to end via RabbitMQ @1,000/s, p50", p50, "ms", target="<= 3")
         report.add("end to end via RabbitMQ @1,000/s, p99", p99, "ms", target="<= 15")
     finally:
-        await cleanup([exchange], [sink, f"bench.{tag}.ours", f"bench.{tag}.raw", f"bench.{tag}.lat",
-                                   f"bench.{tag}.fm"])
+        await cleanup(
+            [exchange], [sink, f"bench.{tag}.ours", f"bench.{tag}.raw", f"bench.{tag}.lat", f"bench.{tag}.fm"]
+        )
     print(f"saved {report.save()}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     asyncio.run(main(parser.parse_args().quick))

@@ -1,7 +1,7 @@
 """fedora-messaging as a peer in the benchmarks, in its own process (it runs Twisted via crochet).
 
-    python -m bench.fedora_peer publish N EXCHANGE      -> prints messages/s of api.publish
-    python -m bench.fedora_peer consume N QUEUE EXCHANGE -> fills QUEUE with N messages, prints consume rate
+python -m bench.fedora_peer publish N EXCHANGE      -> prints messages/s of api.publish
+python -m bench.fedora_peer consume N QUEUE EXCHANGE -> fills QUEUE with N messages, prints consume rate
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ BODY = {"message": "x" * 1000}
 
 def configure(exchange: str) -> None:
     conf = Path(tempfile.mkdtemp()) / "fedora-messaging.toml"
-    conf.write_text(f'amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2F"\npublish_exchange = "{exchange}"\n'
-                    'passive_declares = false\n[client_properties]\napp = "tidings-bench"\n')
+    conf.write_text(
+        f'amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2F"\npublish_exchange = "{exchange}"\n'
+        'passive_declares = false\n[client_properties]\napp = "tidings-bench"\n'
+    )
     os.environ["FEDORA_MESSAGING_CONF"] = str(conf)
 
 

@@ -1,0 +1,193 @@
+"""The Taskcluster queue's exchanges (seed 004).
+
+Facts (taskcluster/taskcluster, services/queue/src/exchanges.js): one topic exchange per event
+kind under ``exchange/taskcluster-queue/v1/``; the primary routing key is
+``primary.<taskId>.<runId>.<workerGroup>.<workerId>.<provisionerId>.<workerType>.<schedulerId>
+.<taskGroupId>.<reserved>`` (``buildCommonRoutingKey``; task-group-resolved has
+``primary.<taskGroupId>.<schedulerId>.<reserved>``, ``buildTaskGroupRoutingKey``) with word size
+limits (taskId 22, runId 3, the others 38, reserved 1), ``_`` for a missing word; task routes are
+CC'd as ``route.<route>`` (``commonCCBuilder``); ``commonMessageBuilder`` sets ``version: 1``.
+Binding patterns follow the official clients: a missing word is ``*``, a missing multi-word
+entry ``#``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.errors import DecodeError, InvalidEvent
+from tidings.event import Event, dumps, loads
+from tidings.transport import WireMessage
+
+PREFIX = "exchange/taskcluster-queue/v1/"
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    name: str
+    max_size: int
+    required: bool = False
+    multiple: bool = False
+
+
+def _common(has_run: bool = False, has_worker: bool = False) -> tuple[Word, ...]:
+    return (
+        Word("taskId", 22, True),
+        Word("runId", 3, has_run),
+        Word("workerGroup", 38, has_worker),
+        Word("workerId", 38, has_worker),
+        Word("provisionerId", 38, True),
+        Word("workerType", 38, True),
+        Word("schedulerId", 38, True),
+        Word("taskGroupId", 22, True),
+        Word("reserved", 1, multiple=True),
+    )
+
+
+#: exchange → routing key words after the constant "primary"
+EXCHANGES: dict[str, tuple[Word, ...]] = {
+    "task-defined": _common(),
+    "task-pending": _common(has_run=True),
+    "task-running": _common(has_run=True, has_worker=True),
+    "artifact-created": _common(has_run=True, has_worker=True),
+    "task-completed": _common(has_run=True, has_worker=True),
+    "task-failed": _common(),
+    "task-exception": _common(),
+    "task-group-resolved": (
+        Word("taskGroupId", 22, True),
+        Word("schedulerId", 38, True),
+        Word("reserved", 1, multiple=True),
+    ),
+}
+
+
+def _words(exchange: str) -> tuple[Word, ...]:
+    try:
+        return EXCHANGES[exchange]
+    except KeyError:
+        raise InvalidEvent(
+            f"unknown Taskcluster queue exchange {exchange!r} (known: {', '.join(EXCHANGES)})"
+        ) from None
+
+
+def routing_key(exchange: str, fields: Mapping[str, Any]) -> str:
+    """The primary routing key, as the queue builds it (refusing what the queue would refuse)."""
+    parts = ["primary"]
+    for word in _words(exchange):
+        value = fields.get(word.name)
+        if value is None or value == "":
+            if word.required:
+                raise InvalidEvent(f"Taskcluster {exchange}: routing key word {word.name} is required")
+            parts.append("_")
+            continue
+        text = str(value)
+        if "." in text and not word.multiple:
+            raise InvalidEvent(f"Taskcluster {exchange}: {word.name} {text!r} may not contain '.'")
+        if len(text) > word.max_size and not word.multiple:
+            raise InvalidEvent(f"Taskcluster {exchange}: {word.name} {text!r} is longer than {word.max_size}")
+        parts.append(text)
+    return ".".join(parts)
+
+
+def binding_pattern(exchange: str, **fields: Any) -> str:
+    """A binding pattern from partial fields: a missing word ``*``, a missing multi-word entry ``#``."""
+    parts = ["primary"]
+    for word in _words(exchange):
+        value = fields.pop(word.name, None)
+        parts.append(str(value) if value is not None else ("#" if word.multiple else "*"))
+    if fields:
+        raise InvalidEvent(f"Taskcluster {exchange}: no routing key words {', '.join(sorted(fields))}")
+    return ".".join(parts)
+
+
+def route_allowed(route: str, scopes: Iterable[str]) -> bool:
+    """Does a scope ``queue:route:<route>`` (a trailing ``*`` matches any suffix) allow this route?"""
+    wanted = f"queue:route:{route}"
+    return any(scope == wanted or (scope.endswith("*") and wanted.startswith(scope[:-1])) for scope in scopes)
+
+
+def check_routes(routes: Iterable[str], scopes: Iterable[str]) -> None:
+    scopes = list(scopes)
+    refused = [r for r in routes if not route_allowed(r, scopes)]
+    if refused:
+        raise InvalidEvent(
+            f"not allowed to publish on route(s) {', '.join(refused)}: the scopes lack "
+            f"queue:route:{refused[0]}"
+        )
+
+
+def task_event(
+    exchange: str,
+    message: dict[str, Any],
+    *,
+    routes: Iterable[str] = (),
+    scopes: Iterable[str] | None = None,
+    **fields: Any,
+) -> Event:
+    """An event for a queue exchange; ``scopes`` (when given) must allow every route, checked now."""
+    routes = list(routes)
+    if scopes is not None:
+        check_routes(routes, scopes)
+    for route in routes:
+        if not route or fnmatch.fnmatch(route, "*[*#]*"):
+            raise InvalidEvent(f"Taskcluster route {route!r} must be a plain dotted name")
+    body = {**message, "version": 1}
+    headers: dict[str, Any] = {"taskcluster_exchange": exchange}
+    if routes:
+        headers["taskcluster_routes"] = ",".join(routes)
+    return Event.create(
+        routing_key(exchange, fields),
+        body,
+        source="taskcluster-queue",
+        type=f"taskcluster.{exchange}.v1",
+        headers=headers,
+    )
+
+
+class TaskclusterFormat:
+    """Format ``taskcluster``; option ``prefix`` (the exchange prefix)."""
+
+    name = "taskcluster"
+
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
+
+    def encode(self, event: Event) -> WireMessage:
+        exchange = event.headers.get("taskcluster_exchange")
+        if not isinstance(exchange, str) or exchange not in EXCHANGES:
+            raise InvalidEvent("a Taskcluster event needs its exchange (header taskcluster_exchange)")
+        routes = str(event.headers.get("taskcluster_routes") or "")
+        return WireMessage(
+            routing_key=event.topic,
+            body=dumps(event.body),
+            message_id=event.id,
+            content_type="application/json",
+            timestamp=event.time,
+            exchange=self.prefix + exchange,
+            cc=[f"route.{r}" for r in routes.split(",") if r],
+            properties={"delivery_mode": 2},
+        )
+
+    def decode(self, message: WireMessage) -> Event:
+        exchange = (message.exchange or "").removeprefix(self.prefix)
+        if exchange not in EXCHANGES:
+            raise DecodeError(f"not a Taskcluster queue exchange: {message.exchange!r}")
+        body = loads(message.body)
+        if not isinstance(body, dict):
+            raise DecodeError("a Taskcluster message body must be a JSON object")
+        routes = [key.removeprefix("route.") for key in message.cc if key.startswith("route.")]
+        headers = {"taskcluster_exchange": exchange}
+        if routes:
+            headers["taskcluster_routes"] = ",".join(routes)
+        return Event.create(
+            message.routing_key,
+            body,
+            source="taskcluster-queue",
+            type=f"taskcluster.{exchange}.v1",
+            headers=headers,
+            id=message.message_id or None,
+            time=message.timestamp,
+        )

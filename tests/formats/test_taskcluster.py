@@ -1,0 +1,178 @@
+"""Taskcluster queue exchanges (seed 004), checked against the official taskcluster client.
+
+Facts: taskcluster/taskcluster services/queue/src/exchanges.js (buildCommonRoutingKey,
+buildTaskGroupRoutingKey, commonMessageBuilder, commonCCBuilder); binding patterns from the
+`taskcluster` package's generated QueueEvents (BaseClient._makeTopicExchange).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from taskcluster.generated.queueevents import QueueEvents
+
+from tidings.errors import InvalidEvent
+from tidings.formats.taskcluster import (
+    EXCHANGES,
+    PREFIX,
+    TaskclusterFormat,
+    binding_pattern,
+    check_routes,
+    routing_key,
+    task_event,
+)
+from tidings.schemas import SchemaRegistry
+from tidings.transport import WireMessage
+
+FIELDS = {
+    "taskId": "fN1-8EVNQ9SJ52mSU0MsnQ",
+    "runId": 0,
+    "workerGroup": "us-east-1",
+    "workerId": "i-0abc",
+    "provisionerId": "proj-gecko",
+    "workerType": "b-linux",
+    "schedulerId": "gecko-level-3",
+    "taskGroupId": "Xs9f-N3kQ2yJ1fG4x5aQ7w",
+}
+STATUS = {"status": {"taskId": FIELDS["taskId"], "state": "completed"}, "runId": 0}
+QUEUE_EVENTS = QueueEvents({"rootUrl": "https://tc.example.com"})
+METHODS = {
+    "task-defined": "taskDefined",
+    "task-pending": "taskPending",
+    "task-running": "taskRunning",
+    "artifact-created": "artifactCreated",
+    "task-completed": "taskCompleted",
+    "task-failed": "taskFailed",
+    "task-exception": "taskException",
+    "task-group-resolved": "taskGroupResolved",
+}
+
+
+def test_the_eight_exchanges_and_their_prefix() -> None:
+    assert set(EXCHANGES) == set(METHODS)
+    for exchange, method in METHODS.items():
+        assert getattr(QUEUE_EVENTS, method)()["exchange"] == PREFIX + exchange
+
+
+def test_primary_routing_key_in_queue_order() -> None:
+    key = routing_key("task-completed", FIELDS)
+    assert key == (
+        "primary.fN1-8EVNQ9SJ52mSU0MsnQ.0.us-east-1.i-0abc.proj-gecko.b-linux.gecko-level-3."
+        "Xs9f-N3kQ2yJ1fG4x5aQ7w._"
+    )
+    assert routing_key("task-group-resolved", FIELDS) == "primary.Xs9f-N3kQ2yJ1fG4x5aQ7w.gecko-level-3._"
+
+
+def test_missing_words_are_underscores_and_required_ones_refused() -> None:
+    pending = {k: v for k, v in FIELDS.items() if k not in ("workerGroup", "workerId")}
+    assert routing_key("task-pending", pending).split(".")[3:5] == ["_", "_"]
+    with pytest.raises(InvalidEvent, match="runId is required"):
+        routing_key("task-pending", {k: v for k, v in FIELDS.items() if k != "runId"})
+    with pytest.raises(InvalidEvent, match="may not contain"):
+        routing_key("task-defined", {**FIELDS, "workerType": "a.b"})
+    with pytest.raises(InvalidEvent, match="longer than 22"):
+        routing_key("task-defined", {**FIELDS, "taskId": "x" * 23})
+
+
+@pytest.mark.parametrize("exchange", sorted(METHODS))
+@pytest.mark.parametrize(
+    "given_fields",
+    [{}, {"taskId": "abc"}, {"schedulerId": "s", "taskGroupId": "g"}, {"workerType": "w", "reserved": "#"}],
+)
+def test_binding_patterns_match_the_official_client(exchange: str, given_fields: dict) -> None:
+    ours_fields = {k: v for k, v in given_fields.items() if k in {w.name for w in EXCHANGES[exchange]}}
+    official = getattr(QUEUE_EVENTS, METHODS[exchange])(ours_fields)["routingKeyPattern"]
+    assert binding_pattern(exchange, **ours_fields) == official
+
+
+def test_bodies_carry_version_1_and_routes_become_cc() -> None:
+    event = task_event(
+        "task-completed", STATUS, routes=["index.gecko.v2.latest", "notify.email.a@b.c"], **FIELDS
+    )
+    message = TaskclusterFormat().encode(event)
+    assert orjson.loads(message.body)["version"] == 1
+    assert message.exchange == "exchange/taskcluster-queue/v1/task-completed"
+    assert message.cc == ["route.index.gecko.v2.latest", "route.notify.email.a@b.c"]
+    SchemaRegistry.default().validate(event.type, event.body)  # type: ignore[arg-type]
+
+
+def test_route_permission_is_checked_before_anything_is_queued() -> None:
+    scopes = ["queue:route:index.gecko.*", "queue:route:notify.email.a@b.c"]
+    check_routes(["index.gecko.v2.latest", "notify.email.a@b.c"], scopes)
+    with pytest.raises(InvalidEvent, match="tc-treeherder"):
+        task_event("task-completed", STATUS, routes=["tc-treeherder.v2.x"], scopes=scopes, **FIELDS)
+
+
+@given(
+    st.sampled_from(sorted(METHODS)),
+    st.lists(st.from_regex(r"[a-z]{1,6}(\.[a-z]{1,6}){0,2}", fullmatch=True), max_size=3, unique=True),
+)
+def test_round_trip(exchange: str, routes: list[str]) -> None:
+    fmt = TaskclusterFormat()
+    event = task_event(
+        exchange,
+        STATUS
+        if exchange != "task-group-resolved"
+        else {"taskGroupId": FIELDS["taskGroupId"], "schedulerId": "s"},
+        routes=routes,
+        **FIELDS,
+    )
+    back = fmt.decode(fmt.encode(event))
+    assert (back.id, back.topic, back.body, back.type) == (event.id, event.topic, event.body, event.type)
+    assert back.headers.get("taskcluster_routes", "") == ",".join(routes)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "body"),
+    [
+        ("exchange/other", b"{}"),
+        (PREFIX + "task-failed", b"[]"),
+        (PREFIX + "task-failed", b"\xff"),
+        (PREFIX + "nope", b"{}"),
+    ],
+)
+def test_garbage_gives_our_error(exchange: str, body: bytes) -> None:
+    with pytest.raises(InvalidEvent):
+        TaskclusterFormat().decode(WireMessage("primary.x", body, exchange=exchange))
+
+
+@pytest.mark.rabbitmq
+async def test_a_queue_bound_by_two_routes_gets_one_copy(rabbitmq: str) -> None:
+    from tests.conftest import delete_amqp_topology
+    from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology
+    from tidings.transports.amqp import AmqpTransport
+
+    prefix = f"exchange/test-{uuid.uuid4().hex[:6]}/v1/"
+    fmt = TaskclusterFormat(prefix=prefix)
+    queue = QueueSpec(
+        f"queue/test/{uuid.uuid4().hex[:6]}",
+        [
+            Binding(prefix + "task-completed", "route.index.gecko.#"),
+            Binding(prefix + "task-completed", "route.notify.#"),
+        ],
+    )
+    transport = AmqpTransport(url=rabbitmq)
+    await transport.connect()
+    try:
+        await transport.declare(Topology([ExchangeSpec(prefix + e) for e in EXCHANGES], [queue]))
+        event = task_event(
+            "task-completed", STATUS, routes=["index.gecko.v2.latest", "notify.email.x"], **FIELDS
+        )
+        (result,) = await transport.send("", [fmt.encode(event)])
+        assert result.outcome.value == "delivered"
+        stream = transport.consume(queue, prefetch=10)
+        delivery = await anext(stream)  # type: ignore[arg-type]
+        await delivery.ack()
+        got = fmt.decode(delivery.message)
+        assert (got.id, got.topic, got.body) == (event.id, event.topic, event.body)
+        await stream.aclose()  # type: ignore[attr-defined]
+        channel = await transport.channel()
+        depth = await channel.queue_declare(queue.name, passive=True)
+        assert depth.message_count == 0  # one copy, not two
+    finally:
+        await transport.close()
+        await delete_amqp_topology(rabbitmq, [queue.name], [prefix + e for e in EXCHANGES])
