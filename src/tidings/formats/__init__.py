@@ -34,6 +34,7 @@ BUILTIN_FORMATS = {
     "fedora-messaging": "tidings.formats.fedora:FedoraMessagingFormat",
     "fedmsg": "tidings.formats.fedmsg:FedmsgFormat",
     "lava": "tidings.formats.lava:LavaFormat",
+    "bugzilla": "tidings.formats.bugzilla:BugzillaFormat",
     "taskcluster": "tidings.formats.taskcluster:TaskclusterFormat",
 }
 
