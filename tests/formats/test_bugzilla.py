@@ -146,7 +146,8 @@ async def test_several_connectors_each_with_its_own_backlog(tmp_path: Path) -> N
     (tmp_path / "tidings.toml").write_text(
         '[transports.local]\nkind = "embedded"\npath = "broker.db"\n'
         '[transports.log]\nkind = "file"\npath = "push.log"\nstyle = "bugzilla"\n'
-        '[connectors.amqp-like]\ntransport = "local"\nformat = "bugzilla"\nretry_schedule = [5, 25, 125, 625, 900]\n'
+        '[connectors.amqp-like]\ntransport = "local"\nformat = "bugzilla"\n'
+        'retry_schedule = [5, 25, 125, 625, 900]\n'
         '[connectors.file]\ntransport = "log"\nformat = "bugzilla"\n'
     )
     bus = Bus(load_config(tmp_path / "tidings.toml"))
