@@ -43,8 +43,50 @@ def main(argv: list[str]) -> None:
         publish(args[0], args[1], int(args[2]), args[3])
     elif role == "consume":
         consume(*args)
+    elif role == "consume-and-die":
+        consume_and_die(*args)
     else:
         raise SystemExit(f"unknown role {role}")
+
+
+def consume_and_die(config: str, name: str, effects_db: str, kill_every: str) -> None:
+    """A consumer whose handler does its side effect, then (for some events, once each) dies by
+    SIGKILL before the ack. With ``effects_db`` == "inbox" the side effect goes through the inbox
+    transaction; otherwise it is a plain SQLite insert outside it."""
+    import os
+    import signal
+    import sqlite3
+
+    from tidings.consumer import Context
+
+    bus = Bus.load(config)
+    every = int(kill_every)
+    use_inbox = effects_db == "inbox"
+    app = App(
+        name,
+        transport="rabbit",
+        exchange=bus.config.connectors["rabbit"].exchange,
+        prefetch=1,
+        concurrency=1,
+        inbox=use_inbox,
+        max_attempts=100,
+    )
+    plain = None if use_inbox else sqlite3.connect(effects_db, isolation_level=None, check_same_thread=False)
+
+    @app.subscribe("#")
+    def effect(event: Event, ctx: Context) -> None:
+        if use_inbox:
+            with ctx.transaction() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT)")
+                db.execute("INSERT INTO effects VALUES (?)", (event.id,))
+        else:
+            assert plain is not None
+            plain.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT)")
+            plain.execute("INSERT INTO effects VALUES (?)", (event.id,))
+        if event.body["n"] % every == 0 and ctx.attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # after the side effect, before the ack
+
+    app.run_forever(bus)
 
 
 if __name__ == "__main__":
