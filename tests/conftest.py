@@ -66,3 +66,51 @@ async def delete_amqp_topology(url: str, queues: list[str], exchanges: list[str]
             await channel.exchange_delete(name)
     finally:
         await connection.close()
+
+
+#: name prefixes of what the tests declare on the shared RabbitMQ
+TEST_PREFIXES = (
+    "faults.",
+    "conf.",
+    "conf-",
+    "bench.",
+    "fedora.",
+    "queue/test/",
+    "bridge.",
+    "cki.exchange.",
+    "svc",
+    "cki.queue.webhooks.svc",
+    "lat.",
+    "q1",
+    "q2",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftovers_on_rabbitmq() -> None:
+    """Delete queues an interrupted earlier run left behind (they would slow the broker down)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("rabbitmqctl") or not service_up("127.0.0.1", 5672):
+        return
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_queues", "name", "-q"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout.split()
+    stale = [name for name in listed if name.startswith(TEST_PREFIXES)]
+    if stale:
+        import asyncio
+
+        asyncio.run(_delete_queues(stale))
+
+
+async def _delete_queues(names: list[str]) -> None:
+    import aiormq
+
+    connection = await aiormq.connect("amqp://guest:guest@127.0.0.1:5672/")
+    try:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+    finally:
+        await connection.close()

@@ -337,7 +337,8 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
             for e in self.events
             if e.seq not in self.purged and e.seq <= floor and e.created < older_than and e.seq not in held
         }
-        assert self.dispatcher.purge() == len(expected)
+        purged = self.dispatcher.purge()
+        assert purged == len(expected), f"purge removed {purged} events, the model says {sorted(expected)}"
         self.purged |= expected
 
     @precondition(lambda self: any(lane.dead for lane in self.lanes.values()))
@@ -881,7 +882,7 @@ ROWID_REUSE = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=ROWID_REUSE)
+# fixed: messages.id is AUTOINCREMENT now (was: ROWID_REUSE)
 def test_a_stale_settle_never_touches_another_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS bindings (
 CREATE TABLE IF NOT EXISTS topology (version INTEGER NOT NULL);
 INSERT INTO topology SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM topology);
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale settle must not hit a newer message
     queue TEXT NOT NULL,
     visible_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
