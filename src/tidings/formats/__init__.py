@@ -7,12 +7,13 @@ entry-point group, the same way transports are.
 
 from __future__ import annotations
 
+import uuid
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from tidings.errors import ConfigError
-from tidings.event import Event
+from tidings.event import Event, dumps
 from tidings.transport import WireMessage
 
 
@@ -25,6 +26,19 @@ class Format(Protocol):
 
     def decode(self, message: WireMessage) -> Event:
         """The event a wire message carries; raises DecodeError (never anything else)."""
+
+
+def json_message(event: Event, body: Any, **fields: Any) -> WireMessage:
+    """The persistent JSON message most systems send: event id as message_id, event time as timestamp."""
+    return WireMessage(routing_key=event.topic, body=dumps(body), message_id=event.id,
+                       content_type="application/json", timestamp=event.time,
+                       properties={"delivery_mode": 2}, **fields)
+
+
+def stable_id(message: WireMessage, namespace: uuid.UUID) -> str:
+    """An id for a message that arrived without one: the same message always gets the same id,
+    so a redelivery is recognised by an inbox."""
+    return str(uuid.uuid5(namespace, message.routing_key + "\0" + message.body.decode("utf-8", "replace")))
 
 
 BUILTIN_FORMATS = {

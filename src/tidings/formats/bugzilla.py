@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
-from tidings.event import Event, dumps, loads
+from tidings.event import Event, loads
+from tidings.formats import json_message
 from tidings.transport import WireMessage
 
 TARGETS = ("bug", "comment", "attachment")
@@ -103,14 +104,7 @@ class BugzillaFormat:
         body = event.body
         if event.visibility == "private":  # never more than the event: seed 002, "Private Messages"
             body = {"event": body.get("event", {})}
-        return WireMessage(
-            routing_key=event.topic,
-            body=dumps(body),
-            message_id=event.id,
-            content_type="application/json",
-            timestamp=event.time,
-            properties={"delivery_mode": 2},
-        )
+        return json_message(event, body)
 
     def decode(self, message: WireMessage) -> Event:
         payload = loads(message.body)

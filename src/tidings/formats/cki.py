@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
-from tidings.event import Event, dumps, loads
+from tidings.event import Event, loads
+from tidings.formats import json_message, stable_id
 from tidings.transport import WireMessage
 
 EXCHANGE = "cki.exchange.datawarehouse"
@@ -89,14 +90,7 @@ class CKIFormat:
             raise InvalidEvent(
                 f"topic {event.topic!r} does not match the body's object_type and status ({expected!r})"
             )
-        return WireMessage(
-            routing_key=event.topic,
-            body=dumps(body),
-            message_id=event.id,
-            content_type="application/json",
-            timestamp=event.time,
-            properties={"delivery_mode": 2},
-        )
+        return json_message(event, body)
 
     def decode(self, message: WireMessage) -> Event:
         body = loads(message.body)
@@ -113,15 +107,10 @@ class CKIFormat:
             body,
             source=SOURCE,
             type=TYPE,
-            id=message.message_id or _stable_id(message),
+            id=message.message_id or stable_id(message, _ID_NAMESPACE),
             time=_time_of(body, message),
         )
 
-
-def _stable_id(message: WireMessage) -> str:
-    return str(
-        uuid.uuid5(_ID_NAMESPACE, message.routing_key + "\0" + message.body.decode("utf-8", "replace"))
-    )
 
 
 def _time_of(body: dict[str, Any], message: WireMessage) -> datetime | None:

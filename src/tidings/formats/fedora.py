@@ -31,6 +31,7 @@ import orjson
 
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, JSONScalar, dumps, loads
+from tidings.formats import stable_id
 from tidings.transport import WireMessage
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -141,7 +142,7 @@ class FedoraMessagingFormat:
             source=_source(topic),
             type=schema,
             headers=scalars,
-            id=message.message_id or _stable_id(message),
+            id=message.message_id or stable_id(message, _ID_NAMESPACE),
             time=_sent_at(headers, message),
         )
 
@@ -161,11 +162,6 @@ def _sent_at(headers: dict[str, Any], message: WireMessage) -> datetime | None:
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return message.timestamp
 
-
-def _stable_id(message: WireMessage) -> str:
-    return str(
-        uuid.uuid5(_ID_NAMESPACE, message.routing_key + "\0" + message.body.decode("utf-8", "replace"))
-    )
 
 
 # -- fedora-messaging's JSON-lines dump format (fedora_messaging.message.dumps / loads) ----------
