@@ -27,7 +27,7 @@ import aiormq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BODY_1KB, Report, percentile, rate
+from bench.common import BODY_1KB, Report, paced, percentile, rate, through_the_bus
 from tidings import App, Bus, Event
 from tidings.config import load_config
 
@@ -198,28 +198,11 @@ def fedora(role: str, n: int, *args: str) -> float | None:
 async def latency(root: Path, n: int, per_second: float, exchange: str, queue: str) -> tuple[float, float]:
     bus = make_bus(root, exchange)
     app = App(queue, transport="rabbit", exchange=exchange, prefetch=200, concurrency=32)
-    latencies: list[float] = []
-    done = asyncio.Event()
 
-    @app.subscribe("#")
-    async def handler(event: Event) -> None:
-        latencies.append(time.time() - event.time.timestamp())
-        if len(latencies) >= n:
-            done.set()
+    async def publish() -> None:
+        await paced(lambda i: bus.apublish("bench.latency", {"i": i}), n, per_second)
 
-    await app.declare(bus)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(app.run(bus, stop)), asyncio.create_task(bus.dispatcher().run(stop))]
-    await asyncio.sleep(0.5)
-    start = time.perf_counter()
-    for i in range(n):
-        await bus.apublish("bench.latency", {"i": i})
-        lag = start + (i + 1) / per_second - time.perf_counter()
-        if lag > 0:
-            await asyncio.sleep(lag)
-    await asyncio.wait_for(done.wait(), 120)
-    stop.set()
-    await asyncio.gather(*tasks)
+    _, latencies = await through_the_bus(bus, app, n, publish)
     return percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BODY_1KB, Report, percentile, rate, timed
+from bench.common import BODY_1KB, Report, paced, percentile, rate, through_the_bus, timed
 from tidings import App, Bus, Event
 from tidings.config import default_config
 
@@ -109,36 +109,22 @@ async def end_to_end(root: Path, n: int, rate_limit: float | None) -> tuple[floa
     """Publish n events (optionally paced) through outbox → dispatcher → broker → consumer."""
     bus = fresh_bus(root)
     app = App("bench", prefetch=500, concurrency=64)
-    latencies: list[float] = []
-    done = asyncio.Event()
-
-    @app.subscribe("bench.#")
-    async def handler(event: Event) -> None:
-        latencies.append(time.time() - event.time.timestamp())
-        if len(latencies) >= n:
-            done.set()
-
-    await app.declare(bus)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(app.run(bus, stop)), asyncio.create_task(bus.dispatcher().run(stop))]
     events = [bus.event("bench.e2e", BODY_1KB) for _ in range(n)]
-    start = time.perf_counter()
-    if rate_limit is None:
-        for i in range(0, n, 100):
-            await bus.apublish_many(
-                [Event.create(e.topic, e.body, source=e.source) for e in events[i : i + 100]]
-            )
-    else:
-        for i, event in enumerate(events):
-            await bus.apublish(Event.create(event.topic, event.body, source=event.source))
-            lag = start + (i + 1) / rate_limit - time.perf_counter()
-            if lag > 0:
-                await asyncio.sleep(lag)
-    await asyncio.wait_for(done.wait(), 300)
-    elapsed = time.perf_counter() - start
-    stop.set()
-    await asyncio.gather(*tasks)
+
+    async def publish() -> None:
+        if rate_limit is None:  # as fast as batches go
+            for i in range(0, n, 100):
+                await bus.apublish_many([fresh(e) for e in events[i : i + 100]])
+        else:
+            await paced(lambda i: bus.apublish(fresh(events[i])), n, rate_limit)
+
+    elapsed, latencies = await through_the_bus(bus, app, n, publish)
     return rate(n, elapsed), percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+
+
+def fresh(event: Event) -> Event:
+    """A copy stamped now, so latency counts from the publish, not from when the batch was built."""
+    return Event.create(event.topic, event.body, source=event.source)
 
 
 def end_to_end_processes(root: Path, n: int) -> tuple[float, float, float]:

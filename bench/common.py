@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +69,47 @@ class Report:
         meta = {"cpus": os.cpu_count(), "python": platform.python_version(), "time": time.time()}
         path.write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=2))
         return path
+
+
+async def through_the_bus(
+    bus: Any, app: Any, count: int, publish: Callable[[], Awaitable[None]], pattern: str = "#"
+) -> tuple[float, list[float]]:
+    """Run ``app`` and a dispatcher, call ``publish``, wait for ``count`` deliveries.
+
+    Returns (seconds from the first publish to the last delivery, publish→handler latencies).
+    """
+    import asyncio
+
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    @app.subscribe(pattern)
+    async def record(event: Any) -> None:
+        latencies.append(time.time() - event.time.timestamp())
+        if len(latencies) >= count:
+            done.set()
+
+    await app.declare(bus)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(app.run(bus, stop)), asyncio.create_task(bus.dispatcher().run(stop))]
+    await asyncio.sleep(0.3)  # consumer and dispatcher connected before the clock starts
+    start = time.perf_counter()
+    await publish()
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await asyncio.gather(*tasks)
+    return elapsed, latencies
+
+
+async def paced(publish_one: Callable[[int], Awaitable[Any]], count: int, per_second: float | None) -> None:
+    """Call ``publish_one(i)`` ``count`` times, at ``per_second`` (None: as fast as it goes)."""
+    import asyncio
+
+    start = time.perf_counter()
+    for i in range(count):
+        await publish_one(i)
+        if per_second:
+            lag = start + (i + 1) / per_second - time.perf_counter()
+            if lag > 0:
+                await asyncio.sleep(lag)
