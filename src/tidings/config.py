@@ -63,6 +63,8 @@ class ConnectorConfig(_Strict):
     #: attempts before an event goes to this connector's dead letters
     max_attempts: int = 10
     batch_size: int = 500
+    #: batches sent before the oldest is confirmed (1: wait for each batch's confirms)
+    in_flight: int = 4
     #: keep order: while a backlog exists, new events wait behind it (Bugzilla's rule)
     ordered: bool = True
     #: only check that the exchange exists (brokers where the app may not declare it)
@@ -201,6 +203,8 @@ def _check_references(config: Config, origin: str) -> None:
             )
         if connector.max_attempts < 1 or not connector.retry_schedule:
             raise ConfigError(f"{origin}: [connectors.{name}] needs max_attempts >= 1 and a retry_schedule")
+        if connector.batch_size < 1 or connector.in_flight < 1:
+            raise ConfigError(f"{origin}: [connectors.{name}] needs batch_size >= 1 and in_flight >= 1")
     for name, consumer in config.consumers.items():
         if consumer.transport not in config.transports:
             raise ConfigError(

@@ -17,7 +17,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,13 +135,15 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         wake = lambda: loop.call_soon_threadsafe(self._wake_all)  # noqa: E731 - called from publisher threads
         self.wake_source.add_listener(wake)
+        tasks = [asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers]
+        tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
         try:
-            tasks = [
-                asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers
-            ]
-            tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
             await asyncio.gather(*tasks)
         finally:
+            # gather gives up at the first failure or cancel; the other workers must not outlive us
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
             self.wake_source.remove_listener(wake)
             self.release()
 
@@ -170,6 +173,16 @@ class Dispatcher:
 
 
 class ConnectorWorker:
+    """Delivers one connector's events.
+
+    :meth:`run` keeps up to ``in_flight`` batches on the wire: the next batch is
+    sent while the broker still confirms the last, so a confirm round trip never
+    idles the connection. Batches are settled strictly in order, and the cursor
+    only moves past a batch once it and every batch before it are settled; a
+    failure sends everything after the cursor again (duplicates, never loss).
+    :meth:`step` sends and settles one batch at a time (tests, ``drain``).
+    """
+
     def __init__(self, dispatcher: Dispatcher, connector: Connector) -> None:
         self.dispatcher = dispatcher
         self.connector = connector
@@ -178,22 +191,31 @@ class ConnectorWorker:
         self.wake = asyncio.Event()
         self.connected = False
         self.next_due: float | None = None
+        #: batches sent and not yet settled, oldest first; each settles after its predecessor
+        self._in_flight: deque[asyncio.Task[None]] = deque()
+        #: the last seq handed to a batch in flight (the cursor when none is)
+        self._sent_upto = self.cursor
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
-        while not stop.is_set():
-            self.wake.clear()  # before looking: a publish during the step wakes the next idle
-            try:
-                await self.ensure_connected()
-                worked = await self.step()
-                failures = 0
-                self.connector.stats.down_since = None
-            except TransportError as exc:
-                failures += 1
-                await self._pause(exc, failures, stop)
-                continue
-            if not worked:
-                await self._idle(stop)
+        try:
+            while not stop.is_set():
+                self.wake.clear()  # before looking: a publish during the step wakes the next idle
+                try:
+                    await self.ensure_connected()
+                    worked = await self._pipeline_step()
+                    failures = 0
+                    self.connector.stats.down_since = None
+                except TransportError as exc:
+                    failures += 1
+                    await self._abandon_in_flight()
+                    await self._pause(exc, failures, stop)
+                    continue
+                if not worked:
+                    await self._idle(stop)
+            await self._settle_all()  # in-flight batches finish before a clean stop
+        finally:
+            await self._abandon_in_flight(cancel=True)  # only left after an error or a cancel
 
     async def ensure_connected(self) -> None:
         if self.connected:
@@ -226,33 +248,101 @@ class ConnectorWorker:
             waiter.cancel()
 
     async def step(self) -> bool:
-        """Send one batch (from the backlog if one is due, else new events); False if idle."""
-        config = self.connector.config
-        now = self.dispatcher.clock()
-        self.next_due = None
-        io = self.dispatcher.io
-        head = await io(self.outbox.backlog_head, self.connector.name)
-        if head is not None:
-            rows = await io(
-                self.outbox.backlog_due,
-                self.connector.name,
-                now,
-                config.batch_size,
-                contiguous=config.ordered,
-            )
-            if rows:
-                await self._deliver(rows, from_backlog=True)
-                return True
-            self.next_due = head[1]
-            if config.ordered:  # new events queue behind the backlog so the order holds
-                return False
-        rows = await io(self.outbox.read_after, self.cursor, config.batch_size)
+        """Send one batch and settle it (from the backlog if one is due); False if idle."""
+        if await self._backlog_step() is not None:
+            return True
+        if self.next_due is not None and self.connector.config.ordered:
+            return False  # new events queue behind the backlog so the order holds
+        rows = await self.dispatcher.io(self.outbox.read_after, self.cursor, self.connector.config.batch_size)
         if not rows:
             return False
-        await self._deliver(rows, from_backlog=False)
+        await self._settle(rows, await self._send(rows, from_backlog=False), from_backlog=False)
         return True
 
-    async def _deliver(self, rows: list[Row], *, from_backlog: bool) -> None:
+    async def _pipeline_step(self) -> bool:
+        """Like :meth:`step`, but new batches go out while earlier ones await confirms."""
+        config = self.connector.config
+        if await self._backlog_step() is not None:
+            return True
+        may_send = self.next_due is None or not config.ordered  # ordered: new events wait behind it
+        if may_send and len(self._in_flight) < config.in_flight:
+            rows = await self.dispatcher.io(self.outbox.read_after, self._sent_upto, config.batch_size)
+            if rows:
+                previous = self._in_flight[-1] if self._in_flight else None
+                self._in_flight.append(asyncio.create_task(self._deliver_in_turn(previous, rows)))
+                self._sent_upto = rows[-1].seq
+                return True
+        if not self._in_flight:
+            return False
+        if may_send and len(self._in_flight) < config.in_flight:
+            # nothing new yet: settle the oldest batch when it is confirmed, unless a publish comes first
+            await self._first_of(self._in_flight[0], self.wake.wait())
+        if self._in_flight[0].done() or len(self._in_flight) >= config.in_flight or not may_send:
+            await self._settle_oldest()
+        return True
+
+    @staticmethod
+    async def _first_of(task: asyncio.Task[None], wakeup: Coroutine[Any, Any, Any]) -> None:
+        waiter = asyncio.ensure_future(wakeup)
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def _backlog_step(self) -> bool | None:
+        """Deliver due backlog events (True), note when the next is due (None if none is due)."""
+        self.next_due = None
+        name, io = self.connector.name, self.dispatcher.io
+        head = await io(self.outbox.backlog_head, name)
+        if head is None:
+            return None
+        config = self.connector.config
+        now = self.dispatcher.clock()
+        rows = await io(self.outbox.backlog_due, name, now, config.batch_size, contiguous=config.ordered)
+        if not rows:
+            self.next_due = head[1]
+            return None
+        await self._settle(rows, await self._send(rows, from_backlog=True), from_backlog=True)
+        return True
+
+    async def _deliver_in_turn(self, previous: asyncio.Task[None] | None, rows: list[Row]) -> None:
+        try:
+            settlements = await self._send(rows, from_backlog=False)
+        finally:
+            if previous is not None:
+                await asyncio.wait({previous})  # settle after it, whatever became of our send
+        if previous is not None and (previous.cancelled() or previous.exception() is not None):
+            raise TransportError("an earlier batch failed; this one is sent again from the cursor")
+        await self._settle(rows, settlements, from_backlog=False)
+
+    async def _settle_oldest(self) -> None:
+        oldest = self._in_flight[0]
+        try:
+            await asyncio.shield(oldest)  # a cancel of ours must not cancel it half settled
+        except TidingsError:
+            await self._abandon_in_flight()
+            raise
+        self._in_flight.popleft()
+
+    async def _settle_all(self) -> None:
+        try:
+            while self._in_flight:
+                await self._settle_oldest()
+        except TidingsError as exc:
+            log.warning("connector %s: unconfirmed batches will be sent again: %s", self.connector.name, exc)
+
+    async def _abandon_in_flight(self, *, cancel: bool = False) -> None:
+        """Forget every unsettled batch; what they carried is read again from the cursor."""
+        tasks = list(self._in_flight)
+        self._in_flight.clear()
+        self._sent_upto = self.cursor
+        for task in tasks if cancel else ():
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _send(self, rows: list[Row], *, from_backlog: bool) -> list[Settlement]:
+        """Encode and send ``rows``; the settlements to record (nothing recorded yet)."""
         connector = self.connector
         settlements: list[Settlement] = []
         sending: list[Row] = []
@@ -276,8 +366,11 @@ class ConnectorWorker:
             settlements.extend(
                 self._settlement(row, result) for row, result in zip(sending, results, strict=True)
             )
+        return settlements
+
+    async def _settle(self, rows: list[Row], settlements: list[Settlement], *, from_backlog: bool) -> None:
         new_cursor = None if from_backlog else rows[-1].seq
-        await self.dispatcher.io(self.outbox.settle, connector.name, settlements, new_cursor=new_cursor)
+        await self.dispatcher.io(self.outbox.settle, self.connector.name, settlements, new_cursor=new_cursor)
         if new_cursor is not None:
             self.cursor = new_cursor
 
