@@ -249,7 +249,10 @@ class AmqpTransport:
                     f"{len(message.body)} bytes is over the broker's limit of {self.max_message_bytes}",
                 )
                 continue
-            pending.append((index, asyncio.ensure_future(self._publish(channel, exchange, message))))
+            future = asyncio.ensure_future(self._publish(channel, exchange, message))
+            # a send cancelled midway never looks at its futures: their errors are expected, not news
+            future.add_done_callback(_retrieve_error)
+            pending.append((index, future))
         if pending:
             await self._settle_confirms(pending, results)
         return [r if r is not None else SendResult(Outcome.RETRY, "no confirm") for r in results]
@@ -361,3 +364,8 @@ def _entity(exc: BaseException) -> str:
     if "no queue" in text:
         return "queue " + text.split("no queue", 1)[1].split(" in vhost")[0].strip()
     return text
+
+
+def _retrieve_error(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

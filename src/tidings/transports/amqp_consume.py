@@ -23,6 +23,7 @@ from aiormq.abc import DeliveredMessage
 
 from tidings.errors import ConnectionLost, TransportError
 from tidings.transport import QueueSpec, Topology, WireMessage
+from tidings.transports.amqp_acks import AckWindow
 
 if TYPE_CHECKING:
     from tidings.transports.amqp import AmqpTransport
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 10.0
+#: what settling raises when the channel is gone (the broker then redelivers: at-least-once)
+_CHANNEL_GONE = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    OSError,
+    RuntimeError,
+)
 _CANCELLED = object()  # the broker cancelled our consumer (queue deleted)
 _CLOSED = object()  # the channel or connection closed under us
 
@@ -99,6 +107,42 @@ def attempt_of(message: DeliveredMessage) -> int:
     return counted + (1 if message.delivery.redelivered else 0)
 
 
+class ChannelAcks:
+    """Sends one channel's acks: those of one turn of the event loop go out together.
+
+    Acks are not awaited: an ack lost with its connection only means a redelivery.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self.window = AckWindow()
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def ack(self, tag: int) -> None:
+        self.window.ack(tag)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        frames = self.window.take()
+        if frames:
+            task = asyncio.create_task(self._send(frames))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, frames: list[tuple[int, bool]]) -> None:
+        try:
+            for tag, multiple in frames:
+                await self.channel.basic_ack(tag, multiple=multiple, wait=False)
+        except _CHANNEL_GONE:
+            log.warning(
+                "acks of %d message(s) were lost with their channel; the broker redelivers them", len(frames)
+            )
+
+
 @dataclass
 class AmqpDelivery:
     message: WireMessage
@@ -106,14 +150,25 @@ class AmqpDelivery:
     queue: str
     raw: DeliveredMessage = field(repr=False)
     transport: AmqpTransport = field(repr=False)
+    acks: ChannelAcks = field(repr=False)
     settled: bool = False
 
     async def ack(self) -> None:
-        # no drain wait: an ack lost with the connection only means a redelivery
-        await self._settle(lambda: self.raw.channel.basic_ack(self.raw.delivery.delivery_tag, wait=False))
+        self._mark_settled()
+        self.acks.ack(self.raw.delivery.delivery_tag)
 
     async def release(self) -> None:
-        await self._settle(lambda: self.raw.channel.basic_nack(self.raw.delivery.delivery_tag, requeue=True))
+        self._mark_settled()
+        tag = self.raw.delivery.delivery_tag
+        try:
+            await self.raw.channel.basic_nack(tag, requeue=True)
+        except _CHANNEL_GONE:
+            log.warning(
+                "releasing message %s was lost with its channel; the broker will redeliver it",
+                self.message.message_id,
+            )
+            return
+        self.acks.window.settled(tag)  # only now: a multiple ack sent earlier would have covered it
 
     async def retry(self, delay: float, reason: str = "") -> None:
         target, _ = self.transport.retry_queue_for(self.queue, delay)
@@ -148,23 +203,10 @@ class AmqpDelivery:
             raise TransportError(f"moving message {original.message_id} to {queue} failed: {result.reason}")
         await self.ack()
 
-    async def _settle(self, act: Any) -> None:
+    def _mark_settled(self) -> None:
         if self.settled:
             raise TransportError(f"message {self.message.message_id} was already settled")
         self.settled = True
-        try:
-            await act()
-        except (
-            aiormq.exceptions.AMQPError,
-            aiormq.exceptions.ChannelInvalidStateError,
-            OSError,
-            RuntimeError,
-        ):
-            # the channel is gone: the broker hands the message out again (at-least-once)
-            log.warning(
-                "settling message %s was lost with its channel; the broker will redeliver it",
-                self.message.message_id,
-            )
 
 
 async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[AmqpDelivery]:
@@ -179,6 +221,7 @@ async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> 
             await _back_off(exc, failures)
             continue
         failures = 0
+        acks = ChannelAcks(channel)
         try:
             while True:
                 item = await inbox.get()
@@ -189,7 +232,8 @@ async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> 
                 if item is _CLOSED:
                     log.warning("consumer of %s lost its channel; reconnecting", queue.name)
                     break
-                yield AmqpDelivery(to_wire(item), attempt_of(item), queue.name, item, transport)
+                acks.window.delivered(item.delivery.delivery_tag)
+                yield AmqpDelivery(to_wire(item), attempt_of(item), queue.name, item, transport, acks)
         finally:
             if not channel.is_closed:
                 try:
