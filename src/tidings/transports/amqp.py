@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiormq
-from aiormq.abc import ConfirmationFrameType
 from pamqp import commands as spec
 from yarl import URL
 
@@ -37,6 +37,7 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
+from tidings.transports.amqp_frames import FRAMING_ERRORS, can_publish_fast, publish_batch, publish_frames
 
 log = logging.getLogger(__name__)
 
@@ -241,21 +242,68 @@ class AmqpTransport:
     async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
         channel = await self._publish_channel()
         results: list[SendResult | None] = [None] * len(messages)
-        pending: list[tuple[int, asyncio.Future[ConfirmationFrameType | None]]] = []
+        sendable: list[int] = []
         for index, message in enumerate(messages):
             if len(message.body) > self.max_message_bytes:
                 results[index] = SendResult(
                     Outcome.REFUSED,
                     f"{len(message.body)} bytes is over the broker's limit of {self.max_message_bytes}",
                 )
-                continue
-            future = asyncio.ensure_future(self._publish(channel, exchange, message))
-            # a send cancelled midway never looks at its futures: their errors are expected, not news
-            future.add_done_callback(_retrieve_error)
-            pending.append((index, future))
-        if pending:
-            await self._settle_confirms(pending, results)
+            else:
+                sendable.append(index)
+        if sendable:
+            if can_publish_fast(channel):
+                pending = await self._publish_fast(channel, exchange, messages, sendable, results)
+            else:
+                pending = [
+                    (i, asyncio.ensure_future(self._publish(channel, exchange, messages[i])))
+                    for i in sendable
+                ]
+            for _, future in pending:
+                # a send cancelled midway never looks at its futures: their errors are expected, not news
+                future.add_done_callback(_retrieve_error)
+            if pending:
+                await self._settle_confirms(pending, results)
         return [r if r is not None else SendResult(Outcome.RETRY, "no confirm") for r in results]
+
+    async def _publish_fast(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        exchange: str,
+        messages: Sequence[WireMessage],
+        sendable: list[int],
+        results: list[SendResult | None],
+    ) -> list[tuple[int, asyncio.Future[Any]]]:
+        """Frame the messages here and write them at once (see :mod:`amqp_frames`)."""
+        framed: list[tuple[str, bytes]] = []
+        indexes: list[int] = []
+        for index in sendable:
+            message = messages[index]
+            props = wire_properties(message)
+            props["message_id"] = props["message_id"] or uuid.uuid4().hex  # returns are matched by it
+            try:
+                data = publish_frames(
+                    channel.number,
+                    message.exchange or exchange,
+                    message.routing_key,
+                    props,
+                    message.body,
+                    mandatory=True,
+                    max_body_frame=channel.max_content_size,
+                )
+            except FRAMING_ERRORS as exc:  # a value AMQP cannot carry: it never will
+                results[index] = SendResult(Outcome.REFUSED, f"cannot frame for AMQP: {exc}")
+                continue
+            framed.append((props["message_id"], data))
+            indexes.append(index)
+        if not framed:
+            return []
+        try:
+            futures = await publish_batch(channel, framed)
+        except (aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            self._channel = None
+            raise ConnectionLost(f"publishing to {mask(self.url)} failed: {_reason(exc)}") from None
+        return list(zip(indexes, futures, strict=True))
 
     def _publish(self, channel: aiormq.abc.AbstractChannel, exchange: str, message: WireMessage) -> Any:
         return channel.basic_publish(
@@ -315,23 +363,31 @@ def retry_queue(queue: str, delay: int) -> str:
     return f"{queue}.retry.{delay}s"
 
 
-def properties(message: WireMessage) -> spec.Basic.Properties:
+def wire_properties(message: WireMessage) -> dict[str, Any]:
+    """The AMQP basic properties of ``message`` (wire names: ``type``, not ``message_type``)."""
     extra = message.properties
-    return spec.Basic.Properties(
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        headers={**message.headers, "CC": message.cc} if message.cc else message.headers or None,
-        delivery_mode=extra.get("delivery_mode", 2),
-        priority=message.priority,
-        correlation_id=extra.get("correlation_id"),
-        reply_to=extra.get("reply_to"),
-        expiration=extra.get("expiration"),
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        message_type=extra.get("type"),
-        user_id=extra.get("user_id"),
-        app_id=extra.get("app_id"),
-    )
+    return {
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "headers": {**message.headers, "CC": message.cc} if message.cc else message.headers or None,
+        "delivery_mode": extra.get("delivery_mode", 2),
+        "priority": message.priority,
+        "correlation_id": extra.get("correlation_id"),
+        "reply_to": extra.get("reply_to"),
+        "expiration": extra.get("expiration"),
+        "message_id": message.message_id,
+        "timestamp": message.timestamp,
+        "type": extra.get("type"),
+        "user_id": extra.get("user_id"),
+        "app_id": extra.get("app_id"),
+    }
+
+
+def properties(message: WireMessage) -> spec.Basic.Properties:
+    """:func:`wire_properties` as pamqp's object (aiormq's basic_publish path)."""
+    props = wire_properties(message)
+    props["message_type"] = props.pop("type")
+    return spec.Basic.Properties(**props)
 
 
 def _kind_args(queue: QueueSpec) -> dict[str, Any]:
