@@ -249,37 +249,57 @@ class ConnectorWorker:
 
     async def step(self) -> bool:
         """Send one batch and settle it (from the backlog if one is due); False if idle."""
-        if await self._backlog_step() is not None:
-            return True
-        if self.next_due is not None and self.connector.config.ordered:
-            return False  # new events queue behind the backlog so the order holds
-        rows = await self.dispatcher.io(self.outbox.read_after, self.cursor, self.connector.config.batch_size)
+        due, new = await self.dispatcher.io(self._look, self.cursor, True)
+        rows = due or new
         if not rows:
             return False
-        await self._settle(rows, await self._send(rows, from_backlog=False), from_backlog=False)
+        settlements = await self._send(rows, from_backlog=bool(due))
+        await self._settle(rows, settlements, from_backlog=bool(due))
         return True
 
     async def _pipeline_step(self) -> bool:
         """Like :meth:`step`, but new batches go out while earlier ones await confirms."""
         config = self.connector.config
-        if await self._backlog_step() is not None:
+        window_open = len(self._in_flight) < config.in_flight
+        due, new = await self.dispatcher.io(self._look, self._sent_upto, window_open)
+        if due:
+            await self._settle(due, await self._send(due, from_backlog=True), from_backlog=True)
             return True
-        may_send = self.next_due is None or not config.ordered  # ordered: new events wait behind it
-        if may_send and len(self._in_flight) < config.in_flight:
-            rows = await self.dispatcher.io(self.outbox.read_after, self._sent_upto, config.batch_size)
-            if rows:
-                previous = self._in_flight[-1] if self._in_flight else None
-                self._in_flight.append(asyncio.create_task(self._deliver_in_turn(previous, rows)))
-                self._sent_upto = rows[-1].seq
-                return True
+        if new:
+            previous = self._in_flight[-1] if self._in_flight else None
+            self._in_flight.append(asyncio.create_task(self._deliver_in_turn(previous, new)))
+            self._sent_upto = new[-1].seq
+            return True
         if not self._in_flight:
             return False
-        if may_send and len(self._in_flight) < config.in_flight:
+        may_send = self.next_due is None or not config.ordered
+        if may_send and window_open:
             # nothing new yet: settle the oldest batch when it is confirmed, unless a publish comes first
             await self._first_of(self._in_flight[0], self.wake.wait())
-        if self._in_flight[0].done() or len(self._in_flight) >= config.in_flight or not may_send:
+        if self._in_flight[0].done() or not window_open or not may_send:
             await self._settle_oldest()
         return True
+
+    def _look(self, after: int, want_new: bool) -> tuple[list[Row], list[Row]]:
+        """In the I/O thread, in one go: (due backlog rows, new rows after ``after``).
+
+        Sets :attr:`next_due` when the backlog waits; an ordered connector with a waiting
+        backlog gets no new rows, so new events queue behind it.
+        """
+        name, config = self.connector.name, self.connector.config
+        self.next_due = self.outbox.backlog_next_at(name)
+        if self.next_due is not None:
+            due = self.outbox.backlog_due(
+                name, self.dispatcher.clock(), config.batch_size, contiguous=config.ordered
+            )
+            if due:
+                self.next_due = None
+                return due, []
+            if config.ordered:
+                return [], []
+        if not want_new:
+            return [], []
+        return [], self.outbox.read_after(after, config.batch_size)
 
     @staticmethod
     async def _first_of(task: asyncio.Task[None], wakeup: Coroutine[Any, Any, Any]) -> None:
@@ -288,22 +308,6 @@ class ConnectorWorker:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-
-    async def _backlog_step(self) -> bool | None:
-        """Deliver due backlog events (True), note when the next is due (None if none is due)."""
-        self.next_due = None
-        name, io = self.connector.name, self.dispatcher.io
-        head = await io(self.outbox.backlog_head, name)
-        if head is None:
-            return None
-        config = self.connector.config
-        now = self.dispatcher.clock()
-        rows = await io(self.outbox.backlog_due, name, now, config.batch_size, contiguous=config.ordered)
-        if not rows:
-            self.next_due = head[1]
-            return None
-        await self._settle(rows, await self._send(rows, from_backlog=True), from_backlog=True)
-        return True
 
     async def _deliver_in_turn(self, previous: asyncio.Task[None] | None, rows: list[Row]) -> None:
         try:

@@ -219,6 +219,14 @@ class Outbox:
         count, head_due = row[0]
         return (count, head_due) if count else None
 
+    def backlog_next_at(self, connector: str) -> float | None:
+        """When the oldest backlog entry of a connector is due; None if its backlog is empty.
+
+        One index lookup, however long the backlog: the dispatcher asks before every batch.
+        """
+        row = self._read("SELECT next_at FROM backlog WHERE connector = ? ORDER BY seq LIMIT 1", (connector,))
+        return row[0][0] if row else None
+
     def backlog_due(self, connector: str, now: float, limit: int, *, contiguous: bool = True) -> list[Row]:
         """Due backlog entries in order; with ``contiguous``, stop at the first one not yet due."""
         rows = self._read(
