@@ -102,6 +102,15 @@ class Topology:
     queues: list[QueueSpec] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Findings:
+    """What a transport's ``verify(topology)`` found (``tidings doctor``): one line each."""
+
+    problems: list[str] = field(default_factory=list)
+    #: checks that could not run, and why
+    notes: list[str] = field(default_factory=list)
+
+
 @runtime_checkable
 class Delivery(Protocol):
     """One message handed to a consumer; settle it exactly once."""

@@ -18,6 +18,7 @@ from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
 from tidings.topics import validate_pattern
+from tidings.transport import Binding, QueueSpec
 
 out = Console()
 
@@ -255,6 +256,15 @@ async def _serve(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:
     tasks = [asyncio.create_task(consumer.run(bus, stop)) for consumer in apps]
     tasks.append(asyncio.create_task(bus.dispatcher().run(stop)))
     await asyncio.gather(*tasks)
+
+
+def consumer_queue(name: str, bus: Bus) -> QueueSpec:
+    """The queue a configured consumer uses, with its bindings (its App's subscriptions too)."""
+    section = bus.config.consumers[name]
+    if section.app:
+        return _configured_app(name, bus).queue_spec()
+    bindings = [Binding(section.exchange, pattern) for pattern in section.bindings]
+    return QueueSpec(section.queue or name, bindings, kind=section.queue_kind)
 
 
 def _configured_app(name: str, bus: Bus) -> App:

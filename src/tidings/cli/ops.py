@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -16,7 +16,7 @@ from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, load_bus, out
 from tidings.errors import ConfigError, InvalidEvent, TidingsError
 from tidings.event import loads
-from tidings.transport import ExchangeSpec, Topology
+from tidings.transport import ExchangeSpec, Findings, Topology
 
 backlog_app = typer.Typer(
     help="Show and act on each connector's backlog and dead letters.", no_args_is_help=True
@@ -168,7 +168,13 @@ def schemas_validate(
 
 @app.command()
 def doctor(config: ConfigOpt = None) -> None:
-    """Check the config, the outbox and every transport: connect, declare, report. Exit 6 on a failure."""
+    """Check the config, the outbox and every transport; exit 6 if anything is wrong.
+
+    For each transport: connect, declare the connectors' exchanges (or check them, with
+    passive_exchange), then check that every configured consumer's queue and bindings exist
+    and, on RabbitMQ, that the user may publish, consume and declare what the config needs
+    (bindings and permissions through the management API when it answers).
+    """
     bus = load_bus(config)
     out.print(
         f"config: ok ({len(bus.config.connectors)} connector(s), {len(bus.config.consumers)} consumer(s), "
@@ -177,28 +183,54 @@ def doctor(config: ConfigOpt = None) -> None:
     out.print(f"outbox: {bus.config.outbox_path()} — last seq {bus.outbox.last_seq()}")
     failures = asyncio.run(_check_transports(bus))
     if failures:
+        err.print(f"doctor: {failures} problem(s)", highlight=False)
         raise typer.Exit(6)
+
+
+def _expected_topology(bus: Bus) -> dict[str, Topology]:
+    """Per transport: the exchanges of its connectors and the queues of its consumers."""
+    from tidings.cli.commands import consumer_queue
+
+    expected: dict[str, Topology] = {name: Topology() for name in bus.config.transports}
+    for connector in bus.config.connectors.values():
+        spec = ExchangeSpec(connector.exchange, passive=connector.passive_exchange)
+        expected[connector.transport].exchanges.append(spec)
+    for name, consumer in bus.config.consumers.items():
+        expected[consumer.transport].queues.append(consumer_queue(name, bus))
+    return expected
 
 
 async def _check_transports(bus: Bus) -> int:
     failures = 0
-    exchanges: dict[str, list[ExchangeSpec]] = {}
-    for connector in bus.config.connectors.values():
-        exchanges.setdefault(connector.transport, []).append(
-            ExchangeSpec(connector.exchange, passive=connector.passive_exchange)
-        )
-    for name in bus.config.transports:
+    for name, topology in _expected_topology(bus).items():
         transport = bus.make_transport(name)
         try:
             await asyncio.wait_for(transport.connect(), 15)
-            await transport.declare(Topology(exchanges.get(name, [])))
-            out.print(f"transport {name} ({transport.kind}): [green]ok[/]")
+            await transport.declare(Topology(topology.exchanges))
+            found = await _verify(transport, topology)
         except (TidingsError, TimeoutError) as exc:
             failures += 1
             err.print(f"transport {name}: [red]FAILED[/] {exc or 'timed out'}", highlight=False)
+            continue
         finally:
             await transport.close()
+        for note in found.notes:
+            err.print(f"transport {name}: [yellow]note[/] {note}", highlight=False)
+        for problem in found.problems:
+            err.print(f"transport {name}: [red]FAILED[/] {problem}", highlight=False)
+        failures += len(found.problems)
+        if not found.problems:
+            what = f"{len(topology.exchanges)} exchange(s), {len(topology.queues)} queue(s)"
+            out.print(f"transport {name} ({transport.kind}): [green]ok[/] ({what})")
     return failures
+
+
+async def _verify(transport: Any, topology: Topology) -> Findings:
+    verify = getattr(transport, "verify", None)  # optional in the transport protocol
+    if verify is None:
+        return Findings(notes=[f"the {transport.kind} transport cannot check queues and bindings"])
+    result: Findings = await asyncio.wait_for(verify(topology), 30)
+    return result
 
 
 TRANSFORMS = {

@@ -31,6 +31,7 @@ from tidings.errors import ConfigError, ConnectionLost, TransportError
 from tidings.transport import (
     DELIVERED,
     Delivery,
+    Findings,
     Outcome,
     QueueSpec,
     SendResult,
@@ -60,7 +61,9 @@ class AmqpTransport:
     (s, default 10); ``retry_delays`` (s, the retry queues, default
     1, 5, 25, 125, 625); ``max_message_bytes``; TLS: ``ca_file``, ``cert_file``,
     ``key_file``, ``key_password`` (with a client certificate and no password in
-    the URL, EXTERNAL authentication is used, as on Fedora's broker).
+    the URL, EXTERNAL authentication is used, as on Fedora's broker);
+    ``management_url`` (RabbitMQ's management API, for ``tidings doctor``; default
+    ``http://<host>:15672``).
     """
 
     kind = "amqp"
@@ -78,8 +81,10 @@ class AmqpTransport:
         cert_file: str | None = None,
         key_file: str | None = None,
         key_password: str | None = None,
+        management_url: str | None = None,
     ) -> None:
         self.url = _parse_url(url)
+        self.management_url = management_url
         self.heartbeat = float(heartbeat)
         self.confirm_timeout = float(confirm_timeout)
         self.connect_timeout = float(connect_timeout)
@@ -350,6 +355,14 @@ class AmqpTransport:
             return SendResult(Outcome.RETRY, f"{_entity(error)} does not exist (404 NOT_FOUND)")
         self._channel = None
         raise ConnectionLost(f"publishing to {mask(self.url)} failed: {_reason(error)}")
+
+    # -- checking (tidings doctor) ----------------------------------------------------
+
+    async def verify(self, topology: Topology) -> Findings:
+        """Queues, bindings and permissions the topology needs, checked without creating anything."""
+        from tidings.transports.amqp_doctor import verify
+
+        return await verify(self, topology, self.management_url)
 
     # -- consuming --------------------------------------------------------------------
 

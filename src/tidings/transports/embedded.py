@@ -31,7 +31,7 @@ from tidings.errors import TransportError
 from tidings.event import format_time, parse_time
 from tidings.sqlite import WriterLock, connect, explain
 from tidings.topics import TopicMatcher
-from tidings.transport import DELIVERED, Outcome, QueueSpec, SendResult, Topology, WireMessage
+from tidings.transport import DELIVERED, Findings, Outcome, QueueSpec, SendResult, Topology, WireMessage
 
 log = logging.getLogger(__name__)
 
@@ -451,3 +451,28 @@ class EmbeddedTransport:
             return [name for (name,) in self._db.execute("SELECT name FROM queues ORDER BY name")]
 
         return await self._run(names)
+
+    async def verify(self, topology: Topology) -> Findings:
+        """Queues and bindings the topology needs, checked without creating anything."""
+
+        def look() -> Findings:
+            assert self._db is not None
+            findings = Findings()
+            queues = {name for (name,) in self._db.execute("SELECT name FROM queues")}
+            bound = set(self._db.execute("SELECT queue, exchange, pattern FROM bindings"))
+            for queue in topology.queues:
+                if queue.name not in queues:
+                    findings.problems.append(
+                        f"queue {queue.name!r} does not exist: run `tidings consume` or `tidings serve` "
+                        "to create it"
+                    )
+                    continue
+                for b in queue.bindings:
+                    if (queue.name, b.exchange, b.pattern) not in bound:
+                        findings.problems.append(
+                            f"queue {queue.name!r} is not bound to exchange {b.exchange!r} with "
+                            f"{b.pattern!r}: run `tidings consume` or `tidings serve` to bind it"
+                        )
+            return findings
+
+        return await self._run(look)
