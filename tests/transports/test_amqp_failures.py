@@ -1,0 +1,150 @@
+"""RabbitMQ saying no: each refusal is one clear line, quickly, and nothing hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiormq
+import pytest
+
+from tests.conftest import delete_amqp_topology
+from tests.faults.rig import write_config
+from tidings import App, Bus, Event
+from tidings.config import load_config
+from tidings.errors import ConfigError, TransportError
+from tidings.transport import ExchangeSpec, Topology
+from tidings.transports.amqp import AmqpTransport
+
+pytestmark = pytest.mark.rabbitmq
+
+
+async def connect_and_check_a_missing_exchange(transport: AmqpTransport) -> None:
+    await transport.connect()
+    await transport.declare(Topology([ExchangeSpec(f"missing.{uuid.uuid4().hex}", passive=True)]))
+
+
+async def one_line_error(transport: AmqpTransport, within: float = 12.0) -> str:
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransportError) as caught:
+            await connect_and_check_a_missing_exchange(transport)
+    finally:
+        await transport.close()
+    assert time.monotonic() - started < within
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+async def test_refused_credentials(rabbitmq: str) -> None:
+    message = await one_line_error(AmqpTransport("amqp://guest:not-the-password@127.0.0.1:5672/"))
+    assert "ACCESS_REFUSED, 403" in message and "not-the-password" not in message
+
+
+async def test_a_missing_exchange_on_a_passive_declare(rabbitmq: str) -> None:
+    message = await one_line_error(AmqpTransport(rabbitmq))
+    assert "does not exist (404 NOT_FOUND)" in message and "missing." in message
+
+
+async def test_an_unreachable_broker() -> None:
+    message = await one_line_error(AmqpTransport("amqp://guest:guest@127.0.0.1:9/", connect_timeout=3))
+    assert "127.0.0.1:9" in message
+
+
+@pytest.mark.parametrize(
+    "url", ["rabbitmq.example.org", "http://127.0.0.1:5672/", "amqp://", "amqp://guest:pw@:5672/"]
+)
+def test_a_malformed_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="amqp transport: url") as caught:
+        AmqpTransport(url)
+    assert "pw" not in str(caught.value)
+
+
+@pytest.fixture
+def bus_and_app(tmp_path: Path, rabbitmq: str) -> Iterator[tuple[Bus, App]]:
+    config, exchange = write_config(tmp_path, heartbeat=5)
+    bus = Bus(load_config(config))
+    app = App(f"{exchange}.svc", transport="rabbit", exchange=exchange, prefetch=10, retry_schedule=[0.2])
+    yield bus, app
+    bus.close()
+    asyncio.run(delete_amqp_topology(rabbitmq, [app.settings.queue], [exchange]))
+
+
+async def test_a_deleted_queue_ends_the_consumer_with_a_clear_error(
+    bus_and_app: tuple[Bus, App], rabbitmq: str
+) -> None:
+    """RabbitMQ cancels the consumer (basic.cancel) when its queue is deleted: no silent hang."""
+    bus, app = bus_and_app
+    app.subscribe("#")(lambda event: None)
+    await app.declare(bus)
+    running = asyncio.create_task(app.run(bus, asyncio.Event()))
+    await asyncio.sleep(1.0)  # consuming
+    connection = await aiormq.connect(rabbitmq)
+    await (await connection.channel()).queue_delete(app.settings.queue)
+    await connection.close()
+    with pytest.raises(TransportError, match="was deleted"):
+        await asyncio.wait_for(running, 15)
+
+
+def broker_consumer_timeout(milliseconds: int | None) -> int | None:
+    """Set RabbitMQ's delivery-acknowledgement timeout (new channels); returns the previous value."""
+    got = subprocess.run(
+        ["rabbitmqctl", "eval", "application:get_env(rabbit, consumer_timeout)."],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    previous = int(got[len("{ok,") : -1]) if got.startswith("{ok,") else None
+    command = (
+        f"application:set_env(rabbit, consumer_timeout, {milliseconds})."
+        if milliseconds is not None
+        else "application:unset_env(rabbit, consumer_timeout)."
+    )
+    subprocess.run(["rabbitmqctl", "eval", command], capture_output=True, check=True)
+    return previous
+
+
+@pytest.mark.slow
+async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_handled(
+    bus_and_app: tuple[Bus, App],
+) -> None:
+    """A handler slower than RabbitMQ's consumer_timeout: the broker closes the channel (it checks
+    about once a minute); the consumer reopens it, the event comes back and is handled."""
+    bus, app = bus_and_app
+    calls: list[int] = []
+    release_first = asyncio.Event()
+
+    @app.subscribe("#")
+    async def slow_then_fast(event: Event) -> None:
+        calls.append(len(calls) + 1)
+        if len(calls) == 1:
+            await release_first.wait()  # holds the delivery unacked past the timeout
+
+    previous = broker_consumer_timeout(1000)
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await app.declare(bus)
+        running = asyncio.create_task(app.run(bus, stop))
+        tasks.append(running)
+        await asyncio.sleep(1.0)
+        await bus.apublish("slow.one", {"n": 1})
+        tasks.append(asyncio.create_task(bus.dispatcher().run(stop)))
+        deadline = time.monotonic() + 100
+        while len(calls) < 2 and time.monotonic() < deadline:
+            assert not running.done(), running
+            await asyncio.sleep(0.5)
+        assert len(calls) == 2, "the event was not delivered again after the channel closed"
+        release_first.set()  # its ack goes to a dead channel: logged, not fatal
+        await asyncio.sleep(0.5)
+        assert not running.done()
+    finally:
+        broker_consumer_timeout(previous)
+        stop.set()
+        release_first.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert app.counters.handled >= 1
