@@ -130,7 +130,7 @@ class Dispatcher:
     # -- running -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; in-flight batches finish first."""
+        """Deliver until ``stop`` is set; in-flight batches finish first. A dispatcher runs once."""
         self.acquire()
         loop = asyncio.get_running_loop()
         wake = lambda: loop.call_soon_threadsafe(self._wake_all)  # noqa: E731 - called from publisher threads
@@ -146,6 +146,7 @@ class Dispatcher:
             await asyncio.wait(tasks)
             self.wake_source.remove_listener(wake)
             self.release()
+            self._io.shutdown(wait=True)  # its thread must not outlive the run (it is idle by now)
 
     def _wake_all(self) -> None:
         for worker in self.workers:

@@ -13,6 +13,7 @@ from tests.conftest import delete_amqp_topology
 from tests.ledger import Verdict, check
 from tidings import App, Bus, Event
 from tidings.config import load_config
+from tidings.dispatcher import Dispatcher
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -62,6 +63,7 @@ class Rig:
         self.app.subscribe("#")(self._record)
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
+        self.dispatcher: Dispatcher | None = None
 
     async def _record(self, event: Event) -> None:
         if self.on_event is not None:
@@ -73,7 +75,8 @@ class Rig:
         if consumer:
             self.tasks.append(asyncio.create_task(self.app.run(self.bus, self.stop), name="consumer"))
         if dispatcher:
-            self.tasks.append(asyncio.create_task(self.bus.dispatcher().run(self.stop), name="dispatcher"))
+            self.dispatcher = self.bus.dispatcher()
+            self.tasks.append(asyncio.create_task(self.dispatcher.run(self.stop), name="dispatcher"))
 
     async def publish(self, count: int, *, pace: float = 0.0) -> None:
         for n in range(count):
