@@ -242,7 +242,7 @@ def serve(
     config: ConfigOpt = None,
     log_level: LogOpt = "INFO",
 ) -> None:
-    """Run the dispatcher and every configured consumer ([consumers.NAME] with app = ...) in one process."""
+    """Run the dispatcher and every configured consumer (each \\[consumers.NAME] with an app) together."""
     bus = load_bus(config, log_level)
     apps = [_configured_app(name, bus) for name in bus.config.consumers]
     err.print(

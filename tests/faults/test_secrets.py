@@ -1,0 +1,166 @@
+"""Canary secrets never leak: not in a log line at DEBUG, an error, CLI output, or the outbox.
+
+The canaries are a broker password (right and wrong), a password in a management-API URL and
+a TLS key password. Everything the code under test says is collected and searched for the
+canary itself and for its base64 (also of ``user:password``, as HTTP Basic sends it),
+URL-encoded and hex forms.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from tests.core.test_cli import ROOT, tidings
+from tests.faults.rig import Rig
+from tidings.errors import TidingsError
+from tidings.transports.amqp import AmqpTransport
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def encodings(user: str, secret: str) -> set[str]:
+    forms = {secret, quote(secret), quote_plus(secret), secret.encode().hex()}
+    for raw in (secret.encode(), f"{user}:{secret}".encode()):
+        forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+        forms.add(base64.b64encode(raw).decode().rstrip("="))
+    return forms
+
+
+def assert_absent(text: str | bytes, user: str, secret: str, where: str) -> None:
+    haystack = text.decode(errors="replace") if isinstance(text, bytes) else text
+    for form in encodings(user, secret):
+        assert form not in haystack, f"the secret leaked into {where} (as {form!r})"
+
+
+class Everything(logging.Handler):
+    """Every record of every logger, formatted with its exception text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def captured_debug_logs() -> Iterator[Everything]:
+    handler = Everything()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@pytest.fixture
+def canary_user(rabbitmq: str) -> Iterator[tuple[str, str]]:
+    user, password = f"canary-user-{secrets.token_hex(3)}", f"canary{secrets.token_hex(12)}"
+    subprocess.run(["rabbitmqctl", "add_user", user, password], capture_output=True, check=True)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", user, ".*", ".*", ".*"], capture_output=True, check=True
+    )
+    try:
+        yield user, password
+    finally:
+        subprocess.run(["rabbitmqctl", "delete_user", user], capture_output=True, check=False)
+
+
+async def test_a_working_password_appears_nowhere(
+    tmp_path: Path, canary_user: tuple[str, str], captured_debug_logs: Everything
+) -> None:
+    user, password = canary_user
+    rig = Rig(tmp_path, f"amqp://{user}:{password}@127.0.0.1:5672/")
+    await rig.start()
+    try:
+        await rig.publish(200)
+        await rig.wait_all_delivered(timeout=60)
+    finally:
+        await rig.close()
+    assert rig.verdict().ok
+    assert_absent("\n".join(captured_debug_logs.lines), user, password, "the DEBUG log")
+    for stored in (tmp_path / "home").rglob("*"):
+        if stored.is_file():
+            assert_absent(stored.read_bytes(), user, password, f"the file {stored.name}")
+
+
+async def test_a_refused_password_appears_in_no_error_or_log(captured_debug_logs: Everything) -> None:
+    user, password = "guest", f"canary{secrets.token_hex(12)}"
+    transport = AmqpTransport(f"amqp://{user}:{password}@127.0.0.1:5672/", connect_timeout=5)
+    with pytest.raises(TidingsError) as refused:
+        await transport.connect()
+    await transport.close()
+    assert "ACCESS_REFUSED" in str(refused.value)
+    assert_absent(str(refused.value) + repr(refused.value), user, password, "the error")
+    assert_absent("\n".join(captured_debug_logs.lines), user, password, "the DEBUG log")
+
+
+def test_the_cli_keeps_secrets_out_of_its_output(tmp_path: Path, rabbitmq: str) -> None:
+    """dispatch (at DEBUG), doctor, backlog list and a TLS key password, all with canaries."""
+    password, mgmt, key_password = (f"canary{secrets.token_hex(12)}" for _ in range(3))
+    (tmp_path / "client.pem").write_text("not a certificate")
+    config = tmp_path / "tidings.toml"
+    config.write_text(
+        '[bus]\nhome = "home"\nlog_level = "DEBUG"\n\n'
+        f'[transports.rabbit]\nkind = "amqp"\nurl = "amqp://guest:{password}@127.0.0.1:5672/"\n'
+        f'management_url = "http://guest:{mgmt}@127.0.0.1:15672"\nconnect_timeout = 3\n\n'
+        '[connectors.rabbit]\ntransport = "rabbit"\nexchange = "canary"\n'
+    )
+    publish = tidings(tmp_path, "--config", str(config), "publish", "canary.test", "--body", "{}")
+    assert publish.returncode == 0, publish.stderr
+    outputs = [publish.stdout + publish.stderr]
+    for args in (["backlog", "list"], ["doctor"]):
+        done = tidings(tmp_path, "--config", str(config), *args)
+        outputs.append(done.stdout + done.stderr)
+    dispatch = subprocess.Popen(
+        [*tidings_command(), "--config", str(config), "dispatch", "--log-level", "DEBUG"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+    )
+    try:
+        out, _ = dispatch.communicate(timeout=4)
+    except subprocess.TimeoutExpired:
+        dispatch.terminate()
+        out, _ = dispatch.communicate(timeout=20)
+    outputs.append(out.decode())
+    assert "ACCESS_REFUSED" in outputs[-1] or "refused" in outputs[-1]
+    with pytest.raises(TidingsError) as bad_key:
+        AmqpTransport(
+            "amqps://127.0.0.1:5671/",
+            cert_file=str(tmp_path / "client.pem"),
+            key_file=str(tmp_path / "client.pem"),
+            key_password=key_password,
+        )._ssl_context()
+    outputs.append(str(bad_key.value) + repr(bad_key.value))
+    for text in outputs:
+        for secret in (password, mgmt, key_password):
+            assert_absent(text, "guest", secret, "CLI output")
+    for stored in (tmp_path / "home").rglob("*"):
+        if stored.is_file():
+            for secret in (password, mgmt):
+                assert_absent(stored.read_bytes(), "guest", secret, f"the file {stored.name}")
+
+
+def tidings_command() -> list[str]:
+    return [sys.executable, "-m", "tidings"]
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
