@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiormq
+
 from tests.conftest import delete_amqp_topology
 from tests.ledger import Verdict, check
 from tidings import App, Bus, Event
@@ -103,10 +105,25 @@ class Rig:
         return check(self.attempted, self.returned, self.delivered)
 
     async def close(self) -> None:
+        await self.close_keeping_queues()
+        await self.delete_topology()
+
+    async def close_keeping_queues(self) -> None:
         self.stop.set()
         results = await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 60)
         self.bus.close()
-        await delete_amqp_topology(self.url, [self.queue], [self.exchange, f"{self.exchange}.nobody"])
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def delete_topology(self) -> None:
+        await delete_amqp_topology(RABBIT, [self.queue], [self.exchange, f"{self.exchange}.nobody"])
+
+
+async def queue_depth(url: str, queue: str) -> int:
+    connection = await aiormq.connect(url)
+    try:
+        declared = await (await connection.channel()).queue_declare(queue, passive=True)
+        return int(declared.message_count or 0)
+    finally:
+        await connection.close()
