@@ -66,3 +66,13 @@ async def delete_amqp_topology(url: str, queues: list[str], exchanges: list[str]
             await channel.exchange_delete(name)
     finally:
         await connection.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every fault scenario's ledger (events, lost, duplicated), shown even without ``-s``."""
+    from tests.ledger import LINES
+
+    if LINES:
+        terminalreporter.section("ledgers")
+        for line in LINES:
+            terminalreporter.write_line(line)

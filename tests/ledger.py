@@ -20,6 +20,17 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+#: the release-check soak mode: longer fault runs (``TIDINGS_SOAK=1``; not in CI)
+SOAK = os.environ.get("TIDINGS_SOAK") == "1"
+
+#: every ledger line of this test run, printed in pytest's summary (see tests/conftest.py)
+LINES: list[str] = []
+
+
+def scaled(in_ci: int, in_soak: int) -> int:
+    """A fault test's size: ``in_ci`` normally, ``in_soak`` in the soak mode."""
+    return in_soak if SOAK else in_ci
+
 
 class LedgerFile:
     """An append-only file of ids; each line is flushed straight to the OS."""
@@ -62,11 +73,14 @@ class Verdict:
         return self.lost == 0 and self.unexpected == 0
 
     def line(self, scenario: str) -> str:
-        return (
+        """The ledger as one line; also kept for the summary at the end of the run."""
+        text = (
             f"[ledger] {scenario}: attempted {self.attempted}, returned {self.returned}, delivered "
             f"{self.delivered}, lost {self.lost}, unexpected {self.unexpected}, duplicated "
             f"{self.duplicated}, recovered {self.recovered}"
         )
+        LINES.append(text)
+        return text
 
 
 def check(attempted: list[str], returned: list[str], delivered: list[str]) -> Verdict:

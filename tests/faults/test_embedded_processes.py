@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ledger import check, read_ids
+from tests.ledger import check, read_ids, scaled
 from tidings import App, Bus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ def test_sigkill_dispatcher_and_consumers_loses_nothing(tmp_path: Path) -> None:
     pubs = publishers(config, ledgers, 2, 3000)
     kills = 0
     try:
-        while kills < 12 or any(p.poll() is None for p in pubs):
+        while kills < scaled(12, 120) or any(p.poll() is None for p in pubs):
             time.sleep(rng.uniform(0.2, 0.8))
             victim = rng.choice(sorted(running))
             running[victim].send_signal(signal.SIGKILL)

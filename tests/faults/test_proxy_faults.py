@@ -18,10 +18,11 @@ import pytest
 
 from tests.faultproxy import FaultProxy
 from tests.faults.rig import Rig
+from tests.ledger import scaled
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
-EVENTS = 5_000
+EVENTS = scaled(5_000, 50_000)
 HEARTBEAT = 4.0  # seconds; the transport notices a silent connection within this
 
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.ledger import LINES, scaled
 from tidings import Bus
 from tidings.config import load_config
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PILED_UP = 1_000_000 if os.environ.get("TIDINGS_SOAK") == "1" else 100_000
+PILED_UP = scaled(100_000, 1_000_000)
 RSS_LIMIT_MB = 150
 
 
@@ -76,10 +77,12 @@ def test_a_down_connector_with_events_piling_up(tmp_path: Path) -> None:
         dispatcher.wait(30)
     pending = bus.outbox.status(["away"])[0].pending
     bus.close()
-    print(
-        f"{PILED_UP:,} events waiting: dispatcher RSS {current:.0f} MB (peak {peak:.0f} MB); "
+    figures = (
+        f"[resources] {PILED_UP:,} events waiting: dispatcher RSS {current:.0f} MB (peak {peak:.0f} MB); "
         f"publish {empty_rate:,.0f}/s on an empty outbox, {full_rate:,.0f}/s with the pile"
     )
+    print(figures)
+    LINES.append(figures)
     assert pending >= PILED_UP
     assert peak < RSS_LIMIT_MB
     assert full_rate >= 0.8 * empty_rate
