@@ -93,6 +93,31 @@ class ConsumerConfig(_Strict):
     queue_kind: str = "classic"
 
 
+class BridgeConfig(_Strict):
+    """A two-way fedmsg (ZeroMQ) ⇄ AMQP bridge (``tidings bridge NAME``), as Fedora migrated with."""
+
+    #: fedmsg publishers to subscribe to
+    zmq_endpoints: list[str]
+    #: the connector that carries fedmsg messages into AMQP, through the outbox; its exchange
+    #: must be the bridge's own (e.g. "zmq.topic"), never the one the other direction reads
+    connector: str
+    #: the AMQP transport the AMQP → fedmsg direction consumes from
+    transport: str
+    #: topic patterns taken from fedmsg
+    zmq_topics: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    #: where AMQP messages are published as fedmsg (PUB, bound); "" for a one-way bridge
+    zmq_publish: str = ""
+    #: the exchange AMQP → fedmsg reads (fedora-messaging publishes to amq.topic)
+    exchange: str = "amq.topic"
+    bindings: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    #: the AMQP → fedmsg queue (default ``tidings.bridge.<name>``)
+    queue: str = ""
+    #: the bridge's identity: a message that carries it has crossed already and never goes back
+    username: str = "fedmsg-bridge"
+    topic_prefix: str = "org.fedoraproject"
+    environment: str = "prod"
+
+
 class Config(_Strict):
     bus: BusSection = msgspec.field(default_factory=BusSection)
     outbox: OutboxSection = msgspec.field(default_factory=OutboxSection)
@@ -101,6 +126,7 @@ class Config(_Strict):
     transports: dict[str, dict[str, Any]] = {}
     connectors: dict[str, ConnectorConfig] = {}
     consumers: dict[str, ConsumerConfig] = {}
+    bridges: dict[str, BridgeConfig] = {}
     #: the folder relative paths are resolved against (not a key of the file)
     base_dir: str = "."
 
@@ -213,3 +239,19 @@ def _check_references(config: Config, origin: str) -> None:
             )
         if consumer.prefetch < 1 or consumer.concurrency < 1:
             raise ConfigError(f"{origin}: [consumers.{name}] needs prefetch >= 1 and concurrency >= 1")
+    for name, bridge in config.bridges.items():
+        _check_bridge(config, name, bridge, origin)
+
+
+def _check_bridge(config: Config, name: str, bridge: BridgeConfig, origin: str) -> None:
+    where = f"{origin}: [bridges.{name}]"
+    connector = config.connectors.get(bridge.connector)
+    if connector is None:
+        raise ConfigError(f"{where} names connector {bridge.connector!r}, which is not configured")
+    if bridge.transport not in config.transports:
+        raise ConfigError(f"{where} names transport {bridge.transport!r}, which is not configured")
+    if connector.exchange == bridge.exchange and connector.transport == bridge.transport:
+        raise ConfigError(
+            f"{where}: connector {bridge.connector!r} publishes to {bridge.exchange!r}, the exchange the "
+            "bridge reads: messages would go round in a loop; give the connector its own exchange"
+        )

@@ -118,6 +118,8 @@ class AppSettings:
     inbox: bool = False
     queue_kind: str = "classic"
     extra_bindings: list[str] = field(default_factory=list)
+    #: broker-specific queue arguments (e.g. RabbitMQ's x-expires), passed through untouched
+    queue_arguments: dict[str, Any] = field(default_factory=dict)
 
 
 class App:
@@ -168,7 +170,8 @@ class App:
 
     def queue_spec(self) -> QueueSpec:
         s = self.settings
-        return QueueSpec(s.queue, [Binding(s.exchange, p) for p in self.bindings()], kind=s.queue_kind)
+        bindings = [Binding(s.exchange, p) for p in self.bindings()]
+        return QueueSpec(s.queue, bindings, kind=s.queue_kind, arguments=dict(s.queue_arguments))
 
     def handlers_for(self, topic: str) -> list[Subscription]:
         return [self.subscriptions[i] for i in sorted(self._routes.match(topic))]

@@ -63,7 +63,7 @@ def setup_logging(level: str) -> None:
 
 def main() -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
-    from tidings.cli import commands, ops  # noqa: F401 - registers the commands
+    from tidings.cli import bridging, commands, ops  # noqa: F401 - registers the commands
 
     try:
         app()  # standalone: usage errors print themselves and exit 2

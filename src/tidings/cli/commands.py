@@ -129,7 +129,7 @@ def dispatch(
         f"dispatching from {bus.config.outbox_path()} to {', '.join(c.name for c in dispatcher.connectors)}"
         " — Ctrl-C to stop"
     )
-    asyncio.run(_until_signalled(dispatcher.run))
+    asyncio.run(until_signalled(dispatcher.run))
 
 
 async def _drain(dispatcher: Any) -> None:
@@ -142,7 +142,7 @@ async def _drain(dispatcher: Any) -> None:
             await connector.transport.close()
 
 
-async def _until_signalled(run: Any, *args: Any) -> None:
+async def until_signalled(run: Any, *args: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -217,7 +217,7 @@ def consume(
         f"consuming queue {consumer_app.settings.queue!r} ({', '.join(consumer_app.bindings())}) "
         "— Ctrl-C to stop"
     )
-    asyncio.run(_until_signalled(consumer_app.run, bus))
+    asyncio.run(until_signalled(consumer_app.run, bus))
 
 
 @app.command()
@@ -249,7 +249,7 @@ def serve(
         f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "
         f"consumers: {', '.join(a.name for a in apps) or 'none'} — Ctrl-C to stop"
     )
-    asyncio.run(_until_signalled(_serve, bus, apps))
+    asyncio.run(until_signalled(_serve, bus, apps))
 
 
 async def _serve(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:

@@ -1,0 +1,67 @@
+"""``tidings bridge``: run a fedmsg ⇄ AMQP bridge, or check that nothing went missing across it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from tidings.cli import app, err
+from tidings.cli.commands import ConfigOpt, LogOpt, load_bus, out, until_signalled
+
+
+@app.command()
+def bridge(
+    name: Annotated[str, typer.Argument(help="The \\[bridges.NAME] section of the config.")],
+    verify_missing: Annotated[
+        float,
+        typer.Option(
+            "--verify-missing",
+            help="Do not bridge: watch both buses for this many seconds and report every message "
+            "id seen on one side only (exit 6 if any).",
+        ),
+    ] = 0.0,
+    grace: Annotated[
+        float, typer.Option(help="Seconds a message may take to cross before it counts as missing.")
+    ] = 30.0,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Bridge fedmsg (ZeroMQ) and AMQP (fedora-messaging) both ways, without loops.
+
+    fedmsg messages go to AMQP through the outbox (nothing taken from ZeroMQ is lost after that),
+    on the connector the bridge names; AMQP messages are published as fedmsg frames on zmq_publish.
+    A message one direction carried is never carried back. Example config:
+
+        \\[bridges.fedmsg]
+        zmq_endpoints = ["tcp://fedmsg.example.org:9940"]
+        connector = "to-amqp"    # exchange = "zmq.topic", format = "fedora-messaging"
+        transport = "rabbit"
+        zmq_publish = "tcp://*:9941"
+    """
+    from tidings.bridge import Bridge
+    from tidings.bridge import verify_missing as verify
+
+    bus = load_bus(config, log_level)
+    running = Bridge(bus, name)
+    if verify_missing > 0:
+        missing = asyncio.run(verify(running, verify_missing, grace))
+        for side, ids in missing.items():
+            out.print(f"seen on {'AMQP' if side == 'amqp' else 'fedmsg'} only: {len(ids)}", highlight=False)
+            for message_id in ids:
+                out.print(f"  {message_id}", highlight=False)
+        if any(missing.values()):
+            raise typer.Exit(6)
+        return
+    c = running.config
+    err.print(
+        f"bridging {', '.join(c.zmq_endpoints)} → AMQP ({c.connector}) and {c.exchange} → "
+        f"{c.zmq_publish or 'nowhere (one way)'} — Ctrl-C to stop"
+    )
+    asyncio.run(until_signalled(running.run))
+    counters = running.counters
+    err.print(
+        f"bridge {name}: {counters.to_amqp} to AMQP, {counters.to_fedmsg} to fedmsg, "
+        f"{counters.loops_stopped} loops stopped, {counters.undecodable} undecodable"
+    )
