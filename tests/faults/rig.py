@@ -117,7 +117,8 @@ class Rig:
                 raise result
 
     async def delete_topology(self) -> None:
-        await delete_amqp_topology(RABBIT, [self.queue], [self.exchange, f"{self.exchange}.nobody"])
+        queues = [self.queue, f"{self.queue}.dead"]  # a test that consumes the dead letters declares it too
+        await delete_amqp_topology(RABBIT, queues, [self.exchange, f"{self.exchange}.nobody"])
 
 
 async def queue_depth(url: str, queue: str) -> int:
