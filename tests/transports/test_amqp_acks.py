@@ -8,11 +8,14 @@ outstanding tag below it; a tag that is not outstanding closes the channel
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.transports.amqp_acks import AckWindow
+from tidings.transports.amqp_consume import ChannelAcks
 
 
 class Broker:
@@ -127,3 +130,41 @@ def test_random_interleavings_against_the_broker_model(script: list[tuple[str, i
     flush()
     assert broker.acked == wanted_ack
     assert sorted(broker.outstanding) == sorted(running)
+
+
+class SlowChannel:
+    """A channel whose first ack waits until released (a full write queue, say); records frames."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.gate = asyncio.Event()
+        self.is_closed = False
+        self.refused: list[str] = []  # what the broker would close the channel for
+
+    async def basic_ack(self, tag: int, *, multiple: bool = False, wait: bool = True) -> None:
+        await self.gate.wait()
+        await asyncio.sleep(0)  # other tasks run between two frames, as on a real connection
+        try:
+            self.broker.ack(tag, multiple)
+        except AssertionError as exc:
+            self.refused.append(str(exc))
+
+
+async def test_acks_of_later_flushes_never_overtake_earlier_ones() -> None:
+    broker = Broker()
+    channel = SlowChannel(broker)
+    acks = ChannelAcks(channel)  # type: ignore[arg-type]
+    for tag in range(1, 6):
+        acks.window.delivered(tag)
+        broker.deliver(tag)
+    for tag in (1, 2, 4):
+        acks.ack(tag)
+    await asyncio.sleep(0)  # flush: (2, multiple), (4, single); the first is stuck in the channel
+    for tag in (3, 5):
+        acks.ack(tag)
+    await asyncio.sleep(0)  # flush: (5, multiple) would cover 4 if it went out before (4, single)
+    channel.gate.set()
+    await acks.drain()
+    await asyncio.sleep(0.01)
+    assert channel.refused == []
+    assert broker.acked == {1, 2, 3, 4, 5} and broker.outstanding == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC
@@ -110,14 +111,17 @@ def attempt_of(message: DeliveredMessage) -> int:
 class ChannelAcks:
     """Sends one channel's acks: those of one turn of the event loop go out together.
 
-    Acks are not awaited: an ack lost with its connection only means a redelivery.
+    One sender at a time, in order: a multiple ack written before a single ack it covers would
+    make the broker refuse the single one (unknown delivery tag) and close the channel. Acks are
+    not awaited by handlers: an ack lost with its connection only means a redelivery.
     """
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
         self.window = AckWindow()
         self._flush_scheduled = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self._outgoing: deque[tuple[int, bool]] = deque()
+        self._sender: asyncio.Task[None] | None = None
 
     def ack(self, tag: int) -> None:
         self.window.ack(tag)
@@ -127,20 +131,24 @@ class ChannelAcks:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        frames = self.window.take()
-        if frames:
-            task = asyncio.create_task(self._send(frames))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        self._outgoing.extend(self.window.take())
+        if self._outgoing and (self._sender is None or self._sender.done()):
+            self._sender = asyncio.create_task(self._send())
 
-    async def _send(self, frames: list[tuple[int, bool]]) -> None:
-        try:
-            for tag, multiple in frames:
+    async def _send(self) -> None:
+        while self._outgoing:
+            tag, multiple = self._outgoing.popleft()
+            try:
                 await self.channel.basic_ack(tag, multiple=multiple, wait=False)
-        except _CHANNEL_GONE:
-            log.warning(
-                "acks of %d message(s) were lost with their channel; the broker redelivers them", len(frames)
-            )
+            except _CHANNEL_GONE:
+                log.warning("acks were lost with their channel; the broker redelivers those messages")
+                self._outgoing.clear()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Send what was acked so far (before the channel is closed on purpose)."""
+        self._flush()
+        if self._sender is not None:
+            await asyncio.wait({self._sender}, timeout=timeout)
 
 
 @dataclass
@@ -236,6 +244,7 @@ async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> 
                 yield AmqpDelivery(to_wire(item), attempt_of(item), queue.name, item, transport, acks)
         finally:
             if not channel.is_closed:
+                await acks.drain()  # a clean stop must not turn finished work into redeliveries
                 try:
                     await asyncio.wait_for(channel.close(), 5)
                 except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError):
