@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 #: how long an idle connector waits before looking for events from other processes
 IDLE_POLL = 0.02
+#: most just-committed events kept in memory per connector; beyond, they are read back instead
+FRESH_LIMIT = 20_000
 #: reconnect backoff of a connector that cannot reach its broker: base * 2^n, capped
 DOWN_BASE, DOWN_CAP = 0.5, 30.0
 PURGE_EVERY = 60.0
@@ -133,7 +135,7 @@ class Dispatcher:
         """Deliver until ``stop`` is set; in-flight batches finish first. A dispatcher runs once."""
         self.acquire()
         loop = asyncio.get_running_loop()
-        wake = lambda: loop.call_soon_threadsafe(self._wake_all)  # noqa: E731 - called from publisher threads
+        wake = lambda rows: loop.call_soon_threadsafe(self._wake_all, rows)  # noqa: E731 - publisher threads
         self.wake_source.add_listener(wake)
         tasks = [asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers]
         tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
@@ -148,8 +150,9 @@ class Dispatcher:
             self.release()
             self._io.shutdown(wait=True)  # its thread must not outlive the run (it is idle by now)
 
-    def _wake_all(self) -> None:
+    def _wake_all(self, committed: list[Row]) -> None:
         for worker in self.workers:
+            worker.offer(committed)
             worker.wake.set()
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -196,6 +199,13 @@ class ConnectorWorker:
         self._in_flight: deque[asyncio.Task[None]] = deque()
         #: the last seq handed to a batch in flight (the cursor when none is)
         self._sent_upto = self.cursor
+        #: events this process just committed, handed over by the outbox: sent without reading
+        #: them back, as long as they follow on from ``_sent_upto`` and the backlog is empty
+        self._fresh: deque[Row] = deque()
+        #: when the last look at the outbox found no backlog and nothing more to read (monotonic
+        #: seconds); for IDLE_POLL after it, only handed-over events can be new (other processes'
+        #: are found by the next look, as they always were), so no look is needed
+        self._caught_up_at: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -262,7 +272,10 @@ class ConnectorWorker:
         """Like :meth:`step`, but new batches go out while earlier ones await confirms."""
         config = self.connector.config
         window_open = len(self._in_flight) < config.in_flight
-        due, new = await self.dispatcher.io(self._look, self._sent_upto, window_open)
+        new = self._take_fresh(config.batch_size) if window_open and self._caught_up() else []
+        due: list[Row] = []
+        if not new and not (window_open and self._caught_up()):
+            due, new = await self.dispatcher.io(self._look, self._sent_upto, window_open)
         if due:
             await self._settle(due, await self._send(due, from_backlog=True), from_backlog=True)
             return True
@@ -288,6 +301,8 @@ class ConnectorWorker:
         backlog gets no new rows, so new events queue behind it.
         """
         name, config = self.connector.name, self.connector.config
+        started = time.monotonic()
+        self._caught_up_at = None
         self.next_due = self.outbox.backlog_next_at(name)
         if self.next_due is not None:
             due = self.outbox.backlog_due(
@@ -300,7 +315,41 @@ class ConnectorWorker:
                 return [], []
         if not want_new:
             return [], []
-        return [], self.outbox.read_after(after, config.batch_size)
+        new = self.outbox.read_after(after, config.batch_size)
+        if len(new) < config.batch_size:
+            self._caught_up_at = started
+        return [], new
+
+    # -- events handed over by this process's outbox ---------------------------------------------
+
+    def offer(self, committed: list[Row]) -> None:
+        """Keep just-committed events to send without reading them back (called on the loop)."""
+        if not committed:
+            self._caught_up_at = None  # the outbox could not tell which rows they were: read them
+            return
+        if self._fresh and committed[0].seq != self._fresh[-1].seq + 1:
+            self._fresh.clear()  # a gap: another process committed in between; read from the outbox
+            self._caught_up_at = None
+        self._fresh.extend(committed)
+        if len(self._fresh) > FRESH_LIMIT:
+            self._fresh.clear()  # far behind (a slow or paused connector): reading is as good
+            self._caught_up_at = None
+
+    def _take_fresh(self, limit: int) -> list[Row]:
+        """Up to ``limit`` handed-over events that follow ``_sent_upto`` with no gap; else []."""
+        fresh = self._fresh
+        while fresh and fresh[0].seq <= self._sent_upto:
+            fresh.popleft()  # already read from the outbox and sent
+        if not fresh:
+            return []
+        if fresh[0].seq != self._sent_upto + 1:
+            self._caught_up_at = None  # something between: read it from the outbox first
+            return []
+        return [fresh.popleft() for _ in range(min(limit, len(fresh)))]
+
+    def _caught_up(self) -> bool:
+        at = self._caught_up_at
+        return at is not None and time.monotonic() - at < IDLE_POLL
 
     @staticmethod
     async def _first_of(task: asyncio.Task[None], wakeup: Coroutine[Any, Any, Any]) -> None:
@@ -341,6 +390,7 @@ class ConnectorWorker:
         tasks = list(self._in_flight)
         self._in_flight.clear()
         self._sent_upto = self.cursor
+        self._caught_up_at = None
         for task in tasks if cancel else ():
             task.cancel()
         if tasks:
@@ -374,6 +424,8 @@ class ConnectorWorker:
         return settlements
 
     async def _settle(self, rows: list[Row], settlements: list[Settlement], *, from_backlog: bool) -> None:
+        if any(s.state == "retry" for s in settlements):
+            self._caught_up_at = None  # the backlog is not empty any more: look before sending more
         new_cursor = None if from_backlog else rows[-1].seq
         await self.dispatcher.io(self.outbox.settle, self.connector.name, settlements, new_cursor=new_cursor)
         if new_cursor is not None:

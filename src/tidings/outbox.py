@@ -91,7 +91,7 @@ class Outbox:
         # one sqlite3 connection serves every thread of this process, one at a time
         self._db_lock = threading.Lock()
         self._group_commit: GroupCommit[tuple[str, str, bytes]] = GroupCommit(self._write)
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[list[Row]], None]] = []
 
     def close(self) -> None:
         with self._db_lock:
@@ -111,27 +111,36 @@ class Outbox:
         overlaps with another thread's fsync instead of lengthening it.
         """
         self._group_commit.submit(rows)
-        for listener in self._listeners:
-            listener()
 
     def _write(self, encoded: list[tuple[str, str, bytes]]) -> BaseException | None:
         now = time.time()
         rows = [(event_id, topic, now, data) for event_id, topic, data in encoded]
         try:
             with self._db_lock, self._writer:
-                self._insert(rows)
+                committed = self._insert(rows)
         except sqlite3.Error as exc:
             self._rollback()
             return OutboxError(
                 f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
             )
+        for listener in self._listeners:
+            listener(committed)
         return None
 
-    def _insert(self, rows: list[tuple[str, str, float, bytes]]) -> None:
+    def _insert(self, rows: list[tuple[str, str, float, bytes]]) -> list[Row]:
+        """Insert and commit; the rows as the dispatcher reads them, or [] if some were already there."""
         self._db.execute("BEGIN IMMEDIATE")
         # a re-published id (a producer retrying after an unknown outcome) is stored once
-        self._db.executemany("INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows)
+        inserted = self._db.executemany(
+            "INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows
+        ).rowcount
+        last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
         self._db.execute("COMMIT")
+        if inserted != len(rows):
+            return []
+        # one writer at a time and AUTOINCREMENT: the rows of one transaction have consecutive seqs
+        first = last - len(rows) + 1
+        return [Row(first + n, topic, data) for n, (_, topic, _, data) in enumerate(rows)]
 
     def _rollback(self) -> None:
         try:
@@ -139,11 +148,13 @@ class Outbox:
         except sqlite3.Error:
             pass  # no transaction was open: nothing to undo
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` after every append from this process (the dispatcher's wake-up)."""
+    def add_listener(self, listener: Callable[[list[Row]], None]) -> None:
+        """Call ``listener(rows)`` after every commit of events by this process, from the committing
+        thread: the dispatcher's wake-up. ``rows`` are the committed events as :meth:`read_after`
+        would return them, or empty when that cannot be told (then read them)."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[], None]) -> None:
+    def remove_listener(self, listener: Callable[[list[Row]], None]) -> None:
         self._listeners.remove(listener)
 
     # -- dispatcher ---------------------------------------------------------------------

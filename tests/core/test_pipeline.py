@@ -242,3 +242,69 @@ def test_step_keeps_one_batch_at_a_time(tmp_path: Path) -> None:
 
     asyncio.run(one())
     assert len(transport.sent) == 10 and durable_cursor(dispatcher) == 10
+
+
+class WireOrderBroker(RandomBroker):
+    """RandomBroker that also records the routing keys in the order they were put on the wire."""
+
+    def __init__(self, plan: list[tuple[int, str]]) -> None:
+        super().__init__(plan)
+        self.wire: list[str] = []
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        self.wire.extend(m.routing_key for m in messages)
+        return await super().send(exchange, messages)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    chunks=st.lists(st.tuples(st.integers(1, 12), st.booleans(), st.integers(0, 3)), min_size=1, max_size=10),
+    plan=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["ok", "ok", "lost"])), min_size=1, max_size=6
+    ),
+    in_flight=st.integers(1, 4),
+    batch=st.integers(1, 6),
+)
+def test_events_published_while_it_runs_go_out_in_order_with_other_writers_between(
+    tmp_path_factory: object,
+    chunks: list[tuple[int, bool, int]],
+    plan: list[tuple[int, str]],
+    in_flight: int,
+    batch: int,
+) -> None:
+    """Events committed by this process are handed to the dispatcher without being read back; a
+    writer in another process (a second outbox connection) leaves gaps in what is handed over.
+    Whatever the interleaving, every event goes out, and first sends follow the outbox order."""
+    tmp = tmp_path_factory.mktemp("fresh")  # type: ignore[attr-defined]
+    transport = WireOrderBroker(plan)
+    dispatcher = make(tmp, transport, in_flight=in_flight, batch=batch)
+    foreign = Outbox(tmp / "outbox.db")  # commits the dispatcher hears nothing about
+    topics: list[str] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(dispatcher.run(stop))
+        for size, ours, pause_ms in chunks:
+            events = [Event.create(f"t.{len(topics) + i}", {"i": i}) for i in range(size)]
+            writer = dispatcher.outbox if ours else foreign
+            await asyncio.to_thread(writer.append, events)
+            topics.extend(e.topic for e in events)
+            await asyncio.sleep(pause_ms / 1000)
+        await until(lambda: durable_cursor(dispatcher) == len(topics), timeout=5)
+        stop.set()
+        await running
+
+    import tidings.dispatcher as dispatcher_module
+
+    saved = dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP
+    dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = 0.001, 0.01
+    try:
+        asyncio.run(scenario())
+    finally:
+        dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = saved
+        foreign.close()
+    first_sends = list(dict.fromkeys(transport.wire))
+    assert first_sends == topics, "every event sent, first sends in outbox order"
+    if all(answer == "ok" for _, answer in plan):
+        assert transport.wire == topics, "with no failure, each event exactly once"
+    dispatcher.outbox.close()
