@@ -4,8 +4,9 @@
 
 1. delivery: the dispatcher sending outbox events to RabbitMQ with confirms, vs raw aio-pika with a
    pipelined confirm window of 1,000, vs fedora-messaging's api.publish;
-2. consuming with acks: a tidings App vs raw aio-pika (prefetch 100) vs fedora-messaging's consumer.
-   aio-pika sends and consumes the very messages tidings does (body, headers, properties);
+2. consuming with acks: a tidings App vs raw aio-pika (prefetch 100) vs fedora-messaging's consumer,
+   the medians of three interleaved runs each, each on its own exchange and queue. aio-pika sends
+   and consumes the very messages tidings does (body, headers, properties);
 3. end-to-end latency at 1,000 events/s through outbox, dispatcher, RabbitMQ and a consumer.
 
 Needs RabbitMQ on 127.0.0.1:5672 (guest/guest). Results go to bench/results/amqp.json.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,6 +175,26 @@ async def tidings_consume(root: Path, n: int, exchange: str, queue: str) -> floa
     return rate(n - 1, elapsed)
 
 
+async def consume_runs(work: Path, n: int, tag: str, rounds: int = 3) -> tuple[float, float]:
+    """Medians of ``rounds`` interleaved runs each (tidings, aio-pika, tidings, ...), every run on a
+    fresh exchange and queue of its own, so neither side consumes while the broker still writes
+    the other's messages."""
+    ours: list[float] = []
+    raw: list[float] = []
+    for i in range(rounds):
+        for side, run, results in (("ours", tidings_consume, ours), ("raw", None, raw)):
+            exchange, queue = f"bench.{tag}.c{i}{side}", f"bench.{tag}.c{i}{side}.q"
+            await declare_sink(exchange, queue)
+            try:
+                if run is not None:
+                    results.append(await run(work / f"consume-{i}", n, exchange, queue))
+                else:
+                    results.append(await aio_pika_consume(n, exchange, queue))
+            finally:
+                await cleanup([exchange], [queue])
+    return statistics.median(ours), statistics.median(raw)
+
+
 async def aio_pika_consume(n: int, exchange: str, queue_name: str) -> float:
     connection = await aio_pika.connect(URL)
     channel = await connection.channel(publisher_confirms=True)
@@ -258,8 +280,7 @@ async def main(quick: bool) -> None:
                 peer="fedora-messaging api.publish",
                 peer_value=fm,
             )
-        ours_c = await tidings_consume(work / "consume", n, exchange, f"bench.{tag}.ours")
-        raw_c = await aio_pika_consume(n, exchange, f"bench.{tag}.raw")
+        ours_c, raw_c = await consume_runs(work, n, tag)
         await declare_fedora_queue(exchange, f"bench.{tag}.fm")
         fm_c = fedora("consume", fedora_n, f"bench.{tag}.fm", exchange)
         report.add(

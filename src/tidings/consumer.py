@@ -122,6 +122,10 @@ class AppSettings:
     queue_arguments: dict[str, Any] = field(default_factory=dict)
 
 
+#: topics whose handlers an App remembers
+HANDLER_CACHE_SIZE = 4096
+
+
 class App:
     """A consuming service: a durable queue bound by its subscriptions' patterns.
 
@@ -135,6 +139,8 @@ class App:
         self.settings = AppSettings(queue=queue or name, **settings)
         self.subscriptions: list[Subscription] = []
         self._routes: TopicMatcher[int] = TopicMatcher()
+        #: topic -> its handlers; most services see a few topics over and over
+        self._handlers_of: dict[str, list[Subscription]] = {}
         self.counters = Counters()
 
     def subscribe(self, *patterns: str) -> Callable[[Handler], Handler]:
@@ -160,6 +166,7 @@ class App:
         self.subscriptions.append(Subscription(patterns, handler, takes_context, is_async))
         for pattern in patterns:
             self._routes.add(pattern, index)
+        self._handlers_of.clear()
 
     def bindings(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -174,7 +181,13 @@ class App:
         return QueueSpec(s.queue, bindings, kind=s.queue_kind, arguments=dict(s.queue_arguments))
 
     def handlers_for(self, topic: str) -> list[Subscription]:
-        return [self.subscriptions[i] for i in sorted(self._routes.match(topic))]
+        found = self._handlers_of.get(topic)
+        if found is None:
+            found = [self.subscriptions[i] for i in sorted(self._routes.match(topic))]
+            if len(self._handlers_of) >= HANDLER_CACHE_SIZE:
+                self._handlers_of.clear()  # topics with ids in them (Taskcluster's) must not grow it
+            self._handlers_of[topic] = found
+        return found
 
     def retry_delay(self, attempt: int) -> float:
         schedule = self.settings.retry_schedule
