@@ -8,8 +8,9 @@ middle, or stop the dispatcher while batches are still unconfirmed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -153,6 +154,18 @@ async def test_a_cancelled_dispatcher_leaves_no_task_behind(tmp_path: Path) -> N
     assert durable_cursor(dispatcher) == 0, "nothing was confirmed, so the cursor stays"
 
 
+def run_with_short_pauses(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``scenario`` with a lost link pausing the connector for milliseconds, not seconds."""
+    import tidings.dispatcher as dispatcher_module
+
+    saved = dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP
+    dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = 0.001, 0.01
+    try:
+        asyncio.run(scenario())
+    finally:
+        dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = saved
+
+
 class RandomBroker(ScriptedTransport):
     """Answers each send after a drawn delay: delivered, some messages refused for now, or a lost link."""
 
@@ -211,15 +224,7 @@ def test_whatever_the_broker_answers_every_event_is_delivered_or_waits(
         stop.set()
         await running
 
-    import tidings.dispatcher as dispatcher_module
-
-    # a lost link pauses the connector (backoff up to DOWN_CAP); shrink it so a case takes milliseconds
-    saved = dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP
-    dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = 0.001, 0.01
-    try:
-        asyncio.run(scenario())
-    finally:
-        dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = saved
+    run_with_short_pauses(scenario)
     backlog = {str(e["topic"]) for e in dispatcher.outbox.entries("c", "backlog", limit=1000)}
     delivered = set(transport.delivered_topics())
     cursor = durable_cursor(dispatcher)
@@ -294,14 +299,9 @@ def test_events_published_while_it_runs_go_out_in_order_with_other_writers_betwe
         stop.set()
         await running
 
-    import tidings.dispatcher as dispatcher_module
-
-    saved = dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP
-    dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = 0.001, 0.01
     try:
-        asyncio.run(scenario())
+        run_with_short_pauses(scenario)
     finally:
-        dispatcher_module.DOWN_BASE, dispatcher_module.DOWN_CAP = saved
         foreign.close()
     first_sends = list(dict.fromkeys(transport.wire))
     assert first_sends == topics, "every event sent, first sends in outbox order"
