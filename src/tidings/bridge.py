@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tidings.bus import Bus
@@ -30,7 +31,7 @@ from tidings.consumer import App
 from tidings.errors import ConfigError, TidingsError
 from tidings.event import Event
 from tidings.formats.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck
-from tidings.transport import Binding, QueueSpec
+from tidings.transport import Binding, QueueSpec, WireMessage
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class BridgeCounters:
     to_fedmsg: int = 0
     loops_stopped: int = 0
     undecodable: int = 0
+    #: fedmsg messages the outbox refused (invalid, or the disk full): logged, and lost to AMQP
+    refused: int = 0
 
 
 class Bridge:
@@ -84,7 +87,12 @@ class Bridge:
             if event.headers.get(BRIDGED_HEADER):
                 self.counters.loops_stopped += 1  # it came from AMQP through a bridge: not back again
                 continue
-            await self.bus.apublish(self._crossing(event))
+            try:
+                await self.bus.apublish(self._crossing(event))
+            except TidingsError as exc:  # invalid, or the outbox cannot store it: ZeroMQ cannot resend
+                self.counters.refused += 1
+                log.error("bridge %s: fedmsg message %s not bridged: %s", self.name, event.id, exc)
+                continue
             self.counters.to_amqp += 1
 
     def _crossing(self, event: Event) -> Event:
@@ -130,11 +138,12 @@ class Bridge:
         )
 
 
-async def _subscribe(endpoint: str, topics: list[str], stop: asyncio.Event):  # type: ignore[no-untyped-def]
+async def _subscribe(endpoint: str, topics: list[str], stop: asyncio.Event) -> AsyncIterator[WireMessage]:
     """Messages from one fedmsg publisher (we connect; it binds), until ``stop``."""
     from tidings.transports.zeromq import ZeroMQTransport
 
-    subscriber = ZeroMQTransport(endpoint, mode="bind")
+    # a bind address ("tcp://*:9941", the bridge's own PUB) is reached on this machine
+    subscriber = ZeroMQTransport(endpoint.replace("://*:", "://127.0.0.1:"), mode="bind")
     await subscriber.connect()
     stream = subscriber.consume(QueueSpec("fedmsg", [Binding("", t) for t in topics]), prefetch=1)
     stopping = asyncio.ensure_future(stop.wait())

@@ -114,6 +114,7 @@ async def test_both_ways_nothing_missing_and_no_loops(tmp_path: Path, rabbitmq: 
     print(f"bridge counters: {bridge.counters}; missing: { {k: len(v) for k, v in missing.items()} }")
     assert missing == {"fedmsg": [], "amqp": []}
     assert bridge.counters.to_amqp == EACH_WAY and bridge.counters.to_fedmsg == EACH_WAY
+    assert bridge.counters.undecodable == 1
     # every fedmsg message came round to the AMQP → fedmsg side, and went no further
     assert bridge.counters.loops_stopped == EACH_WAY
     assert sorted(back_on_fedmsg) == sorted(f"{e.time.year}-{e.id}" for e in from_amqp)
@@ -126,6 +127,7 @@ async def publish_on_fedmsg(publisher: zmq.asyncio.Socket) -> list[Event]:
         Event.create("bodhi.update.comment", {"n": n}, source="bodhi", id=fedmsg_id())
         for n in range(EACH_WAY)
     ]
+    await publisher.send_multipart([b"org.fedoraproject.prod.broken", b"{not json"])  # counted, not fatal
     for event in events:
         await publisher.send_multipart(fmt.encode(event).frames or [])
         await asyncio.sleep(0.001)

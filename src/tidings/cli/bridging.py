@@ -63,5 +63,6 @@ def bridge(
     counters = running.counters
     err.print(
         f"bridge {name}: {counters.to_amqp} to AMQP, {counters.to_fedmsg} to fedmsg, "
-        f"{counters.loops_stopped} loops stopped, {counters.undecodable} undecodable"
+        f"{counters.loops_stopped} loops stopped, {counters.undecodable} undecodable, "
+        f"{counters.refused} refused by the outbox"
     )
