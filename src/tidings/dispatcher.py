@@ -272,6 +272,8 @@ class ConnectorWorker:
         """Like :meth:`step`, but new batches go out while earlier ones await confirms."""
         config = self.connector.config
         window_open = len(self._in_flight) < config.in_flight
+        # caught up with the outbox a moment ago: what is new was handed over by the commit itself,
+        # so no read (an I/O thread round trip) is needed; any doubt clears _caught_up_at
         new = self._take_fresh(config.batch_size) if window_open and self._caught_up() else []
         due: list[Row] = []
         if not new and not (window_open and self._caught_up()):
