@@ -137,3 +137,16 @@ def test_unknown_transport_kind_and_option_are_config_errors(tmp_path: Path) -> 
     (tmp_path / "b.toml").write_text('[transports.x]\nkind = "embedded"\npaht = "b.db"\n')
     with pytest.raises(ConfigError, match="paht"):
         Bus.load(tmp_path / "b.toml").make_transport("x")
+
+
+def test_a_format_or_transport_whose_package_is_missing_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tidings import formats, transport
+
+    monkeypatch.setitem(formats.BUILTIN_FORMATS, "gone", "tidings_no_such_module:Format")
+    with pytest.raises(ConfigError, match=r"format 'gone' needs a package .*tidings_no_such_module"):
+        formats.load_format("gone")
+    monkeypatch.setattr(transport, "transport_names", lambda: {"gone": "tidings_no_such_module:T"})
+    with pytest.raises(ConfigError, match=r"transport 'gone' needs a package .*tidings_no_such_module"):
+        transport.load_transport("gone", {})

@@ -65,7 +65,12 @@ def load_format(name: str, **options: object) -> Format:
     if target is None:
         raise ConfigError(f"unknown format {name!r} (known: {', '.join(sorted(format_names()))})")
     module_name, _, attr = target.partition(":")
-    cls = getattr(import_module(module_name), attr)
+    try:
+        cls = getattr(import_module(module_name), attr)
+    except ImportError as exc:
+        raise ConfigError(
+            f"format {name!r} needs a package that is not installed ({exc.name}); install tidings[all]"
+        ) from None
     try:
         return cls(**options)
     except TypeError as exc:
