@@ -235,6 +235,19 @@ def test_matcher_agrees_with_scanning_the_patterns(bound: list[str], probes: lis
         assert matcher.match(topic) == expected
 
 
+@settings(max_examples=200)
+@given(st.lists(patterns, max_size=10), st.lists(keys, min_size=1, max_size=20))
+def test_remembered_answers_stay_right_when_the_cache_overflows(bound: list[str], probes: list[str]) -> None:
+    matcher: TopicMatcher[int] = TopicMatcher()
+    matcher.CACHE_SIZE = 3  # type: ignore[misc]  # tiny, so that it is cleared again and again
+    for number, pattern in enumerate(bound):
+        matcher.add(pattern, number)
+    for topic in probes + probes[::-1]:
+        expected = {n for n, pattern in enumerate(bound) if reference_regex(pattern, topic)}
+        assert matcher.match(topic) == expected
+    assert len(matcher._cache) <= 3
+
+
 @given(st.lists(key_words.filter(bool), min_size=1, max_size=8).map(".".join))
 def test_validated_topics_match_themselves(topic: str) -> None:
     validate_topic(topic)

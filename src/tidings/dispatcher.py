@@ -429,7 +429,13 @@ class ConnectorWorker:
         if any(s.state == "retry" for s in settlements):
             self._caught_up_at = None  # the backlog is not empty any more: look before sending more
         new_cursor = None if from_backlog else rows[-1].seq
-        await self.dispatcher.io(self.outbox.settle, self.connector.name, settlements, new_cursor=new_cursor)
+        await self.dispatcher.io(
+            self.outbox.settle,
+            self.connector.name,
+            settlements,
+            new_cursor=new_cursor,
+            from_backlog=from_backlog,
+        )
         if new_cursor is not None:
             self.cursor = new_cursor
 

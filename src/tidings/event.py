@@ -33,23 +33,41 @@ class _Uuid7:
     process is what makes ids monotonic, so the module keeps one instance.
     """
 
+    #: random bytes drawn from the OS at a time: one getrandom call per ~400 ids, not two per id
+    POOL_BYTES = 4096
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last_ms = 0
         self._counter = 0
+        self._pool = b""
+        self._taken = 0
+        # a forked child must not hand out the parent's remaining random bytes again
+        os.register_at_fork(after_in_child=self._forget_pool)
+
+    def _forget_pool(self) -> None:
+        self._pool, self._taken = b"", 0
+
+    def _random(self, size: int) -> int:
+        """``size`` fresh random bytes as an integer; the caller holds the lock."""
+        if self._taken + size > len(self._pool):
+            self._pool, self._taken = os.urandom(self.POOL_BYTES), 0
+        start = self._taken
+        self._taken += size
+        return int.from_bytes(self._pool[start : self._taken])
 
     def __call__(self) -> str:
         with self._lock:
             ms = _time.time_ns() // 1_000_000
             if ms > self._last_ms:
-                self._last_ms, self._counter = ms, int.from_bytes(os.urandom(2)) & 0x3FF
+                self._last_ms, self._counter = ms, self._random(2) & 0x3FF
             else:  # same millisecond (or the clock stepped back): count up
                 self._counter += 1
                 if self._counter > 0xFFF:
                     self._last_ms, self._counter = self._last_ms + 1, 0
                 ms = self._last_ms
             counter = self._counter
-        tail = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+            tail = self._random(8) & ((1 << 62) - 1)
         value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | tail
         digits = f"{value:032x}"  # the canonical 8-4-4-4-12 form, without building a UUID object
         return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

@@ -49,8 +49,8 @@ class GroupCommit(Generic[Item]):
         waiter: _Waiter[Item] = _Waiter(items)
         with self._mutex:
             self._queue.append(waiter)
-            if self._gathering:
-                self._arrived.notify()
+            if self._gathering and len(self._queue) >= self._last_group:
+                self._arrived.notify()  # the group is whole: wake the leader once, not per arrival
             leads = not self._leading
             self._leading = True
         if not leads:

@@ -12,6 +12,7 @@ purge can never make a cursor skip an event.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -44,6 +45,19 @@ CREATE TABLE IF NOT EXISTS dead (
     PRIMARY KEY (connector, seq)
 ) WITHOUT ROWID;
 """
+
+
+#: rows per INSERT statement: 4 parameters a row stays under the oldest SQLite's limit of 999
+ROWS_PER_STATEMENT = 200
+
+
+@functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
+def _insert_sql(rows: int) -> str:
+    return "INSERT OR IGNORE INTO events (id, topic, created, data) VALUES " + ",".join(["(?,?,?,?)"] * rows)
+
+
+def _flatten(rows: list[tuple[str, str, float, bytes]]) -> list[object]:
+    return [value for row in rows for value in row]
 
 
 @dataclass(slots=True)
@@ -129,17 +143,24 @@ class Outbox:
 
     def _insert(self, rows: list[tuple[str, str, float, bytes]]) -> list[Row]:
         """Insert and commit; the rows as the dispatcher reads them, or [] if some were already there."""
-        self._db.execute("BEGIN IMMEDIATE")
         # a re-published id (a producer retrying after an unknown outcome) is stored once
-        inserted = self._db.executemany(
-            "INSERT OR IGNORE INTO events (id, topic, created, data) VALUES (?,?,?,?)", rows
-        ).rowcount
-        last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
-        self._db.execute("COMMIT")
+        if len(rows) <= ROWS_PER_STATEMENT:
+            # one statement is its own transaction: the commit is a single call into SQLite, so
+            # the committing thread gives up and retakes the GIL once, not once per row
+            cursor = self._db.execute(_insert_sql(len(rows)), _flatten(rows))
+            inserted = cursor.rowcount
+        else:
+            self._db.execute("BEGIN IMMEDIATE")
+            inserted = 0
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[start : start + ROWS_PER_STATEMENT]
+                cursor = self._db.execute(_insert_sql(len(chunk)), _flatten(chunk))
+                inserted += cursor.rowcount
+            self._db.execute("COMMIT")
         if inserted != len(rows):
             return []
         # one writer at a time and AUTOINCREMENT: the rows of one transaction have consecutive seqs
-        first = last - len(rows) + 1
+        first = (cursor.lastrowid or 0) - len(rows) + 1
         return [Row(first + n, topic, data) for n, (_, topic, _, data) in enumerate(rows)]
 
     def _rollback(self) -> None:
@@ -182,7 +203,8 @@ class Outbox:
                     try:
                         self._db.execute("BEGIN IMMEDIATE")
                         for sql, rows in statements:
-                            self._db.executemany(sql, rows)
+                            if rows:
+                                self._db.executemany(sql, rows)
                         self._db.execute("COMMIT")
                     finally:
                         if not durable:
@@ -254,15 +276,27 @@ class Outbox:
             due.append(Row(seq, topic, data, attempts))
         return due
 
-    def settle(self, connector: str, settlements: Sequence[Settlement], *, new_cursor: int | None) -> None:
-        """Record a batch's outcomes (and move the cursor) in one transaction."""
+    def settle(
+        self,
+        connector: str,
+        settlements: Sequence[Settlement],
+        *,
+        new_cursor: int | None,
+        from_backlog: bool = True,
+    ) -> None:
+        """Record a batch's outcomes (and move the cursor) in one transaction.
+
+        ``from_backlog=False`` says the events came from the cursor, so none of them has a
+        backlog entry to remove: a batch that all went through costs one statement.
+        """
         retry = [
             (connector, s.seq, s.attempts, s.next_at, s.reason) for s in settlements if s.state == "retry"
         ]
         dead = [
             (connector, s.seq, s.attempts, s.reason, time.time()) for s in settlements if s.state == "dead"
         ]
-        finished = [(connector, s.seq) for s in settlements if s.state in ("delivered", "dead")]
+        done = ("delivered", "dead")
+        finished = [(connector, s.seq) for s in settlements if s.state in done] if from_backlog else []
         statements: list[tuple[str, Sequence[tuple]]] = [
             (
                 "INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) "

@@ -42,8 +42,24 @@ _SHOWN_CHARS = 60  # enough to recognise a topic in an error line, short enough 
 # -- validation -----------------------------------------------------------------------
 
 
+#: topics that passed validation: every event decoded or published checks its topic, and a
+#: bus sees the same few again and again (a pure function's memo; cleared when it grows big)
+_VALID_TOPICS: set[str] = set()
+_VALID_TOPICS_KEPT = 4096
+
+
 def validate_topic(topic: str) -> str:
     """Return ``topic`` if it is a valid routing key, else raise :class:`InvalidTopic`."""
+    if type(topic) is str and topic in _VALID_TOPICS:
+        return topic
+    _check_topic(topic)
+    if len(_VALID_TOPICS) >= _VALID_TOPICS_KEPT:
+        _VALID_TOPICS.clear()
+    _VALID_TOPICS.add(topic)
+    return topic
+
+
+def _check_topic(topic: str) -> None:
     _check_text(topic, "topic")
     for position, word in enumerate(topic.split("."), 1):
         if _ONE in word or _ANY in word:
@@ -51,7 +67,6 @@ def validate_topic(topic: str) -> str:
                 f"invalid topic {_show(topic)}: word {position} {word!r} contains a wildcard "
                 "('*' and '#' are only allowed in binding patterns)"
             )
-    return topic
 
 
 def validate_pattern(pattern: str) -> str:
@@ -203,9 +218,13 @@ class TopicMatcher(Generic[T]):
     Patterns are not validated: any string routes exactly as RabbitMQ would.
     """
 
+    #: routing keys remembered with their answers; a bus sees the same few topics again and again
+    CACHE_SIZE = 4096
+
     def __init__(self) -> None:
         self._root: _Node[T] = _Node(loops=False)
         self._size = 0
+        self._cache: dict[str, frozenset[T]] = {}
 
     def add(self, pattern: str, value: T) -> None:
         """Bind ``value`` to ``pattern``."""
@@ -218,6 +237,7 @@ class TopicMatcher(Generic[T]):
         if value not in node.values:
             node.values.add(value)
             self._size += 1
+            self._cache.clear()
 
     def remove(self, pattern: str, value: T) -> None:
         """Unbind ``value`` from ``pattern``; raise :class:`KeyError` if it was not bound."""
@@ -233,6 +253,7 @@ class TopicMatcher(Generic[T]):
             raise KeyError((pattern, value))
         values.remove(value)
         self._size -= 1
+        self._cache.clear()
         self._prune(path, words)
 
     @staticmethod
@@ -244,8 +265,16 @@ class TopicMatcher(Generic[T]):
                 return
             del path[depth - 1].children[words[depth - 1]]
 
-    def match(self, topic: str) -> set[T]:
+    def match(self, topic: str) -> frozenset[T]:
         """Every value bound to a pattern that matches ``topic``, each once."""
+        found = self._cache.get(topic)
+        if found is None:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()  # many distinct keys: start over rather than track ages
+            found = self._cache[topic] = frozenset(self._walk(topic))
+        return found
+
+    def _walk(self, topic: str) -> set[T]:
         words = _words(topic)
         end = len(words)
         found: set[T] = set()

@@ -43,6 +43,26 @@ def test_ids_are_uuid7_and_sort_in_creation_order() -> None:
     assert {uuid.UUID(i).version for i in ids} == {7}
 
 
+
+def test_a_forked_child_draws_other_random_bits_than_its_parent() -> None:
+    """Ids take their random bits from a pool; a child must not reuse the parent's rest of it."""
+    import os
+
+    new_id()  # the pool is filled and partly used before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, "\n".join(new_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    parent_ids = [new_id() for _ in range(50)]
+    with os.fdopen(read) as pipe:
+        child_ids = pipe.read().split("\n")
+    os.waitpid(pid, 0)
+    assert len(child_ids) == 50
+    # the 62 random bits at the end (the last 15 hex digits) never repeat between the two
+    tails = [i[-15:] for i in parent_ids + child_ids]
+    assert len(set(tails)) == 100
 def test_time_is_utc_with_microseconds() -> None:
     event = Event.create("a.b", {})
     assert event.time.tzinfo is not None
