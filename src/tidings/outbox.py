@@ -1,8 +1,10 @@
 """The durable queue between producers and connectors, on SQLite.
 
-``append`` returns only after the events are committed with ``synchronous=FULL``.
-Threads of one process share commits (:mod:`tidings.groupcommit`). Several
-processes may append to one outbox; a file lock orders their transactions.
+``append`` returns only after the events are committed and the write-ahead log
+holding them is fsynced (:mod:`tidings.sqlite`: FULL's guarantee, the fsync taken
+outside the write lock). Threads of one process share commits
+(:mod:`tidings.groupcommit`). Several processes may append to one outbox; a file
+lock orders their transactions, and one's fsync overlaps the next one's commit.
 
 Per connector the outbox keeps a cursor (the last event it took responsibility
 for), a backlog of events to try again later and dead letters. Rows are
@@ -23,7 +25,7 @@ from pathlib import Path
 from tidings.errors import OutboxError
 from tidings.event import Event
 from tidings.groupcommit import GroupCommit
-from tidings.sqlite import WriterLock, connect, explain
+from tidings.sqlite import LogSync, WriterLock, connect, explain
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -100,7 +102,8 @@ class Outbox:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = connect(self.path, schema=SCHEMA)
+        self._db = connect(self.path, schema=SCHEMA, sync_commits=False)
+        self._log = LogSync(self.path)
         self._writer = WriterLock(self.path)
         # one sqlite3 connection serves every thread of this process, one at a time
         self._db_lock = threading.Lock()
@@ -110,6 +113,7 @@ class Outbox:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
+            self._log.close()
             self._writer.close()
 
     # -- producers ---------------------------------------------------------------------
@@ -129,13 +133,22 @@ class Outbox:
     def _write(self, encoded: list[tuple[str, str, bytes]]) -> BaseException | None:
         now = time.time()
         rows = [(event_id, topic, now, data) for event_id, topic, data in encoded]
+        with self._db_lock:
+            try:
+                with self._writer:
+                    committed = self._insert(rows)
+            except sqlite3.Error as exc:
+                self._rollback()
+                return OutboxError(
+                    f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
+                )
+        # the locks are free again: another process commits while this fsync runs
         try:
-            with self._db_lock, self._writer:
-                committed = self._insert(rows)
-        except sqlite3.Error as exc:
-            self._rollback()
+            self._log.sync()
+        except OSError as exc:
             return OutboxError(
-                f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
+                f"outbox {self.path.name}: the disk did not confirm {len(rows)} event(s) ({exc}); "
+                "they may or may not be stored: publish them again, with the same ids"
             )
         for listener in self._listeners:
             listener(committed)
@@ -188,30 +201,30 @@ class Outbox:
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
 
     def _transaction(self, statements: list[tuple[str, Sequence[tuple]]], *, durable: bool = True) -> None:
-        """Run statements in one transaction.
+        """Run statements in one transaction; with ``durable``, return once it is on disk.
 
         ``durable=False`` skips the fsync: for bookkeeping whose loss on a power
         failure can only make the dispatcher send something again (a cursor, a
-        backlog entry), never lose an event — the events themselves are always
-        committed with a full sync.
+        backlog entry), never lose an event. The log is replayed only as a prefix,
+        so the next durable write puts this one on disk too.
         """
         with self._db_lock:
             try:
                 with self._writer:
-                    if not durable:
-                        self._db.execute("PRAGMA synchronous=NORMAL")
-                    try:
-                        self._db.execute("BEGIN IMMEDIATE")
-                        for sql, rows in statements:
-                            if rows:
-                                self._db.executemany(sql, rows)
-                        self._db.execute("COMMIT")
-                    finally:
-                        if not durable:
-                            self._db.execute("PRAGMA synchronous=FULL")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    for sql, rows in statements:
+                        if rows:
+                            self._db.executemany(sql, rows)
+                    self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
+        if durable:
+            try:
+                self._log.sync()
+            except OSError as exc:
+                problem = f"the disk did not confirm a write: {exc}"
+                raise OutboxError(f"outbox {self.path.name}: {problem}") from None
 
     def data_version(self) -> int:
         """Changes whenever another connection (process) commits: a cheap poll."""

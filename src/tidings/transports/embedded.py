@@ -29,7 +29,7 @@ import orjson
 
 from tidings.errors import TransportError
 from tidings.event import format_time, parse_time
-from tidings.sqlite import WriterLock, connect, explain
+from tidings.sqlite import LogSync, WriterLock, connect, explain
 from tidings.topics import TopicMatcher
 from tidings.transport import DELIVERED, Findings, Outcome, QueueSpec, SendResult, Topology, WireMessage
 
@@ -137,8 +137,8 @@ class EmbeddedTransport:
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._durable = True
         self._writer: WriterLock | None = None
+        self._log: LogSync | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -151,7 +151,7 @@ class EmbeddedTransport:
             raise TransportError(f"embedded broker {self.path.name}: {explain(exc)}") from None
 
     def _write(self, work: Callable[[sqlite3.Connection], Any], *, durable: bool = True) -> Any:
-        """Run ``work`` in one write transaction.
+        """Run ``work`` in one write transaction; with ``durable``, return once it is on disk.
 
         ``durable=False`` (leases, acks, retries, dead-lettering) skips the fsync of
         this commit: such a commit survives any process crash, and on a power loss it
@@ -159,11 +159,7 @@ class EmbeddedTransport:
         lost. The next durable commit (a send) fsyncs it along with its own.
         """
         db = self._db
-        assert db is not None
-        if durable != self._durable:
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._durable = durable
-        assert self._writer is not None
+        assert db is not None and self._writer is not None and self._log is not None
         with self._writer:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -172,6 +168,12 @@ class EmbeddedTransport:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        if durable:  # outside the writer lock: other processes commit while the log syncs
+            try:
+                self._log.sync()
+            except OSError as exc:
+                problem = f"the disk did not confirm a write: {exc}"
+                raise TransportError(f"embedded broker {self.path.name}: {problem}") from None
         return result
 
     async def connect(self) -> None:
@@ -180,9 +182,10 @@ class EmbeddedTransport:
         if self._db is None:
             try:
                 self._db = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, lambda: connect(self.path, schema=SCHEMA)
+                    self._executor, lambda: connect(self.path, schema=SCHEMA, sync_commits=False)
                 )
                 self._writer = WriterLock(self.path)
+                self._log = LogSync(self.path)
             except Exception as exc:
                 raise TransportError(str(exc)) from None
 
@@ -196,6 +199,9 @@ class EmbeddedTransport:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         self._executor.shutdown(wait=False)
 
     # -- topology ---------------------------------------------------------------------
