@@ -84,8 +84,9 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 with microseconds and ``Z``: the one time format of the tidings envelope."""
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
-    # isoformat is several times faster than strftime; timespec keeps ".000000" on whole seconds
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # isoformat is several times faster than strftime; timespec keeps ".000000" on whole seconds;
+    # in UTC it ends in "+00:00", which cutting is cheaper than building a naive copy
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -291,6 +292,8 @@ def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
 
 def json_depth(value: Any) -> int:
     """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    if isinstance(value, dict) and not any(isinstance(child, dict | list) for child in value.values()):
+        return 1  # the common flat body, without building the stack
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:

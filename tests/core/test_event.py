@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.errors import InvalidEvent, InvalidTopic
-from tidings.event import Event, json_depth, new_id
+from tidings.event import Event, format_time, json_depth, new_id, parse_time
 from tidings.formats.native import NativeFormat, StructuredFormat
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
@@ -147,3 +147,26 @@ def test_event_time_is_kept_exactly() -> None:
     moment = datetime(2026, 11, 22, 9, 7, 41, 123456, tzinfo=UTC)
     event = Event.create("a", {}, time=moment)
     assert Event.from_json(event.to_json()).time == moment
+
+
+def _depth_by_recursion(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth_by_recursion(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth_by_recursion(v) for v in value), default=0)
+    return 0
+
+
+@given(json_values)
+def test_json_depth_agrees_with_counting_by_recursion(value: object) -> None:
+    assert json_depth(value) == _depth_by_recursion(value)
+
+
+@given(st.datetimes(timezones=st.just(UTC)) | st.datetimes(timezones=st.timezones()))
+def test_time_text_is_rfc3339_utc_with_microseconds(moment: datetime) -> None:
+    text = format_time(moment)
+    in_utc = moment.astimezone(UTC)
+    m = in_utc
+    day = f"{m.year:04}-{m.month:02}-{m.day:02}"
+    assert text == f"{day}T{m.hour:02}:{m.minute:02}:{m.second:02}.{m.microsecond:06}Z"
+    assert parse_time(text) == in_utc

@@ -179,7 +179,8 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
     def _rows(self) -> dict[int, StoredRow]:
         rows = {}
         for row_id, queue, visible_at, attempts, lease, meta in self.eyes.execute(
-            "SELECT id, queue, visible_at, attempts, lease, meta FROM messages"
+            "SELECT m.id, m.queue, m.visible_at, m.attempts, m.lease, p.meta "
+            "FROM messages m JOIN payloads p ON p.id = m.payload"
         ):
             fields = orjson.loads(meta)
             rows[row_id] = StoredRow(
@@ -337,6 +338,13 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
                 assert row is not None and row.queue == copy.queue, f"{key} lost from {copy.queue}"
                 assert (row.attempts, row.visible_at) == (copy.attempts, copy.visible_at), key
                 assert (row.lease is None) == (copy.lease is None), key
+
+    @invariant()
+    def each_payload_is_counted_by_the_rows_pointing_at_it(self) -> None:
+        # a body stored once for several queues goes with the last of them, never before
+        pointing = dict(self.eyes.execute("SELECT payload, count(*) FROM messages GROUP BY payload"))
+        counted = dict(self.eyes.execute("SELECT id, refs FROM payloads"))
+        assert counted == pointing
 
     @invariant()
     def attempts_only_drop_through_a_release(self) -> None:

@@ -32,39 +32,13 @@ from tidings.event import format_time, parse_time
 from tidings.sqlite import LogSync, WriterLock, connect, explain
 from tidings.topics import TopicMatcher
 from tidings.transport import DELIVERED, Findings, Outcome, QueueSpec, SendResult, Topology, WireMessage
+from tidings.transports import embedded_store as store
 
 log = logging.getLogger(__name__)
 
 #: Transports open on each broker file in this process, so a send wakes local consumers at
 #: once instead of at their next poll. Only a wake-up shortcut: correctness never depends on it.
 _NEIGHBOURS: dict[str, weakref.WeakSet[EmbeddedTransport]] = {}
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS exchanges (name TEXT PRIMARY KEY, type TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS bindings (
-    queue TEXT NOT NULL, exchange TEXT NOT NULL, pattern TEXT NOT NULL,
-    PRIMARY KEY (queue, exchange, pattern)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS topology (version INTEGER NOT NULL);
-INSERT INTO topology SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM topology);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale settle must not hit a newer message
-    queue TEXT NOT NULL,
-    visible_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    lease TEXT,
-    meta BLOB NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, id);
-"""
-
-#: hand a leased message back, visible now, without counting the delivery
-RELEASE = (
-    "UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL "
-    "WHERE id = ? AND lease = ?"
-)
 
 _META_FIELDS = (
     "routing_key",
@@ -181,13 +155,20 @@ class EmbeddedTransport:
         _NEIGHBOURS.setdefault(str(self.path.resolve()), weakref.WeakSet()).add(self)
         if self._db is None:
             try:
-                self._db = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, lambda: connect(self.path, schema=SCHEMA, sync_commits=False)
-                )
+                self._db = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
                 self._writer = WriterLock(self.path)
                 self._log = LogSync(self.path)
             except Exception as exc:
                 raise TransportError(str(exc)) from None
+
+    def _open(self) -> sqlite3.Connection:
+        db = connect(self.path, sync_commits=False)
+        try:
+            store.create(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise TransportError(f"embedded broker {self.path.name}: {explain(exc)}") from None
+        return db
 
     async def close(self) -> None:
         _NEIGHBOURS.get(str(self.path.resolve()), weakref.WeakSet()).discard(self)
@@ -262,8 +243,8 @@ class EmbeddedTransport:
         self, db: sqlite3.Connection, exchange: str, messages: Sequence[WireMessage]
     ) -> list[SendResult]:
         self._load_routes(db)
-        now = time.time()
-        rows, results = [], []
+        routed: list[tuple[list[str], bytes, bytes]] = []
+        results = []
         for message in messages:
             target = message.exchange or exchange
             queues = self._queues_for(target, message)
@@ -275,10 +256,9 @@ class EmbeddedTransport:
                     )
                 )
                 continue
-            meta = _encode_meta(message, target)
-            rows.extend((queue, now, meta, message.body) for queue in sorted(queues))
+            routed.append((sorted(queues), _encode_meta(message, target), message.body))
             results.append(DELIVERED)
-        db.executemany("INSERT INTO messages (queue, visible_at, meta, body) VALUES (?, ?, ?, ?)", rows)
+        store.insert(db, time.time(), routed)
         return results
 
     # -- consuming --------------------------------------------------------------------
@@ -301,7 +281,7 @@ class EmbeddedTransport:
                 if not batch:
                     await self._nap()
                     continue
-                for row_id, attempts, meta, body in batch:
+                for row_id, attempts, _, meta, body in batch:
                     delivery = EmbeddedDelivery(
                         _decode_meta(meta, body), attempts, row_id, queue.name, self._settle
                     )
@@ -323,7 +303,7 @@ class EmbeddedTransport:
         finally:
             waiter.cancel()
 
-    async def _lease_safely(self, queue: str, limit: int) -> list[tuple[int, int, bytes, bytes]]:
+    async def _lease_safely(self, queue: str, limit: int) -> list[store.Leased]:
         """Lease in the worker thread; if we are cancelled meanwhile, hand back what it took.
 
         The thread cannot be stopped half-way: without this, messages leased by a
@@ -336,21 +316,16 @@ class EmbeddedTransport:
             taken = await job
             ids = [(time.time(), row_id, self._token) for row_id, *_ in taken]
             if ids:
-                await self._run(lambda: self._write(lambda db: db.executemany(RELEASE, ids), durable=False))
+                await self._run(
+                    lambda: self._write(lambda db: db.executemany(store.RELEASE, ids), durable=False)
+                )
             raise
 
-    def _lease(self, queue: str, limit: int) -> list[tuple[int, int, bytes, bytes]]:
+    def _lease(self, queue: str, limit: int) -> list[store.Leased]:
         now = time.time()
-
-        def work(db: sqlite3.Connection) -> list[tuple[int, int, bytes, bytes]]:
-            return db.execute(
-                "UPDATE messages SET visible_at = ?, attempts = attempts + 1, lease = ? WHERE id IN "
-                "(SELECT id FROM messages WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT ?) "
-                "RETURNING id, attempts, meta, body",
-                (now + self.lease, self._token, queue, now, limit),
-            ).fetchall()
-
-        return sorted(self._write(work, durable=False))
+        return self._write(
+            lambda db: store.lease(db, queue, self._token, now, now + self.lease, limit), durable=False
+        )
 
     async def _renew_leases(self, held: dict[int, EmbeddedDelivery]) -> None:
         while True:
@@ -362,12 +337,7 @@ class EmbeddedTransport:
                 continue
             try:
                 await self._run(
-                    lambda ids=ids: self._write(
-                        lambda db: db.executemany(
-                            "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?", ids
-                        ),
-                        durable=False,
-                    )
+                    lambda ids=ids: self._write(lambda db: db.executemany(store.RENEW, ids), durable=False)
                 )
             except TransportError:
                 return  # closed under us: the leases run out and the messages come back
@@ -408,20 +378,13 @@ class EmbeddedTransport:
         self, db: sqlite3.Connection, batch: list[tuple[str, EmbeddedDelivery, float, str, Any]]
     ) -> None:
         now = time.time()
+        store.remove(db, [d.row_id for action, d, *_ in batch if action == "ack"], self._token)
         for action, delivery, delay, reason, _ in batch:
-            mine = (delivery.row_id, self._token)
-            if action == "ack":
-                db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", mine)
-            elif action == "release":
-                db.execute(RELEASE, (now, *mine))
+            if action == "release":
+                db.execute(store.RELEASE, (now, delivery.row_id, self._token))
             elif action == "retry":
-                # a new row goes to the back of the queue, after the delay, keeping its count
-                db.execute(
-                    "INSERT INTO messages (queue, visible_at, attempts, meta, body) "
-                    "SELECT queue, ?, attempts, meta, body FROM messages WHERE id = ? AND lease = ?",
-                    (now + max(delay, 0.0), *mine),
-                )
-                db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", mine)
+                # to the back of the queue, after the delay, keeping its count
+                store.requeue(db, delivery.row_id, self._token, now + max(delay, 0.0))
             elif action == "reject":
                 self._dead_letter(db, delivery, reason, now)
 
@@ -435,12 +398,8 @@ class EmbeddedTransport:
             "x-tidings-attempts": delivery.attempt,
             "x-tidings-queue": delivery.queue,
         }
-        cursor = db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", (delivery.row_id, self._token))
-        if cursor.rowcount:  # only the lease holder may move it
-            db.execute(
-                "INSERT INTO messages (queue, visible_at, attempts, meta, body) VALUES (?, ?, 0, ?, ?)",
-                (f"{delivery.queue}.dead", now, _encode_meta(message, message.exchange or ""), message.body),
-            )
+        meta = _encode_meta(message, message.exchange or "")
+        store.dead_letter(db, delivery.row_id, self._token, f"{delivery.queue}.dead", now, meta, message.body)
 
     # -- inspection (tests, doctor, backlog views) ---------------------------------------
 

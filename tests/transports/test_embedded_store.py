@@ -1,0 +1,96 @@
+"""The embedded broker's storage: one payload per message however many queues take it,
+and broker files of the earlier one-table layout moved over without losing a message."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology, WireMessage
+from tidings.transports.embedded import EmbeddedTransport
+
+# the layout broker files had before payloads were shared (tidings up to this change)
+ONE_TABLE_LAYOUT = """
+CREATE TABLE exchanges (name TEXT PRIMARY KEY, type TEXT NOT NULL);
+CREATE TABLE queues (name TEXT PRIMARY KEY);
+CREATE TABLE bindings (queue TEXT NOT NULL, exchange TEXT NOT NULL, pattern TEXT NOT NULL,
+    PRIMARY KEY (queue, exchange, pattern)) WITHOUT ROWID;
+CREATE TABLE topology (version INTEGER NOT NULL);
+INSERT INTO topology VALUES (1);
+CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
+    visible_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, lease TEXT,
+    meta BLOB NOT NULL, body BLOB NOT NULL);
+CREATE INDEX messages_by_queue ON messages (queue, id);
+INSERT INTO exchanges VALUES ('ex', 'topic');
+INSERT INTO queues VALUES ('q'), ('q.dead');
+INSERT INTO bindings VALUES ('q', 'ex', '#');
+"""
+
+TOPOLOGY = Topology([ExchangeSpec("ex")], [QueueSpec("q", [Binding("ex", "#")])])
+
+
+async def take(transport: EmbeddedTransport, queue: str, count: int) -> list[WireMessage]:
+    got: list[WireMessage] = []
+    stream = transport.consume(QueueSpec(queue), prefetch=10)
+    async for delivery in stream:
+        got.append(delivery.message)
+        await delivery.ack()
+        if len(got) == count:
+            break
+    await stream.aclose()  # type: ignore[attr-defined]
+    return got
+
+
+def test_a_one_table_broker_file_is_moved_over_with_every_message(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    old = sqlite3.connect(path)
+    old.executescript(ONE_TABLE_LAYOUT)
+    meta = orjson.dumps({"routing_key": "a.b", "headers": {"n": 1}, "message_id": "m1", "exchange": "ex"})
+    old.executemany(
+        "INSERT INTO messages (queue, visible_at, attempts, meta, body) VALUES ('q', 0, ?, ?, ?)",
+        [(2, meta, b'{"first": true}'), (0, meta.replace(b"m1", b"m2"), b'{"second": true}')],
+    )
+    old.commit()
+    old.close()
+
+    async def run() -> tuple[list[WireMessage], list[WireMessage]]:
+        transport = EmbeddedTransport(str(path), poll=0.005)
+        await transport.connect()
+        moved = await take(transport, "q", 2)
+        await transport.send("ex", [WireMessage("a.c", b'{"third": true}', message_id="m3")])
+        fresh = await take(transport, "q", 1)
+        await transport.close()
+        return moved, fresh
+
+    moved, fresh = asyncio.run(run())
+    assert [(m.message_id, m.body, m.headers) for m in moved] == [
+        ("m1", b'{"first": true}', {"n": 1}),
+        ("m2", b'{"second": true}', {"n": 1}),
+    ]
+    assert [m.message_id for m in fresh] == ["m3"]
+    db = sqlite3.connect(path)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "messages_before_payloads" not in tables
+    assert db.execute("SELECT count(*) FROM payloads").fetchone()[0] == 0  # all acked, all gone
+
+
+def test_a_message_for_three_queues_is_stored_once_and_goes_with_the_last_ack(tmp_path: Path) -> None:
+    async def run() -> None:
+        transport = EmbeddedTransport(str(tmp_path / "broker.db"), poll=0.005)
+        await transport.connect()
+        queues = [QueueSpec(name, [Binding("ex", "build.#")]) for name in ("a", "b", "c")]
+        await transport.declare(Topology([ExchangeSpec("ex")], queues))
+        await transport.send("ex", [WireMessage("build.done", b"{}", message_id="one")])
+        db = sqlite3.connect(tmp_path / "broker.db")
+        assert db.execute("SELECT count(*), max(refs) FROM payloads").fetchone() == (1, 3)
+        for n, queue in enumerate(("a", "b", "c")):
+            assert [m.message_id for m in await take(transport, queue, 1)] == ["one"]
+            left = db.execute("SELECT count(*) FROM payloads").fetchone()[0]
+            assert left == (1 if n < 2 else 0)
+        db.close()
+        await transport.close()
+
+    asyncio.run(run())
