@@ -184,7 +184,7 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
         ):
             fields = orjson.loads(meta)
             rows[row_id] = StoredRow(
-                queue, visible_at, attempts, lease, fields["message_id"], fields["headers"]
+                queue, visible_at, attempts, lease, fields["message_id"], fields.get("headers", {})
             )
         return rows
 

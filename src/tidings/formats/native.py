@@ -12,7 +12,17 @@ from typing import Any
 import orjson
 
 from tidings.errors import DecodeError
-from tidings.event import RESERVED_HEADER_PREFIX, UNTYPED, Event, dumps, format_time, loads, parse_time
+from tidings.event import (
+    RESERVED_HEADER_PREFIX,
+    UNTYPED,
+    Event,
+    check_envelope,
+    dumps,
+    format_time,
+    loads,
+    parse_time,
+)
+from tidings.topics import validate_topic
 from tidings.transport import WireMessage
 
 PREFIX = RESERVED_HEADER_PREFIX
@@ -47,21 +57,27 @@ class NativeFormat:
         if headers.get("ce_specversion") != "1.0":
             raise DecodeError("not a tidings message: header ce_specversion is not '1.0'")
         try:
-            attrs = {name: _text(headers, f"ce_{name}") for name in ("id", "source", "type", "time")}
+            event_id, source, type_, time = (_text(headers, key) for key in _REQUIRED)
         except KeyError as missing:
             raise DecodeError(f"tidings message lacks header {missing.args[0]}") from None
-        body = loads(message.body)
         own = {k: v for k, v in headers.items() if not k.startswith(PREFIX)}
-        return Event.create(
-            str(headers.get("ce_subject") or message.routing_key),
-            body,
-            source=attrs["source"],
-            type=None if attrs["type"] == UNTYPED else attrs["type"],
+        visibility = headers.get("ce_visibility", "public")
+        body = loads(message.body)
+        check_envelope(body, own, visibility)
+        # built directly, not through Event.create: the same checks, without copying the headers
+        return Event(
+            topic=validate_topic(str(headers.get("ce_subject") or message.routing_key)),
+            body=body,
+            source=source,
+            type=None if type_ == UNTYPED else type_,
+            id=event_id,
+            time=parse_time(time),
             headers=own,
-            visibility=headers.get("ce_visibility", "public"),
-            id=attrs["id"],
-            time=parse_time(attrs["time"]),
+            visibility=visibility,
         )
+
+
+_REQUIRED = ("ce_id", "ce_source", "ce_type", "ce_time")
 
 
 class StructuredFormat:

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,18 @@ _META_FIELDS = (
 )
 
 
+_META_DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+    for f in fields(WireMessage)
+    if f.name in _META_FIELDS
+}
+
+
 def _encode_meta(message: WireMessage, exchange: str) -> bytes:
-    meta = {name: getattr(message, name) for name in _META_FIELDS}
+    # only what differs from WireMessage's defaults: less JSON to write, read and store
+    meta = {
+        name: value for name in _META_FIELDS if (value := getattr(message, name)) != _META_DEFAULTS[name]
+    }
     meta["exchange"] = exchange
     if message.timestamp is not None:
         meta["timestamp"] = format_time(message.timestamp)
@@ -62,9 +72,9 @@ def _encode_meta(message: WireMessage, exchange: str) -> bytes:
 
 
 def _decode_meta(meta: bytes, body: bytes) -> WireMessage:
-    fields = orjson.loads(meta)
-    stamp = fields.pop("timestamp", None)
-    return WireMessage(body=body, timestamp=parse_time(stamp) if stamp else None, **fields)
+    stored = orjson.loads(meta)
+    stamp = stored.pop("timestamp", None)
+    return WireMessage(body=body, timestamp=parse_time(stamp) if stamp else None, **stored)
 
 
 @dataclass(slots=True)
