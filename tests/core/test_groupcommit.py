@@ -19,6 +19,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.active = 0
         self.overlaps = 0
+        self.finished: set[int] = set()  # items whose write has returned
 
     def write(self, items: list[int]) -> BaseException | None:
         with self.lock:
@@ -28,13 +29,17 @@ class Recorder:
         with self.lock:
             self.active -= 1
             self.groups.append(list(items))
+            self.finished.update(items)
             if self.fail_every and len(self.groups) % self.fail_every == 0:
                 return OSError(f"group {len(self.groups)} failed")
         return None
 
 
-def run_threads(gc: GroupCommit[int], threads: int, each: int) -> dict[int, str]:
+def run_threads(
+    gc: GroupCommit[int], threads: int, each: int, recorder: Recorder | None = None
+) -> dict[int, str]:
     outcome: dict[int, str] = {}
+    early: list[int] = []
     lock = threading.Lock()
 
     def publisher(t: int) -> None:
@@ -47,6 +52,8 @@ def run_threads(gc: GroupCommit[int], threads: int, each: int) -> dict[int, str]
                 result = str(exc)
             with lock:
                 outcome[item] = result
+                if recorder is not None and item not in recorder.finished:
+                    early.append(item)  # returned before the write that carries it
 
     workers = [threading.Thread(target=publisher, args=(t,)) for t in range(threads)]
     for w in workers:
@@ -54,6 +61,7 @@ def run_threads(gc: GroupCommit[int], threads: int, each: int) -> dict[int, str]
     for w in workers:
         w.join(60)
         assert not w.is_alive(), "a submitter never returned"
+    assert early == []
     return outcome
 
 
@@ -63,7 +71,7 @@ def test_every_item_once_and_every_caller_gets_its_groups_result(
     threads: int, each: int, fail_every: int
 ) -> None:
     recorder = Recorder(fail_every=fail_every, slow=0.0002)
-    outcome = run_threads(GroupCommit(recorder.write), threads, each)
+    outcome = run_threads(GroupCommit(recorder.write), threads, each, recorder)
     written = [item for group in recorder.groups for item in group]
     assert sorted(written) == sorted(outcome)  # each item in exactly one group
     assert len(written) == len(set(written))
