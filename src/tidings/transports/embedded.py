@@ -119,6 +119,8 @@ class EmbeddedTransport:
         self._token = f"{os.getpid()}-{id(self):x}"
         self._pending: list[tuple[str, EmbeddedDelivery, float, str, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._outgoing: list[tuple[str, Sequence[WireMessage], asyncio.Future[list[SendResult]]]] = []
+        self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: WriterLock | None = None
@@ -182,8 +184,9 @@ class EmbeddedTransport:
 
     async def close(self) -> None:
         _NEIGHBOURS.get(str(self.path.resolve()), weakref.WeakSet()).discard(self)
-        if self._flusher is not None:
-            await self._flusher
+        for task in (self._sender, self._flusher):
+            if task is not None:
+                await task
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
@@ -238,10 +241,32 @@ class EmbeddedTransport:
     # -- sending ----------------------------------------------------------------------
 
     async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
-        results = await self._run(self._write, lambda db: self._insert(db, exchange, messages))
-        for neighbour in list(_NEIGHBOURS.get(str(self.path.resolve()), ())):
-            neighbour.nudge()
-        return results
+        """Store ``messages``; sends that wait while another is being written share its next commit."""
+        done: asyncio.Future[list[SendResult]] = asyncio.get_running_loop().create_future()
+        self._outgoing.append((exchange, messages, done))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_waiting())
+        return await done
+
+    async def _send_waiting(self) -> None:
+        # a pipelined dispatcher keeps several batches in flight: queued behind one commit, they
+        # go together in the next, one fsync for all of them instead of one each
+        while self._outgoing:
+            group, self._outgoing = self._outgoing, []
+            try:
+                results = await self._run(
+                    self._write, lambda db, group=group: [self._insert(db, ex, msgs) for ex, msgs, _ in group]
+                )
+            except Exception as exc:
+                for *_, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (*_, done), result in zip(group, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
+            for neighbour in list(_NEIGHBOURS.get(str(self.path.resolve()), ())):
+                neighbour.nudge()
 
     def nudge(self) -> None:
         """Wake this transport's consumers (callable from any thread)."""
