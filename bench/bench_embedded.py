@@ -232,7 +232,7 @@ def main() -> None:
         target="<= 20",
         **({"peer": "fedora-messaging Message.validate", "peer_value": fm_validate} if fm_validate else {}),
     )
-    e2e_rate, _, _ = asyncio.run(end_to_end(work / "e2e", n * 2, None))
+    e2e_rate, _, _ = asyncio.run(end_to_end(work / "e2e", n * 4, None))  # as many as the process run
     report.add("embedded end to end, one process", e2e_rate, "events/s", target=">= 10,000")
     procs_rate, _, _ = end_to_end_processes(work / "e2e-procs", n * 4)
     report.add(
