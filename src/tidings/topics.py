@@ -42,20 +42,19 @@ _SHOWN_CHARS = 60  # enough to recognise a topic in an error line, short enough 
 # -- validation -----------------------------------------------------------------------
 
 
-#: topics that passed validation: every event decoded or published checks its topic, and a
-#: bus sees the same few again and again (a pure function's memo; cleared when it grows big)
-_VALID_TOPICS: set[str] = set()
-_VALID_TOPICS_KEPT = 4096
-
-
 def validate_topic(topic: str) -> str:
     """Return ``topic`` if it is a valid routing key, else raise :class:`InvalidTopic`."""
-    if type(topic) is str and topic in _VALID_TOPICS:
-        return topic
+    if type(topic) is str:
+        return _valid_topic(topic)
+    _check_topic(topic)  # not a str: raises, naming the type
+    return topic
+
+
+# every event published or decoded checks its topic, and a bus sees the same few again and
+# again: remember the ones that passed (a failed check raises, and is never remembered)
+@lru_cache(maxsize=4096)
+def _valid_topic(topic: str) -> str:
     _check_topic(topic)
-    if len(_VALID_TOPICS) >= _VALID_TOPICS_KEPT:
-        _VALID_TOPICS.clear()
-    _VALID_TOPICS.add(topic)
     return topic
 
 
