@@ -94,3 +94,31 @@ def test_a_message_for_three_queues_is_stored_once_and_goes_with_the_last_ack(tm
         await transport.close()
 
     asyncio.run(run())
+
+
+def test_sends_waiting_behind_a_commit_share_the_next_and_each_gets_its_own_results(tmp_path: Path) -> None:
+    async def run() -> None:
+        transport = EmbeddedTransport(str(tmp_path / "broker.db"), poll=0.005)
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec("ex")], [QueueSpec("q", [Binding("ex", "keep.#")])]))
+        commits = 0
+        write = transport._write
+
+        def counted(*args: object, **kwargs: object) -> object:
+            nonlocal commits
+            commits += 1
+            return write(*args, **kwargs)  # type: ignore[arg-type]
+
+        transport._write = counted  # type: ignore[method-assign]
+        sends = [
+            [WireMessage(f"keep.{n}", b"{}", message_id=f"{n}a"), WireMessage("x", b"{}", message_id=f"{n}b")]
+            for n in range(6)
+        ]
+        results = await asyncio.gather(*(transport.send("ex", batch) for batch in sends))
+        assert [[r.outcome.value for r in result] for result in results] == [["delivered", "retry"]] * 6
+        assert commits < 6  # the sends queued behind the first commit went together
+        got = await take(transport, "q", 6)
+        assert [m.message_id for m in got] == [f"{n}a" for n in range(6)]  # in the order they were sent
+        await transport.close()
+
+    asyncio.run(run())
