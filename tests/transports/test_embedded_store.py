@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import orjson
@@ -120,5 +121,44 @@ def test_sends_waiting_behind_a_commit_share_the_next_and_each_gets_its_own_resu
         got = await take(transport, "q", 6)
         assert [m.message_id for m in got] == [f"{n}a" for n in range(6)]  # in the order they were sent
         await transport.close()
+
+    asyncio.run(run())
+
+
+def test_closing_a_stream_hands_back_what_it_held_and_what_it_was_leasing(tmp_path: Path) -> None:
+    """The next lease runs while a batch is handled; a consumer leaving must not strand what it took."""
+
+    async def run() -> None:
+        path = str(tmp_path / "broker.db")
+        consumer, sender = EmbeddedTransport(path, lease=30.0), EmbeddedTransport(path)
+        for transport in (consumer, sender):
+            await transport.connect()
+        await sender.declare(TOPOLOGY)
+        await sender.send("ex", [WireMessage(f"a.{n}", b"{}", message_id=f"m{n}") for n in range(2)])
+        # the second lease (the one taken ahead) waits until more messages are in the queue
+        gate, real_lease, calls = threading.Event(), consumer._lease, []
+
+        def gated_lease(queue: str, limit: int) -> list[object]:
+            calls.append(limit)
+            if len(calls) == 2:
+                gate.wait(5)
+            return real_lease(queue, limit)  # type: ignore[return-value]
+
+        consumer._lease = gated_lease  # type: ignore[assignment,method-assign]
+        stream = consumer.consume(QueueSpec("q"), prefetch=8)
+        await anext(stream)  # type: ignore[call-overload]  # held, never settled
+        await sender.send("ex", [WireMessage(f"a.{n}", b"{}", message_id=f"m{n}") for n in range(2, 7)])
+        gate.set()
+        await asyncio.sleep(0.2)  # the lease taken ahead takes m2..m6, which nobody has seen
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert len(calls) == 2
+        db = sqlite3.connect(path)
+        leased = db.execute("SELECT count(*) FROM messages WHERE lease IS NOT NULL").fetchone()[0]
+        db.close()
+        assert leased == 0  # nothing waits for its 30 s lease to run out
+        back = await asyncio.wait_for(take(sender, "q", 7), 5)
+        assert [m.message_id for m in back] == [f"m{n}" for n in range(7)]
+        for transport in (consumer, sender):
+            await transport.close()
 
     asyncio.run(run())

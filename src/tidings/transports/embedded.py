@@ -299,34 +299,58 @@ class EmbeddedTransport:
     # -- consuming --------------------------------------------------------------------
 
     async def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[EmbeddedDelivery]:
-        """Lease up to ``prefetch`` messages at a time; extend leases while they are held."""
+        """Lease up to ``prefetch`` messages at a time; extend leases while they are held.
+
+        The next lease is taken while the last batch is being handled, so the consumer does
+        not wait for the broker between batches.
+        """
         held: dict[int, EmbeddedDelivery] = {}
         renewer = asyncio.create_task(self._renew_leases(held))
+        ahead: asyncio.Future[list[store.Leased]] | None = None
         try:
             while True:
-                self._wake.clear()  # before looking: a wake-up during the lease is not lost
-                for row_id in [r for r, d in held.items() if d.settled]:
-                    del held[row_id]
-                room = prefetch - len(held)
-                # refill in chunks, not one message per settle: each lease is a transaction
-                if held and room < max(1, prefetch // 4):
-                    await self._nap()
-                    continue
-                batch = await self._lease_safely(queue.name, room)
+                if ahead is None:
+                    ahead = self._lease_ahead(queue.name, held, prefetch)
+                    if ahead is None:  # full: wait for handlers to settle some
+                        await self._nap()
+                        continue
+                batch = await ahead
+                ahead = None
                 if not batch:
                     await self._nap()
                     continue
-                for row_id, attempts, _, meta, body in batch:
-                    delivery = EmbeddedDelivery(
-                        _decode_meta(meta, body), attempts, row_id, queue.name, self._settle
-                    )
-                    held[row_id] = delivery
+                deliveries = [self._delivery(row, queue.name) for row in batch]
+                held.update((d.row_id, d) for d in deliveries)
+                ahead = self._lease_ahead(queue.name, held, prefetch)
+                for delivery in deliveries:
                     yield delivery
         finally:
             renewer.cancel()
+            if ahead is not None:  # a lease under way: hand back what it takes
+                ahead.cancel()
+                taken = (await asyncio.gather(ahead, return_exceptions=True))[0]
+                if isinstance(taken, list):  # it had finished: those never reached the consumer
+                    held.update((d.row_id, d) for d in (self._delivery(row, queue.name) for row in taken))
             unsettled = [d for d in held.values() if not d.settled]
             if unsettled and self._db is not None:  # hand them back at once, not at lease expiry
                 await asyncio.gather(*(d.release() for d in unsettled), return_exceptions=True)
+
+    def _lease_ahead(
+        self, queue: str, held: dict[int, EmbeddedDelivery], prefetch: int
+    ) -> asyncio.Future[list[store.Leased]] | None:
+        """Start leasing as many as there is room for; None while there is too little room."""
+        self._wake.clear()  # before looking: a wake-up during the lease is not lost
+        for row_id in [r for r, d in held.items() if d.settled]:
+            del held[row_id]
+        room = prefetch - len(held)
+        # refill in chunks, not one message per settle: each lease is a transaction
+        if held and room < max(1, prefetch // 4):
+            return None
+        return asyncio.ensure_future(self._lease_safely(queue, room))
+
+    def _delivery(self, row: store.Leased, queue: str) -> EmbeddedDelivery:
+        row_id, attempts, _, meta, body = row
+        return EmbeddedDelivery(_decode_meta(meta, body), attempts, row_id, queue, self._settle)
 
     async def _nap(self) -> None:
         """Wait for a settle or a send in this process, or for ``poll`` seconds (other processes)."""
