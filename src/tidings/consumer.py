@@ -239,6 +239,8 @@ class Runner:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._threads = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"tidings-{app.name}")
         self._tasks: set[asyncio.Task[None]] = set()
+        # tasks whose handler still holds one of the concurrency slots
+        self._holding: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.app.settings
@@ -277,6 +279,7 @@ class Runner:
             await self._slots.acquire()
             task = asyncio.create_task(self._handle(delivery))
             self._tasks.add(task)
+            self._holding.add(task)
             task.add_done_callback(self._finished)
 
     async def _shut_down(self, pump: asyncio.Task[None]) -> None:
@@ -292,16 +295,32 @@ class Runner:
         pump.cancel()
         await asyncio.gather(pump, return_exceptions=True)
 
+    def _free_slot(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None and task in self._holding:  # once per task, whichever way it ends
+            self._holding.discard(task)
+            self._slots.release()
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._free_slot(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("tidings bug: settling a message failed: %r", task.exception())
 
     async def _handle(self, delivery: Delivery) -> None:
+        try:
+            handled = await self._decode_and_call(delivery)
+        finally:
+            # concurrency bounds running handlers: the next one starts while this one settles
+            # (prefetch still bounds what is unsettled)
+            self._free_slot(asyncio.current_task())
+        if handled is not None:
+            await self._settle(delivery, *handled)
+
+    async def _decode_and_call(self, delivery: Delivery) -> tuple[Event, BaseException | None] | None:
+        """The event and what its handlers did; None if the delivery was settled without them."""
         if self.halted:
             await delivery.release()
-            return
+            return None
         try:
             event = self.format.decode(delivery.message)
             self.bus.check_received(event)
@@ -309,12 +328,12 @@ class Runner:
             self.app.counters.rejected += 1
             log.warning("%s: dead-lettering an invalid message (%s)", self.app.name, exc)
             await delivery.reject(f"invalid message: {exc}")
-            return
+            return None
         if self.inbox is not None and self.inbox.seen(self.app.name, event.id):
             self.app.counters.duplicates += 1
             await delivery.ack()
-            return
-        await self._settle(delivery, event, await self._call_handlers(delivery, event))
+            return None
+        return event, await self._call_handlers(delivery, event)
 
     async def _call_handlers(self, delivery: Delivery, event: Event) -> BaseException | None:
         context = Context(

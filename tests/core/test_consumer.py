@@ -150,6 +150,25 @@ async def test_halt_puts_the_message_back_and_stops(bus: Bus, fast_app: App) -> 
     assert again.attempt == 1  # released, not counted
 
 
+async def test_concurrency_bounds_the_handlers_running_at_once(bus: Bus) -> None:
+    app = App("bounded", prefetch=20, concurrency=3)
+    running_now, most, done = 0, 0, []
+
+    @app.subscribe("#")
+    async def slow(event: Event) -> None:
+        nonlocal running_now, most
+        running_now += 1
+        most = max(most, running_now)
+        await asyncio.sleep(0.05)
+        running_now -= 1
+        done.append(event.id)
+
+    async with Running(bus, app):
+        await bus.apublish_many([bus.event(f"c.{n}", {}) for n in range(12)])
+        await until(lambda: len(done) == 12)
+    assert most == 3  # never more than the bound, and the bound is used
+
+
 async def test_shutdown_finishes_the_handler_in_flight(bus: Bus, fast_app: App) -> None:
     started, finished = asyncio.Event(), []
 
