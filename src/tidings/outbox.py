@@ -8,8 +8,11 @@ lock orders their transactions, and one's fsync overlaps the next one's commit.
 
 Per connector the outbox keeps a cursor (the last event it took responsibility
 for), a backlog of events to try again later and dead letters. Rows are
-addressed by ``seq``, which AUTOINCREMENT keeps from ever being reused, so a
-purge can never make a cursor skip an event.
+addressed by ``seq``, which is never reused: a new event's seq is one above the
+highest in the table, and the purge always keeps the newest event, so the highest
+never goes down and a purge can never make a cursor skip an event. (Not
+AUTOINCREMENT: its bookkeeping row costs every commit a page write, ~5 % of a
+single publisher's rate.)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tidings.sqlite import LogSync, WriterLock, connect, explain
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,  -- never reused: see the module's docstring
     id TEXT NOT NULL UNIQUE,
     topic TEXT NOT NULL,
     created REAL NOT NULL,
@@ -172,7 +175,7 @@ class Outbox:
             self._db.execute("COMMIT")
         if inserted != len(rows):
             return []
-        # one writer at a time and AUTOINCREMENT: the rows of one transaction have consecutive seqs
+        # one writer at a time, each new seq one above the highest: one transaction's seqs are consecutive
         first = (cursor.lastrowid or 0) - len(rows) + 1
         return [Row(first + n, topic, data) for n, (_, topic, _, data) in enumerate(rows)]
 
@@ -231,8 +234,7 @@ class Outbox:
         return self._read("PRAGMA data_version")[0][0]
 
     def last_seq(self) -> int:
-        row = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
-        return row[0][0] if row else 0
+        return self._read("SELECT max(seq) FROM events")[0][0] or 0
 
     def ensure_connector(self, connector: str, *, start_at_end: bool = False) -> int:
         """The connector's cursor, creating it if new.
@@ -402,14 +404,17 @@ class Outbox:
         return count
 
     def purge(self, connectors: Iterable[str], older_than: float) -> int:
-        """Delete events every connector has finished with, created before ``older_than``."""
+        """Delete events every connector has finished with, created before ``older_than``.
+
+        The newest event always stays: the next seq is one above it (see the module's docstring).
+        """
         names = list(connectors)
         if not names:
             return 0
         marks = ",".join("?" * len(names))
         floor = self._read(f"SELECT min(seq) FROM cursors WHERE connector IN ({marks})", names)[0][0] or 0
         sql = (
-            "DELETE FROM events WHERE seq <= ? AND created < ? "
+            "DELETE FROM events WHERE seq <= ? AND created < ? AND seq < (SELECT max(seq) FROM events) "
             "AND seq NOT IN (SELECT seq FROM backlog) AND seq NOT IN (SELECT seq FROM dead)"
         )
         before = self._read("SELECT count(*) FROM events")[0][0]

@@ -172,8 +172,21 @@ async def test_purge_keeps_what_a_connector_still_needs(outbox: Outbox) -> None:
     dispatcher = make(outbox, clock, ok=ok, refusing=refusing)
     outbox.append(events(3))
     await dispatcher.drain()
-    assert outbox.purge(["ok", "refusing"], older_than=2e12) == 2  # t.0 is still in a backlog
-    assert [r.topic for r in outbox.read_after(0, 10)] == ["t.0"]
+    # t.0 is still in a backlog; t.2, the newest, always stays (the next seq is one above it)
+    assert outbox.purge(["ok", "refusing"], older_than=2e12) == 1
+    assert [r.topic for r in outbox.read_after(0, 10)] == ["t.0", "t.2"]
+
+
+async def test_after_a_purge_of_everything_the_next_event_still_follows_the_cursors(outbox: Outbox) -> None:
+    transport = ScriptedTransport()
+    dispatcher = make(outbox, Clock(), c=transport)
+    outbox.append(events(3))
+    await dispatcher.drain()
+    assert outbox.purge(["c"], older_than=2e12) == 2
+    outbox.append(events(1, "late"))
+    await dispatcher.drain()
+    assert [m.routing_key for m in transport.sent] == ["t.0", "t.1", "t.2", "late.0"]
+    assert outbox.last_seq() == 4  # seqs are never handed out twice
 
 
 def test_only_one_dispatcher_per_outbox(outbox: Outbox) -> None:
