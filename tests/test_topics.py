@@ -142,6 +142,13 @@ def test_valid_topics(topic: str) -> None:
     assert validate_pattern(topic) is topic
 
 
+def test_a_remembered_topic_comes_back_as_the_callers_own_object() -> None:
+    first, second = "".join(["svc.", "build.done"]), "".join(["svc.", "build.done"])
+    assert first is not second  # equal, not the same object: the second check is answered from memory
+    assert validate_topic(first) is first
+    assert validate_topic(second) is second
+
+
 @pytest.mark.parametrize("pattern", ["#", "*", "a.#", "#.a", "a.*.b", "*.*", "#.#", "a.#.*.b"])
 def test_valid_patterns(pattern: str) -> None:
     assert validate_pattern(pattern) is pattern

@@ -45,17 +45,17 @@ _SHOWN_CHARS = 60  # enough to recognise a topic in an error line, short enough 
 def validate_topic(topic: str) -> str:
     """Return ``topic`` if it is a valid routing key, else raise :class:`InvalidTopic`."""
     if type(topic) is str:
-        return _valid_topic(topic)
-    _check_topic(topic)  # not a str: raises, naming the type
-    return topic
+        _check_topic_once(topic)
+    else:
+        _check_topic(topic)  # not a str: raises, naming the type
+    return topic  # the caller's own object, whichever equal string the cache saw first
 
 
 # every event published or decoded checks its topic, and a bus sees the same few again and
 # again: remember the ones that passed (a failed check raises, and is never remembered)
 @lru_cache(maxsize=4096)
-def _valid_topic(topic: str) -> str:
+def _check_topic_once(topic: str) -> None:
     _check_topic(topic)
-    return topic
 
 
 def _check_topic(topic: str) -> None:
