@@ -126,39 +126,42 @@ def test_sends_waiting_behind_a_commit_share_the_next_and_each_gets_its_own_resu
 
 
 def test_closing_a_stream_hands_back_what_it_held_and_what_it_was_leasing(tmp_path: Path) -> None:
-    """The next lease runs while a batch is handled; a consumer leaving must not strand what it took."""
+    """A busy consumer leases its next batch while handling the last; leaving must not strand it."""
 
     async def run() -> None:
         path = str(tmp_path / "broker.db")
-        consumer, sender = EmbeddedTransport(path, lease=30.0), EmbeddedTransport(path)
-        for transport in (consumer, sender):
-            await transport.connect()
-        await sender.declare(TOPOLOGY)
-        await sender.send("ex", [WireMessage(f"a.{n}", b"{}", message_id=f"m{n}") for n in range(2)])
-        # the second lease (the one taken ahead) waits until more messages are in the queue
-        gate, real_lease, calls = threading.Event(), consumer._lease, []
+        transport = EmbeddedTransport(path, lease=30.0)
+        await transport.connect()
+        await transport.declare(TOPOLOGY)
+        await transport.send("ex", [WireMessage(f"a.{n}", b"{}", message_id=f"m{n}") for n in range(10)])
+        gate, real_lease, calls = threading.Event(), transport._lease, []
 
         def gated_lease(queue: str, limit: int) -> list[object]:
             calls.append(limit)
             if len(calls) == 2:
-                gate.wait(5)
+                gate.wait(5)  # the second lease waits while the test settles what it holds
             return real_lease(queue, limit)  # type: ignore[return-value]
 
-        consumer._lease = gated_lease  # type: ignore[assignment,method-assign]
-        stream = consumer.consume(QueueSpec("q"), prefetch=8)
-        await anext(stream)  # type: ignore[call-overload]  # held, never settled
-        await sender.send("ex", [WireMessage(f"a.{n}", b"{}", message_id=f"m{n}") for n in range(2, 7)])
+        transport._lease = gated_lease  # type: ignore[assignment,method-assign]
+        stream = transport.consume(QueueSpec("q"), prefetch=4)
+        first = [await anext(stream) for _ in range(4)]  # type: ignore[call-overload]  # a full batch
+        for delivery in first[:2]:
+            await delivery.ack()
+        fifth = asyncio.ensure_future(anext(stream))  # type: ignore[call-overload]  # leases m4, m5 (gated)
+        await asyncio.sleep(0.1)
+        settling = [asyncio.ensure_future(d.ack()) for d in first[2:]]  # settled while that lease runs
         gate.set()
-        await asyncio.sleep(0.2)  # the lease taken ahead takes m2..m6, which nobody has seen
+        assert (await fifth).message.message_id == "m4"
+        await asyncio.gather(*settling)
+        await asyncio.sleep(0.1)  # the full batch made room: the lease taken ahead has m6, m7 by now
+        assert calls == [4, 2, 2]
         await stream.aclose()  # type: ignore[attr-defined]
-        assert len(calls) == 2
         db = sqlite3.connect(path)
         leased = db.execute("SELECT count(*) FROM messages WHERE lease IS NOT NULL").fetchone()[0]
         db.close()
         assert leased == 0  # nothing waits for its 30 s lease to run out
-        back = await asyncio.wait_for(take(sender, "q", 7), 5)
-        assert [m.message_id for m in back] == [f"m{n}" for n in range(7)]
-        for transport in (consumer, sender):
-            await transport.close()
+        back = await asyncio.wait_for(take(transport, "q", 6), 5)
+        assert [m.message_id for m in back] == [f"m{n}" for n in range(4, 10)]
+        await transport.close()
 
     asyncio.run(run())

@@ -301,8 +301,9 @@ class EmbeddedTransport:
     async def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[EmbeddedDelivery]:
         """Lease up to ``prefetch`` messages at a time; extend leases while they are held.
 
-        The next lease is taken while the last batch is being handled, so the consumer does
-        not wait for the broker between batches.
+        While the queue has more than a lease took, the next lease is taken as the last
+        batch is being handled, so a busy consumer does not wait for the broker between
+        batches; a consumer that has caught up waits for a send instead.
         """
         held: dict[int, EmbeddedDelivery] = {}
         renewer = asyncio.create_task(self._renew_leases(held))
@@ -310,7 +311,7 @@ class EmbeddedTransport:
         try:
             while True:
                 if ahead is None:
-                    ahead = self._lease_ahead(queue.name, held, prefetch)
+                    ahead, wanted = self._lease_ahead(queue.name, held, prefetch)
                     if ahead is None:  # full: wait for handlers to settle some
                         await self._nap()
                         continue
@@ -321,7 +322,8 @@ class EmbeddedTransport:
                     continue
                 deliveries = [self._delivery(row, queue.name) for row in batch]
                 held.update((d.row_id, d) for d in deliveries)
-                ahead = self._lease_ahead(queue.name, held, prefetch)
+                if len(batch) == wanted:  # there may be more waiting: lease it meanwhile
+                    ahead, wanted = self._lease_ahead(queue.name, held, prefetch)
                 for delivery in deliveries:
                     yield delivery
         finally:
@@ -337,16 +339,16 @@ class EmbeddedTransport:
 
     def _lease_ahead(
         self, queue: str, held: dict[int, EmbeddedDelivery], prefetch: int
-    ) -> asyncio.Future[list[store.Leased]] | None:
-        """Start leasing as many as there is room for; None while there is too little room."""
+    ) -> tuple[asyncio.Future[list[store.Leased]] | None, int]:
+        """Start leasing as many as there is room for (and say how many); None if too little room."""
         self._wake.clear()  # before looking: a wake-up during the lease is not lost
         for row_id in [r for r, d in held.items() if d.settled]:
             del held[row_id]
         room = prefetch - len(held)
         # refill in chunks, not one message per settle: each lease is a transaction
         if held and room < max(1, prefetch // 4):
-            return None
-        return asyncio.ensure_future(self._lease_safely(queue, room))
+            return None, 0
+        return asyncio.ensure_future(self._lease_safely(queue, room)), room
 
     def _delivery(self, row: store.Leased, queue: str) -> EmbeddedDelivery:
         row_id, attempts, _, meta, body = row
