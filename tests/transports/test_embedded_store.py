@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -31,6 +32,21 @@ INSERT INTO bindings VALUES ('q', 'ex', '#');
 """
 
 TOPOLOGY = Topology([ExchangeSpec("ex")], [QueueSpec("q", [Binding("ex", "#")])])
+
+
+def leased(path: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM messages WHERE lease IS NOT NULL").fetchone()[0]
+    finally:
+        db.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.005)
 
 
 async def take(transport: EmbeddedTransport, queue: str, count: int) -> list[WireMessage]:
@@ -148,18 +164,16 @@ def test_closing_a_stream_hands_back_what_it_held_and_what_it_was_leasing(tmp_pa
         for delivery in first[:2]:
             await delivery.ack()
         fifth = asyncio.ensure_future(anext(stream))  # type: ignore[call-overload]  # leases m4, m5 (gated)
-        await asyncio.sleep(0.1)
+        await until(lambda: len(calls) == 2)
         settling = [asyncio.ensure_future(d.ack()) for d in first[2:]]  # settled while that lease runs
         gate.set()
         assert (await fifth).message.message_id == "m4"
         await asyncio.gather(*settling)
-        await asyncio.sleep(0.1)  # the full batch made room: the lease taken ahead has m6, m7 by now
+        # the batch came back full and made room: the lease taken ahead holds m6, m7
+        await until(lambda: leased(path) == 4)  # m4, m5 from the batch; m6, m7 taken ahead
         assert calls == [4, 2, 2]
         await stream.aclose()  # type: ignore[attr-defined]
-        db = sqlite3.connect(path)
-        leased = db.execute("SELECT count(*) FROM messages WHERE lease IS NOT NULL").fetchone()[0]
-        db.close()
-        assert leased == 0  # nothing waits for its 30 s lease to run out
+        assert leased(path) == 0  # nothing waits for its 30 s lease to run out
         back = await asyncio.wait_for(take(transport, "q", 6), 5)
         assert [m.message_id for m in back] == [f"m{n}" for n in range(4, 10)]
         await transport.close()
