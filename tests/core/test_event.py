@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.errors import InvalidEvent, InvalidTopic
+from tidings.errors import DecodeError, InvalidEvent, InvalidTopic
 from tidings.event import Event, format_time, json_depth, new_id, parse_time
 from tidings.formats.native import NativeFormat, StructuredFormat
 
@@ -89,6 +89,25 @@ def test_native_binary_mode_round_trip_is_lossless(event: Event) -> None:
     assert message.routing_key == event.topic
     assert message.message_id == event.id
     assert fmt.decode(message) == event
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "problem"),
+    [
+        ("ce_id", "", "empty header ce_id"),
+        ("ce_time", "yesterday", "not an ISO 8601 timestamp"),
+        ("ce_source", 7, "header ce_source must be a string"),
+        ("ce_subject", "a..b", "empty word"),
+        ("ce_visibility", "secret", "visibility must be"),
+        ("bad_header", [1], "must map a string to a JSON scalar"),
+    ],
+)
+def test_native_decode_refuses_a_broken_envelope_naming_it(header: str, value: object, problem: str) -> None:
+    fmt = NativeFormat()
+    message = fmt.encode(Event.create("a.b", {"n": 1}))
+    message.headers[header] = value
+    with pytest.raises((DecodeError, InvalidEvent, InvalidTopic), match=problem):
+        fmt.decode(message)
 
 
 def test_cloudevent_has_the_required_attributes() -> None:

@@ -60,6 +60,8 @@ class NativeFormat:
             event_id, source, type_, time = (_text(headers, key) for key in _REQUIRED)
         except KeyError as missing:
             raise DecodeError(f"tidings message lacks header {missing.args[0]}") from None
+        if not event_id:
+            raise DecodeError("tidings message has an empty header ce_id")
         own = {k: v for k, v in headers.items() if not k.startswith(PREFIX)}
         visibility = headers.get("ce_visibility", "public")
         body = loads(message.body)
