@@ -19,11 +19,11 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -77,6 +77,61 @@ def _decode_meta(meta: bytes, body: bytes) -> WireMessage:
     return WireMessage(body=body, timestamp=parse_time(stamp) if stamp else None, **stored)
 
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Batcher(Generic[Item, Result]):
+    """Calls that arrive while a write runs are written together by the next one.
+
+    ``write(items)`` runs in the transport's thread and answers one result per item;
+    ``after()`` runs on the loop once a batch is written (a wake-up). With ``gather_turns``
+    the first batch waits that many turns of the loop for callers arriving together.
+    """
+
+    def __init__(
+        self,
+        run: Callable[..., Awaitable[list[Result]]],
+        write: Callable[[list[Item]], list[Result]],
+        after: Callable[[], None],
+        *,
+        gather_turns: int = 0,
+    ) -> None:
+        self._run, self._write, self._after = run, write, after
+        self._gather_turns = gather_turns
+        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        return await done
+
+    async def idle(self) -> None:
+        """Return once everything submitted so far is written (or failed)."""
+        if self._writer is not None:
+            await self._writer
+
+    async def _write_waiting(self) -> None:
+        for _ in range(self._gather_turns):
+            await asyncio.sleep(0)
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await self._run(self._write, [item for item, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
+            self._after()
+
+
 @dataclass(slots=True)
 class EmbeddedDelivery:
     """A leased message; settling it is batched with its neighbours into one commit."""
@@ -101,6 +156,10 @@ class EmbeddedDelivery:
         await self._settle("release", self, 0.0, "")
 
 
+#: (action, delivery, delay, reason): one ack, retry, reject or release waiting for its commit
+Settle = tuple[str, EmbeddedDelivery, float, str]
+
+
 class EmbeddedTransport:
     """Transport ``embedded``: options ``path`` (the broker file), ``lease`` (seconds), ``poll`` (seconds)."""
 
@@ -117,11 +176,16 @@ class EmbeddedTransport:
         self._routes: dict[str, TopicMatcher[str]] = {}
         self._routes_version = -1
         self._token = f"{os.getpid()}-{id(self):x}"
-        self._pending: list[tuple[str, EmbeddedDelivery, float, str, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._outgoing: list[tuple[str, Sequence[WireMessage], asyncio.Future[list[SendResult]]]] = []
-        self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # a pipelined dispatcher keeps several sends in flight, and handlers finish together:
+        # what queues behind one commit goes in the next, one commit (and fsync) for all
+        self._sends: _Batcher[tuple[str, Sequence[WireMessage]], list[SendResult]] = _Batcher(
+            self._run, self._write_sends, self._nudge_neighbours
+        )
+        # handlers that finish in the same turn of the loop settle in the same commit
+        self._settles: _Batcher[Settle, None] = _Batcher(
+            self._run, self._write_settles, self._wake.set, gather_turns=2
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: WriterLock | None = None
         self._log: LogSync | None = None
@@ -184,9 +248,8 @@ class EmbeddedTransport:
 
     async def close(self) -> None:
         _NEIGHBOURS.get(str(self.path.resolve()), weakref.WeakSet()).discard(self)
-        for task in (self._sender, self._flusher):
-            if task is not None:
-                await task
+        await self._sends.idle()
+        await self._settles.idle()
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
@@ -242,31 +305,14 @@ class EmbeddedTransport:
 
     async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
         """Store ``messages``; sends that wait while another is being written share its next commit."""
-        done: asyncio.Future[list[SendResult]] = asyncio.get_running_loop().create_future()
-        self._outgoing.append((exchange, messages, done))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_waiting())
-        return await done
+        return await self._sends.submit((exchange, messages))
 
-    async def _send_waiting(self) -> None:
-        # a pipelined dispatcher keeps several batches in flight: queued behind one commit, they
-        # go together in the next, one fsync for all of them instead of one each
-        while self._outgoing:
-            group, self._outgoing = self._outgoing, []
-            try:
-                results = await self._run(
-                    self._write, lambda db, group=group: [self._insert(db, ex, msgs) for ex, msgs, _ in group]
-                )
-            except Exception as exc:
-                for *_, done in group:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            for (*_, done), result in zip(group, results, strict=True):
-                if not done.done():
-                    done.set_result(result)
-            for neighbour in list(_NEIGHBOURS.get(str(self.path.resolve()), ())):
-                neighbour.nudge()
+    def _write_sends(self, sends: list[tuple[str, Sequence[WireMessage]]]) -> list[list[SendResult]]:
+        return self._write(lambda db: [self._insert(db, exchange, messages) for exchange, messages in sends])
+
+    def _nudge_neighbours(self) -> None:
+        for neighbour in list(_NEIGHBOURS.get(str(self.path.resolve()), ())):
+            neighbour.nudge()
 
     def nudge(self) -> None:
         """Wake this transport's consumers (callable from any thread)."""
@@ -409,38 +455,16 @@ class EmbeddedTransport:
         if delivery.settled:
             raise TransportError(f"message {delivery.message.message_id} was already settled")
         delivery.settled = True
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((action, delivery, delay, reason, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await done
+        await self._settles.submit((action, delivery, delay, reason))
 
-    async def _flush(self) -> None:
-        # let every handler that finishes in this turn of the loop join the same commit
-        for _ in range(2):
-            await asyncio.sleep(0)
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._run(
-                    lambda batch=batch: self._write(lambda db: self._apply(db, batch), durable=False)
-                )
-            except Exception as exc:
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            for *_, done in batch:
-                if not done.done():
-                    done.set_result(None)
-            self._wake.set()
+    def _write_settles(self, batch: list[Settle]) -> list[None]:
+        self._write(lambda db: self._apply(db, batch), durable=False)
+        return [None] * len(batch)
 
-    def _apply(
-        self, db: sqlite3.Connection, batch: list[tuple[str, EmbeddedDelivery, float, str, Any]]
-    ) -> None:
+    def _apply(self, db: sqlite3.Connection, batch: list[Settle]) -> None:
         now = time.time()
         store.remove(db, [d.row_id for action, d, *_ in batch if action == "ack"], self._token)
-        for action, delivery, delay, reason, _ in batch:
+        for action, delivery, delay, reason in batch:
             if action == "release":
                 db.execute(store.RELEASE, (now, delivery.row_id, self._token))
             elif action == "retry":
