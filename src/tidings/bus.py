@@ -50,6 +50,8 @@ class Bus:
 
     @property
     def outbox(self) -> Outbox:
+        if self._outbox is not None:  # every publish asks: no lock once it exists
+            return self._outbox
         with self._lock:
             if self._outbox is None:
                 self._outbox = Outbox(self.config.outbox_path())

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tidings.errors import DecodeError, InvalidEvent, InvalidTopic
@@ -182,6 +182,9 @@ def test_json_depth_agrees_with_counting_by_recursion(value: object) -> None:
 
 
 @given(st.datetimes(timezones=st.just(UTC)) | st.datetimes(timezones=st.timezones()))
+@example(datetime(2026, 11, 30, 12, 0, 0, 0, tzinfo=UTC))  # a whole second: still ".000000"
+@example(datetime(2026, 11, 30, 12, 0, 0, 120, tzinfo=UTC))  # leading zeros of the fraction kept
+@example(datetime(1, 1, 1, 0, 0, 0, 5, tzinfo=UTC))  # a four-digit year
 def test_time_text_is_rfc3339_utc_with_microseconds(moment: datetime) -> None:
     text = format_time(moment)
     in_utc = moment.astimezone(UTC)
