@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.conformance import take
+from tests.waiting import WAIT, until
 from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
 from tidings.consumer import Context, HaltedError
 from tidings.transport import QueueSpec, WireMessage
-
-WAIT = 15.0
-
-
-async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 class Running:

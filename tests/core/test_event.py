@@ -43,7 +43,6 @@ def test_ids_are_uuid7_and_sort_in_creation_order() -> None:
     assert {uuid.UUID(i).version for i in ids} == {7}
 
 
-
 def test_a_forked_child_draws_other_random_bits_than_its_parent() -> None:
     """Ids take their random bits from a pool; a child must not reuse the parent's rest of it."""
     import os
@@ -63,6 +62,8 @@ def test_a_forked_child_draws_other_random_bits_than_its_parent() -> None:
     # the 62 random bits at the end (the last 15 hex digits) never repeat between the two
     tails = [i[-15:] for i in parent_ids + child_ids]
     assert len(set(tails)) == 100
+
+
 def test_time_is_utc_with_microseconds() -> None:
     event = Event.create("a.b", {})
     assert event.time.tzinfo is not None

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.core.fakes import ScriptedTransport
+from tests.waiting import until
 from tidings.config import ConnectorConfig
 from tidings.dispatcher import Connector, ConnectorWorker, Dispatcher
 from tidings.errors import TransportError
@@ -69,13 +70,6 @@ def publish(dispatcher: Dispatcher, n: int) -> list[str]:
 
 def durable_cursor(dispatcher: Dispatcher) -> int:
     return dispatcher.outbox.status(["c"])[0].cursor
-
-
-async def until(condition: object, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_batches_go_out_before_the_first_is_confirmed_and_settle_in_order(tmp_path: Path) -> None:

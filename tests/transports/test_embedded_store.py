@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
+from tests.waiting import until
 from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology, WireMessage
 from tidings.transports.embedded import EmbeddedTransport
 
@@ -40,13 +40,6 @@ def leased(path: str) -> int:
         return db.execute("SELECT count(*) FROM messages WHERE lease IS NOT NULL").fetchone()[0]
     finally:
         db.close()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.005)
 
 
 async def take(transport: EmbeddedTransport, queue: str, count: int) -> list[WireMessage]:

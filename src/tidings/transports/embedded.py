@@ -62,9 +62,7 @@ _META_DEFAULTS: dict[str, Any] = {
 
 def _encode_meta(message: WireMessage, exchange: str) -> bytes:
     # only what differs from WireMessage's defaults: less JSON to write, read and store
-    meta = {
-        name: value for name in _META_FIELDS if (value := getattr(message, name)) != _META_DEFAULTS[name]
-    }
+    meta = {name: value for name in _META_FIELDS if (value := getattr(message, name)) != _META_DEFAULTS[name]}
     meta["exchange"] = exchange
     if message.timestamp is not None:
         meta["timestamp"] = format_time(message.timestamp)
