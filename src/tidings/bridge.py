@@ -24,13 +24,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tidings.bus import Bus
 from tidings.config import BridgeConfig
 from tidings.consumer import App
-from tidings.errors import ConfigError, TidingsError
-from tidings.event import Event
-from tidings.formats.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck
+from tidings.errors import ConfigError, InvalidEvent, TidingsError
+from tidings.event import Event, loads
+from tidings.formats.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck, verify
 from tidings.transport import Binding, QueueSpec, WireMessage
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class BridgeCounters:
     undecodable: int = 0
     #: fedmsg messages the outbox refused (invalid, or the disk full): logged, and lost to AMQP
     refused: int = 0
+    #: fedmsg messages refused by ``verify = true``: unsigned, or not signed by a trusted signer
+    unverified: int = 0
 
 
 class Bridge:
@@ -58,6 +61,16 @@ class Bridge:
         self.bus, self.name = bus, name
         self.fedmsg = FedmsgFormat(self.config.topic_prefix, self.config.environment, self.config.username)
         self.counters = BridgeCounters()
+        self.trusted_ca = self._read_ca(bus) if self.config.verify else None
+
+    def _read_ca(self, bus: Bus) -> bytes:
+        path = Path(bus.config.base_dir, self.config.ca_file)
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"[bridges.{self.name}] ca_file {str(path)!r} cannot be read: {exc.strerror}"
+            ) from None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Bridge until ``stop`` is set."""
@@ -84,6 +97,8 @@ class Bridge:
                 self.counters.undecodable += 1
                 log.warning("bridge %s: skipped an undecodable fedmsg message: %s", self.name, exc)
                 continue
+            if self.trusted_ca is not None and not self._signed(frames_message, event):
+                continue
             if event.headers.get(BRIDGED_HEADER):
                 self.counters.loops_stopped += 1  # it came from AMQP through a bridge: not back again
                 continue
@@ -94,6 +109,20 @@ class Bridge:
                 log.error("bridge %s: fedmsg message %s not bridged: %s", self.name, event.id, exc)
                 continue
             self.counters.to_amqp += 1
+
+    def _signed(self, message: WireMessage, event: Event) -> bool:
+        """Whether a fedmsg message carries a valid signature of a trusted signer (counted if not)."""
+        assert self.trusted_ca is not None
+        try:
+            signer = verify(loads(message.frames[-1] if message.frames else message.body), self.trusted_ca)
+        except InvalidEvent as exc:
+            self.counters.unverified += 1
+            log.warning(
+                "bridge %s: refused fedmsg message %s on %s: %s", self.name, event.id, event.topic, exc
+            )
+            return False
+        log.debug("bridge %s: %s signed by %s", self.name, event.id, signer)
+        return True
 
     def _crossing(self, event: Event) -> Event:
         """The event as it crosses: same id and time, marked with the bridge's name."""
@@ -113,7 +142,7 @@ class Bridge:
 
         publisher = ZeroMQTransport(self.config.zmq_publish, mode="bind")
         await publisher.connect()
-        await publisher.send("", [])  # bind now: fedmsg subscribers join before the first message
+        await publisher.open_sender()  # bound now: fedmsg subscribers join before the first message
         app = self.app()
 
         @app.subscribe(*self.config.bindings)
@@ -153,6 +182,7 @@ async def _subscribe(endpoint: str, topics: list[str], stop: asyncio.Event) -> A
             done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if receiving not in done:
                 receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)  # the stream is free to close
                 break
             yield receiving.result().message
     finally:

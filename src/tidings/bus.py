@@ -4,7 +4,7 @@ There is no module-level state: two Bus objects with two configs live side by
 side in one process (tests do exactly that).
 
     bus = Bus.load()                      # tidings.toml, $TIDINGS_CONFIG or the embedded default
-    bus.publish("kcidb.checkout.new", {...}, type="kcidb.checkout.v1")   # durable on return
+    bus.publish("datawarehouse.checkout.new", {...}, type="cki.datawarehouse.v1")  # durable on return
     await bus.apublish(...)               # the same from asyncio code
 """
 
@@ -36,7 +36,10 @@ class Bus:
         self.schemas = (
             schemas
             if schemas is not None
-            else SchemaRegistry.default(Path(config.base_dir, d) for d in config.schemas.dirs)
+            else SchemaRegistry.default(
+                (Path(config.base_dir, d) for d in config.schemas.dirs),
+                assert_formats=config.schemas.assert_formats,
+            )
         )
         self._outbox: Outbox | None = None
         self._inbox: Inbox | None = None

@@ -47,6 +47,8 @@ class OutboxSection(_Strict):
 
 class SchemasSection(_Strict):
     dirs: list[str] = []
+    #: check ``format`` keywords (date-time, uri, ...) of your own schemas; see tidings.schemas
+    assert_formats: bool = True
 
 
 class ConnectorConfig(_Strict):
@@ -82,6 +84,8 @@ class ConsumerConfig(_Strict):
     #: topic patterns the queue is bound by, besides the App's own subscriptions
     bindings: list[str] = []
     format: str = "tidings"
+    #: options given to the format's constructor, as for a connector
+    format_options: dict[str, Any] = {}
     #: ``module:attribute`` of an App, or of a plain function taking an Event
     app: str = ""
     prefetch: int = 100
@@ -116,6 +120,11 @@ class BridgeConfig(_Strict):
     username: str = "fedmsg-bridge"
     topic_prefix: str = "org.fedoraproject"
     environment: str = "prod"
+    #: refuse fedmsg messages that are unsigned or not signed by a certificate of ``ca_file``
+    #: (fedmsg's x509 signatures, as fedmsg.crypto.validate checks them)
+    verify: bool = False
+    #: the CA certificate (PEM) fedmsg signers' certificates are issued by; needed with verify
+    ca_file: str = ""
 
 
 class Config(_Strict):
@@ -250,6 +259,10 @@ def _check_bridge(config: Config, name: str, bridge: BridgeConfig, origin: str) 
         raise ConfigError(f"{where} names connector {bridge.connector!r}, which is not configured")
     if bridge.transport not in config.transports:
         raise ConfigError(f"{where} names transport {bridge.transport!r}, which is not configured")
+    if bridge.verify and not bridge.ca_file:
+        raise ConfigError(
+            f"{where}: verify = true needs ca_file, the CA that issues fedmsg signers' certificates"
+        )
     if connector.exchange == bridge.exchange and connector.transport == bridge.transport:
         raise ConfigError(
             f"{where}: connector {bridge.connector!r} publishes to {bridge.exchange!r}, the exchange the "

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidings.errors import InvalidEvent, TidingsError
 from tidings.event import Event
-from tidings.formats import Format
+from tidings.formats import Format, load_format, wire_pattern
 from tidings.inbox import Inbox
 from tidings.topics import TopicMatcher, validate_pattern
 from tidings.transport import Binding, Delivery, ExchangeSpec, QueueSpec, Topology, Transport
@@ -111,6 +111,8 @@ class AppSettings:
     exchange: str = "tidings"
     transport: str = "local"
     format: str = "tidings"
+    #: options given to the format's constructor (e.g. fedora-messaging's topic_prefix)
+    format_options: dict[str, Any] = field(default_factory=dict)
     prefetch: int = 100
     concurrency: int = 8
     max_attempts: int = 5
@@ -142,6 +144,15 @@ class App:
         #: topic -> its handlers; most services see a few topics over and over
         self._handlers_of: dict[str, list[Subscription]] = {}
         self.counters = Counters()
+        self._format: tuple[str, Format] | None = None
+
+    def format(self) -> Format:
+        """The format the app's messages are decoded with (its settings' name and options)."""
+        # settings may change after the app was made (the CLI and the config apply theirs): key on them
+        key = f"{self.settings.format}:{sorted(self.settings.format_options.items())!r}"
+        if self._format is None or self._format[0] != key:
+            self._format = (key, load_format(self.settings.format, **self.settings.format_options))
+        return self._format[1]
 
     def subscribe(self, *patterns: str) -> Callable[[Handler], Handler]:
         """Register a handler (sync or async) for events whose topic matches any pattern."""
@@ -176,8 +187,10 @@ class App:
         return list(seen)
 
     def queue_spec(self) -> QueueSpec:
+        """The app's queue, bound by its patterns as they look on the wire (a format may add a prefix)."""
         s = self.settings
-        bindings = [Binding(s.exchange, p) for p in self.bindings()]
+        fmt = self.format()
+        bindings = [Binding(s.exchange, wire_pattern(fmt, p)) for p in self.bindings()]
         return QueueSpec(s.queue, bindings, kind=s.queue_kind, arguments=dict(s.queue_arguments))
 
     def handlers_for(self, topic: str) -> list[Subscription]:
@@ -231,7 +244,7 @@ class Runner:
         self.bus = bus
         settings = app.settings
         self.transport: Transport = bus.make_transport(settings.transport)
-        self.format: Format = bus.make_format(settings.format)
+        self.format: Format = app.format()
         self.inbox: Inbox | None = bus.inbox() if settings.inbox else None
         self.halted = False
         self._stopping = asyncio.Event()

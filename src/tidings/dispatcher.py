@@ -147,8 +147,20 @@ class Dispatcher:
                 task.cancel()
             await asyncio.wait(tasks)
             self.wake_source.remove_listener(wake)
+            await self.close_transports()
             self.release()
             self._io.shutdown(wait=True)  # its thread must not outlive the run (it is idle by now)
+
+    async def close_transports(self) -> None:
+        """Close every connector's transport once (connectors on one transport share it)."""
+        closing = {id(c.transport): c.transport for c in self.connectors}
+        for transport in closing.values():
+            try:
+                await transport.close()
+            except Exception as exc:  # closing is best effort: a broker gone away must not hide the stop
+                log.warning("closing transport %s failed: %s", transport.kind, exc)
+        for worker in self.workers:
+            worker.connected = False
 
     def _wake_all(self, committed: list[Row]) -> None:
         for worker in self.workers:
@@ -235,6 +247,11 @@ class ConnectorWorker:
         await transport.connect()
         config = self.connector.config
         await transport.declare(Topology([ExchangeSpec(config.exchange, passive=config.passive_exchange)]))
+        open_sender = getattr(
+            transport, "open_sender", None
+        )  # a ZeroMQ PUB binds here, not at the first send
+        if open_sender is not None:
+            await open_sender()
         self.connected = True
 
     async def _pause(self, exc: TransportError, failures: int, stop: asyncio.Event) -> None:

@@ -107,7 +107,7 @@ class Event:
     """One thing that happened, as tidings carries it.
 
     ``id`` is the deduplication key: a redelivered event keeps it.
-    ``type`` names the schema (``kcidb.checkout.v1``); ``None`` means untyped.
+    ``type`` names the schema (``cki.datawarehouse.v1``); ``None`` means untyped.
     """
 
     topic: str

@@ -290,3 +290,12 @@ def test_replay_from_a_file_and_from_the_outbox(tmp_path: Path) -> None:
     bad = tidings(tmp_path, "replay", "--from", "bad.jsonl")
     assert bad.returncode == 4
     assert "bad.jsonl line 1" in bad.stderr
+
+
+def test_replay_says_when_the_window_is_longer_than_the_outbox_keeps(tmp_path: Path) -> None:
+    done = tidings(tmp_path, "replay", "--days", "14", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "keeps finished events for 7 days ([outbox] retention)" in done.stderr
+    (tmp_path / "tidings.toml").write_text("[outbox]\nretention = 1296000\n")  # as docs/systems/cki.md says
+    done = tidings(tmp_path, "replay", "--days", "14", "--dry-run")
+    assert done.returncode == 0 and "warning" not in done.stderr

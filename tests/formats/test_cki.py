@@ -128,6 +128,94 @@ def test_invalid_objects_agree_with_kcidb_io(object_type: str, obj: dict) -> Non
     assert not ours_accepts(object_type, obj)
 
 
+# Objects KCIDB refuses only for a `format` (date-time, uri, email), as kcidb-io checks them with
+# jsonschema's Draft 7 format checker; each was confirmed against kcidb-io with and without it.
+BY_FORMAT_INVALID = [
+    ("checkout", {**CHECKOUT, "start_time": "yesterday"}),
+    ("checkout", {**CHECKOUT, "start_time": "2024-04-14T10:11:12"}),  # no time zone
+    ("checkout", {**CHECKOUT, "git_repository_url": "https://git.kernel.org/pub/scm/linux.git master"}),
+    ("checkout", {**CHECKOUT, "message_id": "20240414.12345-1-user.example.org"}),  # no '@'
+    ("build", {**BUILD, "output_files": [{"name": "kernel.tar.gz", "url": "artifacts/1234/kernel.tar.gz"}]}),
+    ("build", {**BUILD, "config_url": "https://artifacts.example.org/1234/конфиг"}),  # an IRI, not a URI
+    ("build", {**BUILD, "start_time": "0000-01-01T00:00:00Z"}),  # year 0 (jsonschema-rs alone allows it)
+    ("test", {**TEST, "log_url": "not a url"}),
+    ("test", {**TEST, "start_time": "2016-12-31T23:59:60Z"}),  # leap second (jsonschema-rs alone allows it)
+]
+# ... and objects whose values look wrong but KCIDB accepts (kcidb-io's checker is what decides)
+BY_FORMAT_VALID = [
+    (
+        "checkout",
+        {
+            **CHECKOUT,
+            "start_time": "2024-04-14t10:11:12.123456789z",
+            "message_id": "<20240414.12345-1-user@kernel.org>",
+            "git_repository_url": "https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git",
+            "log_url": "https://example.org/logs/a%20b.log?x=1&y=2#L10",
+        },
+    ),
+    (
+        "build",
+        {
+            **BUILD,
+            "start_time": "2024-04-14T10:30:00-00:00",
+            "config_url": "https://[2001:db8::1]:8443/cfg/.config",
+            "output_files": [{"name": "vmlinuz", "url": "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66"}],
+        },
+    ),
+    (
+        "test",
+        {
+            **TEST,
+            "start_time": "2024-04-14T23:59:59.999+23:59",
+            "log_url": "https://example.org/%E2%82%AC/log;v=1?q=a,b&c=$#x",
+        },
+    ),
+    ("checkout", {**CHECKOUT, "message_id": "a@b@c", "log_url": "mailto:someone@example.org"}),
+    ("test", {**TEST, "path": "ltp.syscalls\n"}),  # Python's `$` allows one trailing newline
+]
+
+
+@pytest.mark.parametrize(("object_type", "obj"), BY_FORMAT_INVALID)
+def test_format_violations_are_refused_as_kcidb_io_refuses_them(object_type: str, obj: dict) -> None:
+    assert not kcidb_accepts(object_type, obj)
+    assert not ours_accepts(object_type, obj)
+
+
+@pytest.mark.parametrize(("object_type", "obj"), BY_FORMAT_VALID)
+def test_unusual_but_valid_values_are_accepted_as_kcidb_io_accepts_them(object_type: str, obj: dict) -> None:
+    assert kcidb_accepts(object_type, obj)
+    assert ours_accepts(object_type, obj)
+
+
+def test_a_format_violation_is_refused_before_anything_is_queued(bus) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SchemaError, match=r"object/start_time: \"yesterday\" is not a \"date-time\""):
+        bus.publish(cki_event("checkout", "new", {**CHECKOUT, "start_time": "yesterday"}))
+    assert bus.outbox.last_seq() == 0
+
+
+urls = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30) | st.builds(
+    lambda host, path: f"https://{host}/{path}",
+    st.from_regex(r"[a-z0-9.:\[\]-]{0,12}", fullmatch=True),
+    st.text(max_size=10),
+)
+times = (
+    st.text(max_size=30)
+    | st.datetimes().map(lambda d: d.isoformat())
+    | st.from_regex(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?\n?", fullmatch=True)
+)
+
+
+@given(times, urls, st.text(max_size=12))
+def test_formats_agree_with_kcidb_io_on_generated_values(start: str, url: str, message_id: str) -> None:
+    for obj in (
+        {**CHECKOUT, "start_time": start},
+        {**CHECKOUT, "log_url": url},
+        {**CHECKOUT, "git_repository_url": url},
+        {**CHECKOUT, "message_id": message_id},
+    ):
+        assert ours_accepts("checkout", obj) == kcidb_accepts("checkout", obj), obj
+
+
 origins = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 checkouts = st.fixed_dictionaries(
     {"id": st.builds(lambda o, s: f"{o}:{s}", origins, st.text(min_size=1, max_size=8)), "origin": origins},

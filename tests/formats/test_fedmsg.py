@@ -148,7 +148,7 @@ async def test_fedmsg_to_amqp_to_fedmsg_loses_nothing(rabbitmq: str) -> None:
     amqp = AmqpTransport(url=rabbitmq)
     for t in (zmq_in, zmq_out, amqp):
         await t.connect()
-    await zmq_out.send("", [])
+    await zmq_out.open_sender()
     legacy_sub.connect(f"tcp://127.0.0.1:{out_port}")
     await amqp.declare(Topology([ExchangeSpec(exchange)], [queue]))
     check = MissingCheck(grace=5)
@@ -206,3 +206,76 @@ async def test_fedmsg_to_amqp_to_fedmsg_loses_nothing(rabbitmq: str) -> None:
         await delete_amqp_topology(rabbitmq, [queue.name], [exchange])
     assert check.missing(now=time.monotonic() + 10) == {"a": [], "b": []}
     assert sorted(received) == sorted(check.seen["a"])
+
+
+async def test_a_verifying_bridge_refuses_unsigned_and_badly_signed_messages(
+    tmp_path, pki: tuple[trustme.CA, bytes, bytes]
+) -> None:  # type: ignore[no-untyped-def]
+    """verify = true: only messages signed by a certificate of the trusted CA cross, the rest are counted."""
+    import socket
+
+    import zmq.asyncio
+
+    from tests.waiting import until
+    from tidings import Bus
+    from tidings.bridge import Bridge
+
+    ca, key, cert = pki
+    stranger = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert(
+        "evil.example.org", key_type=trustme.KeyType.RSA
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    (tmp_path / "tidings.toml").write_text(
+        '[bus]\nhome = "home"\n'
+        f'[bridges.signed]\nzmq_endpoints = ["tcp://127.0.0.1:{port}"]\nconnector = "local"\n'
+        'transport = "local"\nexchange = "amq.topic"\nverify = true\nca_file = "ca.pem"\n'
+    )
+    bus = Bus.load(tmp_path / "tidings.toml")
+    bridge = Bridge(bus, "signed")
+    good = FedmsgFormat(key_pem=key, cert_pem=cert)
+    evil = FedmsgFormat(
+        key_pem=stranger.private_key_pem.bytes(), cert_pem=stranger.cert_chain_pems[0].bytes()
+    )
+    valid = [good.encode(Event.create("bodhi.update.comment", {"n": n})) for n in range(3)]
+    tampered_envelope = json.loads(good.encode(Event.create("bodhi.update.comment", {"n": 9})).body)
+    tampered_envelope["msg"] = {"n": "changed"}
+    tampered = json.dumps(tampered_envelope).encode()
+    invalid = [
+        FedmsgFormat().encode(Event.create("bodhi.update.comment", {"unsigned": True})).frames,
+        evil.encode(Event.create("bodhi.update.comment", {"stranger": True})).frames,
+        [b"org.fedoraproject.prod.bodhi.update.comment", tampered],
+    ]
+    context = zmq.asyncio.Context()
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(f"tcp://127.0.0.1:{port}")
+    stop = asyncio.Event()
+    running = asyncio.create_task(bridge.run(stop))
+    try:
+        await asyncio.sleep(1.0)  # the bridge's SUB joins (ZeroMQ drops what comes before)
+        for frames in [*invalid, *(m.frames for m in valid)]:
+            await publisher.send_multipart(frames)
+        await until(lambda: bridge.counters.to_amqp + bridge.counters.unverified == 6)
+    finally:
+        stop.set()
+        await running
+        publisher.close(linger=0)
+        context.term()
+    assert (bridge.counters.to_amqp, bridge.counters.unverified) == (3, 3)
+    stored = {event.id for event in bus.outbox.history()}
+    assert stored == {message.message_id for message in valid}
+    bus.close()
+
+
+def test_verify_without_a_ca_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tidings.config import load_config
+    from tidings.errors import ConfigError
+
+    (tmp_path / "tidings.toml").write_text(
+        '[bridges.signed]\nzmq_endpoints = ["tcp://127.0.0.1:9940"]\nconnector = "local"\n'
+        'transport = "local"\nexchange = "amq.topic"\nverify = true\n'
+    )
+    with pytest.raises(ConfigError, match="needs ca_file"):
+        load_config(tmp_path / "tidings.toml")

@@ -219,3 +219,206 @@ async def test_through_rabbitmq_both_ways(rabbitmq: str) -> None:
     finally:
         await transport.close()
         await delete_amqp_topology(rabbitmq, [queue], [exchange])
+
+
+# -- the schemas of installed message packages ----------------------------------------------
+
+COMMENT_SCHEMA = "bodhi.update.comment.v1"
+
+
+def comment_body(**comment: object) -> dict:
+    user = {"name": "alice"}
+    update = {
+        "alias": "FEDORA-2026-0123456789",
+        "builds": [{"nvr": "python-foo-1.0-1.fc43"}],
+        "release": {"name": "F43"},
+        "request": None,
+        "status": "testing",
+        "user": user,
+    }
+    return {
+        "comment": {
+            "karma": 1,
+            "text": "works for me",
+            "timestamp": "2026-11-30 12:00:00",
+            "update": update,
+            "user": user,
+            **comment,
+        }
+    }
+
+
+def fedora_docs_bus(tmp_path) -> object:  # type: ignore[no-untyped-def]
+    """A bus configured as docs/systems/fedora.md says (publishing needs no broker)."""
+    from tidings import Bus
+
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.fedora]\nkind = "amqp"\nurl = "amqp://guest:guest@127.0.0.1:5672/"\n'
+        '[connectors.fedora]\ntransport = "fedora"\nformat = "fedora-messaging"\nexchange = "amq.topic"\n'
+        'passive_exchange = true\nformat_options = {topic_prefix = "org.fedoraproject.prod"}\n'
+    )
+    return Bus.load(tmp_path / "tidings.toml")
+
+
+def test_a_bodhi_schema_is_usable_without_copying_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bus = fedora_docs_bus(tmp_path)
+    assert COMMENT_SCHEMA in bus.schemas
+    assert bus.schemas.origin(COMMENT_SCHEMA) == "fedora.messages: bodhi_messages"
+    published = bus.publish(fedora_event("bodhi.update.comment", comment_body(), schema=COMMENT_SCHEMA))
+    assert published.type == COMMENT_SCHEMA
+    body = comment_body()
+    del body["comment"]["karma"]
+    without_karma = fedora_event("bodhi.update.comment", body, schema=COMMENT_SCHEMA)
+    with pytest.raises(InvalidEvent, match=r"bodhi\.update\.comment\.v1: comment: \"karma\" is a required"):
+        bus.publish(without_karma)
+    bus.close()
+
+
+def test_an_untyped_fedora_event_is_a_base_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bus = fedora_docs_bus(tmp_path)
+    event = bus.publish(fedora_event("koji.build.tag", {"anything": [1, 2]}))
+    assert event.type == BASE_SCHEMA
+    bus.close()
+
+
+def test_base_message_is_known_without_fedora_messaging() -> None:
+    from tidings.schemas import SchemaRegistry
+
+    registry = SchemaRegistry()
+    registry.add_directory(__import__("tidings.schemas", fromlist=["PACKS"]).PACKS, origin="built-in")
+    registry.validate(BASE_SCHEMA, {"x": 1})
+
+
+def _fedora_messaging_accepts(schema: str, body: dict) -> bool:
+    import jsonschema
+
+    try:
+        fm.get_class(schema)(body=body, topic="bodhi.update.x").validate()
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+BODIES = {
+    "valid": comment_body(),
+    "karma missing": {"comment": {k: v for k, v in comment_body()["comment"].items() if k != "karma"}},
+    "karma a string": comment_body(karma="+1"),
+    "build without nvr": comment_body(update={**comment_body()["comment"]["update"], "builds": [{}]}),
+    "request not in the enum": comment_body(update={**comment_body()["comment"]["update"], "request": "x"}),
+    "timestamp not a date (no format in this schema)": comment_body(timestamp="yesterday"),
+    "extra fields": comment_body(extra={"deep": [1]}),
+    "no comment at all": {},
+}
+
+
+@pytest.mark.parametrize("case", list(BODIES))
+def test_validation_agrees_with_real_fedora_messaging(tmp_path, case: str) -> None:  # type: ignore[no-untyped-def]
+    bus = fedora_docs_bus(tmp_path)
+    body = BODIES[case]
+    try:
+        bus.schemas.validate(COMMENT_SCHEMA, body)
+        ours = True
+    except InvalidEvent:
+        ours = False
+    assert ours == _fedora_messaging_accepts(COMMENT_SCHEMA, body)
+    bus.close()
+
+
+def test_formats_are_not_asserted_for_fedora_schemas_as_fedora_messaging_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # bodhi.update.status.testing.v1 declares artifact.repository as format "uri"; jsonschema.validate
+    # (what Message.validate calls) has no format checker, so "not a uri" passes there and here
+    schema = "bodhi.update.status.testing.v1"
+    bus = fedora_docs_bus(tmp_path)
+    cls = fm.get_class(schema)
+    assert "uri" in str(cls.body_schema)
+    assert bus.schemas.asserts_formats(schema) is False
+    assert bus.schemas.asserts_formats("tidings.demo.v1") is True
+    bus.close()
+
+
+def test_publish_type_from_the_command_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.core.test_cli import tidings
+
+    fedora_docs_bus(tmp_path).close()  # writes the config
+    (tmp_path / "comment.json").write_bytes(orjson.dumps(comment_body()))
+    done = tidings(
+        tmp_path, "publish", "bodhi.update.comment", "--type", COMMENT_SCHEMA, "--body", "@comment.json"
+    )
+    assert done.returncode == 0, done.stderr
+    bad = tidings(tmp_path, "publish", "bodhi.update.comment", "--type", COMMENT_SCHEMA, "--body", "{}")
+    assert bad.returncode == 4
+    assert (
+        "'comment' is a required property" in bad.stderr or '"comment" is a required property' in bad.stderr
+    )
+
+
+# -- where a decoded message comes from ------------------------------------------------------
+
+
+def test_source_is_the_app_name_of_the_message_class() -> None:
+    real = fm.get_class(COMMENT_SCHEMA)(
+        body=comment_body(), topic="org.fedoraproject.prod.bodhi.update.comment"
+    )
+    wire = WireMessage(
+        real.topic,
+        real._encoded_body,
+        headers=dict(real._properties.headers),
+        message_id=real.id,
+        content_encoding="utf-8",
+    )
+    assert real.app_name == "bodhi"
+    assert FedoraMessagingFormat().decode(wire).source == "bodhi"  # no prefix configured
+    prefixed = FedoraMessagingFormat(topic_prefix="org.fedoraproject.prod").decode(wire)
+    assert (prefixed.source, prefixed.topic) == ("bodhi", "bodhi.update.comment")
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "prefix", "source"),
+    [
+        ("org.fedoraproject.prod.koji.build.tag", "", "koji"),
+        ("org.fedoraproject.stg.pagure.pull-request.new", "org.fedoraproject.stg", "pagure"),
+        ("org.centos.prod.ci.pipeline.complete", "", "ci"),
+        ("anitya.project.version.update", "", "anitya"),
+    ],
+)
+def test_base_message_source_is_the_topic_app_word(routing_key: str, prefix: str, source: str) -> None:
+    wire = WireMessage(routing_key, b"{}", headers={"fedora_messaging_schema": BASE_SCHEMA})
+    assert FedoraMessagingFormat(topic_prefix=prefix).decode(wire).source == source
+
+
+async def test_a_consumer_takes_format_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from tidings import App, Bus
+
+    (tmp_path / "tidings.toml").write_text(
+        '[connectors.local]\ntransport = "local"\nformat = "fedora-messaging"\nexchange = "amq.topic"\n'
+        'format_options = {topic_prefix = "org.fedoraproject.prod"}\n'
+        '[transports.local]\nkind = "embedded"\npath = "broker.db"\n'
+        '[consumers.watcher]\ntransport = "local"\nformat = "fedora-messaging"\nexchange = "amq.topic"\n'
+        'bindings = ["bodhi.#"]\n'
+        'format_options = {topic_prefix = "org.fedoraproject.prod"}\n'
+    )
+    bus = Bus.load(tmp_path / "tidings.toml")
+    assert bus.config.consumers["watcher"].format_options == {"topic_prefix": "org.fedoraproject.prod"}
+    got: list = []
+    app = App(
+        "watcher",
+        exchange="amq.topic",
+        format="fedora-messaging",
+        format_options={"topic_prefix": "org.fedoraproject.prod"},
+    )
+    app.subscribe("bodhi.#")(got.append)  # the topic as published; the format adds the prefix on the wire
+    assert [b.pattern for b in app.queue_spec().bindings] == ["org.fedoraproject.prod.bodhi.#"]
+    await app.declare(bus)
+    bus.publish(fedora_event("bodhi.update.comment", comment_body(), schema=COMMENT_SCHEMA))
+    await bus.dispatcher().drain()
+    stop = asyncio.Event()
+    running = asyncio.create_task(app.run(bus, stop))
+    from tests.waiting import until
+
+    await until(lambda: got, timeout=10)
+    stop.set()
+    await running
+    assert (got[0].topic, got[0].source) == ("bodhi.update.comment", "bodhi")
+    bus.close()

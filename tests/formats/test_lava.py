@@ -124,7 +124,7 @@ async def test_a_plain_pyzmq_subscriber_reads_our_stream_and_prefixes_filter() -
     consumer = ZeroMQTransport(f"tcp://127.0.0.1:{port}")
     await publisher.connect()
     await consumer.connect()
-    await publisher.send("", [])  # bind
+    await publisher.open_sender()  # bind
     ctx = zmq.asyncio.Context()
     raw = ctx.socket(zmq.SUB)
     raw.setsockopt(zmq.SUBSCRIBE, b"")

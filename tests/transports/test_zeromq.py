@@ -35,7 +35,7 @@ class SubscribedFirst:
     async def connect(self) -> None:
         await self.inner.connect()
         if self.publishes:
-            await self.inner.send("", [])  # bind the PUB now, before anyone subscribes
+            await self.inner.open_sender()  # bind the PUB now, before anyone subscribes
 
     async def close(self) -> None:
         for task in self.pumps:
@@ -78,7 +78,8 @@ class TestZeroMQConformance(TransportConformance):
         made: list[SubscribedFirst] = []
 
         async def make() -> Transport:
-            transport = SubscribedFirst(ZeroMQTransport(f"tcp://127.0.0.1:{port}"), publishes=not made)
+            inner = ZeroMQTransport(f"tcp://127.0.0.1:{port}", settle=0)  # declare() waits instead
+            transport = SubscribedFirst(inner, publishes=not made)
             await transport.connect()
             made.append(transport)
             return transport  # type: ignore[return-value]
@@ -125,3 +126,54 @@ async def test_publisher_connects_to_a_bound_subscriber_and_frames_pass_unchange
     await stream.aclose()  # type: ignore[attr-defined]
     await publisher.close()
     await subscriber.close()
+
+
+@pytest.mark.parametrize("fmt", ["lava", "tidings"])
+async def test_a_subscriber_connected_before_the_dispatcher_starts_gets_every_event(
+    tmp_path, fmt: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A LAVA-style subscriber connects first; the dispatcher then starts with events waiting."""
+    import zmq
+    import zmq.asyncio
+
+    from tidings import Bus
+    from tidings.formats.lava import lava_event
+
+    port = free_port()
+    (tmp_path / "tidings.toml").write_text(
+        f'[transports.stream]\nkind = "zeromq"\nendpoint = "tcp://127.0.0.1:{port}"\n'
+        f'[connectors.stream]\ntransport = "stream"\nformat = "{fmt}"\n'
+    )
+    bus = Bus.load(tmp_path / "tidings.toml")
+    ctx = zmq.asyncio.Context()
+    subscriber = ctx.socket(zmq.SUB)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
+    subscriber.connect(f"tcp://127.0.0.1:{port}")  # before anything is bound: ZeroMQ retries by itself
+    sent = [bus.publish(lava_event("testjob", {"job": n, "status": "Submitted"})) for n in range(1, 51)]
+    stop = asyncio.Event()
+    dispatching = asyncio.create_task(bus.dispatcher().run(stop))
+    received: list[list[bytes]] = []
+    try:
+        while len(received) < len(sent):
+            received.append(await asyncio.wait_for(subscriber.recv_multipart(), 10))
+    finally:
+        stop.set()
+        await dispatching
+        subscriber.close(linger=0)
+        ctx.term()
+        bus.close()
+    topics = {frames[0] for frames in received}
+    assert topics == {b"org.linaro.validation.testjob"}
+    if fmt == "lava":  # the first event (job 1) is there, and every other, in order
+        assert [frames[1].decode() for frames in received] == [event.id for event in sent]
+
+
+async def test_settle_is_a_transport_option_and_open_sender_binds_once() -> None:
+    port = free_port()
+    transport = ZeroMQTransport(f"tcp://127.0.0.1:{port}", settle=0.2)
+    await transport.connect()
+    started = asyncio.get_running_loop().time()
+    await transport.open_sender()
+    await transport.open_sender()  # already open: no second bind (it would fail), no second wait
+    assert 0.2 <= asyncio.get_running_loop().time() - started < 0.4
+    await transport.close()

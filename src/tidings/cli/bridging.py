@@ -64,5 +64,5 @@ def bridge(
     err.print(
         f"bridge {name}: {counters.to_amqp} to AMQP, {counters.to_fedmsg} to fedmsg, "
         f"{counters.loops_stopped} loops stopped, {counters.undecodable} undecodable, "
-        f"{counters.refused} refused by the outbox"
+        f"{counters.unverified} refused by verify, {counters.refused} refused by the outbox"
     )

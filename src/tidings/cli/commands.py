@@ -17,6 +17,7 @@ from tidings.cli import app, err, setup_logging
 from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
+from tidings.formats import wire_pattern
 from tidings.topics import validate_pattern
 from tidings.transport import Binding, QueueSpec
 
@@ -73,7 +74,10 @@ def publish(
     type_: Annotated[
         str | None,
         typer.Option(
-            "--type", "-t", help="Schema type, e.g. kcidb.checkout.v1; the body is validated against it."
+            "--type",
+            "-t",
+            help="Schema type, e.g. cki.datawarehouse.v1 or bodhi.update.comment.v1 "
+            "(`tidings schemas list`); the body is validated against it.",
         ),
     ] = None,
     header: Annotated[list[str], typer.Option("--header", "-H", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
@@ -138,8 +142,7 @@ async def _drain(dispatcher: Any) -> None:
         await dispatcher.drain(timeout=3600)
     finally:
         dispatcher.release()
-        for connector in dispatcher.connectors:
-            await connector.transport.close()
+        await dispatcher.close_transports()
 
 
 async def until_signalled(run: Any, *args: Any) -> None:
@@ -263,7 +266,8 @@ def consumer_queue(name: str, bus: Bus) -> QueueSpec:
     section = bus.config.consumers[name]
     if section.app:
         return _configured_app(name, bus).queue_spec()
-    bindings = [Binding(section.exchange, pattern) for pattern in section.bindings]
+    fmt = bus.make_format(section.format, section.format_options)
+    bindings = [Binding(section.exchange, wire_pattern(fmt, pattern)) for pattern in section.bindings]
     return QueueSpec(section.queue or name, bindings, kind=section.queue_kind)
 
 
@@ -275,6 +279,7 @@ def _configured_app(name: str, bus: Bus) -> App:
         "exchange": section.exchange,
         "transport": section.transport,
         "format": section.format,
+        "format_options": dict(section.format_options),
         "prefetch": section.prefetch,
         "concurrency": section.concurrency,
         "max_attempts": section.max_attempts,

@@ -271,6 +271,15 @@ def replay(
         raise ConfigError(f"unknown transform {transform!r} (known: {', '.join(TRANSFORMS)})")
     bus = load_bus(config)
     since = replaying.since_days(days)
+    kept = bus.config.outbox.retention / 86400
+    if source is None and days > kept:
+        err.print(
+            f"tidings: warning: the outbox keeps finished events for {kept:g} days ([outbox] retention); "
+            f"events older than that are purged, so --days {days:g} finds only {kept:g} days of them",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     history = replaying.read_jsonl(source) if source else bus.outbox.history(since=since.timestamp())
     chosen = list(replaying.window(history, since=since, pattern=topic))
     events = list(import_target(TRANSFORMS[transform])(chosen))

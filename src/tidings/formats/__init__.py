@@ -28,11 +28,28 @@ class Format(Protocol):
         """The event a wire message carries; raises DecodeError (never anything else)."""
 
 
+def wire_pattern(fmt: Format, pattern: str) -> str:
+    """A subscription's topic pattern as a binding on the wire.
+
+    Consumers subscribe in the topics events are published with; a format whose routing
+    keys differ (fedora-messaging puts its ``topic_prefix`` in front) says how with an
+    optional ``wire_pattern`` method.
+    """
+    translate = getattr(fmt, "wire_pattern", None)
+    return translate(pattern) if translate is not None else pattern
+
+
 def json_message(event: Event, body: Any, **fields: Any) -> WireMessage:
     """The persistent JSON message most systems send: event id as message_id, event time as timestamp."""
-    return WireMessage(routing_key=event.topic, body=dumps(body), message_id=event.id,
-                       content_type="application/json", timestamp=event.time,
-                       properties={"delivery_mode": 2}, **fields)
+    return WireMessage(
+        routing_key=event.topic,
+        body=dumps(body),
+        message_id=event.id,
+        content_type="application/json",
+        timestamp=event.time,
+        properties={"delivery_mode": 2},
+        **fields,
+    )
 
 
 def stable_id(message: WireMessage, namespace: uuid.UUID) -> str:

@@ -14,17 +14,21 @@ fedora_messaging/message.py, ``Message._build_properties``):
 * the body is the JSON object, UTF-8.
 
 The tidings event type is the fedora schema name; an event without a type goes out as
-fedora-messaging's base schema ``base.message``.
+fedora-messaging's base schema ``base.message``. The schemas of installed message packages
+(``fedora.messages`` entry points: each class's ``body_schema``) are tidings schemas too
+(:func:`schemas`), validated as fedora-messaging validates them: ``jsonschema.validate``, the
+draft the schema declares, no format checker.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import orjson
@@ -32,6 +36,7 @@ import orjson
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, JSONScalar, dumps, loads
 from tidings.formats import stable_id
+from tidings.schemas import SchemaPack
 from tidings.transport import WireMessage
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -50,15 +55,62 @@ _ID_NAMESPACE = uuid.UUID("0b5bd0c4-5b2f-4f55-8f8e-3f7d2f6c1a90")
 
 
 @functools.cache
+def _message_entry_points() -> dict[str, EntryPoint]:
+    """fedora schema name → its ``fedora.messages`` entry point (the message class, not loaded)."""
+    return {ep.name: ep for ep in entry_points(group="fedora.messages")}
+
+
+@functools.cache
 def schema_packages() -> dict[str, str]:
     """fedora schema name → the distribution that provides it (``fedora.messages`` entry points)."""
     found = {}
-    for ep in entry_points(group="fedora.messages"):
+    for name, ep in _message_entry_points().items():
         if ep.dist is not None:
             # normalised as fedora-messaging does: PEP 503, then dashes as underscores
             # (fedora_messaging/message.py, _get_distribution_from_module)
-            found[ep.name] = re.sub(r"[-_.]+", "-", ep.dist.name).lower().replace("-", "_")
+            found[name] = re.sub(r"[-_.]+", "-", ep.dist.name).lower().replace("-", "_")
     return found
+
+
+@functools.cache
+def message_class(schema: str) -> Any:
+    """The installed fedora-messaging class of a schema name, or None (unknown, or not importable)."""
+    ep = _message_entry_points().get(schema)
+    if ep is None or importlib.util.find_spec("fedora_messaging") is None:
+        return None
+    try:
+        return ep.load()
+    except Exception:  # a broken message package must not break decoding: the topic still names the app
+        return None
+
+
+def _body_schema(schema: str) -> Callable[[], dict[str, Any]]:
+    def load() -> dict[str, Any]:
+        ep = _message_entry_points()[schema]
+        body_schema = getattr(ep.load(), "body_schema", None)
+        if not isinstance(body_schema, dict):
+            raise TypeError(f"{ep.value} has no body_schema")
+        return body_schema
+
+    return load
+
+
+def schemas() -> SchemaPack:
+    """The ``tidings.schemas`` entry point: the body schema of every installed message class.
+
+    Lazy: a class is imported when an event of its type is first checked. Formats are not
+    asserted, as fedora-messaging's ``Message.validate`` (``jsonschema.validate`` with no format
+    checker) does not assert them. Without fedora-messaging installed, the message packages
+    cannot be imported, and only the built-in ``base.message`` is known.
+    """
+    if importlib.util.find_spec("fedora_messaging") is None:
+        return SchemaPack({})
+    packages = schema_packages()
+    return SchemaPack(
+        {name: _body_schema(name) for name in _message_entry_points()},
+        assert_formats=False,
+        origins={name: f"fedora.messages: {packages.get(name, '?')}" for name in _message_entry_points()},
+    )
 
 
 def filter_headers(**objects: Iterable[str]) -> dict[str, JSONScalar]:
@@ -88,12 +140,22 @@ def fedora_event(
 
 
 class FedoraMessagingFormat:
-    """Format ``fedora-messaging``; option ``topic_prefix`` (e.g. ``org.fedoraproject.prod``)."""
+    """Format ``fedora-messaging``; option ``topic_prefix`` (e.g. ``org.fedoraproject.prod``).
+
+    Encoding puts the prefix in front of the topic; decoding takes it off again (a topic
+    without it is kept whole). A decoded event's ``source`` is the application that sent it:
+    the message class's ``app_name`` when its package is installed, else the topic's
+    application word (the first after the prefix).
+    """
 
     name = "fedora-messaging"
 
     def __init__(self, topic_prefix: str = "") -> None:
         self.topic_prefix = topic_prefix.rstrip(".")
+
+    def wire_pattern(self, pattern: str) -> str:
+        """A subscription on ``bodhi.#`` binds ``<prefix>.bodhi.#``: the routing keys carry the prefix."""
+        return f"{self.topic_prefix}.{pattern}" if self.topic_prefix else pattern
 
     def encode(self, event: Event) -> WireMessage:
         schema = event.type or BASE_SCHEMA
@@ -139,7 +201,7 @@ class FedoraMessagingFormat:
         return Event.create(
             topic,
             body,
-            source=_source(topic),
+            source=app_name(schema, topic, body, message.routing_key),
             type=schema,
             headers=scalars,
             id=message.message_id or stable_id(message, _ID_NAMESPACE),
@@ -147,9 +209,30 @@ class FedoraMessagingFormat:
         )
 
 
-def _source(topic: str) -> str:
-    # fedora topics start with the application's name ("bodhi.update.comment" → "bodhi")
-    return topic.split(".", 1)[0] or "fedora"
+#: topic prefixes Fedora's and CentOS's brokers use: ``<org>.<environment>.<application>.<...>``
+_KNOWN_PREFIXES = ("org.fedoraproject.", "org.centos.")
+
+
+def app_name(schema: str, topic: str, body: dict[str, Any], routing_key: str = "") -> str:
+    """The application a message comes from, as fedora-messaging's ``Message.app_name`` says.
+
+    The message class computes it when its package is installed (Bodhi's says "bodhi");
+    otherwise, as for ``base.message`` whose ``app_name`` is None, it is the topic's application
+    word: the first after the prefix (``bodhi.update.comment`` → ``bodhi``; a topic that still
+    carries Fedora's ``org.fedoraproject.<env>.`` prefix gives the word after it).
+    """
+    cls = message_class(schema)
+    if cls is not None:
+        try:
+            name = cls(body=body, topic=routing_key or topic).app_name
+        except Exception:  # a class whose property needs fields this body lacks: use the topic
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    words = topic.split(".")
+    if topic.startswith(_KNOWN_PREFIXES) and len(words) > 3:
+        return words[3]
+    return words[0] or "fedora"
 
 
 def _sent_at(headers: dict[str, Any], message: WireMessage) -> datetime | None:
@@ -161,7 +244,6 @@ def _sent_at(headers: dict[str, Any], message: WireMessage) -> datetime | None:
             raise DecodeError(f"header sent-at {sent!r} is not ISO 8601") from None
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return message.timestamp
-
 
 
 # -- fedora-messaging's JSON-lines dump format (fedora_messaging.message.dumps / loads) ----------

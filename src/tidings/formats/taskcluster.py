@@ -7,13 +7,14 @@ kind under ``exchange/taskcluster-queue/v1/``; the primary routing key is
 ``primary.<taskGroupId>.<schedulerId>.<reserved>``, ``buildTaskGroupRoutingKey``) with word size
 limits (taskId 22, runId 3, the others 38, reserved 1), ``_`` for a missing word; task routes are
 CC'd as ``route.<route>`` (``commonCCBuilder``); ``commonMessageBuilder`` sets ``version: 1``.
+A route is any string of 1 to 249 characters, at most 64 of them, no two alike
+(services/queue/schemas/v1/task.yml, ``routes``): dots, commas, ``*`` and ``#`` included.
 Binding patterns follow the official clients: a missing word is ``*``, a missing multi-word
 entry ``#``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from tidings.event import Event, dumps, loads
 from tidings.transport import WireMessage
 
 PREFIX = "exchange/taskcluster-queue/v1/"
+#: the task definition schema's limits on ``routes`` (services/queue/schemas/v1/task.yml)
+MAX_ROUTE_LENGTH, MAX_ROUTES = 249, 64
+#: the event header that carries a task's routes: a JSON array, so any allowed string survives
+ROUTES_HEADER = "taskcluster_routes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,36 @@ def check_routes(routes: Iterable[str], scopes: Iterable[str]) -> None:
         )
 
 
+def validate_routes(routes: Iterable[Any]) -> list[str]:
+    """The routes as a list, refusing what Taskcluster's task schema refuses."""
+    checked = list(routes)
+    if len(checked) > MAX_ROUTES:
+        raise InvalidEvent(f"a Taskcluster task has at most {MAX_ROUTES} routes, not {len(checked)}")
+    for route in checked:
+        if not isinstance(route, str) or not 1 <= len(route) <= MAX_ROUTE_LENGTH:
+            raise InvalidEvent(
+                f"Taskcluster route {route!r} must be a string of 1 to {MAX_ROUTE_LENGTH} characters"
+            )
+    if len(set(checked)) != len(checked):
+        raise InvalidEvent("Taskcluster routes must be unique")
+    return checked
+
+
+def routes_header(routes: Iterable[str]) -> str:
+    return dumps(validate_routes(routes)).decode()
+
+
+def routes_of(event: Event) -> list[str]:
+    """The routes an event carries (a JSON array; a comma-joined list from tidings before 0.2)."""
+    raw = event.headers.get(ROUTES_HEADER)
+    if not raw:
+        return []
+    text = str(raw)
+    if not text.startswith("["):
+        return [route for route in text.split(",") if route]
+    return validate_routes(loads(text))
+
+
 def task_event(
     exchange: str,
     message: dict[str, Any],
@@ -128,16 +163,13 @@ def task_event(
     **fields: Any,
 ) -> Event:
     """An event for a queue exchange; ``scopes`` (when given) must allow every route, checked now."""
-    routes = list(routes)
+    routes = validate_routes(routes)
     if scopes is not None:
         check_routes(routes, scopes)
-    for route in routes:
-        if not route or fnmatch.fnmatch(route, "*[*#]*"):
-            raise InvalidEvent(f"Taskcluster route {route!r} must be a plain dotted name")
     body = {**message, "version": 1}
     headers: dict[str, Any] = {"taskcluster_exchange": exchange}
     if routes:
-        headers["taskcluster_routes"] = ",".join(routes)
+        headers[ROUTES_HEADER] = routes_header(routes)
     return Event.create(
         routing_key(exchange, fields),
         body,
@@ -159,7 +191,7 @@ class TaskclusterFormat:
         exchange = event.headers.get("taskcluster_exchange")
         if not isinstance(exchange, str) or exchange not in EXCHANGES:
             raise InvalidEvent("a Taskcluster event needs its exchange (header taskcluster_exchange)")
-        routes = str(event.headers.get("taskcluster_routes") or "")
+        routes = routes_of(event)
         return WireMessage(
             routing_key=event.topic,
             body=dumps(event.body),
@@ -167,7 +199,7 @@ class TaskclusterFormat:
             content_type="application/json",
             timestamp=event.time,
             exchange=self.prefix + exchange,
-            cc=[f"route.{r}" for r in routes.split(",") if r],
+            cc=[f"route.{r}" for r in routes],
             properties={"delivery_mode": 2},
         )
 
@@ -181,7 +213,10 @@ class TaskclusterFormat:
         routes = [key.removeprefix("route.") for key in message.cc if key.startswith("route.")]
         headers = {"taskcluster_exchange": exchange}
         if routes:
-            headers["taskcluster_routes"] = ",".join(routes)
+            try:
+                headers[ROUTES_HEADER] = routes_header(routes)
+            except InvalidEvent as exc:
+                raise DecodeError(f"Taskcluster message: {exc}") from None
         return Event.create(
             message.routing_key,
             body,

@@ -11,6 +11,7 @@ dropped TCP peers by itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -61,17 +62,20 @@ def prefix_of(pattern: str) -> str:
 
 class ZeroMQTransport:
     """Transport ``zeromq``: options ``endpoint`` (e.g. ``tcp://127.0.0.1:5556``), ``mode``
-    (``bind`` or ``connect`` for the publisher; subscribers do the opposite), ``hwm``."""
+    (``bind`` or ``connect`` for the publisher; subscribers do the opposite), ``hwm``, and
+    ``settle`` (seconds the publisher waits after opening its socket before the first send,
+    so that subscribers can connect and subscribe: a PUB socket drops what nobody subscribed to)."""
 
     kind = "zeromq"
     acknowledged = False
 
-    def __init__(self, endpoint: str, mode: str = "bind", hwm: int = 10_000) -> None:
+    def __init__(self, endpoint: str, mode: str = "bind", hwm: int = 10_000, settle: float = 0.5) -> None:
         if mode not in ("bind", "connect"):
             raise ConfigError(f"zeromq transport: mode must be 'bind' or 'connect', not {mode!r}")
         if "://" not in endpoint:
             raise ConfigError(f"zeromq transport: endpoint must look like tcp://host:port, not {endpoint!r}")
         self.endpoint, self.mode, self.hwm = endpoint, mode, int(hwm)
+        self.settle = float(settle)
         self._context: zmq.asyncio.Context | None = None
         self._pub: zmq.asyncio.Socket | None = None
 
@@ -105,9 +109,22 @@ class ZeroMQTransport:
             ) from None
         return sock
 
+    async def open_sender(self) -> None:
+        """Open the PUB socket now and give subscribers ``settle`` seconds to join.
+
+        The dispatcher calls this when it starts the connector, before any event is due, as
+        a LAVA server binds its publisher at start: a subscriber that connected first (or
+        reconnects within ZeroMQ's 100 ms retry) receives the very first event.
+        """
+        if self._pub is not None:
+            return
+        self._pub = self._socket(zmq.PUB, publisher=True)
+        if self.settle > 0:
+            await asyncio.sleep(self.settle)
+
     async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
-        if self._pub is None:
-            self._pub = self._socket(zmq.PUB, publisher=True)
+        await self.open_sender()
+        assert self._pub is not None
         for message in messages:
             await self._pub.send_multipart(message.frames or to_frames(message))
         return [DELIVERED] * len(messages)
