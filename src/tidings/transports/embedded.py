@@ -19,14 +19,15 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import orjson
 
+from tidings.batching import AsyncBatcher
 from tidings.errors import TransportError
 from tidings.event import format_time, parse_time
 from tidings.sqlite import LogSync, WriterLock, connect, explain
@@ -73,61 +74,6 @@ def _decode_meta(meta: bytes, body: bytes) -> WireMessage:
     stored = orjson.loads(meta)
     stamp = stored.pop("timestamp", None)
     return WireMessage(body=body, timestamp=parse_time(stamp) if stamp else None, **stored)
-
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
-
-
-class _Batcher(Generic[Item, Result]):
-    """Calls that arrive while a write runs are written together by the next one.
-
-    ``write(items)`` runs in the transport's thread and answers one result per item;
-    ``after()`` runs on the loop once a batch is written (a wake-up). With ``gather_turns``
-    the first batch waits that many turns of the loop for callers arriving together.
-    """
-
-    def __init__(
-        self,
-        run: Callable[..., Awaitable[list[Result]]],
-        write: Callable[[list[Item]], list[Result]],
-        after: Callable[[], None],
-        *,
-        gather_turns: int = 0,
-    ) -> None:
-        self._run, self._write, self._after = run, write, after
-        self._gather_turns = gather_turns
-        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def submit(self, item: Item) -> Result:
-        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting())
-        return await done
-
-    async def idle(self) -> None:
-        """Return once everything submitted so far is written (or failed)."""
-        if self._writer is not None:
-            await self._writer
-
-    async def _write_waiting(self) -> None:
-        for _ in range(self._gather_turns):
-            await asyncio.sleep(0)
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                results = await self._run(self._write, [item for item, _ in batch])
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            for (_, done), result in zip(batch, results, strict=True):
-                if not done.done():
-                    done.set_result(result)
-            self._after()
 
 
 @dataclass(slots=True)
@@ -177,11 +123,11 @@ class EmbeddedTransport:
         self._wake = asyncio.Event()
         # a pipelined dispatcher keeps several sends in flight, and handlers finish together:
         # what queues behind one commit goes in the next, one commit (and fsync) for all
-        self._sends: _Batcher[tuple[str, Sequence[WireMessage]], list[SendResult]] = _Batcher(
+        self._sends: AsyncBatcher[tuple[str, Sequence[WireMessage]], list[SendResult]] = AsyncBatcher(
             self._run, self._write_sends, self._nudge_neighbours
         )
         # handlers that finish in the same turn of the loop settle in the same commit
-        self._settles: _Batcher[Settle, None] = _Batcher(
+        self._settles: AsyncBatcher[Settle, None] = AsyncBatcher(
             self._run, self._write_settles, self._wake.set, gather_turns=2
         )
         self._loop: asyncio.AbstractEventLoop | None = None
