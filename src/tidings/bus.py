@@ -25,6 +25,7 @@ from tidings.errors import InvalidEvent
 from tidings.event import Event, JSONScalar, Visibility, json_depth
 from tidings.formats import Format, load_format
 from tidings.inbox import Inbox
+from tidings.journal import HandlingJournal
 from tidings.outbox import Outbox
 from tidings.schemas import SchemaRegistry
 from tidings.transport import Transport, load_transport
@@ -43,6 +44,7 @@ class Bus:
         )
         self._outbox: Outbox | None = None
         self._inbox: Inbox | None = None
+        self._journal: HandlingJournal | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -66,8 +68,15 @@ class Bus:
                 self._inbox = Inbox(self.config.home_path() / "inbox.db")
             return self._inbox
 
+    def journal(self) -> HandlingJournal:
+        """Which messages this bus's consumers started handling and never settled (their deaths)."""
+        with self._lock:
+            if self._journal is None:
+                self._journal = HandlingJournal(self.config.home_path() / "handling")
+            return self._journal
+
     def close(self) -> None:
-        for part in (self._outbox, self._inbox):
+        for part in (self._outbox, self._inbox, self._journal):
             if part is not None:
                 part.close()
         if self._executor is not None:

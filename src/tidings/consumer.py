@@ -9,10 +9,19 @@ flow control, as in fedora-messaging:
 * :class:`Halt` — put it back untouched and stop the app;
 * any other exception — retry with backoff until ``max_attempts``, then dead-letter.
 
-The attempt count comes from the broker (the embedded broker counts leases;
-AMQP carries it in a header), so it survives restarts. A message that cannot be
-decoded or fails its schema goes straight to the dead letters: it would fail
-again on every retry.
+An attempt is a try that ended: a retry counted by the broker (the embedded
+broker keeps the count in the message's row, AMQP in a header), or a death — the
+consumer process died while a handler ran on the message. Deaths are counted by
+the handling journal (:mod:`tidings.journal`): a handler's start is written down
+before it runs and crossed out when the message is settled, so an entry still
+there when the message comes back is a death. A message whose attempts reached
+``max_attempts`` that way goes to the dead letters with the reason "consumer
+died while handling it", without calling the handler again; while it still has
+tries, it runs alone (no other handler of the app at the same time), so that
+what it kills is only itself. All of this survives restarts.
+
+A message that cannot be decoded or fails its schema goes straight to the dead
+letters: it would fail again on every retry.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from tidings.errors import InvalidEvent, TidingsError
 from tidings.event import Event
 from tidings.formats import Format, load_format, wire_pattern
 from tidings.inbox import Inbox
+from tidings.journal import HandlingJournal
 from tidings.topics import TopicMatcher, validate_pattern
 from tidings.transport import Binding, Delivery, ExchangeSpec, QueueSpec, Topology, Transport
 
@@ -246,6 +256,8 @@ class Runner:
         self.transport: Transport = bus.make_transport(settings.transport)
         self.format: Format = app.format()
         self.inbox: Inbox | None = bus.inbox() if settings.inbox else None
+        self.journal: HandlingJournal = bus.journal()
+        self._alone = Isolation()
         self.halted = False
         self._stopping = asyncio.Event()
         self._draining = False
@@ -327,10 +339,18 @@ class Runner:
             # (prefetch still bounds what is unsettled)
             self._free_slot(asyncio.current_task())
         if handled is not None:
-            await self._settle(delivery, *handled)
+            event, attempt, deaths, outcome = handled
+            queue = self.app.settings.queue
+            # the handler returned: whatever becomes of the settle, the process did not die on it
+            self.journal.finished(queue, event.id)
+            await self._settle(delivery, event, attempt, outcome)
+            if deaths:
+                self.journal.forget_deaths(queue, event.id)  # counted into the tries it settled with
 
-    async def _decode_and_call(self, delivery: Delivery) -> tuple[Event, BaseException | None] | None:
-        """The event and what its handlers did; None if the delivery was settled without them."""
+    async def _decode_and_call(
+        self, delivery: Delivery
+    ) -> tuple[Event, int, int, BaseException | None] | None:
+        """The event, its attempt, its deaths and what its handlers did; None if settled without them."""
         if self.halted:
             await delivery.release()
             return None
@@ -346,12 +366,39 @@ class Runner:
             self.app.counters.duplicates += 1
             await delivery.ack()
             return None
-        return event, await self._call_handlers(delivery, event)
+        queue = self.app.settings.queue
+        # only a message that came back unsettled can have killed its consumer: ask the journal then
+        deaths = self.journal.deaths(queue, event.id) if delivery.redelivered else 0
+        if deaths:
+            await self._alone.enter_exclusive()  # what it kills, it kills alone
+        else:
+            await self._alone.enter_shared()
+        try:
+            attempt = delivery.attempt + deaths
+            if deaths and attempt > self.app.settings.max_attempts:
+                await self._dead_after_deaths(delivery, event, attempt, deaths)
+                return None
+            self.journal.started(queue, event.id)
+            return event, attempt, deaths, await self._call_handlers(delivery, event, attempt)
+        finally:
+            self._alone.leave_exclusive() if deaths else self._alone.leave_shared()
 
-    async def _call_handlers(self, delivery: Delivery, event: Event) -> BaseException | None:
-        context = Context(
-            delivery.attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox
+    async def _dead_after_deaths(self, delivery: Delivery, event: Event, attempt: int, deaths: int) -> None:
+        self.app.counters.rejected += 1
+        log.error(
+            "%s: event %s killed its consumer %d time(s) (%d attempts of %d), dead-lettering it",
+            self.app.name,
+            event.id,
+            deaths,
+            attempt - 1,
+            self.app.settings.max_attempts,
         )
+        reason = f"consumer died while handling it ({deaths} time(s); {attempt - 1} attempts)"
+        await delivery.reject(reason, attempts=attempt - 1)
+        self.journal.forget_deaths(self.app.settings.queue, event.id)
+
+    async def _call_handlers(self, delivery: Delivery, event: Event, attempt: int) -> BaseException | None:
+        context = Context(attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
         try:
             for sub in self.app.handlers_for(event.topic):
                 args = (event, context) if sub.takes_context else (event,)
@@ -365,7 +412,9 @@ class Runner:
             return exc
         return None
 
-    async def _settle(self, delivery: Delivery, event: Event, outcome: BaseException | None) -> None:
+    async def _settle(
+        self, delivery: Delivery, event: Event, attempt: int, outcome: BaseException | None
+    ) -> None:
         counters, settings = self.app.counters, self.app.settings
         if outcome is None or isinstance(outcome, Drop):
             if self.inbox is not None:
@@ -383,34 +432,72 @@ class Runner:
             return
         if isinstance(outcome, Reject):
             counters.rejected += 1
-            await delivery.reject(f"rejected by handler: {outcome}")
+            await delivery.reject(f"rejected by handler: {outcome}", attempts=attempt)
             return
-        if delivery.attempt >= settings.max_attempts:
+        if attempt >= settings.max_attempts:
             counters.rejected += 1
             log.error(
-                "%s: event %s failed %d times, dead-lettering: %r",
-                self.app.name,
-                event.id,
-                delivery.attempt,
-                outcome,
+                "%s: event %s failed %d times, dead-lettering: %r", self.app.name, event.id, attempt, outcome
             )
-            await delivery.reject(f"failed {delivery.attempt} times; last error: {outcome!r}"[:1000])
+            await delivery.reject(f"failed {attempt} times; last error: {outcome!r}"[:1000], attempts=attempt)
             return
         delay = (
             outcome.delay
             if isinstance(outcome, Retry) and outcome.delay is not None
-            else self.app.retry_delay(delivery.attempt)
+            else self.app.retry_delay(attempt)
         )
         counters.retried += 1
         log.info(
             "%s: event %s attempt %d failed (%r), retrying in %.1fs",
             self.app.name,
             event.id,
-            delivery.attempt,
+            attempt,
             outcome,
             delay,
         )
-        await delivery.retry(delay, repr(outcome)[:1000])
+        await delivery.retry(delay, repr(outcome)[:1000], attempts=attempt)
+
+
+class Isolation:
+    """Handlers run side by side (shared); a message that killed its consumer runs alone (exclusive).
+
+    Exclusive waits for the running handlers to finish and keeps new ones from starting; shared
+    waits while an exclusive one waits or runs. Without an exclusive one about, entering shared is
+    a counter and nothing else.
+    """
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._idle: asyncio.Future[None] | None = None
+
+    async def enter_shared(self) -> None:
+        while not self._open.is_set():
+            await self._open.wait()
+        self._running += 1
+
+    def leave_shared(self) -> None:
+        self._running -= 1
+        if self._running == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def enter_exclusive(self) -> None:
+        while not self._open.is_set():
+            await self._open.wait()
+        self._open.clear()
+        try:
+            if self._running:
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
+        except BaseException:
+            self._open.set()  # cancelled while waiting: let the others go on
+            raise
+        finally:
+            self._idle = None
+
+    def leave_exclusive(self) -> None:
+        self._open.set()
 
 
 class HaltedError(TidingsError):

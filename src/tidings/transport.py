@@ -111,22 +111,35 @@ class Findings:
     notes: list[str] = field(default_factory=list)
 
 
+#: headers a dead letter carries (every acknowledging transport): why, after how many attempts, from where
+REASON_HEADER = "x-tidings-reason"
+ATTEMPTS_HEADER = "x-tidings-attempts"
+QUEUE_HEADER = "x-tidings-queue"
+#: the last error of a message on its way back for another try (brokers that carry the count in it)
+LAST_ERROR_HEADER = "x-tidings-last-error"
+
+
 @runtime_checkable
 class Delivery(Protocol):
     """One message handed to a consumer; settle it exactly once."""
 
     message: WireMessage
-    #: 1 on the first delivery; counted by the broker, so it survives restarts
+    #: 1 + the tries settled so far (retries), counted by the broker, so it survives restarts
     attempt: int
+    #: the broker handed this message out before and it came back unsettled (a consumer died, a
+    #: connection dropped, a lease ran out, a release): the consumer runtime's journal tells
+    #: whether a handler was running on it then
+    redelivered: bool
 
     async def ack(self) -> None:
         """Done: remove it for good."""
 
-    async def retry(self, delay: float, reason: str = "") -> None:
-        """Deliver again after ``delay`` seconds, counting one more attempt."""
+    async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
+        """Deliver again after ``delay`` seconds; ``attempts`` tries were made (default ``attempt``),
+        so the next delivery's ``attempt`` is one more."""
 
-    async def reject(self, reason: str) -> None:
-        """Give up: move it to the queue's dead letters with the reason."""
+    async def reject(self, reason: str, *, attempts: int | None = None) -> None:
+        """Give up: move it to the queue's dead letters with the reason and the attempts made."""
 
     async def release(self) -> None:
         """Put it back untouched, now, without counting an attempt (shutdown, halt)."""

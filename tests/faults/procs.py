@@ -45,6 +45,8 @@ def main(argv: list[str]) -> None:
         consume(*args)
     elif role == "consume-and-die":
         consume_and_die(*args)
+    elif role == "consume-poisoned":
+        consume_poisoned(*args)
     else:
         raise SystemExit(f"unknown role {role}")
 
@@ -85,6 +87,37 @@ def consume_and_die(config: str, name: str, effects_db: str, kill_every: str) ->
             plain.execute("INSERT INTO effects VALUES (?)", (event.id,))
         if event.body["n"] % every == 0 and ctx.attempt == 1:
             os.kill(os.getpid(), signal.SIGKILL)  # after the side effect, before the ack
+
+    app.run_forever(bus)
+
+
+def consume_poisoned(config: str, transport: str, queue: str, seen: str) -> None:
+    """A consumer whose handler kills its process (``os._exit``) on the event marked poison.
+
+    Every handler call is written down first (``<event id> <ctx.attempt> <monotonic-free time>``),
+    so the test can count how often the poison was tried and when the others arrived.
+    """
+    import os
+    import time
+
+    from tidings.consumer import Context
+
+    bus = Bus.load(config)
+    app = App(
+        queue,
+        transport=transport,
+        exchange=bus.config.connectors[transport].exchange,
+        prefetch=20,
+        concurrency=4,
+        max_attempts=3,
+    )
+    fd = os.open(seen, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    @app.subscribe("#")
+    def handle(event: Event, ctx: Context) -> None:
+        os.write(fd, f"{event.id} {ctx.attempt} {time.time():.3f}\n".encode())
+        if event.body.get("poison"):
+            os._exit(17)  # dies mid-handler: no exception, no settle, no cleanup
 
     app.run_forever(bus)
 

@@ -77,11 +77,12 @@ class Copy:
     order: int  # position in the queue (the row id order)
     visible_at: float
     state: str = "live"  # live | dead | acked
-    attempts: int = 0
+    attempts: int = 0  # tries settled (retries): a retry sets them, nothing else changes them
+    leased: int = 0  # leases since the last retry; a release takes one back
     lease: str | None = None  # the consumer process that leased it last
     generation: int = 0  # a retry moves it to a new row
     dead_attempts: int = 0
-    floor: int = 0  # attempts last seen in the file: they may only drop through a release
+    floor: int = 0  # leases last seen in the file: they may only drop through a release or a retry
 
 
 @dataclass
@@ -106,6 +107,7 @@ class StoredRow:
     queue: str
     visible_at: float
     attempts: int
+    leased: int
     lease: str | None
     mid: str
     headers: dict[str, Any]
@@ -178,13 +180,13 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
 
     def _rows(self) -> dict[int, StoredRow]:
         rows = {}
-        for row_id, queue, visible_at, attempts, lease, meta in self.eyes.execute(
-            "SELECT m.id, m.queue, m.visible_at, m.attempts, m.lease, p.meta "
+        for row_id, queue, visible_at, attempts, leased, lease, meta in self.eyes.execute(
+            "SELECT m.id, m.queue, m.visible_at, m.attempts, m.leased, m.lease, p.meta "
             "FROM messages m JOIN payloads p ON p.id = m.payload"
         ):
             fields = orjson.loads(meta)
             rows[row_id] = StoredRow(
-                queue, visible_at, attempts, lease, fields["message_id"], fields.get("headers", {})
+                queue, visible_at, attempts, leased, lease, fields["message_id"], fields.get("headers", {})
             )
         return rows
 
@@ -237,7 +239,8 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
             # not handed out while another consumer's lease on it is running
             assert before[delivery.row_id].visible_at <= now, f"{copy.mid} was still leased"
             assert delivery.attempt == copy.attempts + 1, "the broker miscounted the attempts"
-            copy.attempts += 1
+            assert delivery.redelivered == (copy.leased > 0), "handed out before, or not?"
+            copy.leased += 1
             copy.lease, copy.visible_at = holder, now + LEASE
             taken.append(Held(delivery, (copy.mid, queue), copy.generation, holder, stream))
         self.held.extend(taken)
@@ -255,21 +258,22 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
             return  # the known bug: see test_a_stale_settle_never_touches_another_message
         self.held.remove(held)
         delivery = held.delivery
+        tries = delivery.attempt + index % 3  # the runtime may count deaths on top of the broker's tries
         actions = {
             "ack": delivery.ack,
-            "retry": lambda: delivery.retry(delay, "model says later"),
+            "retry": lambda: delivery.retry(delay, "model says later", attempts=tries),
             "reject": lambda: delivery.reject("model says no"),
             "release": delivery.release,
         }
         self._run(actions[action]())
-        self._settle(held, action, delay)
+        self._settle(held, action, delay, tries)
 
     def _row_reused(self, held: Held) -> bool:
         """The delivery's row id now holds another message (SQLite reuses the largest rowid)."""
         row = self._rows().get(held.delivery.row_id)
         return row is not None and (row.mid, row.queue) != held.key
 
-    def _settle(self, held: Held, action: str, delay: float) -> None:
+    def _settle(self, held: Held, action: str, delay: float, tries: int = 0) -> None:
         copy = self.copies[held.key]
         if not (copy.state == "live" and copy.generation == held.generation and copy.lease == held.holder):
             return  # its lease ran out and someone else took (or settled) it: a no-op
@@ -279,11 +283,12 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
         elif action == "retry":
             copy.order, copy.generation = self._next_order(), copy.generation + 1
             copy.visible_at, copy.lease = now + delay, None
+            copy.attempts, copy.leased, copy.floor = tries, 0, 0
         elif action == "reject":
             copy.state, copy.dead_attempts = "dead", held.delivery.attempt
         else:
             copy.visible_at, copy.lease = now, None
-            copy.attempts = copy.floor = max(copy.attempts - 1, 0)
+            copy.leased = copy.floor = max(copy.leased - 1, 0)
 
     @precondition(lambda self: self.streams)
     @rule(index=st.integers(0, 10**6))
@@ -336,7 +341,11 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
                 assert row.headers["x-tidings-attempts"] == copy.dead_attempts
             else:
                 assert row is not None and row.queue == copy.queue, f"{key} lost from {copy.queue}"
-                assert (row.attempts, row.visible_at) == (copy.attempts, copy.visible_at), key
+                assert (row.attempts, row.leased, row.visible_at) == (
+                    copy.attempts,
+                    copy.leased,
+                    copy.visible_at,
+                ), key
                 assert (row.lease is None) == (copy.lease is None), key
 
     @invariant()
@@ -347,12 +356,12 @@ class EmbeddedBrokerMachine(RuleBasedStateMachine):
         assert counted == pointing
 
     @invariant()
-    def attempts_only_drop_through_a_release(self) -> None:
+    def leases_only_drop_through_a_release_or_a_retry(self) -> None:
         for row in self._rows().values():
             copy = self.copies[(row.mid, row.queue)] if not row.queue.endswith(".dead") else None
             if copy is not None:
-                assert row.attempts >= copy.floor, f"{copy.mid} attempts fell to {row.attempts}"
-                copy.floor = row.attempts
+                assert row.leased >= copy.floor, f"{copy.mid} leases fell to {row.leased}"
+                copy.floor = row.leased
 
 
 EmbeddedBrokerMachine.TestCase.settings = settings(

@@ -16,7 +16,6 @@ pytestmark = pytest.mark.rabbitmq
 
 class TestAmqpConformance(TransportConformance):
     # AMQP 0-9-1 cannot tell a requeue from a crash: a released message counts as an attempt
-    release_counts = True
 
     @pytest.fixture
     async def make_transport(self, rabbitmq: str) -> AsyncIterator[MakeTransport]:

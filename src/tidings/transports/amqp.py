@@ -10,7 +10,7 @@ lost).
 Consuming (see :mod:`tidings.transports.amqp_consume`): manual acks, bounded
 prefetch, retries through per-delay TTL queues ``<queue>.retry.<n>s`` that
 dead-letter back into the queue, dead letters in ``<queue>.dead``, the attempt
-count in the ``x-tidings-attempt`` header, reconnecting with capped backoff and
+count in the ``x-tidings-attempts`` header, reconnecting with capped backoff and
 the whole topology restored.
 """
 
@@ -42,7 +42,6 @@ from tidings.transports.amqp_frames import FRAMING_ERRORS, can_publish_fast, pub
 
 log = logging.getLogger(__name__)
 
-ATTEMPT_HEADER = "x-tidings-attempt"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 #: RabbitMQ's default max_message_size (128 MiB); larger messages close the channel
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024

@@ -1,11 +1,12 @@
 """Consuming from RabbitMQ: deliveries, their settling, and a consumer that survives reconnects.
 
-The attempt count lives in the message (header ``x-tidings-attempt``), so it
-survives restarts. A redelivery after a crash (the ``redelivered`` flag) counts
-as one more attempt — a message that kills its consumer must reach the dead
-letters in the end. AMQP 0-9-1 cannot tell a requeue from a crash, so a
-released message counts as an attempt too. On quorum queues the broker's own
-``x-delivery-count`` is used instead of the flag.
+The count of tries travels in the message (header ``x-tidings-attempts``, set
+when a retry forwards it to a retry queue), so it survives restarts and every
+consumer of the queue sees it. A message handed out before and not settled
+comes back with RabbitMQ's ``redelivered`` flag (on quorum queues also a
+``x-delivery-count``): the delivery says so, and the consumer runtime's journal
+counts whether a handler died on it — AMQP 0-9-1 cannot tell a crash from a
+release or from a message that was only prefetched.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from tidings.errors import ConnectionLost, TransportError
-from tidings.transport import QueueSpec, Topology, WireMessage
+from tidings.transport import (
+    ATTEMPTS_HEADER,
+    LAST_ERROR_HEADER,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    QueueSpec,
+    Topology,
+    WireMessage,
+)
 from tidings.transports.amqp_acks import AckWindow
 
 if TYPE_CHECKING:
@@ -51,16 +60,22 @@ _INTERNAL = (
     "x-first-death-",
     "x-last-death-",
     "x-delivery-count",
-    "x-tidings-attempt",
+    ATTEMPTS_HEADER,
+    LAST_ERROR_HEADER,
     ROUTING_KEY_HEADER,
 )
+_INTERNAL_OF_DEAD_LETTERS = tuple(h for h in _INTERNAL if h not in (ATTEMPTS_HEADER, LAST_ERROR_HEADER))
+#: the header tidings 0.1 counted with (the number of the next attempt); still read
+_OLD_ATTEMPT_HEADER = "x-tidings-attempt"
 
 
 def to_wire(message: DeliveredMessage) -> WireMessage:
     props = message.header.properties
     raw = dict(props.headers or {})
     routing_key = raw.get(ROUTING_KEY_HEADER) or message.routing_key or ""
-    headers = {k: _plain(v) for k, v in raw.items() if not k.startswith(_INTERNAL)}
+    # a dead letter keeps its attempts and last error for whoever reads the dead letters
+    internal = _INTERNAL if REASON_HEADER not in raw else _INTERNAL_OF_DEAD_LETTERS
+    headers = {k: _plain(v) for k, v in raw.items() if not k.startswith(internal)}
     cc = headers.pop("CC", None) or []
     stamp = props.timestamp
     return WireMessage(
@@ -99,13 +114,19 @@ def _plain(value: Any) -> Any:
 
 
 def attempt_of(message: DeliveredMessage) -> int:
+    """1 + the tries the message says were made (a retry writes them into it)."""
     headers = message.header.properties.headers or {}
-    counted = headers.get("x-tidings-attempt", 1)
-    counted = counted if isinstance(counted, int) and counted > 0 else 1
-    broker_count = headers.get("x-delivery-count")  # quorum queues count redeliveries themselves
-    if isinstance(broker_count, int):
-        return counted + broker_count
-    return counted + (1 if message.delivery.redelivered else 0)
+    tries = headers.get(ATTEMPTS_HEADER)
+    if isinstance(tries, int) and not isinstance(tries, bool) and tries >= 0:
+        return tries + 1
+    older = headers.get(_OLD_ATTEMPT_HEADER)  # forwarded by tidings 0.1: already the next number
+    return older if isinstance(older, int) and not isinstance(older, bool) and older > 0 else 1
+
+
+def redelivered(message: DeliveredMessage) -> bool:
+    """Handed out before and not settled (the flag; quorum queues also count it)."""
+    count = (message.header.properties.headers or {}).get("x-delivery-count")
+    return bool(message.delivery.redelivered) or (isinstance(count, int) and count > 0)
 
 
 class ChannelAcks:
@@ -155,6 +176,7 @@ class ChannelAcks:
 class AmqpDelivery:
     message: WireMessage
     attempt: int
+    redelivered: bool
     queue: str
     raw: DeliveredMessage = field(repr=False)
     transport: AmqpTransport = field(repr=False)
@@ -178,20 +200,16 @@ class AmqpDelivery:
             return
         self.acks.window.settled(tag)  # only now: a multiple ack sent earlier would have covered it
 
-    async def retry(self, delay: float, reason: str = "") -> None:
+    async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
         target, _ = self.transport.retry_queue_for(self.queue, delay)
-        await self._forward(
-            target, {"x-tidings-attempt": self.attempt + 1, "x-tidings-last-error": reason[:1000]}
-        )
+        tries = self.attempt if attempts is None else attempts
+        await self._forward(target, {ATTEMPTS_HEADER: tries, LAST_ERROR_HEADER: reason[:1000]})
 
-    async def reject(self, reason: str) -> None:
+    async def reject(self, reason: str, *, attempts: int | None = None) -> None:
+        tries = self.attempt if attempts is None else attempts
         await self._forward(
             f"{self.queue}.dead",
-            {
-                "x-tidings-reason": reason[:1000],
-                "x-tidings-attempts": self.attempt,
-                "x-tidings-queue": self.queue,
-            },
+            {REASON_HEADER: reason[:1000], ATTEMPTS_HEADER: tries, QUEUE_HEADER: self.queue},
         )
 
     async def _forward(self, queue: str, headers: dict[str, Any]) -> None:
@@ -241,7 +259,9 @@ async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> 
                     log.warning("consumer of %s lost its channel; reconnecting", queue.name)
                     break
                 acks.window.delivered(item.delivery.delivery_tag)
-                yield AmqpDelivery(to_wire(item), attempt_of(item), queue.name, item, transport, acks)
+                yield AmqpDelivery(
+                    to_wire(item), attempt_of(item), redelivered(item), queue.name, item, transport, acks
+                )
         finally:
             if not channel.is_closed:
                 await acks.drain()  # a clean stop must not turn finished work into redeliveries

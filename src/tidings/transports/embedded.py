@@ -7,8 +7,9 @@ takes is reported back as RETRY (like an AMQP ``mandatory`` return).
 
 Consumers take messages with a lease (a visibility timeout): a leased message
 is invisible until it is acked, retried or rejected, or until the lease runs
-out because its consumer died — then it comes back. The delivery count lives
-in the row, so it survives every crash.
+out because its consumer died — then it comes back, marked ``redelivered``.
+The count of tries (retries settled) and of leases live in the row, so they
+survive every crash; a death is counted by the consumer runtime's journal.
 """
 
 from __future__ import annotations
@@ -32,7 +33,18 @@ from tidings.errors import TransportError
 from tidings.event import format_time, parse_time
 from tidings.sqlite import LogSync, WriterLock, connect, explain
 from tidings.topics import TopicMatcher
-from tidings.transport import DELIVERED, Findings, Outcome, QueueSpec, SendResult, Topology, WireMessage
+from tidings.transport import (
+    ATTEMPTS_HEADER,
+    DELIVERED,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    Findings,
+    Outcome,
+    QueueSpec,
+    SendResult,
+    Topology,
+    WireMessage,
+)
 from tidings.transports import embedded_store as store
 
 log = logging.getLogger(__name__)
@@ -82,26 +94,27 @@ class EmbeddedDelivery:
 
     message: WireMessage
     attempt: int
+    redelivered: bool
     row_id: int
     queue: str
-    _settle: Callable[[str, EmbeddedDelivery, float, str], Any] = field(repr=False)
+    _settle: Callable[[str, EmbeddedDelivery, float, str, int], Any] = field(repr=False)
     settled: bool = False
 
     async def ack(self) -> None:
-        await self._settle("ack", self, 0.0, "")
+        await self._settle("ack", self, 0.0, "", self.attempt)
 
-    async def retry(self, delay: float, reason: str = "") -> None:
-        await self._settle("retry", self, delay, reason)
+    async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
+        await self._settle("retry", self, delay, reason, self.attempt if attempts is None else attempts)
 
-    async def reject(self, reason: str) -> None:
-        await self._settle("reject", self, 0.0, reason)
+    async def reject(self, reason: str, *, attempts: int | None = None) -> None:
+        await self._settle("reject", self, 0.0, reason, self.attempt if attempts is None else attempts)
 
     async def release(self) -> None:
-        await self._settle("release", self, 0.0, "")
+        await self._settle("release", self, 0.0, "", self.attempt)
 
 
-#: (action, delivery, delay, reason): one ack, retry, reject or release waiting for its commit
-Settle = tuple[str, EmbeddedDelivery, float, str]
+#: (action, delivery, delay, reason, attempts made): one settle waiting for its commit
+Settle = tuple[str, EmbeddedDelivery, float, str, int]
 
 
 class EmbeddedTransport:
@@ -341,8 +354,8 @@ class EmbeddedTransport:
         return asyncio.ensure_future(self._lease_safely(queue, room)), room
 
     def _delivery(self, row: store.Leased, queue: str) -> EmbeddedDelivery:
-        row_id, attempts, _, meta, body = row
-        return EmbeddedDelivery(_decode_meta(meta, body), attempts, row_id, queue, self._settle)
+        row_id, tries, leases, _, meta, body = row
+        return EmbeddedDelivery(_decode_meta(meta, body), tries + 1, leases > 1, row_id, queue, self._settle)
 
     async def _nap(self) -> None:
         """Wait for a settle or a send in this process, or for ``poll`` seconds (other processes)."""
@@ -395,11 +408,13 @@ class EmbeddedTransport:
 
     # -- settling (batched: many acks, one commit) -------------------------------------
 
-    async def _settle(self, action: str, delivery: EmbeddedDelivery, delay: float, reason: str) -> None:
+    async def _settle(
+        self, action: str, delivery: EmbeddedDelivery, delay: float, reason: str, attempts: int
+    ) -> None:
         if delivery.settled:
             raise TransportError(f"message {delivery.message.message_id} was already settled")
         delivery.settled = True
-        await self._settles.submit((action, delivery, delay, reason))
+        await self._settles.submit((action, delivery, delay, reason, attempts))
 
     def _write_settles(self, batch: list[Settle]) -> list[None]:
         self._write(lambda db: self._apply(db, batch), durable=False)
@@ -408,24 +423,24 @@ class EmbeddedTransport:
     def _apply(self, db: sqlite3.Connection, batch: list[Settle]) -> None:
         now = time.time()
         store.remove(db, [d.row_id for action, d, *_ in batch if action == "ack"], self._token)
-        for action, delivery, delay, reason in batch:
+        for action, delivery, delay, reason, attempts in batch:
             if action == "release":
                 db.execute(store.RELEASE, (now, delivery.row_id, self._token))
             elif action == "retry":
-                # to the back of the queue, after the delay, keeping its count
-                store.requeue(db, delivery.row_id, self._token, now + max(delay, 0.0))
+                # to the back of the queue, after the delay, with the tries made so far
+                store.requeue(db, delivery.row_id, self._token, now + max(delay, 0.0), attempts)
             elif action == "reject":
-                self._dead_letter(db, delivery, reason, now)
+                self._dead_letter(db, delivery, reason, attempts, now)
 
     def _dead_letter(
-        self, db: sqlite3.Connection, delivery: EmbeddedDelivery, reason: str, now: float
+        self, db: sqlite3.Connection, delivery: EmbeddedDelivery, reason: str, attempts: int, now: float
     ) -> None:
         message = delivery.message
         message.headers = {
             **message.headers,
-            "x-tidings-reason": reason[:1000],
-            "x-tidings-attempts": delivery.attempt,
-            "x-tidings-queue": delivery.queue,
+            REASON_HEADER: reason[:1000],
+            ATTEMPTS_HEADER: attempts,
+            QUEUE_HEADER: delivery.queue,
         }
         meta = _encode_meta(message, message.exchange or "")
         store.dead_letter(db, delivery.row_id, self._token, f"{delivery.queue}.dead", now, meta, message.body)

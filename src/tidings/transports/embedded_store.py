@@ -3,7 +3,7 @@
 A message sent to several queues is stored once: its routing metadata and body
 live in ``payloads`` (with a count of the queue rows that point at it), and each
 queue gets a small row in ``messages`` holding only what changes as the message
-moves — when it is visible, how often it was delivered, who leases it. Leasing,
+moves — when it is visible, how often it was tried, who leases it. Leasing,
 renewing and releasing rewrite those small rows, never the bodies; a payload is
 deleted with the last queue row that points at it.
 
@@ -37,9 +37,10 @@ CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale settle must not hit a newer message
     queue TEXT NOT NULL,
     visible_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,  -- tries settled so far (a retry sets it)
     lease TEXT,
-    payload INTEGER NOT NULL
+    payload INTEGER NOT NULL,
+    leased INTEGER NOT NULL DEFAULT 0  -- leases since the last retry: above 1, it was handed out before
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, id);
 """
@@ -47,14 +48,13 @@ CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, id);
 #: rows per multi-row INSERT: 3 parameters a row stays under the oldest SQLite's limit of 999
 _ROWS_PER_STATEMENT = 300
 
-#: a leased message goes back, visible now, without counting the delivery
+#: a leased message goes back, visible now, as if it had not been handed out
 RELEASE = (
-    "UPDATE messages SET visible_at = ?, attempts = max(attempts - 1, 0), lease = NULL "
-    "WHERE id = ? AND lease = ?"
+    "UPDATE messages SET visible_at = ?, leased = max(leased - 1, 0), lease = NULL WHERE id = ? AND lease = ?"
 )
 RENEW = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?"
 
-Leased = tuple[int, int, int, bytes, bytes]  # message id, attempts, payload id, meta, body
+Leased = tuple[int, int, int, int, bytes, bytes]  # message id, attempts, leased, payload id, meta, body
 
 
 def create(db: sqlite3.Connection) -> None:
@@ -69,6 +69,10 @@ def create(db: sqlite3.Connection) -> None:
         if "body" in columns:  # made by tidings before payloads were shared: keep every message
             db.execute("ALTER TABLE messages RENAME TO messages_before_payloads")
             db.execute("DROP INDEX IF EXISTS messages_by_queue")
+        elif columns and "leased" not in columns:
+            # made before leases were counted apart from tries: its attempts counted leases, which
+            # now read as tries (a message handed out before comes back as its next attempt)
+            db.execute("ALTER TABLE messages ADD COLUMN leased INTEGER NOT NULL DEFAULT 0")
         _run_script(db, SCHEMA)
         if "body" in columns:
             _run_script(db, _MOVE_TO_PAYLOADS)
@@ -114,11 +118,11 @@ def _insert_payloads_sql(rows: int) -> str:
 def lease(
     db: sqlite3.Connection, queue: str, token: str, now: float, until: float, limit: int
 ) -> list[Leased]:
-    """Take up to ``limit`` visible messages of ``queue`` in order, counting the delivery."""
+    """Take up to ``limit`` visible messages of ``queue`` in order, counting the lease."""
     taken = db.execute(
-        "UPDATE messages SET visible_at = ?, attempts = attempts + 1, lease = ? WHERE id IN "
+        "UPDATE messages SET visible_at = ?, leased = leased + 1, lease = ? WHERE id IN "
         "(SELECT id FROM messages WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT ?) "
-        "RETURNING id, attempts, payload",
+        "RETURNING id, attempts, leased, payload",
         (until, token, queue, now, limit),
     ).fetchall()
     if not taken:
@@ -127,10 +131,12 @@ def lease(
         payload: (meta, body)
         for payload, meta, body in db.execute(
             "SELECT id, meta, body FROM payloads WHERE id IN (SELECT value FROM json_each(?))",
-            (_json_ids(payload for _, _, payload in taken),),
+            (_json_ids(payload for *_, payload in taken),),
         )
     }
-    return sorted((row_id, attempts, payload, *stored[payload]) for row_id, attempts, payload in taken)
+    return sorted(
+        (row_id, attempts, leased, payload, *stored[payload]) for row_id, attempts, leased, payload in taken
+    )
 
 
 def remove(db: sqlite3.Connection, row_ids: Iterable[int], token: str) -> list[int]:
@@ -144,12 +150,12 @@ def remove(db: sqlite3.Connection, row_ids: Iterable[int], token: str) -> list[i
     return [row_id for row_id, _ in gone]
 
 
-def requeue(db: sqlite3.Connection, row_id: int, token: str, visible_at: float) -> None:
-    """Move a leased message to the back of its queue, visible from ``visible_at``, count kept."""
+def requeue(db: sqlite3.Connection, row_id: int, token: str, visible_at: float, tries: int) -> None:
+    """Move a leased message to the back of its queue, visible from ``visible_at``, ``tries`` made."""
     moved = db.execute(
         "INSERT INTO messages (queue, visible_at, attempts, payload) "
-        "SELECT queue, ?, attempts, payload FROM messages WHERE id = ? AND lease = ?",
-        (visible_at, row_id, token),
+        "SELECT queue, ?, ?, payload FROM messages WHERE id = ? AND lease = ?",
+        (visible_at, tries, row_id, token),
     ).rowcount
     if moved:  # the new row took over the old one's reference
         db.execute("DELETE FROM messages WHERE id = ?", (row_id,))

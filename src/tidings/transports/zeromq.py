@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 class ZeroMQDelivery:
     message: WireMessage
     attempt: int = 1
+    redelivered: bool = False  # nothing is ever handed out twice
 
     async def ack(self) -> None:
         """Nothing to acknowledge: ZeroMQ PUB/SUB has no acknowledgement."""
@@ -39,14 +40,14 @@ class ZeroMQDelivery:
     async def release(self) -> None:
         """Nothing to release: the publisher has already forgotten the message."""
 
-    async def retry(self, delay: float, reason: str = "") -> None:
+    async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
         log.warning(
             "zeromq: cannot deliver %s again (no broker keeps it); dropped: %s",
             self.message.routing_key,
             reason,
         )
 
-    async def reject(self, reason: str) -> None:
+    async def reject(self, reason: str, *, attempts: int | None = None) -> None:
         log.warning("zeromq: no dead letters on PUB/SUB; dropped %s: %s", self.message.routing_key, reason)
 
 
