@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BODY_1KB, Report, paced, percentile, rate, through_the_bus
 from tidings import App, Bus, Event
 from tidings.config import load_config
-from tidings.formats import load_format
+from tidings.format import load_format
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 ROOT = Path(__file__).resolve().parents[1]

@@ -101,15 +101,18 @@ class FaultProxy:
         self.connections += 1
         pipe = _Pipe(writer, up_writer)
         self._pipes.add(pipe)
-        pipe.tasks = [asyncio.create_task(self._pump(reader, up_writer, pipe, towards_broker=True)),
-                      asyncio.create_task(self._pump(up_reader, writer, pipe, towards_broker=False))]
+        pipe.tasks = [
+            asyncio.create_task(self._pump(reader, up_writer, pipe, towards_broker=True)),
+            asyncio.create_task(self._pump(up_reader, writer, pipe, towards_broker=False)),
+        ]
         await asyncio.gather(*pipe.tasks, return_exceptions=True)
         self._pipes.discard(pipe)
         for w in (writer, up_writer):
             w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pipe: _Pipe,
-                    *, towards_broker: bool) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pipe: _Pipe, *, towards_broker: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 await self._healed.wait()  # a blackhole holds everything back
@@ -117,7 +120,7 @@ class FaultProxy:
                 if towards_broker and self.faults.cut_after is not None:
                     room = self.faults.cut_after - pipe.sent_up
                     if room <= len(data):
-                        await self._write(writer, data[:max(room, 0)])
+                        await self._write(writer, data[: max(room, 0)])
                         self._reset(pipe)
                         return
                     pipe.sent_up += len(data)
@@ -133,7 +136,7 @@ class FaultProxy:
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         if self.faults.slice:
             for i in range(len(data)):
-                writer.write(data[i:i + 1])
+                writer.write(data[i : i + 1])
                 await writer.drain()
         else:
             writer.write(data)

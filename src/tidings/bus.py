@@ -17,13 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from tidings.config import Config, load_config
+from tidings.consumer import App
 from tidings.dispatcher import Connector, Dispatcher
 from tidings.errors import InvalidEvent
-from tidings.event import Event, JSONScalar, Visibility, json_depth
-from tidings.formats import Format, load_format
+from tidings.event import Event, JSONScalar, Visibility, dumps, json_depth
+from tidings.format import Format, load_format
 from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
 from tidings.outbox import Outbox
@@ -122,9 +121,9 @@ class Bus:
             raise InvalidEvent("event has no type, and this bus requires a schema for every event")
         data = event.to_json()
         # the limit is on the body; the envelope around it is small and bounded by the topic/header checks
-        if len(data) > limits.max_body_bytes and len(orjson.dumps(event.body)) > limits.max_body_bytes:
+        if len(data) > limits.max_body_bytes and len(dumps(event.body)) > limits.max_body_bytes:
             raise InvalidEvent(
-                f"event body is {len(orjson.dumps(event.body))} bytes; the limit is {limits.max_body_bytes}"
+                f"event body is {len(dumps(event.body))} bytes; the limit is {limits.max_body_bytes}"
             )
         return data
 
@@ -191,10 +190,10 @@ class Bus:
     def make_transport(self, name: str) -> Transport:
         """A new (unconnected) transport: each event loop needs its own connection."""
         kind, options = self.config.transport_options(name)
-        return load_transport(kind, options)
+        return load_transport(kind, options, f"[transports.{name}]")
 
-    def make_format(self, name: str, options: dict[str, Any] | None = None) -> Format:
-        return load_format(name, **(options or {}))
+    def make_format(self, name: str, options: dict[str, Any] | None = None, where: str = "") -> Format:
+        return load_format(name, options, where)
 
     def connectors(self, names: Sequence[str] | None = None) -> list[Connector]:
         chosen = names or list(self.config.connectors)
@@ -208,11 +207,35 @@ class Bus:
                 Connector(
                     name,
                     shared[config.transport],
-                    self.make_format(config.format, config.format_options),
+                    self.make_format(
+                        config.format, config.format_options, f"[connectors.{name}] format_options"
+                    ),
                     config,
                 )
             )
         return connectors
+
+    # -- consumers from the config ---------------------------------------------------------
+
+    def consumer(self, name: str) -> App:
+        """The consumer ``[consumers.NAME]``, ready to run (see :meth:`App.from_config`)."""
+        return App.from_config(self, name)
+
+    def served_consumers(self) -> list[App]:
+        """Every configured consumer with an ``app``: what :meth:`serve` runs."""
+        return [self.consumer(name) for name, section in self.config.consumers.items() if section.app]
+
+    async def serve(self, stop: asyncio.Event, apps: Sequence[App] | None = None) -> None:
+        """The dispatcher and the configured consumers (``apps``: these instead), until ``stop``."""
+        consumers = self.served_consumers() if apps is None else list(apps)
+        tasks = [asyncio.create_task(app.run(self, stop), name=f"consumer-{app.name}") for app in consumers]
+        tasks.append(asyncio.create_task(self.dispatcher().run(stop), name="dispatcher"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # one failed: the others must not outlive the call
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def dispatcher(self, names: Sequence[str] | None = None) -> Dispatcher:
         # its own connection: reads and settlements never wait behind this process's publishers

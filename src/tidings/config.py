@@ -11,16 +11,27 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, InvalidTopic
+from tidings.format import format_plugin
+from tidings.plugins import Registry, explain
+from tidings.retry import CONNECTOR_SCHEDULE, CONSUMER_SCHEDULE
+from tidings.topics import validate_pattern
+from tidings.transport import transport_plugin
 
-DEFAULT_RETRY_SCHEDULE = [5.0, 25.0, 125.0, 625.0, 900.0]  # Bugzilla Push's backoff (seed 002)
-CONSUMER_RETRY_SCHEDULE = [1.0, 5.0, 25.0, 125.0, 625.0]
 CONFIG_ENV = "TIDINGS_CONFIG"
 DEFAULT_FILE = "tidings.toml"
+
+#: the types options are checked with: each says what is allowed, and an error names the key
+Positive = Annotated[float, Meta(gt=0)]
+Seconds = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=1)]
+Schedule = Annotated[list[Seconds], Meta(min_length=1)]
+Name = Annotated[str, Meta(min_length=1)]
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -29,20 +40,21 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class BusSection(_Strict):
     #: the producing application's name: the ``source`` of every event it publishes
-    source: str = "tidings"
+    source: Name = "tidings"
     #: where the embedded default keeps its files; relative paths are under the config's folder
-    home: str = ".tidings"
-    max_body_bytes: int = 1024 * 1024
-    max_depth: int = 64
+    home: Name = ".tidings"
+    max_body_bytes: Count = 1024 * 1024
+    max_depth: Count = 64
     #: refuse events whose type has no registered schema (and untyped events)
     require_schema: bool = False
-    log_level: str = "INFO"
+    #: how much the long-running commands log unless --log-level says otherwise
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class OutboxSection(_Strict):
-    path: str = "outbox.db"
+    path: Name = "outbox.db"
     #: seconds a finished event stays before it is purged
-    retention: float = 7 * 24 * 3600.0
+    retention: Seconds = 7 * 24 * 3600.0
 
 
 class SchemasSection(_Strict):
@@ -54,19 +66,19 @@ class SchemasSection(_Strict):
 class ConnectorConfig(_Strict):
     """One destination of the dispatcher: a transport plus a format and an exchange."""
 
-    transport: str
-    format: str = "tidings"
+    transport: Name
+    format: Name = "tidings"
     exchange: str = "tidings"
     enabled: bool = True
     #: only events whose topic matches one of these patterns go to this connector
-    topics: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    topics: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["#"])
     #: seconds before retry n of a refused event (the last value repeats)
-    retry_schedule: list[float] = msgspec.field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE))
+    retry_schedule: Schedule = msgspec.field(default_factory=lambda: list(CONNECTOR_SCHEDULE))
     #: attempts before an event goes to this connector's dead letters
-    max_attempts: int = 10
-    batch_size: int = 500
+    max_attempts: Count = 10
+    batch_size: Count = 500
     #: batches sent before the oldest is confirmed (1: wait for each batch's confirms)
-    in_flight: int = 4
+    in_flight: Count = 4
     #: keep order: while a backlog exists, new events wait behind it (Bugzilla's rule)
     ordered: bool = True
     #: only check that the exchange exists (brokers where the app may not declare it)
@@ -76,55 +88,34 @@ class ConnectorConfig(_Strict):
 
 
 class ConsumerConfig(_Strict):
-    """One consuming service: a durable queue on a transport, bound by topic patterns."""
+    """One consuming service: a durable queue on a transport, bound by topic patterns.
 
-    transport: str = "local"
+    The same settings whether they come from ``[consumers.NAME]`` or from ``App(name, ...)``.
+    """
+
+    transport: Name = "local"
+    #: the queue's name ("" : the consumer's name)
     queue: str = ""
     exchange: str = "tidings"
     #: topic patterns the queue is bound by, besides the App's own subscriptions
     bindings: list[str] = []
-    format: str = "tidings"
+    format: Name = "tidings"
     #: options given to the format's constructor, as for a connector
     format_options: dict[str, Any] = {}
     #: ``module:attribute`` of an App, or of a plain function taking an Event
     app: str = ""
-    prefetch: int = 100
-    concurrency: int = 8
-    max_attempts: int = 5
-    retry_schedule: list[float] = msgspec.field(default_factory=lambda: list(CONSUMER_RETRY_SCHEDULE))
+    #: messages held unsettled at once
+    prefetch: Count = 100
+    #: handlers running at once (1 keeps the queue's order)
+    concurrency: Count = 8
+    #: attempts (retries and deaths) before a message goes to ``<queue>.dead``
+    max_attempts: Count = 5
+    retry_schedule: Schedule = msgspec.field(default_factory=lambda: list(CONSUMER_SCHEDULE))
     #: skip events this consumer already handled (keyed by consumer and event id)
     inbox: bool = False
-    queue_kind: str = "classic"
-
-
-class BridgeConfig(_Strict):
-    """A two-way fedmsg (ZeroMQ) ⇄ AMQP bridge (``tidings bridge NAME``), as Fedora migrated with."""
-
-    #: fedmsg publishers to subscribe to
-    zmq_endpoints: list[str]
-    #: the connector that carries fedmsg messages into AMQP, through the outbox; its exchange
-    #: must be the bridge's own (e.g. "zmq.topic"), never the one the other direction reads
-    connector: str
-    #: the AMQP transport the AMQP → fedmsg direction consumes from
-    transport: str
-    #: topic patterns taken from fedmsg
-    zmq_topics: list[str] = msgspec.field(default_factory=lambda: ["#"])
-    #: where AMQP messages are published as fedmsg (PUB, bound); "" for a one-way bridge
-    zmq_publish: str = ""
-    #: the exchange AMQP → fedmsg reads (fedora-messaging publishes to amq.topic)
-    exchange: str = "amq.topic"
-    bindings: list[str] = msgspec.field(default_factory=lambda: ["#"])
-    #: the AMQP → fedmsg queue (default ``tidings.bridge.<name>``)
-    queue: str = ""
-    #: the bridge's identity: a message that carries it has crossed already and never goes back
-    username: str = "fedmsg-bridge"
-    topic_prefix: str = "org.fedoraproject"
-    environment: str = "prod"
-    #: refuse fedmsg messages that are unsigned or not signed by a certificate of ``ca_file``
-    #: (fedmsg's x509 signatures, as fedmsg.crypto.validate checks them)
-    verify: bool = False
-    #: the CA certificate (PEM) fedmsg signers' certificates are issued by; needed with verify
-    ca_file: str = ""
+    queue_kind: Literal["classic", "quorum"] = "classic"
+    #: broker-specific queue arguments (e.g. RabbitMQ's x-expires), passed through untouched
+    queue_arguments: dict[str, Any] = {}
 
 
 class Config(_Strict):
@@ -135,7 +126,8 @@ class Config(_Strict):
     transports: dict[str, dict[str, Any]] = {}
     connectors: dict[str, ConnectorConfig] = {}
     consumers: dict[str, ConsumerConfig] = {}
-    bridges: dict[str, BridgeConfig] = {}
+    #: sections a plug-in owns (``[bridges.NAME]``: the fedmsg bridge), checked by it: see SECTIONS
+    bridges: dict[str, dict[str, Any]] = {}
     #: the folder relative paths are resolved against (not a key of the file)
     base_dir: str = "."
 
@@ -211,60 +203,81 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
             try:
                 msgspec.convert(table, cls, strict=True)
             except msgspec.ValidationError as exc:
-                raise ConfigError(f"{origin}: {_explain(exc, f'{section}.{name}')}") from None
+                raise ConfigError(f"{origin}: {_in_table(exc, f'{section}.{name}')}") from None
     try:
         config = msgspec.convert(raw, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {_explain(exc)}") from None
+        raise ConfigError(f"{origin}: {_in_table(exc)}") from None
     config = _with_defaults(msgspec.structs.replace(config, base_dir=str(base_dir)))
+    _check_transports(config, origin)
+    _check_formats(config, origin)
+    _check_patterns(config, origin)
     _check_references(config, origin)
+    for section, tables in (("bridges", config.bridges),):
+        check = SECTIONS.attribute(section)
+        for name, table in tables.items():
+            check(config, name, table, f"{origin}: [{section}.{name}]")
     return config
 
 
-def _explain(exc: msgspec.ValidationError, table: str = "") -> str:
-    # msgspec says "Object contains unknown field `x` - at `$.bus`"; say it as a key path
-    message, _, where = str(exc).partition(" - at `")
-    message = message.replace("Object contains unknown field", "unknown key")
-    where = ".".join(p for p in (table, where.rstrip("`").removeprefix("$").lstrip(".")) if p)
-    return f"{message} in [{where or 'top level'}]"
+#: sections of the config file that a plug-in owns and checks: name → ``module:check(config, name,
+#: table, where)``; the check imports nothing heavy, so a config is checked without the extras
+SECTIONS = Registry(
+    "tidings.sections", {"bridges": "tidings.formats.fedora.settings:bridge_config"}, "config section"
+)
+
+
+def _in_table(exc: msgspec.ValidationError, table: str = "") -> str:
+    # msgspec's "Expected `int` >= 1 - at `$.bus.max_depth`" as "[bus] max_depth: expected int >= 1"
+    said = explain(exc, table)
+    key, sep, message = said.partition(": ")
+    if not sep or said.startswith("unknown key"):
+        return said if " in [" in said else f"{said} in [top level]"
+    section, _, leaf = key.rpartition(".")
+    return f"[{section}] {leaf}: {message}" if section else f"{key}: {message}"
+
+
+def _check_transports(config: Config, origin: str) -> None:
+    """Each transport's options, checked by its plug-in (without importing its broker library)."""
+    for name, table in config.transports.items():
+        options = dict(table)
+        kind = options.pop("kind", None)
+        if not isinstance(kind, str):
+            raise ConfigError(f'{origin}: [transports.{name}] needs kind = "embedded" | "amqp" | ...')
+        transport_plugin(kind).parse(options, f"{origin}: [transports.{name}]")
+
+
+def _check_formats(config: Config, origin: str) -> None:
+    """Each connector's and consumer's format exists, and its options are the format's."""
+    for section, tables in (("connectors", config.connectors), ("consumers", config.consumers)):
+        for name, table in tables.items():
+            where = f"{origin}: [{section}.{name}]"
+            try:
+                plugin = format_plugin(table.format)
+            except ConfigError as exc:
+                raise ConfigError(f"{where} format: {exc}") from None
+            plugin.parse(table.format_options, f"{where} format_options")
+
+
+def _check_patterns(config: Config, origin: str) -> None:
+    def check(where: str, key: str, patterns: list[str]) -> None:
+        for pattern in patterns:
+            try:
+                validate_pattern(pattern)
+            except InvalidTopic as exc:
+                raise ConfigError(f"{origin}: {where} {key}: {exc}") from None
+
+    for name, connector in config.connectors.items():
+        check(f"[connectors.{name}]", "topics", connector.topics)
+    for name, consumer in config.consumers.items():
+        check(f"[consumers.{name}]", "bindings", consumer.bindings)
 
 
 def _check_references(config: Config, origin: str) -> None:
-    for name, connector in config.connectors.items():
-        if connector.transport not in config.transports:
-            raise ConfigError(
-                f"{origin}: [connectors.{name}] names transport {connector.transport!r}, "
-                "which is not configured"
-            )
-        if connector.max_attempts < 1 or not connector.retry_schedule:
-            raise ConfigError(f"{origin}: [connectors.{name}] needs max_attempts >= 1 and a retry_schedule")
-        if connector.batch_size < 1 or connector.in_flight < 1:
-            raise ConfigError(f"{origin}: [connectors.{name}] needs batch_size >= 1 and in_flight >= 1")
-    for name, consumer in config.consumers.items():
-        if consumer.transport not in config.transports:
-            raise ConfigError(
-                f"{origin}: [consumers.{name}] names transport {consumer.transport!r}, "
-                "which is not configured"
-            )
-        if consumer.prefetch < 1 or consumer.concurrency < 1:
-            raise ConfigError(f"{origin}: [consumers.{name}] needs prefetch >= 1 and concurrency >= 1")
-    for name, bridge in config.bridges.items():
-        _check_bridge(config, name, bridge, origin)
-
-
-def _check_bridge(config: Config, name: str, bridge: BridgeConfig, origin: str) -> None:
-    where = f"{origin}: [bridges.{name}]"
-    connector = config.connectors.get(bridge.connector)
-    if connector is None:
-        raise ConfigError(f"{where} names connector {bridge.connector!r}, which is not configured")
-    if bridge.transport not in config.transports:
-        raise ConfigError(f"{where} names transport {bridge.transport!r}, which is not configured")
-    if bridge.verify and not bridge.ca_file:
-        raise ConfigError(
-            f"{where}: verify = true needs ca_file, the CA that issues fedmsg signers' certificates"
-        )
-    if connector.exchange == bridge.exchange and connector.transport == bridge.transport:
-        raise ConfigError(
-            f"{where}: connector {bridge.connector!r} publishes to {bridge.exchange!r}, the exchange the "
-            "bridge reads: messages would go round in a loop; give the connector its own exchange"
-        )
+    for section, tables in (("connectors", config.connectors), ("consumers", config.consumers)):
+        for name, table in tables.items():
+            if table.transport not in config.transports:
+                raise ConfigError(
+                    f"{origin}: [{section}.{name}] names transport {table.transport!r}, "
+                    "which is not configured"
+                )

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.config import ConnectorConfig
-from tidings.errors import TidingsError, TransportError
-from tidings.formats import Format
+from tidings.errors import DispatcherBusy, TidingsError, TransportError
+from tidings.format import Format
 from tidings.outbox import Outbox, Row, Settlement
+from tidings.retry import backoff, scheduled
 from tidings.topics import TopicMatcher
 from tidings.transport import ExchangeSpec, Outcome, SendResult, Topology, Transport
 
@@ -72,13 +73,7 @@ class Connector:
 
     def retry_delay(self, attempts: int, rng: Callable[[], float] = random.random) -> float:
         """Delay before retry number ``attempts``: the schedule's entry with ±20 % jitter."""
-        schedule = self.config.retry_schedule
-        base = schedule[min(attempts, len(schedule)) - 1]
-        return base * (0.8 + 0.4 * rng())
-
-
-class DispatcherBusy(TidingsError):
-    exit_code = 7
+        return scheduled(self.config.retry_schedule, attempts, rng)
 
 
 class Dispatcher:
@@ -228,7 +223,7 @@ class ConnectorWorker:
                     await self.ensure_connected()
                     worked = await self._pipeline_step()
                     failures = 0
-                    self.connector.stats.down_since = None
+                    self._back_up()
                 except TransportError as exc:
                     failures += 1
                     await self._abandon_in_flight()
@@ -254,16 +249,25 @@ class ConnectorWorker:
             await open_sender()
         self.connected = True
 
+    def _back_up(self) -> None:
+        stats = self.connector.stats
+        if stats.down_since is not None:
+            down = self.dispatcher.clock() - stats.down_since
+            log.warning("connector %s is back after %.1fs; delivering what waited", self.connector.name, down)
+            stats.down_since = None
+
     async def _pause(self, exc: TransportError, failures: int, stop: asyncio.Event) -> None:
         stats = self.connector.stats
         if stats.down_since is None:
             stats.down_since = self.dispatcher.clock()
             log.warning(
-                "connector %s is down, pausing (events wait in the outbox): %s", self.connector.name, exc
+                "connector %s is down: %s; events wait in the outbox, retrying with backoff",
+                self.connector.name,
+                exc,
             )
         stats.last_error = str(exc)
         self.connected = False
-        delay = min(DOWN_CAP, DOWN_BASE * 2 ** (failures - 1)) * (0.5 + self.dispatcher.rng())
+        delay = backoff(failures, DOWN_BASE, DOWN_CAP, self.dispatcher.rng)
         await _stopped_within(stop, delay)
 
     async def _idle(self, stop: asyncio.Event) -> None:

@@ -48,10 +48,14 @@ class DecodeError(InvalidEvent):
     """A wire message could not be decoded by a format."""
 
 
-class OutboxError(TidingsError):
-    """The outbox could not durably store an event (disk full, I/O error)."""
+class StorageError(TidingsError):
+    """A local store (outbox, inbox, handling journal) could not write: disk full, I/O error."""
 
     exit_code = 5
+
+
+class OutboxError(StorageError):
+    """The outbox could not durably store an event (disk full, I/O error)."""
 
 
 class TransportError(TidingsError):
@@ -66,3 +70,15 @@ class ConnectionLost(TransportError):
 
 class UnknownTransport(ConfigError):
     """No transport is registered under the configured name."""
+
+
+class HaltedError(TidingsError):
+    """A consumer's handler raised Halt: the app stopped, the message went back untouched."""
+
+    exit_code = 8
+
+
+class DispatcherBusy(TidingsError):
+    """Another dispatcher already delivers from this outbox (it holds the outbox's lock)."""
+
+    exit_code = 7

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from tidings.errors import InvalidEvent
@@ -202,7 +204,7 @@ class Event:
     @classmethod
     def from_stored(cls, raw: bytes) -> Event:
         """An event this process's own outbox wrote: checked when published, so not checked again."""
-        d = orjson.loads(raw)
+        d = _READER.decode(raw)
         return cls(
             topic=d["topic"],
             body=d["body"],
@@ -235,7 +237,7 @@ class Event:
         if self.headers:
             # CloudEvents extension names allow only [a-z0-9]; headers such as
             # fedora_messaging_schema do not fit, so they travel as one JSON string.
-            ce["tidingsheaders"] = orjson.dumps(self.headers).decode()
+            ce["tidingsheaders"] = dumps(self.headers).decode()
         return ce
 
     @classmethod
@@ -260,20 +262,46 @@ class Event:
         )
 
 
-def dumps(value: Any) -> bytes:
-    """orjson.dumps with our error type (integers past 64 bits, non-JSON objects)."""
+# -- JSON: integers of any width are carried exactly, as JSON itself does --------------------------
+#
+# orjson is the fastest writer, but it refuses integers wider than 64 bits, and as a reader it
+# turns them into floats without a word (123456789012345678901234567890 becomes 1.23e+29).
+# msgspec reads them exactly, as fast, and writes them too: it reads every document, and
+# writes the rare one orjson refuses. Both stop at CPython's limit of 4,300 digits.
+
+_READER = msgspec.json.Decoder()
+_WIDE = "Integer exceeds 64-bit range"
+
+
+def dumps(value: Any, *, sort_keys: bool = False, default: Callable[[Any], Any] | None = None) -> bytes:
+    """JSON bytes of ``value``, integers of any width exact; an unwritable value is an InvalidEvent."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=default, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        if _WIDE not in str(exc):
+            raise InvalidEvent(f"event cannot be written as JSON: {exc}") from None
+    try:
+        return msgspec.json.encode(value, enc_hook=default, order="sorted" if sort_keys else None)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidEvent(f"event cannot be written as JSON: {exc}") from None
 
 
 def loads(raw: bytes | str) -> Any:
-    """orjson.loads with our error type: garbage in is an InvalidEvent, nothing else."""
+    """The JSON value of ``raw``, integers of any width exact; garbage in is an InvalidEvent."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return _READER.decode(raw)
+    except msgspec.ValidationError as exc:  # what is well-formed but out of range
+        limit = " (integers may have up to 4,300 digits)" if "Integer" in str(exc) else ""
+        raise InvalidEvent(f"malformed JSON: {exc}{limit}") from None
+    except msgspec.DecodeError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent("malformed JSON: nested too deeply to read") from None
+
+
+def pretty(value: Any) -> bytes:
+    """JSON indented by two spaces (for people), integers of any width exact."""
+    return msgspec.json.format(dumps(value), indent=2)
 
 
 def check_envelope(body: Any, headers: Any, visibility: Any) -> None:

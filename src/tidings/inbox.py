@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tidings.errors import OutboxError
-from tidings.sqlite import connect, explain
+from tidings.errors import StorageError
+from tidings.sqlite import connect, explain, rollback
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -47,7 +47,7 @@ class Inbox:
                     "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time())
                 )
             except sqlite3.Error as exc:
-                raise OutboxError(f"inbox {self.path.name}: {explain(exc)}") from None
+                raise StorageError(f"inbox {self.path.name}: {explain(exc)}") from None
 
     @contextmanager
     def transaction(self, consumer: str, event_id: str) -> Iterator[sqlite3.Connection]:
@@ -61,7 +61,7 @@ class Inbox:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
 
     def purge(self, older_than: float) -> int:

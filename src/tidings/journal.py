@@ -27,6 +27,7 @@ own, so a message that kills consumers on several machines is dead-lettered afte
 from __future__ import annotations
 
 import fcntl
+import logging
 import mmap
 import os
 import sqlite3
@@ -38,8 +39,8 @@ from pathlib import Path
 
 import orjson
 
-from tidings.errors import OutboxError
-from tidings.sqlite import connect, explain
+from tidings.errors import StorageError
+from tidings.sqlite import connect, explain, rollback
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deaths (
@@ -52,11 +53,12 @@ CREATE TABLE IF NOT EXISTS adopted (file TEXT PRIMARY KEY, at REAL NOT NULL);
 #: deaths of messages never seen again (dropped by an operator, settled on another machine) and the
 #: names of adopted files are forgotten after this long
 KEEP_SECONDS = 14 * 86400
-#: the size of a process's file; when it is full, the process starts a new one (the running entries move
-#: over) and removes the old one. Unwritten space reads as zero bytes.
-FILE_BYTES = 4 * 1024 * 1024
+#: the size of a process's file (about 2,800 messages); when it is full, the process starts a new one
+#: (the running entries move over) and removes the old one. Unwritten space reads as zero bytes.
+FILE_BYTES = 256 * 1024
 
 Key = tuple[str, str]  # (queue, event id)
+log = logging.getLogger(__name__)
 
 
 class HandlingJournal:
@@ -70,13 +72,18 @@ class HandlingJournal:
         self._written = 0
         #: starts of handlers still running in this process: moved to the next file on rotation
         self._running: Counter[Key] = Counter()
+        self._unwritable = False
         self._db: sqlite3.Connection | None = None
         os.register_at_fork(after_in_child=self._forget_file)
 
     # -- this process's file ---------------------------------------------------------------
 
     def started(self, queue: str, event_id: str) -> None:
-        """Write down that a handler starts on this event; once it returns, a death would be seen."""
+        """Write down that a handler starts on this event; once it returns, a death would be seen.
+
+        If the journal cannot be written (a full disk), the handler runs all the same: a message
+        is never held back for want of its death count, which only a death would need.
+        """
         with self._lock:
             self._append(orjson.dumps(["S", queue, event_id]) + b"\n")  # may open a file: before counting
             self._running[(queue, event_id)] += 1
@@ -93,7 +100,16 @@ class HandlingJournal:
 
     def _append(self, line: bytes) -> None:
         if self._map is None or self._written + len(line) > len(self._map):
-            self._open_file(len(line))
+            try:
+                self._open_file(len(line))
+            except StorageError as exc:
+                if not self._unwritable:
+                    log.warning("%s; deaths are not counted until it can be written again", exc)
+                self._unwritable = True
+                return
+            if self._unwritable:
+                log.warning("handling journal %s: written again; deaths are counted", self.folder)
+                self._unwritable = False
         assert self._map is not None
         end = self._written + len(line)
         self._map[self._written : end] = line
@@ -107,18 +123,22 @@ class HandlingJournal:
             for _ in range(count)
         )
         name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}.log"
+        path = self.folder / name
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # held by the open file while we live; not closed below
                 size = max(FILE_BYTES, 2 * (len(carried) + need))
                 os.posix_fallocate(fd, 0, size)  # the space is ours now: no disk-full error mid-line
                 mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError:
+                path.unlink(missing_ok=True)
+                raise
             finally:
                 os.close(fd)  # the mapping keeps the file, and the lock with it, open
         except OSError as exc:
-            raise OutboxError(
+            raise StorageError(
                 f"handling journal {self.folder}: cannot start {name}: {exc.strerror}"
             ) from None
         mapped[: len(carried)] = carried
@@ -215,11 +235,8 @@ class HandlingJournal:
                     db.executemany(sql, rows)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite rolled back already (a full disk does that)
-            raise OutboxError(f"handling journal deaths.db: {explain(exc)}") from None
+            rollback(db)
+            raise StorageError(f"handling journal deaths.db: {explain(exc)}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,7 @@ from pathlib import Path
 from tidings.errors import OutboxError
 from tidings.event import Event
 from tidings.groupcommit import GroupCommit
-from tidings.sqlite import LogSync, WriterLock, connect, explain
+from tidings.sqlite import LogSync, WriterLock, connect, explain, rollback
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -141,7 +141,7 @@ class Outbox:
                 with self._writer:
                     committed = self._insert(rows)
             except sqlite3.Error as exc:
-                self._rollback()
+                rollback(self._db)
                 return OutboxError(
                     f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
                 )
@@ -179,12 +179,6 @@ class Outbox:
         first = (cursor.lastrowid or 0) - len(rows) + 1
         return [Row(first + n, topic, data) for n, (_, topic, _, data) in enumerate(rows)]
 
-    def _rollback(self) -> None:
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # no transaction was open: nothing to undo
-
     def add_listener(self, listener: Callable[[list[Row]], None]) -> None:
         """Call ``listener(rows)`` after every commit of events by this process, from the committing
         thread: the dispatcher's wake-up. ``rows`` are the committed events as :meth:`read_after`
@@ -220,7 +214,7 @@ class Outbox:
                             self._db.executemany(sql, rows)
                     self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback()
+                rollback(self._db)
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
         if durable:
             try:

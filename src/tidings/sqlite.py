@@ -54,6 +54,20 @@ def connect(path: str | Path, *, schema: str = "", sync_commits: bool = True) ->
     return db
 
 
+def rollback(db: sqlite3.Connection) -> None:
+    """Undo the open transaction, if there still is one.
+
+    On some errors (a full disk, an I/O error) SQLite has rolled the transaction back itself, and
+    a ROLLBACK then fails with "no transaction is active" — which must not take the place of the
+    error that caused it: this never raises.
+    """
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # rolled back meanwhile: nothing left to undo
+
+
 def explain(exc: sqlite3.Error) -> str:
     text = str(exc)
     if "disk is full" in text or "disk I/O" in text:

@@ -4,8 +4,9 @@ A transport moves :class:`WireMessage` objects; it knows nothing of events or
 schemas. A *format* (``tidings.formats``) turns an event into a wire message
 and back, so one transport serves every seed system's wire format.
 
-The core never imports a transport module: :func:`load_transport` finds the
-class by name through the ``tidings.transports`` entry-point group.
+The core never imports a transport module: :func:`load_transport` finds its
+plug-in (:mod:`tidings.plugins`) by name — the built-in ones below, then the
+``tidings.transports`` entry-point group.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import enum
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import import_module
-from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
-from tidings.errors import ConfigError, UnknownTransport
+from tidings.errors import UnknownTransport
+from tidings.plugins import Plugin, Registry
 
 
 @dataclass(slots=True)
@@ -172,36 +172,21 @@ class Transport(Protocol):
         """Deliveries from a declared queue, at most ``prefetch`` unsettled at once."""
 
 
-#: Transports that ship with tidings; entry points may add to or override these.
+#: Transports that ship with tidings (each package's plug-in); entry points may add to or override these.
 BUILTIN_TRANSPORTS = {
-    "embedded": "tidings.transports.embedded:EmbeddedTransport",
-    "amqp": "tidings.transports.amqp:AmqpTransport",
-    "zeromq": "tidings.transports.zeromq:ZeroMQTransport",
-    "file": "tidings.transports.file:FileTransport",
+    "embedded": "tidings.transports.embedded:PLUGIN",
+    "amqp": "tidings.transports.amqp:PLUGIN",
+    "zeromq": "tidings.transports.zeromq:PLUGIN",
+    "file": "tidings.transports.file:PLUGIN",
 }
+TRANSPORTS = Registry("tidings.transports", BUILTIN_TRANSPORTS, "transport", UnknownTransport)
 
 
-def transport_names() -> dict[str, str]:
-    names = dict(BUILTIN_TRANSPORTS)
-    for ep in entry_points(group="tidings.transports"):
-        names[ep.name] = ep.value
-    return names
+def transport_plugin(kind: str) -> Plugin:
+    """The plug-in registered as ``kind`` (its options' struct and where its class is)."""
+    return TRANSPORTS.find(kind)
 
 
-def load_transport(kind: str, options: dict[str, Any]) -> Transport:
-    """Build the transport registered as ``kind`` from its config options."""
-    target = transport_names().get(kind)
-    if target is None:
-        known = ", ".join(sorted(transport_names()))
-        raise UnknownTransport(f"unknown transport kind {kind!r} (known: {known})")
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(import_module(module_name), attr)
-    except ImportError as exc:
-        raise ConfigError(
-            f"transport {kind!r} needs a package that is not installed ({exc.name}); install tidings[{kind}]"
-        ) from None
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"transport {kind!r}: {exc}") from None
+def load_transport(kind: str, options: dict[str, Any], where: str = "") -> Transport:
+    """Build the transport registered as ``kind`` from its config options (checked first)."""
+    return transport_plugin(kind).build("transport", options, where or f"transport {kind!r}")

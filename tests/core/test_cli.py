@@ -13,25 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def tidings(
-    cwd: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    full_env.pop("TIDINGS_CONFIG", None)
-    full_env.update(env or {})
-    raw = subprocess.run(
-        [sys.executable, "-m", "tidings", *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
-    return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+from tests.clirun import ROOT, tidings
 
 
 def _count(path: Path) -> int:
@@ -97,7 +79,7 @@ def test_unknown_config_key_is_named(tmp_path: Path) -> None:
     (tmp_path / "tidings.toml").write_text('[bus]\nsource = "x"\nsorce = "typo"\n')
     result = tidings(tmp_path, "publish", "a.b", "--body", "{}")
     assert result.returncode == 3
-    assert result.stderr.strip() == "tidings: error: tidings.toml: unknown key `sorce` in [bus]"
+    assert result.stderr.strip() == "tidings: error: tidings.toml: unknown key 'sorce' in [bus]"
 
 
 def test_config_from_the_environment(tmp_path: Path) -> None:
@@ -299,3 +281,21 @@ def test_replay_says_when_the_window_is_longer_than_the_outbox_keeps(tmp_path: P
     (tmp_path / "tidings.toml").write_text("[outbox]\nretention = 1296000\n")  # as docs/systems/cki.md says
     done = tidings(tmp_path, "replay", "--days", "14", "--dry-run")
     assert done.returncode == 0 and "warning" not in done.stderr
+
+
+@pytest.mark.parametrize("number", ["123456789012345678901234567890", str(2**64), str(-(2**100))])
+def test_publish_keeps_wide_integers_exactly(tmp_path: Path, number: str) -> None:
+    done = tidings(tmp_path, "publish", "a.b", "--body", f'{{"f": {number}}}')
+    assert done.returncode == 0, done.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / ".tidings" / "outbox.db") as db:
+        (data,) = db.execute("SELECT data FROM events").fetchone()
+    assert f'"f":{number}'.encode() in data
+
+
+def test_publish_refuses_a_number_no_json_reader_takes(tmp_path: Path) -> None:
+    done = tidings(tmp_path, "publish", "a.b", "--body", '{"f": ' + "9" * 5000 + "}")
+    assert done.returncode == 4
+    assert done.stderr.startswith("tidings: error: malformed JSON") and "4,300 digits" in done.stderr
+    assert done.stderr.count("\n") == 1

@@ -11,7 +11,8 @@ import pytest
 from tests.conformance import take
 from tests.waiting import WAIT, until
 from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
-from tidings.consumer import Context, HaltedError
+from tidings.consumer import Context
+from tidings.errors import HaltedError
 from tidings.transport import QueueSpec, WireMessage
 
 

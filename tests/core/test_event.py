@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tidings.errors import DecodeError, InvalidEvent, InvalidTopic
@@ -193,3 +193,53 @@ def test_time_text_is_rfc3339_utc_with_microseconds(moment: datetime) -> None:
     day = f"{m.year:04}-{m.month:02}-{m.day:02}"
     assert text == f"{day}T{m.hour:02}:{m.minute:02}:{m.second:02}.{m.microsecond:06}Z"
     assert parse_time(text) == in_utc
+
+
+# -- integers of any width: carried exactly, as JSON itself does, or refused with a clear error ---
+
+WIDE = st.integers(min_value=-(10**4299) + 1, max_value=10**4299 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(WIDE | st.integers(-(2**63), 2**64 - 1), min_size=1, max_size=5))
+def test_integers_of_any_width_survive_the_outbox_and_the_wire(numbers: list[int]) -> None:
+    from tidings.event import dumps, loads
+
+    body = {"n": numbers, "first": numbers[0]}
+    assert loads(dumps(body)) == body
+    stored = Event.from_stored(Event.create("a.b", body).to_json())  # the outbox row, read back
+    assert stored.body == body
+    native = NativeFormat()
+    assert native.decode(native.encode(Event.create("a.b", body))).body == body
+    structured = StructuredFormat()
+    assert structured.decode(structured.encode(Event.create("a.b", body))).body == body
+
+
+def test_a_number_past_what_json_readers_take_is_refused_clearly() -> None:
+    from tidings.event import loads
+
+    with pytest.raises(InvalidEvent, match="integers may have up to 4,300 digits"):
+        loads(b'{"n": ' + b"9" * 5000 + b"}")
+    with pytest.raises(InvalidEvent, match="malformed JSON"):
+        loads(b'{"n": 1e400}')
+
+
+async def test_a_wide_integer_published_arrives_exactly(bus) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from tidings import App
+
+    got: list[Event] = []
+    app = App("wide")
+    app.subscribe("wide.#")(got.append)
+    await app.declare(bus)
+    sent = bus.publish("wide.one", {"f": 123456789012345678901234567890, "g": 2**64, "h": -(2**100)})
+    await bus.dispatcher().drain()
+    stop = asyncio.Event()
+    running = asyncio.create_task(app.run(bus, stop))
+    from tests.waiting import until
+
+    await until(lambda: got)
+    stop.set()
+    await running
+    assert got[0].body == sent.body == {"f": 123456789012345678901234567890, "g": 2**64, "h": -(2**100)}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tidings import journal as journal_module
-from tidings.consumer import Isolation
 from tidings.journal import HandlingJournal
+from tidings.runner import Isolation
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ import pytest
 
 from tests.core.fakes import ScriptedTransport
 from tidings.config import ConnectorConfig
-from tidings.dispatcher import Connector, Dispatcher, DispatcherBusy
+from tidings.dispatcher import Connector, Dispatcher
+from tidings.errors import DispatcherBusy
 from tidings.event import Event
 from tidings.formats.native import NativeFormat
 from tidings.outbox import Outbox

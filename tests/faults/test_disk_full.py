@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.clirun import tidings
 from tests.conftest import IN_CI
-from tests.core.test_cli import tidings
 from tests.ledger import check
 from tidings import App, Bus, Event
 from tidings.config import load_config
@@ -114,3 +114,55 @@ async def deliver_everything(bus: Bus, count: int) -> list[str]:
     await asyncio.wait_for(stop.wait(), 60)
     await asyncio.gather(dispatching, consuming)
     return delivered
+
+
+def test_a_broker_whose_disk_fills_says_so_and_delivers_after_space_is_freed(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """The embedded broker on the full disk (the outbox elsewhere): the connector reports the full
+    disk itself — not a failed ROLLBACK that SQLite had already done — and catches up afterwards."""
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * 2_000_000)  # when it goes, there is room for the log and the database both
+    config = tmp_path / "tidings.toml"
+    config.write_text(
+        '[bus]\nhome = "home"\n\n'
+        f'[transports.local]\nkind = "embedded"\npath = "{small_disk / "broker.db"}"\n\n'
+        '[connectors.local]\ntransport = "local"\nretry_schedule = [0.2]\nmax_attempts = 1000\n'
+    )
+    bus = Bus(load_config(config))
+    published = asyncio.run(fill_the_broker(bus))
+    errors = bus.last_connector_errors
+    assert errors, "the broker's disk never filled"
+    assert all("cannot rollback" not in error for error in errors), errors
+    assert any("disk is full" in error and "free disk space" in error for error in errors), errors
+    filler.unlink()
+    delivered = asyncio.run(deliver_everything(bus, len(published)))
+    bus.close()
+    verdict = check(published, published, delivered)
+    print(verdict.line("embedded broker's disk full, then freed"))
+    assert verdict.ok
+
+
+async def fill_the_broker(bus: Bus) -> list[str]:
+    app = App("disk.consumer")
+    app.subscribe("#")(lambda event: None)
+    await app.declare(bus)
+    dispatcher = bus.dispatcher()
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    published: list[str] = []
+    errors: list[str] = []
+    stats = dispatcher.connectors[0].stats
+    for n in range(160):  # 8 KB each: more than the 1 MB left on the disk
+        published.append((await bus.apublish("disk.fill", {"pad": "x" * 8_000, "n": n})).id)
+        if stats.last_error and stats.last_error not in errors:
+            errors.append(stats.last_error)
+        await asyncio.sleep(0.002)
+    for _ in range(100):  # what is still being sent meets the full disk too
+        if stats.last_error and stats.last_error not in errors:
+            errors.append(stats.last_error)
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    bus.last_connector_errors = errors  # type: ignore[attr-defined]
+    return published

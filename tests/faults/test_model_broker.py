@@ -34,8 +34,8 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
-from tidings.transports import embedded
 from tidings.transports.embedded import EmbeddedDelivery, EmbeddedTransport
+from tidings.transports.embedded import transport as embedded
 
 T = TypeVar("T")
 

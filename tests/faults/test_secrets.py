@@ -20,7 +20,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from tests.core.test_cli import ROOT, tidings
+from tests.clirun import ROOT, tidings
 from tests.faults.rig import Rig
 from tidings.errors import TidingsError
 from tidings.transports.amqp import AmqpTransport
@@ -164,3 +164,87 @@ def tidings_command() -> list[str]:
 
 def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+
+
+# -- every option that can carry a secret, covered; and one masking function for all of them ------
+
+#: (transport kind, option) → how a canary is put into it: the option's value with CANARY in it
+SECRET_OPTIONS = {
+    ("amqp", "url"): {"url": "amqp://guest:CANARY@127.0.0.1:5672/", "connect_timeout": 3},
+    ("amqp", "management_url"): {"management_url": "http://guest:CANARY@127.0.0.1:1/"},
+    ("amqp", "key_password"): {
+        "url": "amqps://127.0.0.1:5671/",
+        "cert_file": "client.pem",
+        "key_file": "client.pem",
+        "key_password": "CANARY",
+    },
+    ("zeromq", "endpoint"): {"endpoint": "tcp://user:CANARY@127.0.0.1:1"},
+}
+#: option names that say they may hold a secret, or a URL that may hold one
+SECRET_NAMES = ("url", "urls", "endpoint", "endpoints", "password", "secret", "token", "servers")
+
+
+def secret_bearing_options() -> set[tuple[str, str]]:
+    from tidings.transport import TRANSPORTS, transport_plugin
+
+    found = set()
+    for kind in TRANSPORTS.names():
+        settings = transport_plugin(kind).settings
+        for name in settings.__struct_fields__ if settings is not None else ():
+            if any(name == word or name.endswith(f"_{word}") for word in SECRET_NAMES):
+                found.add((kind, name))
+    return found
+
+
+def test_every_secret_bearing_option_of_every_transport_is_covered() -> None:
+    uncovered = secret_bearing_options() - set(SECRET_OPTIONS)
+    assert not uncovered, f"add these to SECRET_OPTIONS, with a canary scenario: {sorted(uncovered)}"
+
+
+def toml_value(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+@pytest.mark.parametrize("option", list(SECRET_OPTIONS), ids=lambda o: ".".join(o))
+def test_a_canary_in_each_option_appears_in_no_output(tmp_path: Path, option: tuple[str, str]) -> None:
+    kind, _ = option
+    canary = f"canary{secrets.token_hex(12)}"
+    (tmp_path / "client.pem").write_text("not a certificate")
+    options = {
+        k: v.replace("CANARY", canary) if isinstance(v, str) else v for k, v in SECRET_OPTIONS[option].items()
+    }
+    lines = "".join(f"{key} = {toml_value(value)}\n" for key, value in options.items())
+    (tmp_path / "tidings.toml").write_text(
+        f'[bus]\nhome = "home"\nlog_level = "DEBUG"\n\n[transports.t]\nkind = "{kind}"\n{lines}\n'
+        '[connectors.t]\ntransport = "t"\nexchange = "canary"\n'
+    )
+    outputs = []
+    assert tidings(tmp_path, "publish", "canary.test", "--body", "{}").returncode == 0
+    for args in (["doctor"], ["dispatch", "--once", "--log-level", "DEBUG"], ["backlog", "list"]):
+        done = tidings(tmp_path, *args, env={"TIDINGS_DEBUG": "1"}, timeout=120)
+        outputs.append(done.stdout + done.stderr)
+    for text in outputs:
+        assert_absent(text, "guest", canary, f"the output of {option}")
+
+
+@pytest.mark.parametrize(
+    "management_url",
+    [
+        "http://guest:CANARY@127.0.0.1:1/",  # nothing listens
+        "http://guest:CANARY@no-such-host.invalid:15672/",  # the name does not resolve
+        "ftp://guest:CANARY@127.0.0.1:15672/",  # a scheme the client does not speak
+    ],
+)
+def test_doctor_never_prints_the_management_password(
+    tmp_path: Path, rabbitmq: str, management_url: str
+) -> None:
+    canary = f"canary{secrets.token_hex(12)}"
+    (tmp_path / "tidings.toml").write_text(
+        f'[transports.rabbit]\nkind = "amqp"\nurl = "{rabbitmq}"\n'
+        f'management_url = "{management_url.replace("CANARY", canary)}"\n'
+        '[connectors.rabbit]\ntransport = "rabbit"\nexchange = "canary.doctor"\n'
+    )
+    done = tidings(tmp_path, "doctor", timeout=60)
+    assert "management API unreachable" in done.stderr, done.stderr
+    assert "guest" not in done.stderr  # the URL is shown without its credentials, which go apart
+    assert_absent(done.stdout + done.stderr, "guest", canary, "doctor's output")

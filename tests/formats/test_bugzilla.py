@@ -145,10 +145,10 @@ async def test_several_connectors_each_with_its_own_backlog(tmp_path: Path) -> N
     """A file connector and an embedded-broker connector; one refusing never holds up the other."""
     (tmp_path / "tidings.toml").write_text(
         '[transports.local]\nkind = "embedded"\npath = "broker.db"\n'
-        '[transports.log]\nkind = "file"\npath = "push.log"\nstyle = "bugzilla"\n'
+        '[transports.log]\nkind = "file"\npath = "push.log"\nstyle = "raw"\n'
         '[connectors.amqp-like]\ntransport = "local"\nformat = "bugzilla"\n'
-        'retry_schedule = [5, 25, 125, 625, 900]\n'
-        '[connectors.file]\ntransport = "log"\nformat = "bugzilla"\n'
+        "retry_schedule = [5, 25, 125, 625, 900]\n"
+        '[connectors.file]\ntransport = "log"\nformat = "bugzilla"\nformat_options = {file_block = true}\n'
     )
     bus = Bus(load_config(tmp_path / "tidings.toml"))
     for n in range(3):

@@ -21,8 +21,15 @@ import zmq.asyncio
 from tests.transports.test_zeromq import free_port
 from tidings.errors import InvalidEvent
 from tidings.event import Event
-from tidings.formats.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck, bridged, encode_json, verify
 from tidings.formats.fedora import FedoraMessagingFormat
+from tidings.formats.fedora.fedmsg import (
+    BRIDGED_HEADER,
+    FedmsgFormat,
+    MissingCheck,
+    bridged,
+    encode_json,
+    verify,
+)
 from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology, WireMessage
 
 
@@ -218,7 +225,7 @@ async def test_a_verifying_bridge_refuses_unsigned_and_badly_signed_messages(
 
     from tests.waiting import until
     from tidings import Bus
-    from tidings.bridge import Bridge
+    from tidings.formats.fedora.bridge import Bridge
 
     ca, key, cert = pki
     stranger = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert(

@@ -20,11 +20,11 @@ import zmq.asyncio
 
 from tests.conftest import delete_amqp_topology
 from tidings import Bus, Event
-from tidings.bridge import Bridge, verify_missing
 from tidings.config import load_config
 from tidings.errors import ConfigError
-from tidings.formats.fedmsg import FedmsgFormat, fedmsg_id
 from tidings.formats.fedora import FedoraMessagingFormat
+from tidings.formats.fedora.bridge import Bridge, verify_missing
+from tidings.formats.fedora.fedmsg import FedmsgFormat, fedmsg_id
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.transports.amqp_acks import AckWindow
-from tidings.transports.amqp_consume import ChannelAcks
+from tidings.transports.amqp.acks import AckWindow
+from tidings.transports.amqp.consume import ChannelAcks
 
 
 class Broker:

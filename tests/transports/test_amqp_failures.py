@@ -148,3 +148,48 @@ async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_han
         release_first.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
     assert app.counters.handled >= 1
+
+
+# -- an unreachable broker: one line of ours, not the client library's records ------------------
+
+
+def _unreachable(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.rabbit]\nkind = "amqp"\nurl = "amqp://guest:guest@127.0.0.1:1/"\nconnect_timeout = 2\n'
+        '[connectors.rabbit]\ntransport = "rabbit"\nexchange = "nowhere"\n'
+        '[consumers.svc]\ntransport = "rabbit"\nexchange = "nowhere"\nbindings = ["#"]\n'
+    )
+    (tmp_path / "svc.py").write_text("def handle(event):\n    pass\n")
+
+
+def _only_our_lines(stderr: str) -> list[str]:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        assert "aiormq" not in line and "Traceback" not in line and "error when creating" not in line, stderr
+    return lines
+
+
+@pytest.mark.parametrize("args", [["doctor"], ["dispatch", "--once"]])
+def test_an_unreachable_broker_is_one_line_of_ours(tmp_path: Path, args: list[str]) -> None:
+    from tests.clirun import tidings
+
+    _unreachable(tmp_path)
+    assert tidings(tmp_path, "publish", "a.b", "--body", "{}").returncode == 0
+    done = tidings(tmp_path, *args, timeout=60)
+    assert done.returncode == 6, (done.stdout, done.stderr)
+    lines = _only_our_lines(done.stderr)
+    assert any("cannot connect to amqp://guest:***@127.0.0.1:1/" in line for line in lines), done.stderr
+    assert len(lines) <= 2, done.stderr  # the problem, and (doctor) the count of problems
+
+
+def test_a_consumer_that_cannot_reach_its_broker_at_start_says_so_in_one_line(tmp_path: Path) -> None:
+    from tests.clirun import tidings
+
+    _unreachable(tmp_path)
+    done = tidings(tmp_path, "consume", "--callback", "svc:handle", "--bind", "#", "--transport", "rabbit")
+    assert done.returncode == 6, done.stderr
+    lines = _only_our_lines(done.stderr)
+    assert lines[-1].startswith("tidings: error: cannot connect to amqp://guest:***@127.0.0.1:1/"), (
+        done.stderr
+    )
+    assert len(lines) == 2  # "consuming queue ..." and the error

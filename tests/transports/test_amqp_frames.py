@@ -14,7 +14,7 @@ from pamqp.header import ContentHeader
 
 from tidings.transport import WireMessage
 from tidings.transports.amqp import AmqpTransport, properties, wire_properties
-from tidings.transports.amqp_frames import FRAMING_ERRORS, can_publish_fast, field_table, publish_frames
+from tidings.transports.amqp.frames import FRAMING_ERRORS, can_publish_fast, field_table, publish_frames
 
 short_text = st.text(max_size=40)
 header_values = st.recursive(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import orjson
@@ -36,12 +37,16 @@ async def test_jsonl_lines_are_appended_and_fsynced(tmp_path: Path) -> None:
     assert lines[1]["body_base64"] == "/wA="
 
 
-async def test_bugzilla_style_blocks(tmp_path: Path) -> None:
+async def test_bugzilla_blocks_prepared_by_the_bugzilla_format_written_raw(tmp_path: Path) -> None:
     # the block shape of bmo's File connector: "[localtime]\n" + pretty JSON + "\n\n"
     # (mozilla-bteam/bmo, extensions/Push/lib/Connector/File.pm, sub send)
-    transport = FileTransport(str(tmp_path / "push.log"), style="bugzilla")
+    from tidings import Event
+    from tidings.formats.bugzilla import BugzillaFormat
+
+    transport = FileTransport(str(tmp_path / "push.log"), style="raw")
     await transport.connect()
-    await transport.send("x", [WireMessage("comment.create", b'{"event": {"target": "comment"}}')])
+    event = Event.create("comment.create", {"event": {"target": "comment"}})
+    await transport.send("x", [BugzillaFormat(file_block=True).encode(event)])
     await transport.close()
     text = (tmp_path / "push.log").read_text()
     stamp, rest = text.split("\n", 1)
@@ -53,6 +58,8 @@ async def test_bugzilla_style_blocks(tmp_path: Path) -> None:
 async def test_errors_are_ours(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="style must be one of"):
         FileTransport("x", style="xml")
+    with pytest.raises(ConfigError, match=re.escape('style = "raw", format_options = {file_block = true}')):
+        FileTransport("x", style="bugzilla")  # tidings 0.1's style: the error says where it went
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
     transport = FileTransport(str(blocked / "push.jsonl"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from tidings.errors import TidingsError
+from tidings.errors import ConfigError, TidingsError
+from tidings.redact import RedactingFilter, redact
 
 err = Console(stderr=True)
 
@@ -52,18 +54,43 @@ def _global(
         os.environ["TIDINGS_CONFIG"] = str(config)
 
 
+class _OursUnlessDebugging(logging.Filter):
+    """Other libraries' records only when DEBUG is asked for.
+
+    A broker that refuses a connection makes its client library log an ERROR with a traceback
+    before tidings says, in one line, what happened and what happens next: below DEBUG, the
+    one line is what a user sees.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.everything = level <= logging.DEBUG
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.everything or record.name == "tidings" or record.name.startswith("tidings.")
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
-    )
+    """One handler on stderr: rich on a terminal, one plain line per record otherwise; secrets masked."""
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+    handler: logging.Handler
+    if err.is_terminal:
+        handler = RichHandler(console=err, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_OursUnlessDebugging(number))
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=number, handlers=[handler], force=True)
 
 
 def main() -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
-    from tidings.cli import bridging, commands, ops  # noqa: F401 - registers the commands
+    from tidings.cli import commands, ops  # noqa: F401 - registers the commands
+    from tidings.formats.fedora import cli  # noqa: F401 - `tidings bridge` lives with the fedmsg bridge
 
     try:
         app()  # standalone: usage errors print themselves and exit 2
@@ -78,6 +105,6 @@ def main() -> None:
 
 def _fail(message: str, code: int) -> None:
     if os.environ.get("TIDINGS_DEBUG"):
-        err.print_exception()
-    err.print(f"tidings: error: {message}", markup=False, highlight=False, soft_wrap=True)
+        sys.stderr.write(redact(traceback.format_exc()))
+    err.print(f"tidings: error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import signal
 import sys
 from pathlib import Path
@@ -17,9 +16,8 @@ from tidings.cli import app, err, setup_logging
 from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
-from tidings.formats import wire_pattern
+from tidings.plugins import import_object
 from tidings.topics import validate_pattern
-from tidings.transport import Binding, QueueSpec
 
 out = Console()
 
@@ -154,19 +152,15 @@ async def until_signalled(run: Any, *args: Any) -> None:
 
 
 def import_target(target: str) -> Any:
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{target!r} is not MODULE:ATTRIBUTE")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: the current folder's modules are importable
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return import_object(target)
+
+
+def import_handler(target: str) -> Any:
+    """A ``module:function`` handler: imported, and callable."""
+    found = import_target(target)
+    if not callable(found):
+        raise ConfigError(f"{target!r} is not callable (it is a {type(found).__name__}): give a function")
+    return found
 
 
 @app.command()
@@ -203,7 +197,7 @@ def consume(
         for pattern in bind:
             validate_pattern(pattern)
         name = queue or callback.partition(":")[2]
-        consumer_app = callback_app(name, import_target(callback), bind, queue=queue or name)
+        consumer_app = callback_app(name, import_handler(callback), bind, queue=queue or name)
     else:
         consumer_app = import_target(target)  # type: ignore[arg-type]
         if not isinstance(consumer_app, App):
@@ -247,54 +241,12 @@ def serve(
 ) -> None:
     """Run the dispatcher and every configured consumer (each \\[consumers.NAME] with an app) together."""
     bus = load_bus(config, log_level)
-    apps = [_configured_app(name, bus) for name in bus.config.consumers]
+    apps = bus.served_consumers()
     err.print(
         f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "
         f"consumers: {', '.join(a.name for a in apps) or 'none'} — Ctrl-C to stop"
     )
-    asyncio.run(until_signalled(_serve, bus, apps))
-
-
-async def _serve(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:
-    tasks = [asyncio.create_task(consumer.run(bus, stop)) for consumer in apps]
-    tasks.append(asyncio.create_task(bus.dispatcher().run(stop)))
-    await asyncio.gather(*tasks)
-
-
-def consumer_queue(name: str, bus: Bus) -> QueueSpec:
-    """The queue a configured consumer uses, with its bindings (its App's subscriptions too)."""
-    section = bus.config.consumers[name]
-    if section.app:
-        return _configured_app(name, bus).queue_spec()
-    fmt = bus.make_format(section.format, section.format_options)
-    bindings = [Binding(section.exchange, wire_pattern(fmt, pattern)) for pattern in section.bindings]
-    return QueueSpec(section.queue or name, bindings, kind=section.queue_kind)
-
-
-def _configured_app(name: str, bus: Bus) -> App:
-    section = bus.config.consumers[name]
-    if not section.app:
-        raise ConfigError(f'[consumers.{name}] needs app = "module:attribute" to be served')
-    settings = {
-        "exchange": section.exchange,
-        "transport": section.transport,
-        "format": section.format,
-        "format_options": dict(section.format_options),
-        "prefetch": section.prefetch,
-        "concurrency": section.concurrency,
-        "max_attempts": section.max_attempts,
-        "retry_schedule": list(section.retry_schedule),
-        "inbox": section.inbox,
-        "queue_kind": section.queue_kind,
-    }
-    found = import_target(section.app)
-    if isinstance(found, App):
-        found.settings.__dict__.update(settings, queue=section.queue or found.settings.queue)
-        found.settings.extra_bindings = list(section.bindings)
-        return found
-    if not section.bindings:
-        raise ConfigError(f'[consumers.{name}] serves a plain function: give it bindings = ["pattern", ...]')
-    return callback_app(name, found, section.bindings, queue=section.queue or name, **settings)
+    asyncio.run(until_signalled(lambda stop: bus.serve(stop, apps)))
 
 
 def print_event(event: Event, console: Console) -> None:
@@ -313,7 +265,7 @@ def demo(
     ),
 ) -> None:
     """Watch the embedded bus work: CKI DataWarehouse-like events published, dispatched and consumed."""
-    from tidings.demo import run_demo
+    from tidings.formats.cki.demo import run_demo
 
     setup_logging("WARNING")
     err.print(

@@ -189,14 +189,14 @@ def doctor(config: ConfigOpt = None) -> None:
 
 def _expected_topology(bus: Bus) -> dict[str, Topology]:
     """Per transport: the exchanges of its connectors and the queues of its consumers."""
-    from tidings.cli.commands import consumer_queue
+    from tidings.consumer import App
 
     expected: dict[str, Topology] = {name: Topology() for name in bus.config.transports}
     for connector in bus.config.connectors.values():
         spec = ExchangeSpec(connector.exchange, passive=connector.passive_exchange)
         expected[connector.transport].exchanges.append(spec)
     for name, consumer in bus.config.consumers.items():
-        expected[consumer.transport].queues.append(consumer_queue(name, bus))
+        expected[consumer.transport].queues.append(App.from_config(bus, name).queue_spec())
     return expected
 
 

@@ -1,4 +1,4 @@
-"""Bugzilla Push: the messages Bugzilla's Push extension queues for its connectors (seed 002).
+"""Bugzilla Push: the messages Bugzilla's Push extension queues for its connectors (docs/systems/bugzilla.md).
 
 Facts (mozilla-bteam/bmo, extensions/Push/Extension.pm ``_push_object`` and ``_object_modified``):
 the payload is ``{"event": {...}, "<target>": {...}}`` with target bug, comment or attachment;
@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
-from tidings.event import Event, loads
-from tidings.formats import json_message
+from tidings.event import Event, loads, pretty
+from tidings.format import json_message
+from tidings.plugins import Plugin, Settings
 from tidings.transport import WireMessage
 
 TARGETS = ("bug", "comment", "attachment")
@@ -96,15 +97,28 @@ def webhook_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 class BugzillaFormat:
-    """Format ``bugzilla``: the Push payload as the message body, its routing key on the wire."""
+    """Format ``bugzilla``: the Push payload as the message body, its routing key on the wire.
+
+    Option ``file_block``: also prepare the block Bugzilla's File connector writes — a
+    ``[local time]`` line, the pretty-printed payload, a blank line (mozilla-bteam/bmo,
+    extensions/Push/lib/Connector/File.pm, ``send``) — for a file transport with
+    ``style = "raw"``.
+    """
 
     name = "bugzilla"
 
+    def __init__(self, file_block: bool = False) -> None:
+        self.file_block = file_block
+
     def encode(self, event: Event) -> WireMessage:
         body = event.body
-        if event.visibility == "private":  # never more than the event: seed 002, "Private Messages"
+        if event.visibility == "private":  # never more than the event (docs/systems/bugzilla.md)
             body = {"event": body.get("event", {})}
-        return json_message(event, body)
+        message = json_message(event, body)
+        if self.file_block:
+            block = f"[{_time.asctime()}]\n".encode() + pretty(body) + b"\n\n"
+            message.frames = [block]
+        return message
 
     def decode(self, message: WireMessage) -> Event:
         payload = loads(message.body)
@@ -138,3 +152,11 @@ def _time_of(event: dict[str, Any]) -> datetime | None:
         return datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     except ValueError:
         raise DecodeError(f"Bugzilla push message: time {stamp!r} is not YYYY-MM-DDTHH:MM:SS") from None
+
+
+class BugzillaOptions(Settings):
+    #: prepare Bugzilla's File connector block for a file transport with ``style = "raw"``
+    file_block: bool = False
+
+
+PLUGIN = Plugin("bugzilla", "tidings.formats.bugzilla:BugzillaFormat", BugzillaOptions)

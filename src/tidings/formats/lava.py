@@ -1,6 +1,6 @@
 """LAVA's event stream: ZeroMQ PUB, five frames ``[topic, uuid1, datetime, username, JSON data]``.
 
-Facts (seed 003; Linaro/lava ``lava_scheduler_app/signals.py``, ``send_event``): topics are
+Facts (docs/systems/lava.md; Linaro/lava ``lava_scheduler_app/signals.py``, ``send_event``): topics are
 ``<EVENT_TOPIC>.testjob``, ``.device``, ``.worker`` and ``.event``; the uuid is ``uuid.uuid1()``;
 the datetime is ISO 8601 — older servers wrote naive UTC (``utcnow().isoformat()``), newer ones
 add ``+00:00``; both are read. Subscribers filter by topic prefix; ReactOBus-style field
@@ -18,6 +18,7 @@ from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, loads
+from tidings.plugins import Plugin, Settings
 from tidings.transport import WireMessage
 
 KINDS = ("testjob", "device", "worker", "event")
@@ -120,3 +121,11 @@ class FieldFilter:
             return None if value is None else str(value)
         value = event.body.get(name.removeprefix("data."))
         return None if value is None else str(value)
+
+
+class LavaOptions(Settings):
+    #: write the datetime frame as older LAVA servers did: naive UTC, no ``+00:00``
+    legacy_time: bool = False
+
+
+PLUGIN = Plugin("lava", "tidings.formats.lava:LavaFormat", LavaOptions)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from tidings.errors import DecodeError
 from tidings.event import (
     RESERVED_HEADER_PREFIX,
@@ -22,6 +20,7 @@ from tidings.event import (
     loads,
     parse_time,
 )
+from tidings.plugins import Plugin
 from tidings.topics import validate_topic
 from tidings.transport import WireMessage
 
@@ -90,7 +89,7 @@ class StructuredFormat:
     def encode(self, event: Event) -> WireMessage:
         return WireMessage(
             routing_key=event.topic,
-            body=orjson.dumps(event.to_cloudevent()),
+            body=dumps(event.to_cloudevent()),
             message_id=event.id,
             content_type="application/cloudevents+json",
             timestamp=event.time,
@@ -110,3 +109,7 @@ def _text(headers: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise DecodeError(f"header {key} must be a string")
     return value
+
+
+PLUGIN = Plugin("tidings", "tidings.formats.native:NativeFormat")
+STRUCTURED_PLUGIN = Plugin("cloudevents-structured", "tidings.formats.native:StructuredFormat")

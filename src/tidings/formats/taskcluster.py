@@ -1,4 +1,4 @@
-"""The Taskcluster queue's exchanges (seed 004).
+"""The Taskcluster queue's exchanges (docs/systems/taskcluster.md).
 
 Facts (taskcluster/taskcluster, services/queue/src/exchanges.js): one topic exchange per event
 kind under ``exchange/taskcluster-queue/v1/``; the primary routing key is
@@ -21,6 +21,7 @@ from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, dumps, loads
+from tidings.plugins import Plugin, Settings
 from tidings.transport import WireMessage
 
 PREFIX = "exchange/taskcluster-queue/v1/"
@@ -226,3 +227,11 @@ class TaskclusterFormat:
             id=message.message_id or None,
             time=message.timestamp,
         )
+
+
+class TaskclusterOptions(Settings):
+    #: the exchanges' common prefix (``exchange/taskcluster-queue/v1/``)
+    prefix: str = PREFIX
+
+
+PLUGIN = Plugin("taskcluster", "tidings.formats.taskcluster:TaskclusterFormat", TaskclusterOptions)

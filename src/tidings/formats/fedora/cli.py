@@ -40,8 +40,8 @@ def bridge(
         transport = "rabbit"
         zmq_publish = "tcp://*:9941"
     """
-    from tidings.bridge import Bridge
-    from tidings.bridge import verify_missing as verify
+    from tidings.formats.fedora.bridge import Bridge
+    from tidings.formats.fedora.bridge import verify_missing as verify
 
     bus = load_bus(config, log_level)
     running = Bridge(bus, name)

@@ -1,4 +1,4 @@
-"""CKI DataWarehouse: the messages it announces KCIDB object changes with (seed 000).
+"""CKI DataWarehouse: the messages it announces KCIDB object changes with (docs/systems/cki.md).
 
 On the wire: exchange ``cki.exchange.datawarehouse``, routing key
 ``datawarehouse.{object_type}.{status}``, a JSON body
@@ -6,24 +6,21 @@ On the wire: exchange ``cki.exchange.datawarehouse``, routing key
 object (schema v5.3, validated with the ``kcidb-io`` package), services
 consuming from ``cki.queue.webhooks.{service}`` and acking only when done.
 
-The event type is ``cki.datawarehouse.v1``; its schema is built from
+The event type is ``cki.datawarehouse.v1``; its schema (:mod:`.schema`) is built from
 kcidb-io's own v5.3 schema when kcidb-io is installed (``tidings[cki]``), so a
 checkout, build or test that KCIDB would refuse is refused before it is queued.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, loads
-from tidings.formats import json_message, stable_id
-from tidings.schemas import SchemaPack
+from tidings.format import json_message, stable_id
 from tidings.transport import WireMessage
 
 EXCHANGE = "cki.exchange.datawarehouse"
@@ -39,7 +36,7 @@ STATUSES = (
     "tests_finished",
     "checkout_issueoccurrences_changed",
 )
-#: statuses that "always relate to a checkout" (seed 000)
+#: statuses that "always relate to a checkout" (docs/systems/cki.md)
 CHECKOUT_ONLY = ("build_setups_finished", "tests_finished", "checkout_issueoccurrences_changed")
 #: KCIDB object kinds with a schema in v5.3 (checkouts, builds, tests, issues, incidents)
 OBJECT_TYPES = ("checkout", "build", "test", "issue", "incident")
@@ -142,111 +139,3 @@ def needs_triage(events: Iterable[Event]) -> Iterator[Event]:
             latest[(body["object_type"], obj["id"])] = obj
     for (object_type, _), obj in latest.items():
         yield cki_event(object_type, "needs_triage", obj)
-
-
-def schemas() -> SchemaPack:
-    """The ``tidings.schemas`` entry point: the message schema with kcidb-io's v5.3 object schemas.
-
-    Checked exactly as kcidb-io checks (``Draft7Validator`` with its format checker): formats are
-    asserted with kcidb-io's own checks (:func:`kcidb_formats`), and patterns end as Python's do.
-    Without kcidb-io (``tidings[cki]``) the built-in loose schema stays in force.
-    """
-    if importlib.util.find_spec("kcidb_io") is None:
-        return SchemaPack({})
-    return SchemaPack(
-        {TYPE: _full_schema}, assert_formats=True, origin="kcidb-io (KCIDB v5.3)", formats=kcidb_formats
-    )
-
-
-def _full_schema() -> dict[str, Any]:
-    from kcidb_io.schema import V5_3
-
-    kcidb = _portable_patterns(V5_3.json)
-    per_type = [
-        {
-            "if": {"properties": {"object_type": {"const": kind}}},
-            "then": {"properties": {"object": {"$ref": f"#/$defs/{kind}"}}},
-        }
-        for kind in OBJECT_TYPES
-        if kind in kcidb["$defs"]
-    ]
-    checkout_only = {
-        "if": {"properties": {"status": {"enum": list(CHECKOUT_ONLY)}}},
-        "then": {"properties": {"object_type": {"const": "checkout"}}},
-    }
-    return {
-        **message_schema(),
-        "allOf": [*per_type, checkout_only],
-        "$defs": kcidb["$defs"],
-        "description": "A DataWarehouse message; the object is checked with KCIDB schema v5.3 (kcidb-io).",
-    }
-
-
-def _portable_patterns(node: Any) -> Any:
-    """KCIDB's patterns as Python's ``re`` (which kcidb-io uses) reads them, for jsonschema-rs.
-
-    KCIDB writes NUL as ``\\0``, which ECMA-262 engines want as ``\\x00``; and Python's ``$``
-    also matches before one trailing newline, which Rust's does not: every ``$`` in these
-    patterns is an end anchor, so it becomes ``\\n?$``.
-    """
-    if isinstance(node, dict):
-        return {
-            k: _python_pattern(v) if k == "pattern" and isinstance(v, str) else _portable_patterns(v)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_portable_patterns(item) for item in node]
-    return node
-
-
-def _python_pattern(pattern: str) -> str:
-    return pattern.replace("\\0", "\\x00").replace("$", "\\n?$")
-
-
-#: a plain absolute URL that rfc3987 always accepts (a strict subset of RFC 3986): checked here
-#: in a fraction of rfc3987's time, anything else goes to rfc3987 itself
-_PCHAR = r"[A-Za-z0-9._~!$&'()*+,;=:@-]"
-_PLAIN_URL = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9._~!$&'()*+,;=-]*(?::[0-9]*)?"
-    rf"(?:/{_PCHAR}*)*(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?"
-)
-
-
-def kcidb_formats() -> dict[str, Callable[[str], bool]]:
-    """The ``format`` checks of KCIDB's schema, exactly kcidb-io's.
-
-    kcidb-io validates with ``jsonschema.Draft7Validator.FORMAT_CHECKER`` (date-time through
-    rfc3339-validator, uri through rfc3987, email as "contains @"); jsonschema-rs's own checks
-    differ at the edges (leap seconds, year 0000, a trailing newline, Message-IDs in ``<...>``),
-    so the same checker decides here.
-    """
-    from jsonschema import Draft7Validator
-
-    checker = Draft7Validator.FORMAT_CHECKER
-
-    def date_time(value: str) -> bool:
-        return checker.conforms(value, "date-time")
-
-    def uri(value: str) -> bool:
-        return _PLAIN_URL.fullmatch(value) is not None or checker.conforms(value, "uri")
-
-    def email(value: str) -> bool:
-        return checker.conforms(value, "email")
-
-    return {"date-time": date_time, "uri": uri, "email": email}
-
-
-def message_schema() -> dict[str, Any]:
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"urn:tidings:schema:{TYPE}",
-        "title": "CKI DataWarehouse message",
-        "type": "object",
-        "required": ["timestamp", "status", "object_type", "object"],
-        "properties": {
-            "timestamp": {"type": "string"},
-            "status": {"enum": list(STATUSES)},
-            "object_type": {"enum": list(OBJECT_TYPES)},
-            "object": {"type": "object", "required": ["id"]},
-        },
-    }

@@ -10,20 +10,28 @@ does not. Each problem is one line with what to do about it.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiormq
+from yarl import URL
 
+from tidings.redact import mask_url
 from tidings.transport import Findings, QueueSpec, Topology
 
-if TYPE_CHECKING:
-    from tidings.transports.amqp import AmqpTransport
+
+class Broker(Protocol):
+    """What the checks need of the AMQP transport (:class:`~.transport.AmqpTransport`)."""
+
+    url: URL
+
+    async def open_connection(self) -> aiormq.abc.AbstractConnection: ...
+
 
 MANAGEMENT_PORT = 15672
 
 
-async def verify(transport: AmqpTransport, topology: Topology, management_url: str | None) -> Findings:
+async def verify(transport: Broker, topology: Topology, management_url: str | None) -> Findings:
     """Check ``topology`` (what the config expects) against the broker; nothing is created."""
     findings = Findings()
     for queue in topology.queues:
@@ -48,7 +56,7 @@ async def verify(transport: AmqpTransport, topology: Topology, management_url: s
     return findings
 
 
-async def _queue_exists(transport: AmqpTransport, name: str) -> bool:
+async def _queue_exists(transport: Broker, name: str) -> bool:
     connection = await transport.open_connection()
     try:
         channel = await connection.channel()
@@ -122,20 +130,25 @@ class _Api:
             async with httpx.AsyncClient(timeout=5.0) as client:
                 response = await client.get(self.base + path, auth=self.auth)
         except httpx.HTTPError as exc:
-            raise OSError(f"{self.base}: {type(exc).__name__}") from None
+            raise OSError(f"{mask_url(self.base)}: {type(exc).__name__}") from None
         if response.status_code == 404:
             raise LookupError(path)
         if response.status_code in (401, 403):
             raise PermissionError(f"the management API refused {path} to this user ({response.status_code})")
         if response.status_code != 200:
-            raise OSError(f"{self.base} answered {response.status_code} for {path}")
+            raise OSError(f"{mask_url(self.base)} answered {response.status_code} for {path}")
         return response.json()
 
 
-def _management(transport: AmqpTransport, management_url: str | None) -> _Api:
+def _management(transport: Broker, management_url: str | None) -> _Api:
+    """The management API: at ``management_url`` with its own credentials if it has them, else at the
+    broker's host with the broker's."""
     url = transport.url
-    base = management_url or f"http://{url.host}:{MANAGEMENT_PORT}"
-    return _Api(base, (url.user or "guest", url.password or "guest"))
+    if management_url is None:
+        return _Api(f"http://{url.host}:{MANAGEMENT_PORT}", (url.user or "guest", url.password or "guest"))
+    given = URL(management_url)
+    user, password = given.user or url.user or "guest", given.password or url.password or "guest"
+    return _Api(str(given.with_user(None)), (user, password))
 
 
 def _part(name: str) -> str:

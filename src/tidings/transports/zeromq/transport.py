@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
 import zmq
 import zmq.asyncio
 
-from tidings.errors import ConfigError, TransportError
+from tidings.errors import ConfigError, InvalidEvent, TransportError
+from tidings.event import dumps, loads
 from tidings.topics import topic_matches
 from tidings.transport import DELIVERED, QueueSpec, SendResult, Topology, WireMessage
 
@@ -160,7 +160,7 @@ def to_frames(message: WireMessage) -> list[bytes]:
         "timestamp": message.timestamp.isoformat() if message.timestamp else None,
         "priority": message.priority,
     }
-    return [message.routing_key.encode(), orjson.dumps(meta, default=str), message.body]
+    return [message.routing_key.encode(), dumps(meta, default=str), message.body]
 
 
 def to_wire(frames: list[bytes]) -> WireMessage | None:
@@ -172,7 +172,7 @@ def to_wire(frames: list[bytes]) -> WireMessage | None:
         return None
     if len(frames) == 3 and frames[1].startswith(_META_MARK):
         try:
-            meta = orjson.loads(frames[1])
+            meta = loads(frames[1])
             stamp = meta.get("timestamp")
             return WireMessage(
                 routing_key=topic,
@@ -184,7 +184,7 @@ def to_wire(frames: list[bytes]) -> WireMessage | None:
                 priority=meta.get("priority"),
                 timestamp=datetime.fromisoformat(stamp) if stamp else None,
             )
-        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
+        except (InvalidEvent, ValueError, TypeError, AttributeError):
             log.warning("zeromq: dropped a message with a malformed properties frame on %s", topic)
             return None
     return WireMessage(routing_key=topic, body=frames[-1] if len(frames) > 1 else b"", frames=list(frames))

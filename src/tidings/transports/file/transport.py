@@ -5,37 +5,34 @@ count as delivered. Two styles:
 
 * ``jsonl`` (default) — one JSON object a line: routing key, message id, headers
   and the body (decoded when it is JSON, else base64 under ``body_base64``);
-* ``bugzilla`` — the block Bugzilla's File connector writes: a ``[local time]``
-  line, the pretty-printed JSON payload, a blank line
-  (mozilla-bteam/bmo, extensions/Push/lib/Connector/File.pm, ``send``).
+* ``raw`` — the bytes the format prepared, as they are: the message's frames
+  joined, or its body. Bugzilla's File connector block is the ``bugzilla`` format's
+  (``format_options = {file_block = true}``).
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from tidings.errors import ConfigError, TransportError
+from tidings.errors import ConfigError, InvalidEvent, TransportError
+from tidings.event import dumps, loads
 from tidings.transport import DELIVERED, Delivery, QueueSpec, SendResult, Topology, WireMessage
-
-STYLES = ("jsonl", "bugzilla")
+from tidings.transports.file import style_problem
 
 
 class FileTransport:
-    """Transport ``file``: options ``path`` (required), ``style`` ("jsonl" | "bugzilla"), ``fsync``."""
+    """Transport ``file``: options ``path`` (required), ``style`` ("jsonl" | "raw"), ``fsync``."""
 
     kind = "file"
     acknowledged = True
 
     def __init__(self, path: str, style: str = "jsonl", fsync: bool = True) -> None:
-        if style not in STYLES:
-            raise ConfigError(f"file transport: style must be one of {', '.join(STYLES)}, not {style!r}")
+        if style_problem(style):
+            raise ConfigError(f"file transport: {style_problem(style)}")
         self.path = Path(path)
         self.style = style
         self.fsync = fsync
@@ -62,7 +59,7 @@ class FileTransport:
     async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
         if self._fd is None:
             raise TransportError(f"file transport {self.path.name} is not connected")
-        render = self._bugzilla_block if self.style == "bugzilla" else self._json_line
+        render = self._raw if self.style == "raw" else self._json_line
         data = b"".join(render(m) for m in messages)
         try:
             os.write(self._fd, data)
@@ -83,15 +80,11 @@ class FileTransport:
             "headers": message.headers,
         }
         try:
-            record["body"] = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
+            record["body"] = loads(message.body)
+        except InvalidEvent:
             record["body_base64"] = base64.b64encode(message.body).decode()
-        return orjson.dumps(record, default=str) + b"\n"
+        return dumps(record, default=str) + b"\n"
 
     @staticmethod
-    def _bugzilla_block(message: WireMessage) -> bytes:
-        try:
-            payload = orjson.dumps(orjson.loads(message.body), option=orjson.OPT_INDENT_2)
-        except orjson.JSONDecodeError:
-            payload = message.body
-        return f"[{time.asctime()}]\n".encode() + payload + b"\n\n"
+    def _raw(message: WireMessage) -> bytes:
+        return b"".join(message.frames) if message.frames is not None else message.body

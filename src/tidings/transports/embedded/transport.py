@@ -26,12 +26,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from tidings.batching import AsyncBatcher
 from tidings.errors import TransportError
-from tidings.event import format_time, parse_time
-from tidings.sqlite import LogSync, WriterLock, connect, explain
+from tidings.event import dumps, format_time, loads, parse_time
+from tidings.sqlite import LogSync, WriterLock, connect, explain, rollback
 from tidings.topics import TopicMatcher
 from tidings.transport import (
     ATTEMPTS_HEADER,
@@ -45,7 +43,7 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
-from tidings.transports import embedded_store as store
+from tidings.transports.embedded import store
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +77,11 @@ def _encode_meta(message: WireMessage, exchange: str) -> bytes:
     meta["exchange"] = exchange
     if message.timestamp is not None:
         meta["timestamp"] = format_time(message.timestamp)
-    return orjson.dumps(meta)
+    return dumps(meta)
 
 
 def _decode_meta(meta: bytes, body: bytes) -> WireMessage:
-    stored = orjson.loads(meta)
+    stored = loads(meta)
     stamp = stored.pop("timestamp", None)
     return WireMessage(body=body, timestamp=parse_time(stamp) if stamp else None, **stored)
 
@@ -173,7 +171,7 @@ class EmbeddedTransport:
                 result = work(db)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)  # never in place of the error that got us here (a full disk)
                 raise
         if durable:  # outside the writer lock: other processes commit while the log syncs
             try:

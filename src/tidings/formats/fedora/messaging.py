@@ -31,11 +31,9 @@ from datetime import UTC, datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-import orjson
-
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, JSONScalar, dumps, loads
-from tidings.formats import stable_id
+from tidings.format import stable_id
 from tidings.schemas import SchemaPack
 from tidings.transport import WireMessage
 
@@ -263,7 +261,7 @@ def dump_lines(events: Iterable[Event], fmt: FedoraMessagingFormat | None = None
             "queue": None,
             "priority": wire.headers.get("priority", 0),
         }
-        lines.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())
+        lines.append(dumps(record, sort_keys=True).decode())
     return "".join(line + "\n" for line in lines)
 
 
@@ -281,7 +279,7 @@ def load_lines(text: str, fmt: FedoraMessagingFormat | None = None) -> list[Even
             raise DecodeError(f"dump line {number}: headers must be an object and topic a string")
         wire = WireMessage(
             routing_key=record["topic"],
-            body=orjson.dumps(record["body"]),
+            body=dumps(record["body"]),
             headers=record["headers"],
             message_id=str(record["id"]),
         )

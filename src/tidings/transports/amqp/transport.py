@@ -7,7 +7,7 @@ A lost connection or a confirm that does not come in time fails the batch as a
 whole (the dispatcher sends it again: duplicates carry the same id, nothing is
 lost).
 
-Consuming (see :mod:`tidings.transports.amqp_consume`): manual acks, bounded
+Consuming (see :mod:`tidings.transports.amqp.consume`): manual acks, bounded
 prefetch, retries through per-delay TTL queues ``<queue>.retry.<n>s`` that
 dead-letter back into the queue, dead letters in ``<queue>.dead``, the attempt
 count in the ``x-tidings-attempts`` header, reconnecting with capped backoff and
@@ -28,6 +28,7 @@ from pamqp import commands as spec
 from yarl import URL
 
 from tidings.errors import ConfigError, ConnectionLost, TransportError
+from tidings.redact import mask_url
 from tidings.transport import (
     DELIVERED,
     Delivery,
@@ -38,18 +39,17 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
-from tidings.transports.amqp_frames import FRAMING_ERRORS, can_publish_fast, publish_batch, publish_frames
+from tidings.transports.amqp import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_URL
+from tidings.transports.amqp.consume import consume
+from tidings.transports.amqp.doctor import verify
+from tidings.transports.amqp.frames import FRAMING_ERRORS, can_publish_fast, publish_batch, publish_frames
 
 log = logging.getLogger(__name__)
-
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-#: RabbitMQ's default max_message_size (128 MiB); larger messages close the channel
-DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 
 def mask(url: URL) -> str:
     """The URL as it may appear in logs and errors: never with its password."""
-    return str(url.with_password("***")) if url.password else str(url)
+    return mask_url(url)
 
 
 class AmqpTransport:
@@ -278,7 +278,7 @@ class AmqpTransport:
         sendable: list[int],
         results: list[SendResult | None],
     ) -> list[tuple[int, asyncio.Future[Any]]]:
-        """Frame the messages here and write them at once (see :mod:`amqp_frames`)."""
+        """Frame the messages here and write them at once (see :mod:`frames`)."""
         framed: list[tuple[str, bytes]] = []
         indexes: list[int] = []
         for index in sendable:
@@ -359,15 +359,11 @@ class AmqpTransport:
 
     async def verify(self, topology: Topology) -> Findings:
         """Queues, bindings and permissions the topology needs, checked without creating anything."""
-        from tidings.transports.amqp_doctor import verify
-
         return await verify(self, topology, self.management_url)
 
     # -- consuming --------------------------------------------------------------------
 
     def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[Delivery]:
-        from tidings.transports.amqp_consume import consume
-
         return consume(self, queue, prefetch)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 
+from tidings.sqlite import rollback
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (name TEXT PRIMARY KEY, type TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
@@ -78,7 +80,7 @@ def create(db: sqlite3.Connection) -> None:
             _run_script(db, _MOVE_TO_PAYLOADS)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        rollback(db)
         raise
 
 

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tidings.bus import Bus
-from tidings.config import BridgeConfig
 from tidings.consumer import App
 from tidings.errors import ConfigError, InvalidEvent, TidingsError
 from tidings.event import Event, loads
-from tidings.formats.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck, verify
+from tidings.formats.fedora.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck, verify
+from tidings.formats.fedora.settings import bridge_config
 from tidings.transport import Binding, QueueSpec, WireMessage
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,11 @@ class Bridge:
 
     def __init__(self, bus: Bus, name: str) -> None:
         try:
-            self.config: BridgeConfig = bus.config.bridges[name]
+            table = bus.config.bridges[name]
         except KeyError:
             known = ", ".join(bus.config.bridges) or "none"
             raise ConfigError(f"no bridge named {name!r} is configured (configured: {known})") from None
+        self.config = bridge_config(bus.config, name, table, f"[bridges.{name}]")
         self.bus, self.name = bus, name
         self.fedmsg = FedmsgFormat(self.config.topic_prefix, self.config.environment, self.config.username)
         self.counters = BridgeCounters()

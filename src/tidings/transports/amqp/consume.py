@@ -13,30 +13,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiormq
 from aiormq.abc import DeliveredMessage
+from yarl import URL
 
 from tidings.errors import ConnectionLost, TransportError
+from tidings.redact import mask_url
+from tidings.retry import backoff
 from tidings.transport import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
     QUEUE_HEADER,
     REASON_HEADER,
     QueueSpec,
+    SendResult,
     Topology,
     WireMessage,
 )
-from tidings.transports.amqp_acks import AckWindow
+from tidings.transports.amqp.acks import AckWindow
 
-if TYPE_CHECKING:
-    from tidings.transports.amqp import AmqpTransport
+
+class Broker(Protocol):
+    """What consuming needs of the AMQP transport (:class:`~.transport.AmqpTransport`)."""
+
+    url: URL
+    declared: Topology
+
+    async def channel(self) -> aiormq.abc.AbstractChannel: ...
+
+    async def declare(self, topology: Topology) -> None: ...
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]: ...
+
+    def retry_queue_for(self, queue: str, delay: float) -> tuple[str, int]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +195,7 @@ class AmqpDelivery:
     redelivered: bool
     queue: str
     raw: DeliveredMessage = field(repr=False)
-    transport: AmqpTransport = field(repr=False)
+    transport: Broker = field(repr=False)
     acks: ChannelAcks = field(repr=False)
     settled: bool = False
 
@@ -235,7 +251,7 @@ class AmqpDelivery:
         self.settled = True
 
 
-async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[AmqpDelivery]:
+async def consume(transport: Broker, queue: QueueSpec, prefetch: int) -> AsyncIterator[AmqpDelivery]:
     """Deliveries from ``queue``; reconnects with capped backoff and jitter, restoring the topology."""
     failures = 0
     while True:
@@ -256,7 +272,12 @@ async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> 
                         f"queue {queue.name!r} was deleted: the broker cancelled the consumer"
                     )
                 if item is _CLOSED:
-                    log.warning("consumer of %s lost its channel; reconnecting", queue.name)
+                    log.warning(
+                        "consumer of queue %r lost its channel to %s; reconnecting "
+                        "(its unacked messages come back to the queue)",
+                        queue.name,
+                        mask_url(transport.url),
+                    )
                     break
                 acks.window.delivered(item.delivery.delivery_tag)
                 yield AmqpDelivery(
@@ -272,7 +293,7 @@ async def consume(transport: AmqpTransport, queue: QueueSpec, prefetch: int) -> 
 
 
 async def _subscribe(
-    transport: AmqpTransport, queue: QueueSpec, prefetch: int, inbox: asyncio.Queue[Any]
+    transport: Broker, queue: QueueSpec, prefetch: int, inbox: asyncio.Queue[Any]
 ) -> aiormq.abc.AbstractChannel:
     channel = await transport.channel()
     try:
@@ -287,6 +308,6 @@ async def _subscribe(
 
 
 async def _back_off(exc: Exception, failures: int) -> None:
-    delay = min(RECONNECT_CAP, RECONNECT_BASE * 2 ** (failures - 1)) * (0.5 + random.random())
+    delay = backoff(failures, RECONNECT_BASE, RECONNECT_CAP)
     log.warning("consumer cannot reach the broker (%s); retrying in %.1fs", exc, delay)
     await asyncio.sleep(delay)

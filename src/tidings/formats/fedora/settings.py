@@ -1,0 +1,90 @@
+"""The options of the Fedora formats and the ``[bridges.NAME]`` section, checked when the config is read.
+
+Nothing here imports fedmsg's or fedora-messaging's dependencies: a config is checked
+whether or not they are installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tidings.config import Config
+from tidings.errors import ConfigError, InvalidTopic
+from tidings.plugins import Settings, explain
+from tidings.topics import validate_pattern
+
+
+class FedoraMessagingOptions(Settings):
+    #: put in front of every topic on the wire, taken off when decoding (``org.fedoraproject.prod``)
+    topic_prefix: str = ""
+
+
+class FedmsgOptions(Settings):
+    topic_prefix: str = "org.fedoraproject"
+    environment: str = "prod"
+    #: the envelope's ``username`` when an event does not carry one
+    username: str = "tidings"
+    #: sign as fedmsg's x509_ng does: the key and certificate (PEM files)
+    key_pem: str | None = None
+    cert_pem: str | None = None
+
+
+class BridgeConfig(Settings):
+    """A two-way fedmsg (ZeroMQ) ⇄ AMQP bridge: ``[bridges.NAME]`` (``tidings bridge NAME``)."""
+
+    #: fedmsg publishers to subscribe to
+    zmq_endpoints: list[str]
+    #: the connector that carries fedmsg messages into AMQP, through the outbox; its exchange
+    #: must be the bridge's own (e.g. "zmq.topic"), never the one the other direction reads
+    connector: str
+    #: the AMQP transport the AMQP → fedmsg direction consumes from
+    transport: str
+    #: topic patterns taken from fedmsg
+    zmq_topics: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    #: where AMQP messages are published as fedmsg (PUB, bound); "" for a one-way bridge
+    zmq_publish: str = ""
+    #: the exchange AMQP → fedmsg reads (fedora-messaging publishes to amq.topic)
+    exchange: str = "amq.topic"
+    bindings: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    #: the AMQP → fedmsg queue (default ``tidings.bridge.<name>``)
+    queue: str = ""
+    #: the bridge's identity: a message that carries it has crossed already and never goes back
+    username: str = "fedmsg-bridge"
+    topic_prefix: str = "org.fedoraproject"
+    environment: str = "prod"
+    #: refuse fedmsg messages that are unsigned or not signed by a certificate of ``ca_file``
+    #: (fedmsg's x509 signatures, as fedmsg.crypto.validate checks them)
+    verify: bool = False
+    #: the CA certificate (PEM) fedmsg signers' certificates are issued by; needed with verify
+    ca_file: str = ""
+
+
+def bridge_config(config: Config, name: str, table: dict[str, Any], where: str) -> BridgeConfig:
+    """``[bridges.NAME]`` checked against the rest of the config (``SECTION``: config loading calls it)."""
+    try:
+        bridge = msgspec.convert(table, BridgeConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where} {explain(exc)}") from None
+    for key, patterns in (("zmq_topics", bridge.zmq_topics), ("bindings", bridge.bindings)):
+        for pattern in patterns:
+            try:
+                validate_pattern(pattern)
+            except InvalidTopic as exc:
+                raise ConfigError(f"{where} {key}: {exc}") from None
+    connector = config.connectors.get(bridge.connector)
+    if connector is None:
+        raise ConfigError(f"{where} names connector {bridge.connector!r}, which is not configured")
+    if bridge.transport not in config.transports:
+        raise ConfigError(f"{where} names transport {bridge.transport!r}, which is not configured")
+    if bridge.verify and not bridge.ca_file:
+        raise ConfigError(
+            f"{where}: verify = true needs ca_file, the CA that issues fedmsg signers' certificates"
+        )
+    if connector.exchange == bridge.exchange and connector.transport == bridge.transport:
+        raise ConfigError(
+            f"{where}: connector {bridge.connector!r} publishes to {bridge.exchange!r}, the exchange the "
+            "bridge reads: messages would go round in a loop; give the connector its own exchange"
+        )
+    return bridge

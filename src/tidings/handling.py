@@ -1,0 +1,83 @@
+"""What a handler is given and what it may raise: the vocabulary between handlers and the runtime.
+
+Exceptions are flow control, as in fedora-messaging: :class:`Retry`, :class:`Drop`,
+:class:`Reject` and :class:`Halt` say what becomes of the message; any other exception
+is retried until ``max_attempts``. A handler that takes a second argument gets a
+:class:`Context`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.errors import TidingsError
+from tidings.inbox import Inbox
+from tidings.transport import Delivery
+
+Handler = Callable[..., Any]
+
+
+class Retry(Exception):
+    """Deliver this message again later (after ``delay`` seconds, or the app's schedule)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "handler asked to retry")
+        self.delay = delay
+
+
+class Drop(Exception):
+    """Acknowledge and forget this message."""
+
+
+class Reject(Exception):
+    """Send this message to the dead letters now."""
+
+
+class Halt(Exception):
+    """Put the message back untouched and stop the app."""
+
+
+@dataclass(slots=True)
+class Context:
+    """What a handler that takes a second argument is given."""
+
+    attempt: int
+    queue: str
+    app: str
+    delivery: Delivery
+    event_id: str = ""
+    inbox: Inbox | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on the inbox database that also records this event as handled.
+
+        A side effect written through it happens exactly once: if the process dies
+        before the commit, nothing happened and the redelivery runs the handler
+        again; if it dies after, the redelivery finds the event in the inbox.
+        """
+        if self.inbox is None:
+            raise TidingsError(f"ctx.transaction() needs the inbox: App({self.app!r}, inbox=True)")
+        with self.inbox.transaction(self.app, self.event_id) as db:
+            yield db
+
+
+@dataclass(slots=True)
+class Subscription:
+    patterns: tuple[str, ...]
+    handler: Handler
+    takes_context: bool
+    is_async: bool
+
+
+@dataclass(slots=True)
+class Counters:
+    handled: int = 0
+    retried: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    duplicates: int = 0

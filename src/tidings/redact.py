@@ -1,0 +1,62 @@
+"""Secrets never leave the process as text: one function masks them in every message.
+
+Every URL tidings puts into an error, a log line or the command line's output goes through
+:func:`redact` (or :func:`mask_url`, the same for one URL): the password of a
+``scheme://user:password@host`` becomes ``***`` (a lone ``token@host`` too), and so do the
+values of query parameters that name a secret (``?password=``, ``&token=`` ...). The CLI's
+error line and its log handler apply it to whatever they print, so a library's message that
+quotes a URL is masked as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+MASK = "***"
+#: a URL's scheme and authority: ``scheme://[userinfo@]host[:port]``, up to the path
+_AUTHORITY = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^/?#\s\"'<>]*)")
+#: a query parameter whose value is a secret
+_SECRET_PARAMETER = re.compile(
+    r"(?P<name>[?&;](?:password|passwd|pass|pwd|secret|token|api[_-]?key|access[_-]?key|sasl[_.]password)=)"
+    r"(?P<value>[^&#\s\"']*)",
+    re.IGNORECASE,
+)
+
+
+def _mask_authority(match: re.Match[str]) -> str:
+    authority = match["authority"]
+    userinfo, at, host = authority.rpartition("@")  # the last '@': an unencoded one may sit in a password
+    if not at:
+        return match[0]
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:{MASK}" if colon else MASK  # "token@host": the whole userinfo is the secret
+    return f"{match['scheme']}{masked}@{host}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password and secret query value replaced by ``***``."""
+    if "://" not in text and "=" not in text:
+        return text  # nothing that could hold one: the common case, free
+    text = _AUTHORITY.sub(_mask_authority, text)
+    return _SECRET_PARAMETER.sub(lambda m: m["name"] + MASK, text)
+
+
+def mask_url(url: object) -> str:
+    """A URL as it may be shown: :func:`redact` of its text."""
+    return redact(str(url))
+
+
+class RedactingFilter(logging.Filter):
+    """Masks what a log record says (its message with arguments, and its exception text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

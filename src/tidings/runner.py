@@ -1,0 +1,318 @@
+"""How a running consumer handles a message: decode, check, call the handlers, settle.
+
+An attempt is a try that ended: a retry counted by the broker (the embedded
+broker keeps the count in the message's row, AMQP in a header), or a death — the
+consumer process died while a handler ran on the message. Deaths are counted by
+the handling journal (:mod:`tidings.journal`): a handler's start is written down
+before it runs and its return before the message is settled, so a start without
+a return, left by a dead process, is a death. A message whose attempts reached
+``max_attempts`` that way goes to the dead letters with the reason "consumer
+died while handling it", without calling the handler again; while it still has
+tries, it runs alone (no other handler of the app at the same time), so that
+what it kills is only itself. All of this survives restarts.
+
+A message that cannot be decoded or fails its schema goes straight to the dead
+letters: it would fail again on every retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tidings.errors import HaltedError, InvalidEvent, TidingsError
+from tidings.event import Event
+from tidings.format import Format
+from tidings.handling import Context, Counters, Drop, Halt, Reject, Retry, Subscription
+from tidings.inbox import Inbox
+from tidings.journal import HandlingJournal
+from tidings.transport import Delivery, QueueSpec, Topology, Transport
+
+if TYPE_CHECKING:
+    from tidings.bus import Bus
+    from tidings.config import ConsumerConfig
+
+log = logging.getLogger(__name__)
+
+
+class Consuming(Protocol):
+    """What the runner needs of the app it runs (:class:`~tidings.consumer.App`)."""
+
+    name: str
+    settings: ConsumerConfig
+    counters: Counters
+
+    def format(self) -> Format: ...
+
+    def topology(self) -> Topology: ...
+
+    def queue_spec(self) -> QueueSpec: ...
+
+    def handlers_for(self, topic: str) -> list[Subscription]: ...
+
+    def retry_delay(self, attempt: int) -> float: ...
+
+
+class Runner:
+    """One running consumer of an App: transport, decoding, handlers, settling."""
+
+    def __init__(self, app: Consuming, bus: Bus) -> None:
+        self.app = app
+        self.bus = bus
+        settings = app.settings
+        self.transport: Transport = bus.make_transport(settings.transport)
+        self.format: Format = app.format()
+        self.inbox: Inbox | None = bus.inbox() if settings.inbox else None
+        self.journal: HandlingJournal = bus.journal()
+        self._alone = Isolation()
+        self.halted = False
+        self._stopping = asyncio.Event()
+        self._draining = False
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._threads = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"tidings-{app.name}")
+        self._tasks: set[asyncio.Task[None]] = set()
+        # tasks whose handler still holds one of the concurrency slots
+        self._holding: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.app.settings
+        await self.transport.connect()
+        try:
+            await self.transport.declare(self.app.topology())
+            stream = self.transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
+            watcher = asyncio.create_task(self._watch(stop))
+            pump = asyncio.create_task(self._pump(stream))
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({pump, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                await self._shut_down(pump)
+            finally:
+                stopping.cancel()
+                watcher.cancel()
+                if not pump.done():  # we are being cancelled ourselves: stop fetching first
+                    pump.cancel()
+                    await asyncio.gather(pump, return_exceptions=True)
+                await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._threads.shutdown(wait=True)
+            await self.transport.close()
+        if self.halted:
+            raise HaltedError(f"app {self.app.name} halted by its handler")
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stopping.set()
+
+    async def _pump(self, stream: Any) -> None:
+        async for delivery in stream:
+            if self._draining:  # fetched during shutdown: hand it back uncounted
+                await delivery.release()
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._handle(delivery))
+            self._tasks.add(task)
+            self._holding.add(task)
+            task.add_done_callback(self._finished)
+
+    async def _shut_down(self, pump: asyncio.Task[None]) -> None:
+        """Graceful: handlers already running finish and settle first; then stop fetching."""
+        self._draining = True
+        self._stopping.set()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if pump.done():
+            pump.result()  # a transport failure ends the app with its error
+            return
+        # cancelled only now, with nothing in flight: the stream has nothing of ours to hand back
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+
+    def _free_slot(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None and task in self._holding:  # once per task, whichever way it ends
+            self._holding.discard(task)
+            self._slots.release()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._free_slot(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("tidings bug: settling a message failed: %r", task.exception())
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            handled = await self._decode_and_call(delivery)
+        finally:
+            # concurrency bounds running handlers: the next one starts while this one settles
+            # (prefetch still bounds what is unsettled)
+            self._free_slot(asyncio.current_task())
+        if handled is not None:
+            event, attempt, deaths, outcome = handled
+            queue = self.app.settings.queue
+            # the handler returned: whatever becomes of the settle, the process did not die on it
+            self.journal.finished(queue, event.id)
+            try:
+                await self._settle(delivery, event, attempt, outcome)
+            except TidingsError as exc:  # the broker could not take the settle (gone, disk full)
+                log.warning(
+                    "%s: could not settle event %s (%s); it will be delivered again",
+                    self.app.name,
+                    event.id,
+                    exc,
+                )
+                return
+            if deaths:
+                self.journal.forget_deaths(queue, event.id)  # counted into the tries it settled with
+
+    async def _decode_and_call(
+        self, delivery: Delivery
+    ) -> tuple[Event, int, int, BaseException | None] | None:
+        """The event, its attempt, its deaths and what its handlers did; None if settled without them."""
+        if self.halted:
+            await delivery.release()
+            return None
+        try:
+            event = self.format.decode(delivery.message)
+            self.bus.check_received(event)
+        except InvalidEvent as exc:  # it would fail the same way every time
+            self.app.counters.rejected += 1
+            log.warning("%s: dead-lettering an invalid message (%s)", self.app.name, exc)
+            await delivery.reject(f"invalid message: {exc}")
+            return None
+        if self.inbox is not None and self.inbox.seen(self.app.name, event.id):
+            self.app.counters.duplicates += 1
+            await delivery.ack()
+            return None
+        queue = self.app.settings.queue
+        # only a message that came back unsettled can have killed its consumer: ask the journal then
+        deaths = self.journal.deaths(queue, event.id) if delivery.redelivered else 0
+        if deaths:
+            await self._alone.enter_exclusive()  # what it kills, it kills alone
+        else:
+            await self._alone.enter_shared()
+        try:
+            attempt = delivery.attempt + deaths
+            if deaths and attempt > self.app.settings.max_attempts:
+                await self._dead_after_deaths(delivery, event, attempt, deaths)
+                return None
+            self.journal.started(queue, event.id)
+            return event, attempt, deaths, await self._call_handlers(delivery, event, attempt)
+        finally:
+            self._alone.leave_exclusive() if deaths else self._alone.leave_shared()
+
+    async def _dead_after_deaths(self, delivery: Delivery, event: Event, attempt: int, deaths: int) -> None:
+        self.app.counters.rejected += 1
+        log.error(
+            "%s: event %s killed its consumer %d time(s) (%d attempts of %d), dead-lettering it",
+            self.app.name,
+            event.id,
+            deaths,
+            attempt - 1,
+            self.app.settings.max_attempts,
+        )
+        reason = f"consumer died while handling it ({deaths} time(s); {attempt - 1} attempts)"
+        await delivery.reject(reason, attempts=attempt - 1)
+        self.journal.forget_deaths(self.app.settings.queue, event.id)
+
+    async def _call_handlers(self, delivery: Delivery, event: Event, attempt: int) -> BaseException | None:
+        context = Context(attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
+        try:
+            for sub in self.app.handlers_for(event.topic):
+                args = (event, context) if sub.takes_context else (event,)
+                if sub.is_async:
+                    await sub.handler(*args)
+                else:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._threads, lambda a=args, s=sub: s.handler(*a)
+                    )
+        except Exception as exc:  # handler outcome: decided in _settle
+            return exc
+        return None
+
+    async def _settle(
+        self, delivery: Delivery, event: Event, attempt: int, outcome: BaseException | None
+    ) -> None:
+        counters, settings = self.app.counters, self.app.settings
+        if outcome is None or isinstance(outcome, Drop):
+            if self.inbox is not None:
+                self.inbox.mark(self.app.name, event.id)
+            await delivery.ack()
+            if outcome is None:
+                counters.handled += 1
+            else:
+                counters.dropped += 1
+            return
+        if isinstance(outcome, Halt):
+            self.halted = True
+            self._stopping.set()
+            await delivery.release()
+            return
+        if isinstance(outcome, Reject):
+            counters.rejected += 1
+            await delivery.reject(f"rejected by handler: {outcome}", attempts=attempt)
+            return
+        if attempt >= settings.max_attempts:
+            counters.rejected += 1
+            log.error(
+                "%s: event %s failed %d times, dead-lettering: %r", self.app.name, event.id, attempt, outcome
+            )
+            await delivery.reject(f"failed {attempt} times; last error: {outcome!r}"[:1000], attempts=attempt)
+            return
+        delay = (
+            outcome.delay
+            if isinstance(outcome, Retry) and outcome.delay is not None
+            else self.app.retry_delay(attempt)
+        )
+        counters.retried += 1
+        log.info(
+            "%s: event %s attempt %d failed (%r), retrying in %.1fs",
+            self.app.name,
+            event.id,
+            attempt,
+            outcome,
+            delay,
+        )
+        await delivery.retry(delay, repr(outcome)[:1000], attempts=attempt)
+
+
+class Isolation:
+    """Handlers run side by side (shared); a message that killed its consumer runs alone (exclusive).
+
+    Exclusive waits for the running handlers to finish and keeps new ones from starting; shared
+    waits while an exclusive one waits or runs. Without an exclusive one about, entering shared is
+    a counter and nothing else.
+    """
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._idle: asyncio.Future[None] | None = None
+
+    async def enter_shared(self) -> None:
+        while not self._open.is_set():
+            await self._open.wait()
+        self._running += 1
+
+    def leave_shared(self) -> None:
+        self._running -= 1
+        if self._running == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def enter_exclusive(self) -> None:
+        while not self._open.is_set():
+            await self._open.wait()
+        self._open.clear()
+        try:
+            if self._running:
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
+        except BaseException:
+            self._open.set()  # cancelled while waiting: let the others go on
+            raise
+        finally:
+            self._idle = None
+
+    def leave_exclusive(self) -> None:
+        self._open.set()

@@ -1,0 +1,68 @@
+"""The one masking function: a password in a URL, or a secret query value, never survives it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidings.redact import RedactingFilter, mask_url, redact
+
+SAFE = st.text(alphabet=st.characters(codec="ascii", categories=("L", "N")), min_size=1, max_size=12)
+#: what a password may hold unencoded in a URL (the path, query and fragment marks cannot)
+UNSAFE_IN_URL = "/?#@\"' <>"
+PASSWORDS = st.text(
+    alphabet=st.characters(
+        codec="utf-8", exclude_characters=UNSAFE_IN_URL, exclude_categories=("Cs", "Cc", "Z")
+    ),
+    min_size=8,
+    max_size=24,
+)
+SCHEMES = st.sampled_from(["amqp", "amqps", "http", "https", "kafka", "stomp", "postgresql"])
+
+
+@given(SCHEMES, SAFE, PASSWORDS, SAFE)
+def test_a_url_password_never_survives(scheme: str, user: str, password: str, host: str) -> None:
+    url = f"{scheme}://{user}:{password}@{host}.example.org:1234/vhost"
+    shown = redact(f"cannot connect to {url}: refused")
+    assert f":{password}@" not in shown  # (the password may also be spelt like the host: not that)
+    assert f"{scheme}://{user}:***@{host}.example.org:1234/vhost" in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("amqp://guest:s3cret@h/", "amqp://guest:***@h/"),
+        ("http://guest:p@ss@h:15672", "http://guest:***@h:15672"),  # an unencoded '@' in the password
+        ("https://ghp_token@github.com/x", "https://***@github.com/x"),  # a token as the user
+        ("amqp://h:5672/ and amqp://u:v@w/", "amqp://h:5672/ and amqp://u:***@w/"),
+        ("http://h/?user=a&password=hunter2&x=1", "http://h/?user=a&password=***&x=1"),
+        ("http://h/?TOKEN=abc#frag", "http://h/?TOKEN=***#frag"),
+        ("plain words, no secret", "plain words, no secret"),
+    ],
+)
+def test_examples(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_mask_url_takes_any_object() -> None:
+    class Url:
+        def __str__(self) -> str:
+            return "amqps://fedora:key@rabbit/%2Fpub"
+
+    assert mask_url(Url()) == "amqps://fedora:***@rabbit/%2Fpub"
+
+
+def test_log_records_are_masked_with_their_arguments_and_exceptions() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "lost %s", ("amqp://u:pw@h/",), None)
+    try:
+        raise OSError("amqp://u:pw2@h/ refused")
+    except OSError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    RedactingFilter().filter(record)
+    assert record.getMessage() == "lost amqp://u:***@h/"
+    assert "pw2" not in (record.exc_text or "") and "u:***@h" in (record.exc_text or "")
