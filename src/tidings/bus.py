@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,6 @@ class Bus:
         self._outbox: Outbox | None = None
         self._inbox: Inbox | None = None
         self._journal: HandlingJournal | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -78,8 +76,6 @@ class Bus:
         for part in (self._outbox, self._inbox, self._journal):
             if part is not None:
                 part.close()
-        if self._executor is not None:
-            self._executor.shutdown()
 
     # -- events -------------------------------------------------------------------------
 
@@ -151,19 +147,16 @@ class Bus:
     async def apublish(
         self, topic_or_event: str | Event, body: dict[str, Any] | None = None, **fields: Any
     ) -> Event:
-        """:meth:`publish` for asyncio code: the commit runs off the event loop."""
+        """:meth:`publish` for asyncio code: coroutines publishing together share one commit, made on
+        the event loop; returns once the event is on disk."""
         event, data = self._as_event(topic_or_event, body, fields)
-        await asyncio.get_running_loop().run_in_executor(
-            self._publisher_threads(), self.outbox.append_encoded, [(event.id, event.topic, data)]
-        )
+        await self.outbox.append_async([(event.id, event.topic, data)])
         return event
 
     async def apublish_many(self, events: Iterable[Event]) -> list[Event]:
+        """:meth:`publish_many` for asyncio code: all stored, or none."""
         batch = list(events)
-        rows = [(event.id, event.topic, self.check(event)) for event in batch]
-        await asyncio.get_running_loop().run_in_executor(
-            self._publisher_threads(), self.outbox.append_encoded, rows
-        )
+        await self.outbox.append_async([(event.id, event.topic, self.check(event)) for event in batch])
         return batch
 
     def _as_event(
@@ -177,13 +170,6 @@ class Bus:
             raise TypeError("publish(topic, body) needs a body")
         event = Event.create(topic_or_event, body, source=self.config.bus.source, **fields)
         return event, self.check(event)
-
-    def _publisher_threads(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                # several threads so that concurrent apublish calls share group commits
-                self._executor = ThreadPoolExecutor(16, thread_name_prefix="tidings-publish")
-            return self._executor
 
     # -- the parts built from config ------------------------------------------------------
 

@@ -214,17 +214,15 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
     _check_patterns(config, origin)
     _check_references(config, origin)
     for section, tables in (("bridges", config.bridges),):
-        check = SECTIONS.attribute(section)
         for name, table in tables.items():
-            check(config, name, table, f"{origin}: [{section}.{name}]")
+            SECTIONS.attribute(section)(config, name, table, f"{origin}: [{section}.{name}]")
     return config
 
 
-#: sections of the config file that a plug-in owns and checks: name → ``module:check(config, name,
-#: table, where)``; the check imports nothing heavy, so a config is checked without the extras
-SECTIONS = Registry(
-    "tidings.sections", {"bridges": "tidings.formats.fedora.settings:bridge_config"}, "config section"
-)
+#: sections of the config file that a plug-in owns and checks, from the ``tidings.sections`` entry
+#: points: name → ``module:check(config, name, table, where)`` (the fedmsg bridge's ``bridges``); the
+#: check imports nothing heavy, so a config is checked without the plug-in's extras
+SECTIONS = Registry("tidings.sections", {}, "config section")
 
 
 def _in_table(exc: msgspec.ValidationError, table: str = "") -> str:

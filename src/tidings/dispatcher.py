@@ -132,6 +132,8 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         wake = lambda rows: loop.call_soon_threadsafe(self._wake_all, rows)  # noqa: E731 - publisher threads
         self.wake_source.add_listener(wake)
+        # publishers in other processes ring the outbox's doorbell: read what they committed, now
+        self.outbox.doorbell.listen(lambda: self._wake_all([]), others_only=True)
         tasks = [asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers]
         tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
         try:
@@ -142,6 +144,7 @@ class Dispatcher:
                 task.cancel()
             await asyncio.wait(tasks)
             self.wake_source.remove_listener(wake)
+            self.outbox.doorbell.close()
             await self.close_transports()
             self.release()
             self._io.shutdown(wait=True)  # its thread must not outlive the run (it is idle by now)

@@ -21,9 +21,6 @@ JSONScalar = str | int | float | bool | None
 
 #: CloudEvents ``type`` used for events that carry no schema type of ours.
 UNTYPED = "tidings.untyped"
-#: Limits every event body is held to; the :class:`~tidings.bus.Bus` can lower or raise them.
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_MAX_DEPTH = 64
 #: header names the native format uses for the envelope (CloudEvents binary mode)
 RESERVED_HEADER_PREFIX = "ce_"
 

@@ -3,8 +3,11 @@
 ``append`` returns only after the events are committed and the write-ahead log
 holding them is fsynced (:mod:`tidings.sqlite`: FULL's guarantee, the fsync taken
 outside the write lock). Threads of one process share commits
-(:mod:`tidings.groupcommit`). Several processes may append to one outbox; a file
-lock orders their transactions, and one's fsync overlaps the next one's commit.
+(:mod:`tidings.groupcommit`); coroutines of one event loop share commits too
+(:meth:`Outbox.append_async`), made on the loop itself when the file is free, so
+that asyncio publishers pay no hand-off to a thread but the fsync's. Several
+processes may append to one outbox; a file lock orders their transactions, and
+one's fsync overlaps the next one's commit.
 
 Per connector the outbox keeps a cursor (the last event it took responsibility
 for), a backlog of events to try again later and dead letters. Rows are
@@ -17,14 +20,18 @@ single publisher's rate.)
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from tidings.batching import AsyncBatcher
+from tidings.doorbell import Doorbell
 from tidings.errors import OutboxError
 from tidings.event import Event
 from tidings.groupcommit import GroupCommit
@@ -54,6 +61,12 @@ CREATE TABLE IF NOT EXISTS dead (
 
 #: rows per INSERT statement: 4 parameters a row stays under the oldest SQLite's limit of 999
 ROWS_PER_STATEMENT = 200
+#: a loop-side commit of at least this many events fsyncs on the loop; a smaller one in a thread
+#: (measured: 64 coroutines publish a third faster with the fsync inline, and a lone publisher's event
+#: reaches its consumer twice as fast with it in a thread, where the loop meanwhile runs the rest)
+INLINE_SYNC_ROWS = 16
+#: an event ready to store: (id, topic, its JSON)
+Encoded = tuple[str, str, bytes]
 
 
 @functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
@@ -111,9 +124,17 @@ class Outbox:
         # one sqlite3 connection serves every thread of this process, one at a time
         self._db_lock = threading.Lock()
         self._group_commit: GroupCommit[tuple[str, str, bytes]] = GroupCommit(self._write)
+        #: per event loop: coroutines that publish while a commit runs share the next one
+        self._async_commits: dict[asyncio.AbstractEventLoop, AsyncBatcher[list[Encoded], None]] = {}
+        #: the fsync of loop-side commits runs here, so the loop prepares the next group meanwhile
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="tidings-outbox-sync")
         self._listeners: list[Callable[[list[Row]], None]] = []
+        #: rung after every commit of events: a dispatcher in another process delivers at once
+        self.doorbell = Doorbell(self.path)
 
     def close(self) -> None:
+        self.doorbell.close()
+        self._syncer.shutdown(wait=True)
         with self._db_lock:
             self._db.close()
             self._log.close()
@@ -125,7 +146,7 @@ class Outbox:
         """Store events durably; returns once they are committed. Raises OutboxError."""
         self.append_encoded([(e.id, e.topic, e.to_json()) for e in events])
 
-    def append_encoded(self, rows: list[tuple[str, str, bytes]]) -> None:
+    def append_encoded(self, rows: list[Encoded]) -> None:
         """:meth:`append` for events already serialised as (id, topic, JSON).
 
         Serialising happens in the caller's thread, outside the commit, so it
@@ -133,29 +154,84 @@ class Outbox:
         """
         self._group_commit.submit(rows)
 
-    def _write(self, encoded: list[tuple[str, str, bytes]]) -> BaseException | None:
-        now = time.time()
-        rows = [(event_id, topic, now, data) for event_id, topic, data in encoded]
-        with self._db_lock:
+    async def append_async(self, rows: list[Encoded]) -> None:
+        """:meth:`append_encoded` for asyncio code; returns once the events are on disk.
+
+        Coroutines that append while a commit runs share the next one. The commit runs on the
+        event loop when the outbox file is free (a few hundred microseconds for a group, less
+        than a thread hand-off costs when the interpreter is busy), and only the fsync goes to a
+        thread; when another process holds the file, the whole write waits in a thread.
+        """
+        loop = asyncio.get_running_loop()
+        batcher = self._async_commits.get(loop)
+        if batcher is None:
+            batcher = self._async_commits[loop] = AsyncBatcher(self._commit_groups, self._flat)
+        await batcher.submit(rows)
+
+    @staticmethod
+    def _flat(groups: list[list[Encoded]]) -> list[Encoded]:
+        return [row for group in groups for row in group]
+
+    async def _commit_groups(
+        self, flat: Callable[[list[list[Encoded]]], list[Encoded]], groups: list[list[Encoded]]
+    ) -> list[None]:
+        encoded = flat(groups)
+        committed: list[Row] | None = None
+        if self._db_lock.acquire(blocking=False):
             try:
-                with self._writer:
-                    committed = self._insert(rows)
-            except sqlite3.Error as exc:
-                rollback(self._db)
-                return OutboxError(
-                    f"outbox {self.path.name}: could not store {len(rows)} event(s): {explain(exc)}"
-                )
-        # the locks are free again: another process commits while this fsync runs
+                if self._writer.try_acquire():
+                    try:
+                        committed = self._commit(encoded)
+                    finally:
+                        self._writer.release()
+            finally:
+                self._db_lock.release()
+        loop = asyncio.get_running_loop()
+        if committed is None:  # another writer holds the file: the threads' path waits for it
+            await loop.run_in_executor(self._syncer, self._group_commit.submit, encoded)
+        elif len(encoded) >= INLINE_SYNC_ROWS:
+            self._sync(len(encoded))  # a big group: its publishers are what the loop is busy with
+            self._committed(committed)
+        else:  # a small one: the loop goes on (a dispatcher, consumers) while the disk confirms
+            await loop.run_in_executor(self._syncer, self._sync, len(encoded))
+            self._committed(committed)
+        return [None] * len(groups)
+
+    def _write(self, encoded: list[Encoded]) -> BaseException | None:
+        """The group commit of publishing threads: commit, fsync, tell the listeners."""
+        try:
+            with self._db_lock, self._writer:
+                committed = self._commit(encoded)
+            # the locks are free again: another process commits while this fsync runs
+            self._sync(len(encoded))
+        except OutboxError as exc:
+            return exc
+        self._committed(committed)
+        return None
+
+    def _commit(self, encoded: list[Encoded]) -> list[Row]:
+        """Insert and commit (the caller holds both locks); the committed rows, or [] (see _insert)."""
+        now = time.time()
+        try:
+            return self._insert([(event_id, topic, now, data) for event_id, topic, data in encoded])
+        except sqlite3.Error as exc:
+            rollback(self._db)
+            problem = f"could not store {len(encoded)} event(s): {explain(exc)}"
+            raise OutboxError(f"outbox {self.path.name}: {problem}") from None
+
+    def _sync(self, count: int) -> None:
         try:
             self._log.sync()
         except OSError as exc:
-            return OutboxError(
-                f"outbox {self.path.name}: the disk did not confirm {len(rows)} event(s) ({exc}); "
+            raise OutboxError(
+                f"outbox {self.path.name}: the disk did not confirm {count} event(s) ({exc}); "
                 "they may or may not be stored: publish them again, with the same ids"
-            )
+            ) from None
+
+    def _committed(self, committed: list[Row]) -> None:
         for listener in self._listeners:
             listener(committed)
-        return None
+        self.doorbell.ring()
 
     def _insert(self, rows: list[tuple[str, str, float, bytes]]) -> list[Row]:
         """Insert and commit; the rows as the dispatcher reads them, or [] if some were already there."""
@@ -223,14 +299,10 @@ class Outbox:
                 problem = f"the disk did not confirm a write: {exc}"
                 raise OutboxError(f"outbox {self.path.name}: {problem}") from None
 
-    def data_version(self) -> int:
-        """Changes whenever another connection (process) commits: a cheap poll."""
-        return self._read("PRAGMA data_version")[0][0]
-
     def last_seq(self) -> int:
         return self._read("SELECT max(seq) FROM events")[0][0] or 0
 
-    def ensure_connector(self, connector: str, *, start_at_end: bool = False) -> int:
+    def ensure_connector(self, connector: str) -> int:
         """The connector's cursor, creating it if new.
 
         A new connector starts before the oldest event still in the outbox: events
@@ -239,10 +311,7 @@ class Outbox:
         row = self._read("SELECT seq FROM cursors WHERE connector = ?", (connector,))
         if row:
             return row[0][0]
-        start = self.last_seq() if start_at_end else 0
-        self._transaction(
-            [("INSERT OR IGNORE INTO cursors (connector, seq) VALUES (?, ?)", [(connector, start)])]
-        )
+        self._transaction([("INSERT OR IGNORE INTO cursors (connector, seq) VALUES (?, 0)", [(connector,)])])
         return self._read("SELECT seq FROM cursors WHERE connector = ?", (connector,))[0][0]
 
     def read_after(self, cursor: int, limit: int) -> list[Row]:
@@ -415,11 +484,9 @@ class Outbox:
         self._transaction([(sql, [(floor, older_than)])])
         return before - self._read("SELECT count(*) FROM events")[0][0]
 
-    def history(self, *, since: float = 0.0, topic_like: str = "%") -> Iterable[Event]:
+    def history(self, *, since: float = 0.0) -> Iterable[Event]:
         """Events still in the outbox, oldest first (for replays)."""
-        rows = self._read(
-            "SELECT data FROM events WHERE created >= ? AND topic LIKE ? ORDER BY seq", (since, topic_like)
-        )
+        rows = self._read("SELECT data FROM events WHERE created >= ? ORDER BY seq", (since,))
         for (data,) in rows:
             yield Event.from_stored(data)
 

@@ -20,10 +20,13 @@ from pathlib import Path
 from tidings.bus import Bus
 from tidings.errors import InvalidEvent
 from tidings.event import Event, utcnow
+from tidings.plugins import Registry
 from tidings.topics import topic_matches
 
-Transform = Callable[[Iterable[Event]], Iterator[Event]]
 BATCH = 500
+#: transforms by name: ``same`` here, more from the ``tidings.transforms`` entry points (the CKI
+#: DataWarehouse's ``cki-needs-triage`` comes with its format's package)
+TRANSFORMS = Registry("tidings.transforms", {"same": "tidings.replay:same_again"}, "replay transform")
 
 
 def read_jsonl(path: Path) -> Iterator[Event]:

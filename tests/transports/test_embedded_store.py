@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from pathlib import Path
 
 import orjson
@@ -112,14 +111,14 @@ def test_sends_waiting_behind_a_commit_share_the_next_and_each_gets_its_own_resu
         await transport.connect()
         await transport.declare(Topology([ExchangeSpec("ex")], [QueueSpec("q", [Binding("ex", "keep.#")])]))
         commits = 0
-        write = transport._write
+        write = transport.commit
 
         def counted(*args: object, **kwargs: object) -> object:
             nonlocal commits
             commits += 1
             return write(*args, **kwargs)  # type: ignore[arg-type]
 
-        transport._write = counted  # type: ignore[method-assign]
+        transport.commit = counted  # type: ignore[method-assign]
         sends = [
             [WireMessage(f"keep.{n}", b"{}", message_id=f"{n}a"), WireMessage("x", b"{}", message_id=f"{n}b")]
             for n in range(6)
@@ -143,15 +142,16 @@ def test_closing_a_stream_hands_back_what_it_held_and_what_it_was_leasing(tmp_pa
         await transport.connect()
         await transport.declare(TOPOLOGY)
         await transport.send("ex", [WireMessage(f"a.{n}", b"{}", message_id=f"m{n}") for n in range(10)])
-        gate, real_lease, calls = threading.Event(), transport._lease, []
+        consuming = transport._consuming
+        gate, real_lease, calls = asyncio.Event(), consuming._lease, []
 
-        def gated_lease(queue: str, limit: int) -> list[object]:
+        async def gated_lease(queue: str, limit: int) -> list[object]:
             calls.append(limit)
             if len(calls) == 2:
-                gate.wait(5)  # the second lease waits while the test settles what it holds
-            return real_lease(queue, limit)  # type: ignore[return-value]
+                await asyncio.wait_for(gate.wait(), 5)  # the second lease waits while the test settles
+            return await real_lease(queue, limit)  # type: ignore[return-value]
 
-        transport._lease = gated_lease  # type: ignore[assignment,method-assign]
+        consuming._lease = gated_lease  # type: ignore[assignment,method-assign]
         stream = transport.consume(QueueSpec("q"), prefetch=4)
         first = [await anext(stream) for _ in range(4)]  # type: ignore[call-overload]  # a full batch
         for delivery in first[:2]:

@@ -50,8 +50,29 @@ def _global(
         ),
     ] = None,
 ) -> None:
-    if config is not None:
-        os.environ["TIDINGS_CONFIG"] = str(config)
+    """(``--config`` before the command is moved after it by :func:`main`: every command has its own.)"""
+
+
+def config_after_command(args: list[str]) -> list[str]:
+    """``tidings --config X backlog list`` as ``tidings backlog list --config X``.
+
+    Every command takes ``--config``; given before the command, it is moved behind it, so the
+    command sees it as its own (no process-wide state carries it).
+    """
+    moved: list[str] = []
+    rest = list(args)
+    while (rest and rest[0] in ("--config", "-c")) or (rest and rest[0].startswith("--config=")):
+        option = rest.pop(0)
+        if "=" in option:
+            moved.append(option)
+        elif rest:
+            moved += [option, rest.pop(0)]
+        else:
+            moved.append(option)  # the value is missing: let the command line say so
+    if not moved or not rest:
+        return args
+    end = rest.index("--") if "--" in rest else len(rest)  # after "--" everything is an argument
+    return [*rest[:end], *moved, *rest[end:]]
 
 
 class _OursUnlessDebugging(logging.Filter):
@@ -93,7 +114,7 @@ def main() -> None:
     from tidings.formats.fedora import cli  # noqa: F401 - `tidings bridge` lives with the fedmsg bridge
 
     try:
-        app()  # standalone: usage errors print themselves and exit 2
+        app(args=config_after_command(sys.argv[1:]))  # standalone: usage errors print themselves, exit 2
     except TidingsError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

@@ -25,10 +25,6 @@ schemas_app = typer.Typer(help="List, show and try the registered event schemas.
 app.add_typer(backlog_app, name="backlog")
 app.add_typer(schemas_app, name="schemas")
 
-Table_ = Annotated[
-    str, typer.Option("--dead/--backlog", help="Act on dead letters (default) or the backlog.")
-]
-
 
 def _connector(bus: Bus, name: str) -> str:
     if name not in bus.config.connectors:
@@ -233,12 +229,6 @@ async def _verify(transport: Any, topology: Topology) -> Findings:
     return result
 
 
-TRANSFORMS = {
-    "same": "tidings.replay:same_again",
-    "cki-needs-triage": "tidings.formats.cki:needs_triage",
-}
-
-
 @app.command()
 def replay(
     source: Annotated[
@@ -263,12 +253,10 @@ def replay(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from tidings import replay as replaying
-    from tidings.cli.commands import import_target
     from tidings.topics import validate_pattern
 
     validate_pattern(topic)
-    if transform not in TRANSFORMS:
-        raise ConfigError(f"unknown transform {transform!r} (known: {', '.join(TRANSFORMS)})")
+    make = replaying.TRANSFORMS.attribute(transform)
     bus = load_bus(config)
     since = replaying.since_days(days)
     kept = bus.config.outbox.retention / 86400
@@ -282,7 +270,7 @@ def replay(
         )
     history = replaying.read_jsonl(source) if source else bus.outbox.history(since=since.timestamp())
     chosen = list(replaying.window(history, since=since, pattern=topic))
-    events = list(import_target(TRANSFORMS[transform])(chosen))
+    events = list(make(chosen))
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
     ) as progress:

@@ -15,10 +15,14 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, fields
+from typing import Any
 
 import orjson
 
+from tidings.event import dumps, format_time, loads, parse_time
 from tidings.sqlite import rollback
+from tidings.transport import WireMessage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (name TEXT PRIMARY KEY, type TEXT NOT NULL);
@@ -57,6 +61,41 @@ RELEASE = (
 RENEW = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?"
 
 Leased = tuple[int, int, int, int, bytes, bytes]  # message id, attempts, leased, payload id, meta, body
+
+
+_META_FIELDS = (
+    "routing_key",
+    "headers",
+    "message_id",
+    "content_type",
+    "content_encoding",
+    "priority",
+    "exchange",
+    "cc",
+    "properties",
+)
+
+
+_META_DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+    for f in fields(WireMessage)
+    if f.name in _META_FIELDS
+}
+
+
+def encode_meta(message: WireMessage, exchange: str) -> bytes:
+    # only what differs from WireMessage's defaults: less JSON to write, read and store
+    meta = {name: value for name in _META_FIELDS if (value := getattr(message, name)) != _META_DEFAULTS[name]}
+    meta["exchange"] = exchange
+    if message.timestamp is not None:
+        meta["timestamp"] = format_time(message.timestamp)
+    return dumps(meta)
+
+
+def decode_meta(meta: bytes, body: bytes) -> WireMessage:
+    stored = loads(meta)
+    stamp = stored.pop("timestamp", None)
+    return WireMessage(body=body, timestamp=parse_time(stamp) if stamp else None, **stored)
 
 
 def create(db: sqlite3.Connection) -> None:
