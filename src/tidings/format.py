@@ -86,7 +86,9 @@ def json_message(event: Event, body: Any, **fields: Any) -> WireMessage:
     )
 
 
-def stable_id(message: WireMessage, namespace: uuid.UUID) -> str:
+def stable_id(message: WireMessage, namespace: uuid.UUID, *more: str) -> str:
     """An id for a message that arrived without one: the same message always gets the same id,
-    so a redelivery is recognised by an inbox."""
-    return str(uuid.uuid5(namespace, message.routing_key + "\0" + message.body.decode("utf-8", "replace")))
+    so a redelivery is recognised by an inbox. ``more``: whatever else tells two messages apart
+    in this format (an exchange, routes)."""
+    text = "\0".join((message.routing_key, *more, message.body.decode("utf-8", "replace")))
+    return str(uuid.uuid5(namespace, text))

@@ -111,6 +111,10 @@ class Runner:
                 await delivery.release()
                 continue
             await self._slots.acquire()
+            if self._draining:  # shutdown began while it waited for a handler's slot: the same
+                self._slots.release()
+                await delivery.release()
+                continue
             task = asyncio.create_task(self._handle(delivery))
             self._tasks.add(task)
             self._holding.add(task)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conformance import take
+from tests.transports.conformance import take
 from tests.waiting import WAIT, until
 from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
 from tidings.consumer import Context

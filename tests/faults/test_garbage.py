@@ -1,8 +1,7 @@
-"""Garbage into every decoder of every format, and into the CLI: only our own errors, quickly.
+"""Garbage into the CLI, onto a RabbitMQ queue and into the configuration: only our own errors.
 
-Each format's own test module feeds it the garbage that format is prone to; this one sends the
-same extremes to all of them at once (deep nesting, huge numbers, many keys, invalid UTF-8,
-truncated and mistyped JSON, oversize bodies, broken frames), and generated garbage besides.
+Garbage into each format's decoder is part of the format suite (tests/formats/conformance.py),
+which every registered format runs.
 """
 
 from __future__ import annotations
@@ -10,92 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import aiormq
-import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.faults.rig import Rig, queue_depth
-from tidings.errors import TidingsError
-from tidings.format import format_names, load_format
-from tidings.transport import WireMessage
-
-FORMATS = sorted(format_names())
-
-EXTREMES: dict[str, bytes] = {
-    "100,000-deep array": b"[" * 100_000 + b"]" * 100_000,
-    "100,000-deep object": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
-    "a 10^6-digit number": b'{"n": ' + b"9" * 1_000_000 + b"}",
-    "10^5 keys": orjson.dumps({f"k{i}": i for i in range(100_000)}),
-    "invalid UTF-8": b'{"a": "\xff\xfe\xfd"}',
-    "truncated": b'{"topic": "a.b", "body": {"x": [1, 2',
-    "a list": b"[1, 2, 3]",
-    "a string": b'"just a string"',
-    "a number": b"42",
-    "null": b"null",
-    "nulls everywhere": b'{"topic": null, "body": null, "id": null, "time": null, "msg": null}',
-    "wrong types": b'{"topic": 7, "body": "x", "id": [], "time": {}, "msg": 3, "i": "x", "timestamp": "x"}',
-    "2 MiB of JSON": orjson.dumps({"pad": "x" * (2 * 1024 * 1024)}),
-    "empty": b"",
-}
-FRAMES: dict[str, list[bytes]] = {
-    "no frames": [],
-    "one frame": [b"org.example.topic"],
-    "two frames, bad JSON": [b"org.example.topic", b"{not json"],
-    "five frames, bad date": [b"org.lavasoftware.testjob", b"x", b"not a date", b"user", b"{}"],
-    "invalid UTF-8 topic": [b"\xff\xfe", b"{}"],
-}
-
-
-def decode_within(fmt_name: str, message: WireMessage, seconds: float = 2.0) -> None:
-    """Decodes or raises our own error, within ``seconds``; anything else fails the test."""
-    fmt = load_format(fmt_name)
-    started = time.monotonic()
-    try:
-        fmt.decode(message)
-    except TidingsError:
-        pass
-    took = time.monotonic() - started
-    assert took < seconds, f"{fmt_name} took {took:.1f}s"
-
-
-@pytest.mark.parametrize("fmt_name", FORMATS)
-@pytest.mark.parametrize("case", list(EXTREMES))
-def test_extreme_bodies(fmt_name: str, case: str) -> None:
-    decode_within(fmt_name, WireMessage(routing_key="garbage.test", body=EXTREMES[case]))
-
-
-@pytest.mark.parametrize("fmt_name", FORMATS)
-@pytest.mark.parametrize("case", list(FRAMES))
-def test_broken_frames(fmt_name: str, case: str) -> None:
-    decode_within(fmt_name, WireMessage(routing_key="", body=b"", frames=FRAMES[case]))
-
+from tests.formats.conformance import EXTREMES
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-header_values = st.none() | st.integers() | st.text(max_size=20) | st.binary(max_size=10)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    fmt_name=st.sampled_from(FORMATS),
-    body=st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode())),
-    routing_key=st.text(max_size=40),
-    headers=st.dictionaries(st.text(max_size=30), header_values, max_size=5),
-    frames=st.none() | st.lists(st.binary(max_size=40), max_size=6),
-)
-def test_generated_garbage(
-    fmt_name: str, body: bytes, routing_key: str, headers: dict, frames: list[bytes] | None
-) -> None:
-    message = WireMessage(routing_key=routing_key, body=body, headers=headers, frames=frames)
-    decode_within(fmt_name, message)
 
 
 @settings(max_examples=25, deadline=None)

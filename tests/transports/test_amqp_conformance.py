@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conformance import MakeTransport, TransportConformance
 from tests.conftest import delete_amqp_topology
+from tests.transports.conformance import MakeTransport, TransportConformance
 from tidings.transports.amqp import AmqpTransport
 
 pytestmark = pytest.mark.rabbitmq

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance import MakeTransport, TransportConformance
+from tests.transports.conformance import MakeTransport, TransportConformance
 from tidings.transports.embedded import EmbeddedTransport
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.transports.conformance import MakeTransport, TransportConformance
 from tidings import Bus
 from tidings.config import load_config
 from tidings.errors import ConfigError, TransportError
@@ -32,6 +37,7 @@ async def test_jsonl_lines_are_appended_and_fsynced(tmp_path: Path) -> None:
         "routing_key": "bug.modify",
         "message_id": "m1",
         "headers": {"h": 1},
+        "content_type": "application/json",
         "body": {"a": 1},
     }
     assert lines[1]["body_base64"] == "/wA="
@@ -85,3 +91,70 @@ async def test_a_file_connector_beside_the_embedded_one(tmp_path: Path) -> None:
     local, log = bus.outbox.status(["local", "log"])
     assert (log.pending, log.backlog, log.dead) == (0, 0, 0)
     assert local.backlog == 3  # no queue is bound on the embedded broker: unroutable, waiting
+
+
+# -- the transport conformance suite, as far as a write-only file goes ---------------------------
+
+
+@dataclass
+class ReadBack:
+    """A message read back from the file: what a delivery would have carried."""
+
+    message: WireMessage
+    attempt: int = 1
+    redelivered: bool = False
+
+    async def ack(self) -> None:
+        """Nothing to settle: the file keeps what it was given."""
+
+
+class TestFileConformance(TransportConformance):
+    routes = False  # a file takes every message: a reader filters
+    consumes = False  # write-only
+    keeps_body_bytes = False  # a JSON line holds the body as JSON
+
+    @pytest.fixture
+    async def make_transport(self, tmp_path: Path) -> AsyncIterator[MakeTransport]:
+        made: list[FileTransport] = []
+        self.path = tmp_path / "sink.jsonl"
+        self.read: dict[str, int] = {}
+
+        async def make() -> FileTransport:
+            transport = FileTransport(str(self.path))
+            await transport.connect()
+            made.append(transport)
+            return transport
+
+        yield make
+        for transport in made:
+            await transport.close()
+
+    @pytest.fixture
+    def exchange(self) -> str:
+        return "file"
+
+    async def take(self, transport, queue, count: int, *, prefetch: int = 50):  # type: ignore[no-untyped-def,override]
+        """The next ``count`` records of the file (each queue reads the whole file, from its start)."""
+        records = [orjson.loads(line) for line in self.path.read_bytes().splitlines()]
+        start = self.read.get(queue.name, 0)
+        taken = records[start : start + count]
+        assert len(taken) == count, f"the file holds {len(records) - start} more records, not {count}"
+        self.read[queue.name] = start + count
+        return [ReadBack(self._message(record)) for record in taken]
+
+    @staticmethod
+    def _message(record: dict) -> WireMessage:  # type: ignore[type-arg]
+        body = (
+            base64.b64decode(record["body_base64"])
+            if "body_base64" in record
+            else orjson.dumps(record["body"])
+        )
+        stamp = record.get("timestamp")
+        return WireMessage(
+            routing_key=record["routing_key"],
+            body=body,
+            headers=record["headers"],
+            message_id=record["message_id"],
+            content_type=record.get("content_type"),
+            timestamp=datetime.fromisoformat(stamp) if stamp else None,
+        )

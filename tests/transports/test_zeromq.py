@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conformance import MakeTransport, TransportConformance
+from tests.transports.conformance import MakeTransport, TransportConformance
 from tidings.errors import ConfigError
 from tidings.transport import Binding, QueueSpec, Transport, WireMessage
 from tidings.transports.zeromq import ZeroMQTransport, prefix_of

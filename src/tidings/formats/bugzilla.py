@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import time as _time
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, loads, pretty
-from tidings.format import json_message
+from tidings.format import json_message, stable_id
 from tidings.plugins import Plugin, Settings
 from tidings.transport import WireMessage
 
@@ -29,6 +30,8 @@ TARGETS = ("bug", "comment", "attachment")
 ACTIONS = ("create", "modify", "update")
 BACKOFF_SCHEDULE = [5.0, 25.0, 125.0, 625.0, 900.0]
 TYPE = "bugzilla.push.v1"
+#: a message that came without a message id gets the same event id on every redelivery
+_ID_NAMESPACE = uuid.UUID("0b8f3c52-77a4-4f0e-8d0c-5d6f0a1e2b93")
 
 
 def change_set_id() -> str:
@@ -72,7 +75,7 @@ def bugzilla_event(
         "bug_id": bug_id,
         "user": user,
         "change_set": change_set or change_set_id(),
-        "time": moment.strftime("%Y-%m-%dT%H:%M:%S"),
+        "time": moment.replace(microsecond=0, tzinfo=None).isoformat(),  # four-digit years, always
     }
     if changed:
         event["changes"] = _changes(changed)
@@ -138,7 +141,7 @@ class BugzillaFormat:
             payload,
             source="bugzilla",
             type=TYPE,
-            id=message.message_id or None,
+            id=message.message_id or stable_id(message, _ID_NAMESPACE),
             time=_time_of(event),
             visibility="public" if target in payload else "private",
         )

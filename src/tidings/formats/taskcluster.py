@@ -15,12 +15,14 @@ entry ``#``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, dumps, loads
+from tidings.format import stable_id
 from tidings.plugins import Plugin, Settings
 from tidings.transport import WireMessage
 
@@ -29,6 +31,8 @@ PREFIX = "exchange/taskcluster-queue/v1/"
 MAX_ROUTE_LENGTH, MAX_ROUTES = 249, 64
 #: the event header that carries a task's routes: a JSON array, so any allowed string survives
 ROUTES_HEADER = "taskcluster_routes"
+#: a message that came without a message id gets the same event id on every redelivery
+_ID_NAMESPACE = uuid.UUID("3d1f6a0e-9c2b-4b7d-a6e4-2f8c5b1d7e60")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +228,7 @@ class TaskclusterFormat:
             source="taskcluster-queue",
             type=f"taskcluster.{exchange}.v1",
             headers=headers,
-            id=message.message_id or None,
+            id=message.message_id or stable_id(message, _ID_NAMESPACE, exchange, *message.cc),
             time=message.timestamp,
         )
 

@@ -3,8 +3,9 @@
 Write-only. Each batch is appended in one write and fsynced before the messages
 count as delivered. Two styles:
 
-* ``jsonl`` (default) — one JSON object a line: routing key, message id, headers
-  and the body (decoded when it is JSON, else base64 under ``body_base64``);
+* ``jsonl`` (default) — one JSON object a line: routing key, message id, headers,
+  content type, timestamp and the body (decoded when it is JSON, else base64 under
+  ``body_base64``);
 * ``raw`` — the bytes the format prepared, as they are: the message's frames
   joined, or its body. Bugzilla's File connector block is the ``bugzilla`` format's
   (``format_options = {file_block = true}``).
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings.errors import ConfigError, InvalidEvent, TransportError
-from tidings.event import dumps, loads
+from tidings.event import dumps, format_time, loads
 from tidings.transport import DELIVERED, Delivery, QueueSpec, SendResult, Topology, WireMessage
 from tidings.transports.file import style_problem
 
@@ -79,6 +80,10 @@ class FileTransport:
             "message_id": message.message_id,
             "headers": message.headers,
         }
+        if message.content_type is not None:
+            record["content_type"] = message.content_type
+        if message.timestamp is not None:
+            record["timestamp"] = format_time(message.timestamp)
         try:
             record["body"] = loads(message.body)
         except InvalidEvent:
