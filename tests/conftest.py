@@ -40,6 +40,20 @@ def rabbitmq() -> str:
     return "amqp://guest:guest@127.0.0.1:5672/"
 
 
+@pytest.fixture
+def kafka() -> str:
+    """A Kafka-protocol broker (Tansu, started by scripts/services)."""
+    require_service("127.0.0.1", 9092, "Kafka (Tansu)")
+    return "kafka://127.0.0.1:9092"
+
+
+@pytest.fixture
+def stomp() -> str:
+    """RabbitMQ's STOMP plugin (enabled by scripts/services)."""
+    require_service("127.0.0.1", 61613, "RabbitMQ's STOMP plugin")
+    return "stomp://guest:guest@127.0.0.1:61613/"
+
+
 def embedded_config(home: Path, **bus: object) -> Config:
     config = default_config(home.parent)
     return msgspec.structs.replace(config, bus=msgspec.structs.replace(config.bus, home=home.name, **bus))

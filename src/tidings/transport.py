@@ -176,6 +176,7 @@ class Transport(Protocol):
 BUILTIN_TRANSPORTS = {
     "embedded": "tidings.transports.embedded:PLUGIN",
     "amqp": "tidings.transports.amqp:PLUGIN",
+    "kafka": "tidings.transports.kafka:PLUGIN",
     "zeromq": "tidings.transports.zeromq:PLUGIN",
     "file": "tidings.transports.file:PLUGIN",
 }

@@ -179,6 +179,14 @@ SECRET_OPTIONS = {
         "key_password": "CANARY",
     },
     ("zeromq", "endpoint"): {"endpoint": "tcp://user:CANARY@127.0.0.1:1"},
+    ("kafka", "url"): {"url": "kafka://user:CANARY@127.0.0.1:1", "connect_timeout": 2},
+    ("kafka", "key_password"): {
+        "url": "kafkas://127.0.0.1:1",
+        "cert_file": "client.pem",
+        "key_file": "client.pem",
+        "key_password": "CANARY",
+        "connect_timeout": 2,
+    },
 }
 #: option names that say they may hold a secret, or a URL that may hold one
 SECRET_NAMES = ("url", "urls", "endpoint", "endpoints", "password", "secret", "token", "servers")

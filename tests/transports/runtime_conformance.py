@@ -81,6 +81,8 @@ class RuntimeConformance:
     """Subclass and provide ``runtime_config``."""
 
     transport = "t"
+    #: how long a probe consumer runs to see that nothing is left (longer where joining takes time)
+    probe_seconds = 1.5
 
     @pytest.fixture
     def bus(self, runtime_config: Path) -> Any:
@@ -136,7 +138,7 @@ class RuntimeConformance:
         probe.subscribe("#")(seen.append)
         stop = asyncio.Event()
         running = asyncio.create_task(probe.run(bus, stop))
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(self.probe_seconds)
         stop.set()
         await running
         return not seen

@@ -7,13 +7,20 @@ A new transport plug-in fails this test until its test module subclasses
 from __future__ import annotations
 
 # modules, not classes: a test class imported here would be collected and run twice
-from tests.transports import test_amqp_conformance, test_embedded_conformance, test_file, test_zeromq
+from tests.transports import (
+    test_amqp_conformance,
+    test_embedded_conformance,
+    test_file,
+    test_kafka_conformance,
+    test_zeromq,
+)
 from tests.transports.conformance import TransportConformance
 from tidings.transport import TRANSPORTS
 
 RUNS_THE_SUITE = {
     "embedded": test_embedded_conformance.TestEmbeddedConformance,
     "amqp": test_amqp_conformance.TestAmqpConformance,
+    "kafka": test_kafka_conformance.TestKafkaConformance,
     "zeromq": test_zeromq.TestZeroMQConformance,
     "file": test_file.TestFileConformance,
 }

@@ -45,8 +45,23 @@ class TestAmqpRuntime(RuntimeConformance):
         asyncio.run(delete_amqp_topology(rabbitmq, [name], [self.exchange(bus)]))
 
 
+@pytest.mark.kafka
+class TestKafkaRuntime(RuntimeConformance):
+    probe_seconds = 4.0  # a consumer joins its group in about a second on Tansu
+
+    @pytest.fixture
+    def runtime_config(self, tmp_path: Path, kafka: str) -> Path:
+        config = tmp_path / "tidings.toml"
+        config.write_text(
+            f'[bus]\nhome = "home"\n[transports.t]\nkind = "kafka"\nurl = "{kafka}"\n'
+            "partitions = 1\nsession_timeout = 2.0\nretry_delays = [1, 5]\n"
+            f'[connectors.t]\ntransport = "t"\nexchange = "rt.{uuid.uuid4().hex[:8]}"\n'
+        )
+        return config
+
+
 #: every transport, and why it does or does not run the suite: a new transport must say which
-RUNS_THE_SUITE = {"embedded": TestEmbeddedRuntime, "amqp": TestAmqpRuntime}
+RUNS_THE_SUITE = {"embedded": TestEmbeddedRuntime, "amqp": TestAmqpRuntime, "kafka": TestKafkaRuntime}
 DOES_NOT = {
     "zeromq": "no acknowledgements: a message is gone once published",
     "file": "write-only: nothing consumes from it",

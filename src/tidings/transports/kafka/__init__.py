@@ -1,0 +1,81 @@
+"""Transport ``kafka``: Apache Kafka (and Kafka-protocol brokers), on confluent-kafka (librdkafka).
+
+The package's parts: :mod:`.transport` (connecting, topics, the idempotent producer),
+:mod:`.consume` (consumer groups, commits of the finished prefix, retry and dead-letter
+topics), :mod:`.offsets` (which offset may be committed), :mod:`.records` (messages as
+records: topics, keys, headers), :mod:`.doctor` (what ``tidings doctor`` checks). This
+module describes the plug-in and its options and imports none of the Kafka library.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from tidings.plugins import Plugin, Settings
+from tidings.transports.kafka.records import Servers, TopicTemplate, key_problem
+
+DEFAULT_URL = "kafka://127.0.0.1:9092"
+Seconds = Annotated[float, Meta(gt=0)]
+Count = Annotated[int, Meta(ge=1)]
+
+
+class KafkaSettings(Settings):
+    #: ``kafka://host:port[,host:port...]``; ``kafkas://`` for TLS; ``user:password@`` for SASL
+    url: str = DEFAULT_URL
+    #: the topic a message goes to: ``{exchange}`` (one topic per connector) or words of the
+    #: routing key, ``bugzilla.{0}``
+    topic: str = "{exchange}"
+    #: the record key, which keeps one object's messages in order: ``subject`` (the routing key),
+    #: ``id``, ``none``, ``header:NAME`` or ``body:PATH`` (``body:event.bug_id``)
+    key: str = "subject"
+    #: partitions and replicas of the topics tidings creates (production: replication_factor >= 3)
+    partitions: Count = 4
+    replication_factor: Count = 1
+    #: whole seconds of the retry topics (``<queue>.retry.<n>s``) consumers retry through
+    retry_delays: Annotated[list[Count], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [1, 5, 25, 125, 625]
+    )
+    #: the largest record (Kafka's own default ``message.max.bytes``); larger ones are dead letters
+    max_message_bytes: Count = 1_000_000
+    #: how long the producer keeps trying one record before it counts as not delivered
+    delivery_timeout: Seconds = 30.0
+    #: how long the producer waits to fill a batch
+    linger: Annotated[float, Meta(ge=0)] = 0.005
+    #: how soon a dead consumer's partitions go to another member of its group
+    session_timeout: Seconds = 10.0
+    connect_timeout: Seconds = 10.0
+    #: SASL mechanism, when the URL has a user
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    #: TLS (kafkas://): the CA, a client certificate and key
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: str | None = None
+    #: any further librdkafka setting, as librdkafka names it (secrets belong in the fields above)
+    librdkafka: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        Servers.parse(self.url)  # a ValueError names what is wrong
+        for problem in (TopicTemplate(self.topic).problem(), key_problem(self.key)):
+            if problem:
+                raise ValueError(problem)
+
+
+PLUGIN = Plugin(
+    "kafka",
+    "tidings.transports.kafka.transport:KafkaTransport",
+    KafkaSettings,
+    "kafka",
+    ("confluent_kafka",),
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KafkaTransport":
+        from tidings.transports.kafka.transport import KafkaTransport
+
+        return KafkaTransport
+    raise AttributeError(name)

@@ -1,0 +1,514 @@
+"""Consuming from Kafka: a queue is a consumer group; offsets are committed for the finished prefix.
+
+A queue's group reads the topics its bindings name (a template with routing key words may
+make that a pattern of topics) and keeps what its patterns select — Kafka routes by topic
+only, so the rest is read and skipped. Each partition's position is committed only up to the
+first message whose handler has not finished (:mod:`.offsets`), so a consumer that dies loses
+nothing; what it had not finished comes to the next member again.
+
+Retries do not block a partition: a retried message is written to the queue's retry topic for
+that delay (``<queue>.retry.<n>s``, with ``x-tidings-attempts``, ``x-tidings-last-error`` and
+the time it is due) and its original counts as finished. The group reads its retry topics too;
+a message read before it is due pauses its partition until then (every message of one retry
+topic waits equally long, so the first is always due first). Dead letters go to
+``<queue>.dead`` with the reason, the attempts and the queue.
+
+When partitions move to another member (a rebalance), the member giving them up waits a
+moment for the handlers running on them and commits what they finished, so in the normal case
+no message is handled twice by two members.
+
+A released message (the consumer stops, a handler halts) is not handed out again by this
+member: the position stays before it, and the next reader of the partition gets it, uncounted.
+
+Kafka cannot say whether a message was handed out before. A message in a partition between
+the group's committed position and the partition's end at the time the partition was assigned
+*may* have been (``redelivered`` is true for it), so the consumer runtime's journal can count
+a consumer that died on it; messages published after the assignment are new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from tidings.errors import TransportError
+from tidings.topics import TopicMatcher
+from tidings.transport import (
+    ATTEMPTS_HEADER,
+    LAST_ERROR_HEADER,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    QueueSpec,
+    WireMessage,
+)
+from tidings.transports.kafka.offsets import Offsets
+from tidings.transports.kafka.records import DUE_HEADER, from_record, key_of, to_record
+from tidings.transports.kafka.transport import KafkaTransport, end_offsets
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+#: how long ``poll`` waits for a first message; then it takes what is already fetched
+POLL_WAIT = 0.05
+#: how often positions that moved are committed while running (always at revoke and stop)
+COMMIT_EVERY = 0.2
+
+
+async def consume(transport: KafkaTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[KafkaDelivery]:
+    group = GroupConsumer(transport, queue, max(1, prefetch))
+    await group.start()
+    try:
+        while True:
+            if group.stopped:
+                return
+            want = group.prefetch - group.in_flight
+            group.clear_settles()
+            ready = await group.in_thread(group.poll, want)
+            if want <= 0 and group.prefetch - group.in_flight <= 0:
+                await group.wait_for_a_settle(0.2)  # stay in the group meanwhile: poll again after
+            for item in ready:
+                yield group.delivery(item)
+    finally:
+        await group.stop()
+
+
+async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
+    """A new queue gets what is published from now on: its group starts at each partition's end.
+
+    Partitions the group has a position for keep it; topics created later (routing key words)
+    are read from their beginning, which is after the queue was declared.
+    """
+    topics = await subscribed_topics(transport, queue)
+    if not topics:
+        return
+    config = transport.client_config(**{"group.id": queue.name, "enable.auto.commit": False})
+
+    def commit_ends() -> None:
+        reader = Consumer(config)
+        try:
+            metadata = reader.list_topics(timeout=transport.connect_timeout)
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in topics
+                if topic in metadata.topics
+                for p in metadata.topics[topic].partitions
+            ]
+            if not partitions:
+                return
+            fresh = [
+                tp for tp in reader.committed(partitions, timeout=transport.connect_timeout) if tp.offset < 0
+            ]
+            if fresh:
+                ends = end_offsets(transport.client_config(), fresh, transport.connect_timeout)
+                reader.commit(
+                    offsets=[
+                        TopicPartition(tp.topic, tp.partition, ends[(tp.topic, tp.partition)]) for tp in fresh
+                    ],
+                    asynchronous=False,
+                )
+        finally:
+            reader.close()
+
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, commit_ends)
+    except KafkaException as exc:
+        raise TransportError(f"Kafka at {transport.url}: cannot set up group {queue.name!r}: {exc}") from None
+
+
+async def subscribed_topics(transport: KafkaTransport, queue: QueueSpec) -> set[str]:
+    """The existing topics a queue's bindings read."""
+    exact, patterns = subscriptions(transport, queue)
+    if not patterns:
+        return exact
+    existing = await transport.topic_names(refresh=True)
+    return exact | {t for t in existing if any(p.match(t) for p in patterns)}
+
+
+def subscriptions(transport: KafkaTransport, queue: QueueSpec) -> tuple[set[str], list[re.Pattern[str]]]:
+    """Topic names and patterns of topic names a queue reads (not its own retry topics)."""
+    if not queue.bindings:  # a queue of tidings' own (dead letters): the topic of that name
+        return {queue.name}, []
+    exact, patterns = set(), []
+    for binding in queue.bindings:
+        name = transport.template.subscription(binding.exchange, binding.pattern)
+        if name.startswith("^"):
+            patterns.append(re.compile(name))
+        else:
+            exact.add(name)
+    return exact, patterns
+
+
+@dataclass(slots=True)
+class Ready:
+    """A record read for the queue, before it becomes a delivery."""
+
+    topic: str
+    partition: int
+    offset: int
+    message: WireMessage
+    attempt: int
+    redelivered: bool
+
+
+@dataclass
+class KafkaDelivery:
+    message: WireMessage
+    attempt: int
+    redelivered: bool
+    queue: str
+    topic: str
+    partition: int
+    offset: int
+    group: GroupConsumer = field(repr=False)
+    settled: bool = False
+
+    async def ack(self) -> None:
+        self._mark_settled()
+        self.group.settled(self)
+
+    async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
+        transport = self.group.transport
+        target, _ = transport.retry_topic(self.queue, delay)
+        tries = self.attempt if attempts is None else attempts
+        due = transport.now_ms() + int(max(delay, 0) * 1000)
+        await self._forward(
+            target, {ATTEMPTS_HEADER: tries, LAST_ERROR_HEADER: reason[:1000], DUE_HEADER: due}
+        )
+
+    async def reject(self, reason: str, *, attempts: int | None = None) -> None:
+        tries = self.attempt if attempts is None else attempts
+        await self._forward(
+            f"{self.queue}.dead",
+            {REASON_HEADER: reason[:1000], ATTEMPTS_HEADER: tries, QUEUE_HEADER: self.queue},
+        )
+
+    async def release(self) -> None:
+        self._mark_settled()
+        self.group.hand_back(self)
+
+    async def _forward(self, topic: str, headers: dict[str, Any]) -> None:
+        """Write a confirmed copy to ``topic``, then count the original as finished."""
+        if self.settled:
+            raise TransportError(f"message {self.message.message_id} was already settled")
+        transport = self.group.transport
+        record = to_record(self.message, topic, key_of(self.message, transport.key), headers)
+        await transport.forward(record)
+        await self.ack()
+
+    def _mark_settled(self) -> None:
+        if self.settled:
+            raise TransportError(f"message {self.message.message_id} was already settled")
+        self.settled = True
+
+
+class GroupConsumer:
+    """One member of a queue's consumer group. Every call into librdkafka's consumer is made on
+    one thread of its own (rebalance callbacks come on it too); settling happens on the event
+    loop and reaches that thread through :class:`Offsets`, under a lock."""
+
+    def __init__(self, transport: KafkaTransport, queue: QueueSpec, prefetch: int) -> None:
+        self.transport, self.queue, self.prefetch = transport, queue, prefetch
+        self.reads_dead_letters = not queue.bindings
+        self.exact, self.patterns = subscriptions(transport, queue)
+        self.retry_topics = set() if self.reads_dead_letters else set(transport.queue_topics(queue.name)[:-1])
+        self.matchers = self._matchers()
+        self.offsets = Offsets()
+        self.lock = threading.Lock()
+        #: deliveries handed out and not settled (the loop's count, for prefetch)
+        self.in_flight = 0
+        self.stopped = False
+        self._consumer: Consumer | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"tidings-kafka-{queue.name}")
+        self._maybe_seen: dict[Partition, int] = {}
+        self._due_paused: dict[Partition, int] = {}
+        self._full_paused: set[Partition] = set()
+        self._assigned: set[Partition] = set()
+        self._last_commit = 0.0
+        self._settle_event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def _matchers(self) -> list[tuple[str | re.Pattern[str], TopicMatcher[bool]]]:
+        """For each topic (or pattern of topics) read, the binding patterns that select in it."""
+        found: dict[str, tuple[str | re.Pattern[str], TopicMatcher[bool]]] = {}
+        for binding in self.queue.bindings:
+            name = self.transport.template.subscription(binding.exchange, binding.pattern)
+            where: str | re.Pattern[str] = re.compile(name) if name.startswith("^") else name
+            found.setdefault(name, (where, TopicMatcher()))[1].add(binding.pattern, True)
+        return list(found.values())
+
+    async def in_thread(self, fn: Any, *args: Any) -> Any:
+        return await self._loop.run_in_executor(self._thread, fn, *args)
+
+    async def start(self) -> None:
+        config = self.transport.client_config(
+            **{
+                "group.id": self.queue.name,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": int(self.transport.session_timeout * 1000),
+                "heartbeat.interval.ms": max(100, int(self.transport.session_timeout * 100)),
+                "fetch.wait.max.ms": 10,
+                "topic.metadata.refresh.interval.ms": 5000,
+            }
+        )
+        await self.transport.ensure_topics(
+            self.retry_topics | (self.exact if self.reads_dead_letters else set())
+        )
+        topics = sorted(self.exact | self.retry_topics) + [p.pattern for p in self.patterns]
+
+        def subscribe() -> Consumer:
+            consumer = Consumer(config)
+            consumer.subscribe(
+                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            return consumer
+
+        try:
+            self._consumer = await self.in_thread(subscribe)
+        except KafkaException as exc:
+            raise TransportError(
+                f"Kafka at {self.transport.url}: cannot consume {self.queue.name!r}: {exc}"
+            ) from None
+        self.transport.consumers.add(self)
+
+    async def stop(self) -> None:
+        """Commit what was finished and leave the group (its partitions go to the others at once)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.transport.consumers.discard(self)
+        if self._consumer is not None:
+            try:
+                await self.in_thread(self._leave)
+            except RuntimeError:
+                pass  # the thread pool is gone (the interpreter is exiting)
+        self._thread.shutdown(wait=False)
+
+    def _leave(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        self._commit(consumer, self.offsets_to_commit(), sync=True)
+        consumer.close()
+
+    # -- the consumer's thread -----------------------------------------------------------
+
+    def poll(self, want: int) -> list[Ready]:
+        """Read up to ``want`` records for the queue (none, but stay in the group, when 0)."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        now = time.time()
+        self._resume_due(consumer, now)
+        if now - self._last_commit >= COMMIT_EVERY:
+            self._commit(consumer, self.offsets_to_commit(), sync=False)
+            self._last_commit = now
+        if want <= 0:
+            self._pause_all(consumer)
+            stray = consumer.poll(0)  # rebalances and heartbeats go on while the queue is full
+            if stray is not None and stray.error() is None:
+                self._put_back(consumer, stray)
+            return []
+        self._resume_full(consumer)
+        first = consumer.poll(POLL_WAIT)
+        if first is None:
+            return []
+        records = [first, *(consumer.consume(want - 1, 0) if want > 1 else [])]
+        return self._triage(consumer, records)
+
+    def _triage(self, consumer: Consumer, records: list[Any]) -> list[Ready]:
+        ready: list[Ready] = []
+        moved_back: set[Partition] = set()
+        now_ms = self.transport.now_ms()
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    log.warning("Kafka consumer of %r: %s", self.queue.name, error.str())
+                continue
+            where = (record.topic(), record.partition())
+            if where in moved_back:
+                continue  # its partition was sent back to an earlier record: read again later
+            found = self._ready(record, now_ms)
+            if found is None:
+                self._put_back(consumer, record)
+                moved_back.add(where)
+            elif found is not False:
+                ready.append(found)
+        with self.lock:
+            for item in ready:
+                self.offsets.delivered(item.topic, item.partition, item.offset)
+        return ready
+
+    def _ready(self, record: Any, now_ms: int) -> Ready | bool | None:
+        """The record as a delivery; None when it is a retry not yet due; False when not selected."""
+        topic, partition, offset = record.topic(), record.partition(), record.offset()
+        message, own = from_record(record.headers(), record.value(), record.timestamp()[1])
+        retried = topic in self.retry_topics
+        if retried:
+            due = own.get(DUE_HEADER)
+            if isinstance(due, int) and due > now_ms:
+                self._due_paused[(topic, partition)] = due
+                return None
+        elif not self.reads_dead_letters and not self._selected(topic, message):
+            with self.lock:
+                self.offsets.skipped(topic, partition, offset)
+            return False
+        tries = 0
+        if not self.reads_dead_letters:  # a dead letter keeps its count and error for its reader
+            raw = message.headers.pop(ATTEMPTS_HEADER, 0)
+            message.headers.pop(LAST_ERROR_HEADER, None)
+            tries = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0
+        seen_until = self._maybe_seen.get((topic, partition), -1)
+        return Ready(topic, partition, offset, message, tries + 1, offset < seen_until)
+
+    def _selected(self, topic: str, message: WireMessage) -> bool:
+        keys = [message.routing_key, *message.cc]
+        for where, matcher in self.matchers:
+            if (where == topic if isinstance(where, str) else where.match(topic)) and any(
+                matcher.match(key) for key in keys
+            ):
+                return True
+        return False
+
+    def _put_back(self, consumer: Consumer, record: Any) -> None:
+        """Read again later: seek the partition back to this record and pause it."""
+        tp = TopicPartition(record.topic(), record.partition(), record.offset())
+        try:
+            consumer.seek(tp)
+            consumer.pause([TopicPartition(record.topic(), record.partition())])
+        except KafkaException as exc:
+            log.debug("Kafka consumer of %r: cannot seek back (%s)", self.queue.name, exc)
+            return
+        where = (record.topic(), record.partition())
+        if where not in self._due_paused:
+            self._full_paused.add(where)
+
+    def _pause_all(self, consumer: Consumer) -> None:
+        running = self._assigned - self._full_paused - set(self._due_paused)
+        if running:
+            consumer.pause([TopicPartition(t, p) for t, p in running])
+            self._full_paused |= running
+
+    def _resume_full(self, consumer: Consumer) -> None:
+        waiting = self._full_paused - set(self._due_paused)
+        if waiting:
+            consumer.resume([TopicPartition(t, p) for t, p in waiting])
+        self._full_paused.clear()
+
+    def _resume_due(self, consumer: Consumer, now: float) -> None:
+        due = [where for where, at in self._due_paused.items() if at <= now * 1000]
+        for where in due:
+            del self._due_paused[where]
+        if due:
+            consumer.resume([TopicPartition(t, p) for t, p in due])
+
+    def offsets_to_commit(self, only: set[Partition] | None = None) -> dict[Partition, int]:
+        with self.lock:
+            return self.offsets.to_commit(only)
+
+    def _commit(self, consumer: Consumer, positions: dict[Partition, int], *, sync: bool) -> None:
+        if not positions:
+            return
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()], asynchronous=not sync
+            )
+        except KafkaException as exc:
+            log.warning("Kafka consumer of %r could not commit its positions: %s", self.queue.name, exc)
+            return
+        with self.lock:
+            self.offsets.committed(positions)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        timeout = self.transport.connect_timeout
+        try:
+            committed = consumer.committed(partitions, timeout=timeout)
+            ends = end_offsets(self.transport.client_config(), partitions, timeout)
+        except KafkaException as exc:
+            log.warning("Kafka consumer of %r: reading positions failed (%s)", self.queue.name, exc)
+            committed, ends = partitions, {}
+        with self.lock:
+            for tp in committed:
+                position = tp.offset if tp.offset >= 0 else 0
+                self.offsets.assigned(tp.topic, tp.partition, position)
+        for tp in partitions:
+            where = (tp.topic, tp.partition)
+            self._assigned.add(where)
+            self._maybe_seen[where] = ends.get(where, 0)
+        log.debug("Kafka consumer of %r was assigned %s", self.queue.name, partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Give partitions up: wait a moment for their handlers, commit what they finished."""
+        leaving = {(tp.topic, tp.partition) for tp in partitions}
+        deadline = time.monotonic() + min(5.0, self.transport.session_timeout / 2)
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not any(self.offsets.unsettled(t, p) for t, p in leaving):
+                    break
+            time.sleep(0.01)
+        self._commit(consumer, self.offsets_to_commit(leaving), sync=True)
+        self._forget(leaving)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away without a revoke (the session timed out): nothing is ours to commit."""
+        self._forget({(tp.topic, tp.partition) for tp in partitions})
+
+    def _forget(self, partitions: set[Partition]) -> None:
+        with self.lock:
+            for topic, partition in partitions:
+                self.offsets.revoked(topic, partition)
+        for where in partitions:
+            self._assigned.discard(where)
+            self._due_paused.pop(where, None)
+            self._full_paused.discard(where)
+            self._maybe_seen.pop(where, None)
+
+    # -- the event loop's side ------------------------------------------------------------
+
+    def delivery(self, ready: Ready) -> KafkaDelivery:
+        self.in_flight += 1
+        return KafkaDelivery(
+            ready.message,
+            ready.attempt,
+            ready.redelivered,
+            self.queue.name,
+            ready.topic,
+            ready.partition,
+            ready.offset,
+            self,
+        )
+
+    def settled(self, delivery: KafkaDelivery) -> None:
+        self.in_flight -= 1
+        self._settle_event.set()
+        with self.lock:
+            self.offsets.settled(delivery.topic, delivery.partition, delivery.offset)
+
+    def hand_back(self, delivery: KafkaDelivery) -> None:
+        """Released (a stop, a halt): this member does not hand it out again; its position stays
+        before it, so whoever reads the partition next — another member, or this queue's next
+        consumer — gets it, uncounted."""
+        self.in_flight -= 1
+        with self.lock:
+            self.offsets.release(delivery.topic, delivery.partition, delivery.offset)
+        self._settle_event.set()
+
+    def clear_settles(self) -> None:
+        self._settle_event.clear()
+
+    async def wait_for_a_settle(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._settle_event.wait(), timeout)
+        except TimeoutError:
+            pass

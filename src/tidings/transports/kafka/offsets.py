@@ -1,0 +1,110 @@
+"""Which offset a consumer group may commit: the finished prefix of each partition, never more.
+
+Kafka remembers one position per partition and group: everything before it counts as done.
+Handlers finish out of order (several run at once), so the position may only move up to the
+first message still being handled — committing a later one would lose the running message if
+the consumer died now. Messages the queue's patterns do not select are finished as soon as
+they are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class PartitionOffsets:
+    """One partition's messages handed out and not yet settled, and how far it was read."""
+
+    #: the next offset to read (one past the highest handed out)
+    next: int
+    #: handed out, a handler may be working on them
+    unsettled: set[int] = field(default_factory=set)
+    #: handed back (released): nobody works on them, and the position may not pass them
+    released: set[int] = field(default_factory=set)
+    #: the last position committed (or found committed when the partition was assigned)
+    committed: int = -1
+
+    def delivered(self, offset: int) -> None:
+        self.unsettled.add(offset)
+        self.next = max(self.next, offset + 1)
+
+    def skipped(self, offset: int) -> None:
+        """Read and not for this queue: finished at once."""
+        self.next = max(self.next, offset + 1)
+
+    def settled(self, offset: int) -> None:
+        self.unsettled.discard(offset)
+
+    def release(self, offset: int) -> None:
+        self.unsettled.discard(offset)
+        self.released.add(offset)
+
+    def position(self) -> int:
+        """Where the group may say it is: the first offset not finished, or the next to read."""
+        waiting = self.unsettled | self.released
+        return min(waiting) if waiting else self.next
+
+    def to_commit(self) -> int | None:
+        """The position, when it moved past what was committed; else None."""
+        position = self.position()
+        return position if position > self.committed else None
+
+
+class Offsets:
+    """Every assigned partition's offsets (``(topic, partition)`` → :class:`PartitionOffsets`)."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[tuple[str, int], PartitionOffsets] = {}
+
+    def assigned(self, topic: str, partition: int, position: int) -> None:
+        self.partitions[(topic, partition)] = PartitionOffsets(next=position, committed=position)
+
+    def revoked(self, topic: str, partition: int) -> None:
+        self.partitions.pop((topic, partition), None)
+
+    def delivered(self, topic: str, partition: int, offset: int) -> None:
+        self._partition(topic, partition, offset).delivered(offset)
+
+    def skipped(self, topic: str, partition: int, offset: int) -> None:
+        self._partition(topic, partition, offset).skipped(offset)
+
+    def settled(self, topic: str, partition: int, offset: int) -> None:
+        """A handler finished with it; a partition revoked meanwhile is no longer ours to commit."""
+        found = self.partitions.get((topic, partition))
+        if found is not None:
+            found.settled(offset)
+
+    def release(self, topic: str, partition: int, offset: int) -> None:
+        """Handed back unfinished: the next member to read the partition gets it again."""
+        found = self.partitions.get((topic, partition))
+        if found is not None:
+            found.release(offset)
+
+    def unsettled(self, topic: str, partition: int) -> int:
+        """How many of the partition's messages handlers may be working on."""
+        found = self.partitions.get((topic, partition))
+        return len(found.unsettled) if found is not None else 0
+
+    def to_commit(self, only: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
+        """The positions that moved: ``(topic, partition)`` → offset to commit."""
+        moved = {}
+        for key, offsets in self.partitions.items():
+            if only is not None and key not in only:
+                continue
+            position = offsets.to_commit()
+            if position is not None:
+                moved[key] = position
+        return moved
+
+    def committed(self, positions: dict[tuple[str, int], int]) -> None:
+        for key, position in positions.items():
+            found = self.partitions.get(key)
+            if found is not None:
+                found.committed = max(found.committed, position)
+
+    def _partition(self, topic: str, partition: int, offset: int) -> PartitionOffsets:
+        found = self.partitions.get((topic, partition))
+        if found is None:  # read before the assignment was seen (cannot happen with librdkafka)
+            found = self.partitions[(topic, partition)] = PartitionOffsets(next=offset)
+        return found

@@ -1,0 +1,465 @@
+"""The Kafka transport: topics, the idempotent producer, and what consuming needs of them.
+
+Sending: an idempotent producer (``enable.idempotence``, ``acks=all``): librdkafka retries
+on its own without duplicating or reordering, and a record counts as delivered when its
+delivery report says the in-sync replicas have it. A whole batch is handed to librdkafka at
+once and its reports awaited together — many in flight, never a flush per message. A record
+that can never go (too large, a topic name Kafka refuses) is ``REFUSED`` on its own; one that
+did not go in time is ``RETRY``; when the broker cannot be reached at all the batch fails as
+a whole (``TransportError``) and nothing of it counts as delivered.
+
+Kafka has no "unroutable": a record is kept in its topic whether or not a group reads it yet,
+so a send is DELIVERED once the broker has it. A queue is a consumer group; declaring it
+creates its retry and dead-letter topics and makes it start at the topics' current end, as a
+queue bound now gets what is published from now on (see :mod:`.consume`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tidings.errors import ConfigError, InvalidEvent, TransportError
+from tidings.redact import mask_url
+from tidings.transport import (
+    DELIVERED,
+    Delivery,
+    Findings,
+    Outcome,
+    QueueSpec,
+    SendResult,
+    Topology,
+    WireMessage,
+)
+from tidings.transports.kafka import DEFAULT_URL
+from tidings.transports.kafka.records import (
+    Record,
+    Servers,
+    TopicTemplate,
+    key_of,
+    names,
+    to_record,
+    topic_problem,
+)
+
+log = logging.getLogger(__name__)
+#: librdkafka's own log lines, through Python logging (never printed to stderr by the library)
+library_log = logging.getLogger("confluent_kafka")
+
+#: report errors that mean "this record can never go"
+_NEVER = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_EXCEPTION,
+    KafkaError._INVALID_ARG,
+}
+#: report errors that mean the broker was not reached
+_UNREACHED = {KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+
+
+class KafkaTransport:
+    """Transport ``kafka``; its options are :class:`~tidings.transports.kafka.KafkaSettings`."""
+
+    kind = "kafka"
+    acknowledged = True
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        topic: str = "{exchange}",
+        key: str = "subject",
+        partitions: int = 4,
+        replication_factor: int = 1,
+        retry_delays: Sequence[int] = (1, 5, 25, 125, 625),
+        max_message_bytes: int = 1_000_000,
+        delivery_timeout: float = 30.0,
+        linger: float = 0.005,
+        session_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        sasl_mechanism: str = "PLAIN",
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        key_password: str | None = None,
+        librdkafka: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            self.servers = Servers.parse(url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.url = mask_url(url)  # what may be shown
+        self.template = TopicTemplate(topic)
+        self.key = key
+        self.partitions, self.replication_factor = partitions, replication_factor
+        self.retry_delays = sorted({int(d) for d in retry_delays}) or [1]
+        self.max_message_bytes = max_message_bytes
+        self.delivery_timeout = delivery_timeout
+        self.session_timeout = session_timeout
+        self.connect_timeout = connect_timeout
+        self._client = self.servers.client_config(sasl_mechanism)
+        for name, value in (
+            ("ssl.ca.location", ca_file),
+            ("ssl.certificate.location", cert_file),
+            ("ssl.key.location", key_file),
+            ("ssl.key.password", key_password),
+        ):
+            if value is not None:
+                self._client[name] = value
+        self._client.update(librdkafka or {})
+        self._linger = linger
+        self._producer: Producer | None = None
+        self._producer_broken = False
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self._admin: AdminClient | None = None
+        self._slow = ThreadPoolExecutor(1, thread_name_prefix="tidings-kafka-admin")
+        self._known_topics: set[str] = set()
+        self.declared = Topology()
+        #: consumers this transport started, closed with it (see :mod:`.consume`)
+        self.consumers: set[Any] = set()
+
+    # -- clients ------------------------------------------------------------------------
+
+    def client_config(self, **more: Any) -> dict[str, Any]:
+        """Settings every client of this transport shares, with ``more`` (librdkafka's names)."""
+        return {**self._client, "logger": library_log, "error_cb": self._on_error, **more}
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._producer_broken = True
+        library_log.debug("librdkafka: %s", error)
+
+    async def connect(self) -> None:
+        if self._producer is not None and not self._producer_broken:
+            return
+        await self._close_producer(timeout=0)
+        producer = Producer(
+            self.client_config(
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": self._linger * 1000,
+                    "message.timeout.ms": int(self.delivery_timeout * 1000),
+                    "message.max.bytes": self.max_message_bytes,
+                }
+            )
+        )
+        await self._reachable(producer)
+        self._producer, self._producer_broken = producer, False
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(
+            target=_serve_reports,
+            args=(producer, self._stop_polling),
+            name="tidings-kafka-reports",
+            daemon=True,
+        )
+        self._poller.start()
+
+    async def _reachable(self, client: Producer | AdminClient) -> None:
+        """Fail with one line when no broker answers (librdkafka would wait and queue quietly)."""
+        loop = asyncio.get_running_loop()
+        try:
+            metadata = await loop.run_in_executor(
+                self._slow, lambda: client.list_topics(timeout=self.connect_timeout)
+            )
+        except KafkaException as exc:
+            raise TransportError(f"no Kafka broker answered at {self.url}: {_reason(exc)}") from None
+        self._known_topics = set(metadata.topics)
+
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self.client_config())
+        return self._admin
+
+    async def close(self) -> None:
+        for consumer in list(self.consumers):
+            await consumer.stop()
+        await self._close_producer(timeout=self.delivery_timeout)
+        self._admin = None
+        self._slow.shutdown(wait=False)
+        self._slow = ThreadPoolExecutor(1, thread_name_prefix="tidings-kafka-admin")
+
+    async def _close_producer(self, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        self._stop_polling.set()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._slow, producer.flush, timeout)
+        if self._poller is not None:
+            await loop.run_in_executor(None, self._poller.join, 5)
+
+    # -- topics -------------------------------------------------------------------------
+
+    def topic_of(self, exchange: str, message: WireMessage) -> str:
+        return self.template.topic(message.exchange or exchange, message.routing_key)
+
+    def retry_topic(self, queue: str, delay: float) -> tuple[str, int]:
+        """The retry topic for a wish to wait ``delay`` s: the smallest delay at least that long."""
+        chosen = next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
+        return f"{queue}.retry.{chosen}s", chosen
+
+    def queue_topics(self, queue: str) -> list[str]:
+        """The topics a queue owns: its retry topics and its dead letters."""
+        return [f"{queue}.retry.{d}s" for d in self.retry_delays] + [f"{queue}.dead"]
+
+    async def declare(self, topology: Topology) -> None:
+        """Create the exchanges' topics (or check them, when passive) and each queue's own topics,
+        and start each new queue's group at the current end of what it reads."""
+        wanted, checked = set(), set()
+        for exchange in topology.exchanges:
+            if self.template.uses_words:
+                continue  # topics per routing key word: created as messages need them
+            topic = self.template.topic(exchange.name, "")
+            (checked if exchange.passive else wanted).add(topic)
+        for queue in topology.queues:
+            for topic in self.queue_topics(queue.name):
+                if topic_problem(topic):
+                    raise ConfigError(f"queue {queue.name!r} cannot be a Kafka group: {topic_problem(topic)}")
+                wanted.add(topic)
+        await self.ensure_topics(wanted)
+        await self._check_exist(checked)
+        for queue in topology.queues:
+            if queue.bindings:
+                from tidings.transports.kafka.consume import start_at_the_end
+
+                await start_at_the_end(self, queue)
+        self.declared = Topology(
+            [*self.declared.exchanges, *(e for e in topology.exchanges if e not in self.declared.exchanges)],
+            [*self.declared.queues, *(q for q in topology.queues if q not in self.declared.queues)],
+        )
+
+    async def ensure_topics(self, topics: set[str]) -> None:
+        missing = topics - self._known_topics
+        if not missing:
+            return
+        admin = self.admin()
+        new = [NewTopic(t, self.partitions, self.replication_factor) for t in sorted(missing)]
+
+        def create() -> list[str]:
+            failed = []
+            for topic, future in admin.create_topics(new, operation_timeout=self.connect_timeout).items():
+                try:
+                    future.result(self.connect_timeout + 5)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        failed.append(f"{topic} ({_reason(exc)})")
+            return failed
+
+        failed = await asyncio.get_running_loop().run_in_executor(self._slow, create)
+        if failed:
+            raise TransportError(f"Kafka at {self.url} did not create topic(s): {', '.join(failed)}")
+        self._known_topics |= missing
+
+    async def _check_exist(self, topics: set[str]) -> None:
+        if not topics:
+            return
+        existing = await self.topic_names(refresh=True)
+        missing = topics - existing
+        if missing:
+            raise TransportError(
+                f"Kafka at {self.url} has no topic {names(missing)} (the exchange is passive)"
+            )
+
+    async def topic_names(self, refresh: bool = False) -> set[str]:
+        if refresh or not self._known_topics:
+            admin = self.admin()
+            try:
+                metadata = await asyncio.get_running_loop().run_in_executor(
+                    self._slow, lambda: admin.list_topics(timeout=self.connect_timeout)
+                )
+            except KafkaException as exc:
+                raise TransportError(f"no Kafka broker answered at {self.url}: {_reason(exc)}") from None
+            self._known_topics = set(metadata.topics)
+        return set(self._known_topics)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        if self._producer is None or self._producer_broken:
+            await self.connect()
+        records: list[Record | SendResult] = [self._record(exchange, m) for m in messages]
+        await self._topics_for(records)
+        return await self.produce(records)
+
+    def _record(self, exchange: str, message: WireMessage) -> Record | SendResult:
+        try:
+            topic = self.topic_of(exchange, message)
+        except InvalidEvent as exc:
+            return SendResult(Outcome.REFUSED, f"no Kafka topic for it: {exc}")
+        record = to_record(message, topic, key_of(message, self.key))
+        size = len(record.value) + sum(len(k) + len(v) for k, v in record.headers) + len(record.key or b"")
+        if size > self.max_message_bytes:
+            return SendResult(
+                Outcome.REFUSED,
+                f"{size} bytes is over Kafka's message.max.bytes ({self.max_message_bytes})",
+            )
+        return record
+
+    async def _topics_for(self, records: Sequence[Record | SendResult]) -> None:
+        """Topics named by routing key words come into being with their first message."""
+        needed = {r.topic for r in records if isinstance(r, Record)} - self._known_topics
+        if needed:
+            await self.ensure_topics(needed)
+
+    async def produce(self, records: Sequence[Record | SendResult]) -> list[SendResult]:
+        """Hand every record to librdkafka, then await all their delivery reports together."""
+        producer = self._producer
+        assert producer is not None
+        loop = asyncio.get_running_loop()
+        results: list[SendResult | asyncio.Future[SendResult]] = []
+        for record in records:
+            if isinstance(record, SendResult):
+                results.append(record)
+                continue
+            future: asyncio.Future[SendResult] = loop.create_future()
+            results.append(future)
+            await self._produce_one(producer, record, future)
+        waiting = [r for r in results if isinstance(r, asyncio.Future)]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.delivery_timeout + 10)
+        final = [r if isinstance(r, SendResult) else _outcome_of(r) for r in results]
+        self._fail_if_unreached(final)
+        return final
+
+    async def _produce_one(
+        self, producer: Producer, record: Record, future: asyncio.Future[SendResult]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def report(error: KafkaError | None, _: Any) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        while True:
+            try:
+                producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    timestamp=record.timestamp,
+                    on_delivery=report,
+                )
+                return
+            except BufferError:  # librdkafka's queue is full: let reports drain it
+                await asyncio.sleep(0.005)
+            except KafkaException as exc:
+                error = exc.args[0]
+                outcome = Outcome.REFUSED if error.code() in _NEVER else Outcome.RETRY
+                future.set_result(SendResult(outcome, _reason(exc)))
+                return
+
+    def _fail_if_unreached(self, results: list[SendResult]) -> None:
+        """A batch none of which reached the broker: the broker is away, not these messages."""
+        failed = [r for r in results if r.outcome is Outcome.RETRY]
+        if failed and len(failed) == len(results) and all(r.reason.startswith("unreached") for r in failed):
+            # an idempotent producer that lost its broker may never recover its sequence: start anew
+            self._producer_broken = True
+            raise TransportError(
+                f"Kafka at {self.url} took none of {len(results)} messages: {failed[0].reason}"
+            )
+
+    # -- consuming and the doctor --------------------------------------------------------
+
+    def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[Delivery]:
+        from tidings.transports.kafka.consume import consume
+
+        return consume(self, queue, prefetch)
+
+    async def verify(self, topology: Topology) -> Findings:
+        from tidings.transports.kafka.doctor import verify
+
+        return await verify(self, topology)
+
+    async def forward(self, record: Record) -> None:
+        """Produce one record of the consuming side (a retry, a dead letter), confirmed, or raise."""
+        if self._producer is None or self._producer_broken:
+            await self.connect()
+        await self._topics_for([record])
+        (result,) = await self.produce([record])
+        if result.outcome is not Outcome.DELIVERED:
+            raise TransportError(f"Kafka did not take the message for {record.topic}: {result.reason}")
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+def _serve_reports(producer: Producer, stop: threading.Event) -> None:
+    """The thread that hands librdkafka's delivery reports back (each resolves a future)."""
+    while not stop.is_set():
+        producer.poll(0.05)
+    producer.poll(0)
+
+
+def _settle(future: asyncio.Future[SendResult], error: KafkaError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(DELIVERED)
+    elif error.code() in _NEVER:
+        future.set_result(SendResult(Outcome.REFUSED, f"Kafka refused it: {error.str()}"))
+    elif error.code() in _UNREACHED:
+        future.set_result(SendResult(Outcome.RETRY, f"unreached: {error.str()}"))
+    else:
+        future.set_result(SendResult(Outcome.RETRY, f"Kafka did not take it: {error.str()}"))
+
+
+def _outcome_of(future: asyncio.Future[SendResult]) -> SendResult:
+    if future.done():
+        return future.result()
+    return SendResult(Outcome.RETRY, "unreached: no delivery report in time")
+
+
+def _reason(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def end_offsets(
+    config: dict[str, Any], partitions: list[TopicPartition], timeout: float
+) -> dict[tuple[str, int], int]:
+    """The true end of each partition: one past its last record.
+
+    The high watermark should say it, but some Kafka-protocol brokers (Tansu) answer with the
+    start of the last batch; reading on from there to the end of the partition settles it.
+    """
+    reader = Consumer(
+        {
+            **config,
+            "group.id": "tidings-end-offsets",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        ends: dict[tuple[str, int], int] = {}
+        start = []
+        for tp in partitions:
+            _, high = reader.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            ends[(tp.topic, tp.partition)] = high
+            start.append(TopicPartition(tp.topic, tp.partition, high))
+        reader.assign(start)
+        pending = set(ends)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for message in reader.consume(500, 0.05):
+                key = (message.topic(), message.partition())
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(key)
+                    continue
+                ends[key] = max(ends[key], message.offset() + 1)
+        return ends
+    finally:
+        reader.close()

@@ -1,0 +1,56 @@
+"""Headers for brokers whose header values are text (STOMP) or bytes (Kafka), without losing types.
+
+AMQP tables carry integers, booleans and nulls; a STOMP frame or a Kafka record carries
+strings or bytes. A header whose value is not a string is written as JSON, and its name is
+listed in ``x-tidings-json-headers`` (a JSON array), so a reader gives back exactly what was
+sent: ``{"n": 3}`` comes back as the integer 3, while a header that was the string ``"3"``
+stays a string. A reader that knows nothing of tidings still sees readable text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tidings.errors import InvalidEvent
+from tidings.event import dumps, loads
+
+#: the names of the headers whose value is JSON (a JSON array of names)
+JSON_HEADERS = "x-tidings-json-headers"
+
+
+def to_text(headers: Mapping[str, Any]) -> dict[str, str]:
+    """Headers as text, typed values as JSON with their names listed under :data:`JSON_HEADERS`."""
+    text: dict[str, str] = {}
+    typed: list[str] = []
+    for name, value in headers.items():
+        if isinstance(value, str):
+            text[name] = value
+        else:
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            text[name] = dumps(value, default=str).decode()
+            typed.append(name)
+    if typed:
+        text[JSON_HEADERS] = dumps(typed).decode()
+    return text
+
+
+def from_text(headers: Mapping[str, str]) -> dict[str, Any]:
+    """What :func:`to_text` was given (headers from elsewhere stay strings)."""
+    found = dict(headers)
+    listed = found.pop(JSON_HEADERS, None)
+    if not listed:
+        return found
+    try:
+        names = loads(listed)
+    except InvalidEvent:
+        return found  # not ours after all: keep the text as it is
+    for name in names if isinstance(names, list) else ():
+        raw = found.get(name)
+        if isinstance(name, str) and isinstance(raw, str):
+            try:
+                found[name] = loads(raw)
+            except InvalidEvent:
+                pass
+    return found
