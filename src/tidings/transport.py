@@ -177,6 +177,7 @@ BUILTIN_TRANSPORTS = {
     "embedded": "tidings.transports.embedded:PLUGIN",
     "amqp": "tidings.transports.amqp:PLUGIN",
     "kafka": "tidings.transports.kafka:PLUGIN",
+    "stomp": "tidings.transports.stomp:PLUGIN",
     "zeromq": "tidings.transports.zeromq:PLUGIN",
     "file": "tidings.transports.file:PLUGIN",
 }

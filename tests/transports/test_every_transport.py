@@ -12,6 +12,7 @@ from tests.transports import (
     test_embedded_conformance,
     test_file,
     test_kafka_conformance,
+    test_stomp_conformance,
     test_zeromq,
 )
 from tests.transports.conformance import TransportConformance
@@ -21,6 +22,7 @@ RUNS_THE_SUITE = {
     "embedded": test_embedded_conformance.TestEmbeddedConformance,
     "amqp": test_amqp_conformance.TestAmqpConformance,
     "kafka": test_kafka_conformance.TestKafkaConformance,
+    "stomp": test_stomp_conformance.TestStompConformance,
     "zeromq": test_zeromq.TestZeroMQConformance,
     "file": test_file.TestFileConformance,
 }

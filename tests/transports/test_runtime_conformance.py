@@ -45,6 +45,25 @@ class TestAmqpRuntime(RuntimeConformance):
         asyncio.run(delete_amqp_topology(rabbitmq, [name], [self.exchange(bus)]))
 
 
+@pytest.mark.stomp
+class TestStompRuntime(RuntimeConformance):
+    @pytest.fixture
+    def runtime_config(self, tmp_path: Path, stomp: str) -> Path:
+        config = tmp_path / "tidings.toml"
+        config.write_text(
+            f'[bus]\nhome = "home"\n[transports.t]\nkind = "stomp"\nurl = "{stomp}"\nheartbeat = 2\n'
+            "retry_delays = [1, 5]\n"
+            f'[connectors.t]\ntransport = "t"\nexchange = "rt.{uuid.uuid4().hex[:8]}"\n'
+        )
+        return config
+
+    @pytest.fixture
+    def queue(self, bus: Bus, rabbitmq: str) -> Iterator[str]:
+        name = f"{self.exchange(bus)}.svc-{uuid.uuid4().hex[:6]}"
+        yield name
+        asyncio.run(delete_amqp_topology(rabbitmq, [name], [self.exchange(bus)]))
+
+
 @pytest.mark.kafka
 class TestKafkaRuntime(RuntimeConformance):
     probe_seconds = 4.0  # a consumer joins its group in about a second on Tansu
@@ -61,7 +80,12 @@ class TestKafkaRuntime(RuntimeConformance):
 
 
 #: every transport, and why it does or does not run the suite: a new transport must say which
-RUNS_THE_SUITE = {"embedded": TestEmbeddedRuntime, "amqp": TestAmqpRuntime, "kafka": TestKafkaRuntime}
+RUNS_THE_SUITE = {
+    "embedded": TestEmbeddedRuntime,
+    "amqp": TestAmqpRuntime,
+    "kafka": TestKafkaRuntime,
+    "stomp": TestStompRuntime,
+}
 DOES_NOT = {
     "zeromq": "no acknowledgements: a message is gone once published",
     "file": "write-only: nothing consumes from it",

@@ -37,6 +37,7 @@ from tidings.transport import (
     WireMessage,
 )
 from tidings.transports.amqp.acks import AckWindow
+from tidings.transports.textheaders import JSON_HEADERS, from_text, to_text
 
 
 class Broker(Protocol):
@@ -81,6 +82,8 @@ _INTERNAL = (
     ROUTING_KEY_HEADER,
 )
 _INTERNAL_OF_DEAD_LETTERS = tuple(h for h in _INTERNAL if h not in (ATTEMPTS_HEADER, LAST_ERROR_HEADER))
+#: headers of a STOMP frame that RabbitMQ's STOMP adapter leaves in a message's headers table
+_STOMP_FRAME = ("receipt", "content-length")
 #: the header tidings 0.1 counted with (the number of the next attempt); still read
 _OLD_ATTEMPT_HEADER = "x-tidings-attempt"
 
@@ -91,7 +94,9 @@ def to_wire(message: DeliveredMessage) -> WireMessage:
     routing_key = raw.get(ROUTING_KEY_HEADER) or message.routing_key or ""
     # a dead letter keeps its attempts and last error for whoever reads the dead letters
     internal = _INTERNAL if REASON_HEADER not in raw else _INTERNAL_OF_DEAD_LETTERS
-    headers = {k: _plain(v) for k, v in raw.items() if not k.startswith(internal)}
+    headers = {k: _plain(v) for k, v in raw.items() if not k.startswith(internal) and k not in _STOMP_FRAME}
+    if JSON_HEADERS in headers:  # written as text (by a retry, or by a STOMP client): typed again
+        headers = from_text(headers)
     cc = headers.pop("CC", None) or []
     stamp = props.timestamp
     return WireMessage(
@@ -132,7 +137,9 @@ def _plain(value: Any) -> Any:
 def attempt_of(message: DeliveredMessage) -> int:
     """1 + the tries the message says were made (a retry writes them into it)."""
     headers = message.header.properties.headers or {}
-    tries = headers.get(ATTEMPTS_HEADER)
+    tries = _plain(headers.get(ATTEMPTS_HEADER))
+    if isinstance(tries, str) and tries.isdigit():  # written as text, so that STOMP readers see it
+        tries = int(tries)
     if isinstance(tries, int) and not isinstance(tries, bool) and tries >= 0:
         return tries + 1
     older = headers.get(_OLD_ATTEMPT_HEADER)  # forwarded by tidings 0.1: already the next number
@@ -233,9 +240,12 @@ class AmqpDelivery:
         if self.settled:
             raise TransportError(f"message {self.message.message_id} was already settled")
         original = self.message
+        # as text: RabbitMQ's STOMP adapter passes only strings and wide integers on to a STOMP
+        # consumer of the same queue, and the attempts must reach it
+        every = to_text({**original.headers, ROUTING_KEY_HEADER: original.routing_key, **headers})
         copy = replace(
             original,
-            headers={**original.headers, ROUTING_KEY_HEADER: original.routing_key, **headers},
+            headers=every,
             routing_key=queue,
             exchange="",
             cc=[],

@@ -1,0 +1,112 @@
+"""Transport ``stomp``: STOMP 1.2 on RabbitMQ's STOMP plugin, on stomp.py.
+
+The package's parts: :mod:`.transport` (the connection, sending with receipts, declaring),
+:mod:`.consume` (subscriptions, acks, retries and dead letters through RabbitMQ's queues),
+:mod:`.frames` (messages as frame headers). This module describes the plug-in and its options
+and imports none of the STOMP library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+from msgspec import Meta
+
+from tidings.plugins import Plugin, Settings
+from tidings.redact import mask_url
+
+DEFAULT_URL = "stomp://guest:guest@127.0.0.1:61613/"
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """``stomp[+ssl]://user:password@host:port/vhost``."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    vhost: str
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Address:
+        parts = urlsplit(url)
+        if parts.scheme not in ("stomp", "stomp+ssl") or not parts.hostname:
+            raise ValueError(f"url must be stomp://user:password@host:port/vhost, not {mask_url(url)!r}")
+        try:
+            port = parts.port or (61614 if parts.scheme == "stomp+ssl" else 61613)
+        except ValueError:
+            raise ValueError(f"url {mask_url(url)!r} has a port that is not a number") from None
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        return cls(
+            parts.hostname,
+            port,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+            unquote(path) or "/",
+            parts.scheme == "stomp+ssl",
+        )
+
+    def amqp_url(self) -> str:
+        """The same broker's AMQP 0-9-1 listener (RabbitMQ), for declaring queues."""
+        from urllib.parse import quote
+
+        auth = ""
+        if self.username is not None:
+            auth = quote(self.username, safe="") + (
+                f":{quote(self.password, safe='')}" if self.password else ""
+            )
+            auth += "@"
+        scheme = "amqps" if self.tls else "amqp"
+        port = 5671 if self.tls else 5672
+        return f"{scheme}://{auth}{self.host}:{port}/{quote(self.vhost, safe='')}"
+
+
+class StompSettings(Settings):
+    #: ``stomp://user:password@host:port/vhost`` (``stomp+ssl://`` for TLS)
+    url: str = DEFAULT_URL
+    #: where sends go: ``exchange`` (``/exchange/<exchange>/<routing key>``, RabbitMQ's topic
+    #: exchanges) or ``topic`` (``/topic/<routing key>``, as ActiveMQ-style brokers name topics)
+    destination: Literal["exchange", "topic"] = "exchange"
+    #: seconds between heart-beats both ways; a silent connection is dropped after 1.5 of them
+    heartbeat: Seconds = 10.0
+    #: seconds a batch waits for its receipts before it is sent again
+    receipt_timeout: Seconds = 30.0
+    connect_timeout: Seconds = 10.0
+    #: whole seconds of the retry queues (``<queue>.retry.<n>s``): the same as the AMQP transport's
+    retry_delays: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [1, 5, 25, 125, 625]
+    )
+    #: declare exchanges and queues over AMQP 0-9-1 (the same broker's; False: they must exist)
+    declare: bool = True
+    #: where to declare them (default: the STOMP URL's host and user on RabbitMQ's AMQP port)
+    amqp_url: str | None = None
+    #: TLS (stomp+ssl://): the CA, a client certificate and key
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        Address.parse(self.url)  # a ValueError names what is wrong
+
+
+PLUGIN = Plugin(
+    "stomp",
+    "tidings.transports.stomp.transport:StompTransport",
+    StompSettings,
+    "stomp",
+    ("stomp", "aiormq"),
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StompTransport":
+        from tidings.transports.stomp.transport import StompTransport
+
+        return StompTransport
+    raise AttributeError(name)

@@ -1,0 +1,393 @@
+"""The STOMP transport: persistent sends confirmed by receipts, on RabbitMQ's STOMP plugin.
+
+Sending: each SEND is ``persistent`` and asks for a receipt; RabbitMQ answers a receipt once
+the message is confirmed (the STOMP adapter turns publisher confirms on for the connection),
+so a receipt is the confirm. A batch's frames are written together and their receipts awaited
+together (many outstanding). An ``ERROR`` frame that names a receipt fails that message; one
+that does not closes the connection and fails the batch (``TransportError``: nothing of it
+counts as delivered, the dispatcher sends it again). Heart-beats notice a dead connection; the
+next send reconnects.
+
+RabbitMQ's STOMP adapter publishes without ``mandatory``: a message that no queue is bound for
+is confirmed and dropped, so a send cannot be reported unroutable. Declare the consuming queues
+before publishing (``tidings consume`` does), as with any topic exchange seen by a plain client.
+
+Queues are RabbitMQ's own, declared over AMQP 0-9-1 exactly as the AMQP transport declares them
+(the retry queues ``<queue>.retry.<n>s`` and ``<queue>.dead`` included), so STOMP and AMQP
+consumers can share a service's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import stomp
+from stomp.exception import ConnectFailedException, NotConnectedException
+
+from tidings.errors import ConnectionLost, TransportError
+from tidings.redact import mask_url
+from tidings.transport import (
+    DELIVERED,
+    Delivery,
+    ExchangeSpec,
+    Findings,
+    Outcome,
+    QueueSpec,
+    SendResult,
+    Topology,
+    WireMessage,
+)
+from tidings.transports.stomp import DEFAULT_URL, Address
+from tidings.transports.stomp.frames import reserved_headers, send_headers
+
+log = logging.getLogger(__name__)
+
+#: what a link hands its reader when the connection is gone
+LOST = object()
+
+
+class Link(stomp.ConnectionListener):
+    """One STOMP connection. stomp.py reads frames on a thread of its own; they reach the event
+    loop through ``call_soon_threadsafe``. Writes (sends, acks) go through one thread of ours:
+    stomp.py writes with a blocking ``sendall``, which must not stall the loop."""
+
+    def __init__(self, transport: StompTransport, on_frame: Callable[[Any], None] | None = None) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.on_frame = on_frame
+        self.receipts: dict[str, asyncio.Future[str]] = {}
+        self.connection: stomp.Connection12 | None = None
+        #: counts connections: an ack id from an earlier one must never be sent on a later one
+        self.generation = 0
+        self.refusal = ""
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="tidings-stomp")
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and self.connection.is_connected()
+
+    async def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self.loop.run_in_executor(self._writer, lambda: fn(*args, **kwargs))
+
+    async def open(self) -> None:
+        t = self.transport
+        address = t.address
+        connection = stomp.Connection12(
+            [(address.host, address.port)],
+            heartbeats=(int(t.heartbeat * 1000), int(t.heartbeat * 1000)),
+            vhost=address.vhost,
+            auto_decode=False,
+            reconnect_attempts_max=1,
+            timeout=t.connect_timeout,
+        )
+        if address.tls:
+            connection.set_ssl(
+                for_hosts=[(address.host, address.port)],
+                key_file=t.tls[2],
+                cert_file=t.tls[1],
+                ca_certs=t.tls[0],
+            )
+        connection.set_listener("tidings", self)
+        self.refusal = ""
+        try:
+            await asyncio.wait_for(
+                self.write(connection.connect, address.username, address.password, wait=True),
+                t.connect_timeout + 1,
+            )
+        except (ConnectFailedException, NotConnectedException, OSError, TimeoutError):
+            connection.remove_listener("tidings")
+            if self.refusal:
+                raise TransportError(f"STOMP broker at {t.url} refused to connect: {self.refusal}") from None
+            raise TransportError(
+                f"no STOMP broker answered at {t.url} "
+                "(on RabbitMQ the plugin must be on: rabbitmq-plugins enable rabbitmq_stomp)"
+            ) from None
+        self.connection = connection
+        self.generation += 1
+
+    async def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None and connection.is_connected():
+            try:
+                await asyncio.wait_for(self.write(connection.disconnect), 5)
+            except (TimeoutError, OSError, NotConnectedException):
+                pass
+        self._fail_receipts("the connection was closed")
+        self._writer.shutdown(wait=False)
+
+    # -- stomp.py's receiver thread ------------------------------------------------------
+
+    def on_error(self, frame: Any) -> None:
+        what = f"{frame.headers.get('message', 'ERROR')}: {_text(frame.body)}".strip(": ")
+        receipt = frame.headers.get("receipt-id")
+        if receipt:
+            self.loop.call_soon_threadsafe(self._settle_receipt, receipt, what)
+        else:
+            self.refusal = what  # the broker closes the connection after an ERROR
+
+    def on_receipt(self, frame: Any) -> None:
+        self.loop.call_soon_threadsafe(self._settle_receipt, frame.headers.get("receipt-id", ""), "")
+
+    def on_message(self, frame: Any) -> None:
+        if self.on_frame is not None:
+            self.loop.call_soon_threadsafe(self.on_frame, (self.generation, frame.headers, frame.body))
+
+    def on_disconnected(self) -> None:
+        self.loop.call_soon_threadsafe(self._gone)
+
+    def on_heartbeat_timeout(self) -> None:
+        self.loop.call_soon_threadsafe(self._gone)
+
+    # -- the event loop's side ------------------------------------------------------------
+
+    def _settle_receipt(self, receipt: str, error: str) -> None:
+        future = self.receipts.pop(receipt, None)
+        if future is not None and not future.done():
+            future.set_result(error)
+
+    def _gone(self) -> None:
+        self._fail_receipts(self.refusal or "the connection was lost")
+        if self.on_frame is not None:
+            self.on_frame(LOST)
+
+    def _fail_receipts(self, why: str) -> None:
+        receipts, self.receipts = self.receipts, {}
+        for future in receipts.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(why))
+
+    async def send_all(self, frames: list[tuple[str, bytes, dict[str, str]]]) -> list[asyncio.Future[str]]:
+        """Write SEND frames, each asking for a receipt; the futures of their receipts ("" when fine)."""
+        connection = self.connection
+        if connection is None:
+            raise ConnectionLost("not connected")
+        futures = []
+        for _, _, headers in frames:
+            receipt = uuid.uuid4().hex
+            headers["receipt"] = receipt
+            futures.append(self.receipts.setdefault(receipt, self.loop.create_future()))
+
+        def write() -> None:
+            for destination, body, headers in frames:
+                connection.send(destination, body, headers=headers)
+
+        try:
+            await self.write(write)
+        except (NotConnectedException, OSError) as exc:
+            self._fail_receipts(f"the connection was lost ({exc})")
+        return futures
+
+
+class StompTransport:
+    """Transport ``stomp``; its options are :class:`~tidings.transports.stomp.StompSettings`."""
+
+    kind = "stomp"
+    acknowledged = True
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        destination: str = "exchange",
+        heartbeat: float = 10.0,
+        receipt_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retry_delays: Sequence[int] = (1, 5, 25, 125, 625),
+        declare: bool = True,
+        amqp_url: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> None:
+        self.address = Address.parse(url)
+        self.url = mask_url(url)
+        self.destination = destination
+        self.heartbeat, self.receipt_timeout, self.connect_timeout = (
+            heartbeat,
+            receipt_timeout,
+            connect_timeout,
+        )
+        self.retry_delays = sorted({int(d) for d in retry_delays}) or [1]
+        self.declares = declare
+        self._amqp_url = amqp_url or self.address.amqp_url()
+        self.tls = (ca_file, cert_file, key_file)
+        self._link: Link | None = None
+        self._connecting: asyncio.Lock | None = None
+        self.declared = Topology()
+        #: the consumers' connections, closed with the transport
+        self.consumer_links: set[Link] = set()
+        self.closed = False
+
+    # -- connection -------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            self.closed = False
+            if self._link is not None and self._link.connected:
+                return
+            if self._link is not None:
+                await self._link.close()
+            link = Link(self)
+            await link.open()
+            self._link = link
+
+    async def close(self) -> None:
+        self.closed = True
+        for consumer in list(self.consumer_links):
+            await consumer.close()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    # -- topology ----------------------------------------------------------------------
+
+    def exchange_for(self, exchange: str) -> str:
+        """The exchange sends really go to: ``/topic/`` destinations are RabbitMQ's amq.topic."""
+        return "amq.topic" if self.destination == "topic" else exchange
+
+    def retry_queue_for(self, queue: str, delay: float) -> tuple[str, int]:
+        chosen = next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
+        return f"{queue}.retry.{chosen}s", chosen
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare over AMQP 0-9-1 what the AMQP transport would: the same queues, shareable."""
+        if not self.declares:
+            return
+        from tidings.transports.amqp.transport import AmqpTransport
+
+        mapped = Topology(
+            [
+                ExchangeSpec(
+                    self.exchange_for(e.name), e.type, e.durable, e.passive or e.name.startswith("amq.")
+                )
+                for e in topology.exchanges
+            ],
+            [
+                QueueSpec(
+                    q.name,
+                    [type(b)(self.exchange_for(b.exchange), b.pattern) for b in q.bindings],
+                    q.durable,
+                    q.kind,
+                    q.arguments,
+                )
+                for q in topology.queues
+            ],
+        )
+        amqp = AmqpTransport(
+            self._amqp_url, retry_delays=self.retry_delays, connect_timeout=self.connect_timeout
+        )
+        try:
+            await amqp.connect()
+            await amqp.declare(mapped)
+        except TransportError as exc:
+            raise TransportError(f"declaring for STOMP over AMQP: {exc}") from None
+        finally:
+            await amqp.close()
+        self.declared = Topology(
+            [*self.declared.exchanges, *topology.exchanges], [*self.declared.queues, *topology.queues]
+        )
+
+    # -- sending ----------------------------------------------------------------------
+
+    def destination_of(self, exchange: str, message: WireMessage) -> str:
+        key = message.routing_key
+        if self.destination == "topic":
+            return f"/topic/{key}"
+        return f"/exchange/{message.exchange or exchange}/{key}"
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        frames, results = [], []
+        for message in messages:
+            refused = _refusal(message)
+            results.append(refused)
+            if refused is None:
+                frames.append((self.destination_of(exchange, message), message.body, send_headers(message)))
+        answers = await self.send_frames(frames)
+        answered = iter(answers)
+        return [result if result is not None else next(answered) for result in results]
+
+    async def send_frames(self, frames: list[tuple[str, bytes, dict[str, str]]]) -> list[SendResult]:
+        """Frames written together, their receipts awaited together."""
+        if not frames:
+            return []
+        await self.connect()
+        assert self._link is not None
+        futures = await self._link.send_all(frames)
+        await asyncio.wait(futures, timeout=self.receipt_timeout)
+        results = []
+        for future in futures:
+            if not future.done():
+                future.cancel()
+                results.append(SendResult(Outcome.RETRY, f"no receipt within {self.receipt_timeout:g}s"))
+            elif future.cancelled() or future.exception() is not None:
+                raise TransportError(
+                    f"STOMP connection to {self.url} was lost while sending: {future.exception()}"
+                )
+            elif future.result():
+                results.append(SendResult(Outcome.RETRY, f"the broker refused it: {future.result()}"))
+            else:
+                results.append(DELIVERED)
+        return results
+
+    async def forward(self, queue: str, message: WireMessage, extra: dict[str, Any]) -> None:
+        """Send a copy straight into one of RabbitMQ's queues (a retry queue, the dead letters)."""
+        (result,) = await self.send_frames(
+            [(f"/amq/queue/{queue}", message.body, send_headers(message, extra))]
+        )
+        if result.outcome is not Outcome.DELIVERED:
+            raise TransportError(f"moving message {message.message_id} to {queue} failed: {result.reason}")
+
+    # -- consuming and the doctor --------------------------------------------------------
+
+    def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[Delivery]:
+        from tidings.transports.stomp.consume import consume
+
+        return consume(self, queue, prefetch)
+
+    async def verify(self, topology: Topology) -> Findings:
+        """Connecting over STOMP, and the AMQP side's checks of queues and bindings."""
+        found = Findings()
+        try:
+            await self.connect()
+        except TransportError as exc:
+            found.problems.append(str(exc))
+            return found
+        if not self.declares:
+            found.notes.append("declare = false: queues and bindings are not checked")
+            return found
+        from tidings.transports.amqp.transport import AmqpTransport
+
+        amqp = AmqpTransport(
+            self._amqp_url, retry_delays=self.retry_delays, connect_timeout=self.connect_timeout
+        )
+        try:
+            await amqp.connect()
+            return await amqp.verify(topology)
+        except TransportError as exc:
+            found.problems.append(f"declaring for STOMP over AMQP: {exc}")
+            return found
+        finally:
+            await amqp.close()
+
+
+def _refusal(message: WireMessage) -> SendResult | None:
+    """Why a message can never travel as a STOMP frame, or None."""
+    reserved = reserved_headers(message)
+    if reserved:
+        return SendResult(Outcome.REFUSED, f"header(s) {', '.join(reserved)} cannot travel in a STOMP frame")
+    if message.cc:
+        return SendResult(
+            Outcome.REFUSED, "CC routing keys cannot travel over STOMP (use the amqp transport)"
+        )
+    return None
+
+
+def _text(body: Any) -> str:
+    raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    return " ".join(raw.split())

@@ -1,0 +1,167 @@
+"""The Kafka transport beyond the suite: topics and keys from config, limits, errors, rebalances."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.clirun import tidings
+from tests.ledger import check
+from tests.transports.conformance import hold, message
+from tidings.errors import TransportError
+from tidings.transport import Binding, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
+from tidings.transports.kafka import KafkaTransport
+
+pytestmark = pytest.mark.kafka
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def test_an_unreachable_broker_is_one_clear_error() -> None:
+    transport = KafkaTransport(url="kafka://user:hidden-secret@127.0.0.1:1", connect_timeout=2)
+    with pytest.raises(TransportError) as refused:
+        await transport.connect()
+    text = str(refused.value)
+    assert text.startswith("no Kafka broker answered at kafka://user:***@127.0.0.1:1")
+    assert "hidden-secret" not in text and "\n" not in text
+
+
+def write_config(folder: Path, transport: str) -> None:
+    (folder / "tidings.toml").write_text(
+        f'[bus]\nhome = "home"\n\n[transports.k]\nkind = "kafka"\n{transport}\n'
+        '[connectors.k]\ntransport = "k"\nexchange = "cli"\n'
+    )
+
+
+def test_doctor_and_dispatch_say_the_broker_is_away_in_one_line(tmp_path: Path) -> None:
+    write_config(tmp_path, 'url = "kafka://127.0.0.1:1"\nconnect_timeout = 2')
+    assert tidings(tmp_path, "publish", "a.b", "--body", "{}").returncode == 0
+    for args in (["doctor"], ["dispatch", "--once"]):
+        done = tidings(tmp_path, *args, timeout=60)
+        assert done.returncode == 6, (args, done.stdout, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert any("no Kafka broker answered at kafka://127.0.0.1:1" in line for line in lines), done.stderr
+        assert "Traceback" not in done.stderr and "%3|" not in done.stderr  # nor librdkafka's own
+    assert "1" in tidings(tmp_path, "backlog", "list").stdout  # the event waits: the cursor kept it
+
+
+@pytest.mark.parametrize(
+    ("option", "problem"),
+    [
+        ('topic = "events/bugzilla"', "not a Kafka topic name"),
+        ('topic = "{routing_key}"', "only {exchange}"),
+        ('key = "bug_id"', "key must be one of"),
+        ('url = "http://127.0.0.1:9092"', "url must be kafka://"),
+    ],
+)
+def test_a_kafka_option_that_cannot_work_is_a_config_error_naming_it(
+    tmp_path: Path, option: str, problem: str
+) -> None:
+    write_config(tmp_path, option)
+    done = tidings(tmp_path, "doctor")
+    assert done.returncode == 3, done.stderr
+    assert problem in done.stderr and "transports.k" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_a_record_over_the_size_limit_is_refused_alone(kafka: str) -> None:
+    transport = KafkaTransport(url=kafka, max_message_bytes=10_000)
+    exchange = unique("big")
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)]))
+        results = await transport.send(
+            exchange,
+            [message("a.small"), message("a.huge", body=b'"' + b"x" * 20_000 + b'"'), message("a.b")],
+        )
+        assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.REFUSED, Outcome.DELIVERED]
+        assert "message.max.bytes" in results[1].reason
+    finally:
+        await transport.close()
+
+
+async def test_topics_from_routing_key_words_and_a_key_from_the_body(kafka: str) -> None:
+    """``bugzilla.{0}``: one topic per target; ``body:event.bug_id``: one bug's events in order."""
+    prefix = unique("bz").replace("-", "_")
+    transport = KafkaTransport(url=kafka, topic=prefix + ".{0}", key="body:event.bug_id", partitions=4)
+    bugs = QueueSpec(unique("bugs"), [Binding("bugzilla", "bug.#")])
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec("bugzilla")], [bugs]))
+        sent = [
+            WireMessage(
+                routing_key=f"{target}.modify", body=b'{"event": {"bug_id": %d, "n": %d}}' % (n % 3, n)
+            )
+            for n in range(30)
+            for target in ("bug", "comment")
+        ]
+        assert all(r.outcome is Outcome.DELIVERED for r in await transport.send("bugzilla", sent))
+        assert {f"{prefix}.bug", f"{prefix}.comment"} <= await transport.topic_names(refresh=True)
+        stream = transport.consume(bugs, prefetch=100)
+        got = await hold(stream, 30)
+        for delivery in got:
+            await delivery.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert {d.message.routing_key for d in got} == {"bug.modify"}  # comments are in their own topic
+        for bug in range(3):  # each bug's messages in the order they were sent, across 4 partitions
+            bodies = [orjson.loads(d.message.body)["event"] for d in got]
+            order = [body["n"] for body in bodies if body["bug_id"] == bug]
+            assert order == sorted(order) and len(order) == 10
+    finally:
+        await transport.close()
+
+
+async def test_a_rebalance_loses_nothing_and_hands_nothing_out_twice_in_the_normal_case(kafka: str) -> None:
+    """Two members share a queue; a third joins in the middle; every message is handled once."""
+    exchange, name = unique("rebal"), unique("rebal-q")
+    queue = QueueSpec(name, [Binding(exchange, "#")])
+    producer = KafkaTransport(url=kafka, partitions=4, session_timeout=2.0)
+    await producer.connect()
+    await producer.declare(Topology([ExchangeSpec(exchange)], [queue]))
+    handled: list[str] = []
+    total = 600
+
+    async def member(stop: asyncio.Event) -> None:
+        transport = KafkaTransport(url=kafka, partitions=4, session_timeout=2.0)
+        stream = transport.consume(queue, prefetch=20)
+
+        async def handle() -> None:
+            async for delivery in stream:
+                await asyncio.sleep(0.002)  # a handler's work
+                handled.append(delivery.message.message_id or "")
+                await delivery.ack()
+
+        handling = asyncio.create_task(handle())
+        await stop.wait()
+        handling.cancel()
+        await asyncio.gather(handling, return_exceptions=True)
+        await stream.aclose()  # type: ignore[attr-defined]
+        await transport.close()
+
+    stop = asyncio.Event()
+    members = [asyncio.create_task(member(stop)) for _ in range(2)]
+    sent = [message(f"r.{n}") for n in range(total)]
+    for start in range(0, total, 100):
+        assert all(
+            r.outcome is Outcome.DELIVERED for r in await producer.send(exchange, sent[start : start + 100])
+        )
+        if start == 300:
+            members.append(asyncio.create_task(member(stop)))  # joins mid-run: a rebalance
+        await asyncio.sleep(0.3)
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(set(handled)) < total and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.gather(*members)
+    await producer.close()
+    ids = [m.message_id or "" for m in sent]
+    verdict = check(ids, ids, handled)
+    print(verdict.line("kafka rebalance: 2 members, a third joins mid-run"))
+    assert verdict.ok and verdict.lost == 0
+    assert verdict.duplicated == 0  # the member giving partitions up committed what it finished

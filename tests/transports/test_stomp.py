@@ -1,0 +1,187 @@
+"""The STOMP transport beyond the suite: errors a user meets, and a queue shared with AMQP consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import delete_amqp_topology
+from tests.faultproxy import FaultProxy
+from tests.transports.conformance import hold, message
+from tidings.errors import ConfigError, TransportError
+from tidings.plugins import Plugin
+from tidings.transport import (
+    ATTEMPTS_HEADER,
+    REASON_HEADER,
+    Binding,
+    ExchangeSpec,
+    Outcome,
+    QueueSpec,
+    Topology,
+    WireMessage,
+    transport_plugin,
+)
+from tidings.transports.amqp import AmqpTransport
+from tidings.transports.stomp import Address, StompTransport
+from tidings.transports.stomp.frames import received, send_headers
+
+pytestmark = [pytest.mark.stomp, pytest.mark.rabbitmq]
+
+
+def test_urls_and_options_are_checked_when_the_config_is_read() -> None:
+    address = Address.parse("stomp://app:p%40ss@broker:61613/fedora")
+    assert (address.host, address.port, address.username, address.password, address.vhost) == (
+        "broker",
+        61613,
+        "app",
+        "p@ss",
+        "fedora",
+    )
+    assert Address.parse("stomp://h/").vhost == "/"
+    assert address.amqp_url() == "amqp://app:p%40ss@broker:5672/fedora"
+    plugin: Plugin = transport_plugin("stomp")
+    with pytest.raises(ConfigError, match="url must be stomp://") as refused:
+        plugin.parse({"url": "amqp://guest:topsecret@h/"}, "transports.s")
+    assert "topsecret" not in str(refused.value)
+    with pytest.raises(ConfigError, match="destination"):
+        plugin.parse({"destination": "queue"}, "transports.s")
+
+
+def test_a_message_keeps_its_typed_headers_through_frame_headers() -> None:
+    sent = WireMessage(
+        routing_key="bug.modify",
+        body=b"{}",
+        headers={"n": 3, "t": True, "s": "3", "z": None},
+        message_id="m-1",
+        properties={"app_id": "bugzilla"},
+    )
+    frame = send_headers(sent)
+    assert all(isinstance(v, str) for v in frame.values())
+    back, attempt, came_back = received(
+        {**frame, "redelivered": "false", "ack": "1"}, b"{}", dead_letters=False
+    )
+    assert back.headers == sent.headers
+    assert (back.routing_key, back.message_id, back.properties, attempt, came_back) == (
+        "bug.modify",
+        "m-1",
+        {"app_id": "bugzilla"},
+        1,
+        False,
+    )
+
+
+async def test_wrong_credentials_are_one_clear_line(stomp: str) -> None:
+    transport = StompTransport(url="stomp://guest:wrong-password@127.0.0.1:61613/", connect_timeout=3)
+    with pytest.raises(TransportError) as refused:
+        await transport.connect()
+    text = str(refused.value)
+    assert "refused" in text and "Access refused" in text and "wrong-password" not in text
+    assert "\n" not in text
+
+
+async def test_nothing_listening_names_the_plugin() -> None:
+    transport = StompTransport(url="stomp://guest:guest@127.0.0.1:1/", connect_timeout=2)
+    with pytest.raises(TransportError, match="rabbitmq-plugins enable rabbitmq_stomp"):
+        await transport.connect()
+
+
+async def test_an_error_frame_mid_stream_fails_the_batch_and_the_next_send_reconnects(stomp: str) -> None:
+    transport = StompTransport(url=stomp, connect_timeout=3)
+    try:
+        with pytest.raises(TransportError, match="no exchange"):
+            await transport.send(f"missing-{uuid.uuid4().hex[:6]}", [message("a.b")])
+        results = await transport.send("amq.topic", [message("nobody.listens.here")])
+        assert [r.outcome for r in results] == [Outcome.DELIVERED]  # a new connection
+    finally:
+        await transport.close()
+
+
+async def test_a_connection_cut_mid_frame_loses_nothing_it_confirmed(stomp: str, rabbitmq: str) -> None:
+    proxy = await FaultProxy(61613).start()
+    exchange, queue = f"cut.{uuid.uuid4().hex[:6]}", f"cut-{uuid.uuid4().hex[:6]}"
+    transport = StompTransport(url=f"stomp://guest:guest@127.0.0.1:{proxy.port}/", connect_timeout=3)
+    direct = StompTransport(url=stomp)
+    spec = QueueSpec(queue, [Binding(exchange, "#")])
+    try:
+        await direct.declare(Topology([ExchangeSpec(exchange)], [spec]))
+        confirmed: list[str] = []
+        proxy.cut_after(600)  # each connection dies inside its second or third frame
+        for n in range(12):
+            sent = message(f"m.{n}", body=b'{"pad": "' + b"x" * 200 + b'"}')
+            try:
+                (result,) = await transport.send(exchange, [sent])
+            except TransportError:
+                continue  # not confirmed: the dispatcher would send it again
+            if result.outcome is Outcome.DELIVERED:
+                confirmed.append(sent.message_id or "")
+        proxy.heal()
+        got = await drain(direct, spec)
+        assert set(confirmed) <= got, "a confirmed message is missing"
+    finally:
+        await transport.close()
+        await direct.close()
+        await proxy.stop()
+        await delete_amqp_topology(rabbitmq, [queue], [exchange])
+
+
+async def drain(transport: StompTransport, queue: QueueSpec) -> set[str]:
+    stream = transport.consume(queue, prefetch=50)
+    seen: set[str] = set()
+    try:
+        while True:
+            try:
+                delivery = await asyncio.wait_for(anext(stream), 2.0)  # type: ignore[arg-type]
+            except TimeoutError:
+                return seen
+            seen.add(delivery.message.message_id or "")
+            await delivery.ack()
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def shared(
+    stomp: str, rabbitmq: str
+) -> AsyncIterator[tuple[StompTransport, AmqpTransport, QueueSpec, str]]:
+    exchange, name = f"share.{uuid.uuid4().hex[:6]}", f"share-{uuid.uuid4().hex[:6]}"
+    over_stomp = StompTransport(url=stomp, retry_delays=[1])
+    over_amqp = AmqpTransport(rabbitmq, retry_delays=[1])
+    await over_amqp.connect()
+    queue = QueueSpec(name, [Binding(exchange, "#")])
+    await over_stomp.declare(Topology([ExchangeSpec(exchange)], [queue]))
+    await over_amqp.declare(Topology([ExchangeSpec(exchange)], [queue]))  # the same queue: no conflict
+    yield over_stomp, over_amqp, queue, exchange
+    await over_stomp.close()
+    await over_amqp.close()
+    await delete_amqp_topology(rabbitmq, [name], [exchange])
+
+
+async def test_stomp_and_amqp_consumers_share_a_queue_and_its_attempts(
+    shared: tuple[StompTransport, AmqpTransport, QueueSpec, str],
+) -> None:
+    """A retry by one is counted by the other; the dead letter carries every attempt."""
+    over_stomp, over_amqp, queue, exchange = shared
+    sent = message("share.one", headers={"n": 3, "flag": True})
+    assert (await over_stomp.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
+    for attempt, (reader, retries) in enumerate(
+        [(over_amqp, True), (over_stomp, True), (over_amqp, True), (over_stomp, False)], start=1
+    ):
+        stream = reader.consume(queue, prefetch=1)
+        (delivery,) = await hold(stream, 1)
+        assert delivery.attempt == attempt, type(reader).__name__
+        assert delivery.message.headers == {"n": 3, "flag": True}
+        assert delivery.message.routing_key == "share.one"
+        if retries:
+            await delivery.retry(0.0, f"try {attempt}")
+        else:
+            await delivery.reject("gave up", attempts=attempt)
+        await stream.aclose()  # type: ignore[attr-defined]
+    dead = over_amqp.consume(QueueSpec(queue.dead_letter_queue), prefetch=1)
+    (letter,) = await hold(dead, 1)
+    await letter.ack()
+    await dead.aclose()  # type: ignore[attr-defined]
+    assert (letter.message.headers[REASON_HEADER], letter.message.headers[ATTEMPTS_HEADER]) == ("gave up", 4)
+    assert letter.message.message_id == sent.message_id
