@@ -30,7 +30,7 @@ import aiormq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BODY_1KB, Report, paced, percentile, rate, through_the_bus
+from bench.common import BODY_1KB, Report, dispatch_rate, paced, percentile, rate, through_the_bus
 from tidings import App, Bus, Event
 from tidings.config import load_config
 from tidings.format import load_format
@@ -79,25 +79,10 @@ async def cleanup(exchanges: list[str], queues: list[str]) -> None:
 
 
 async def tidings_delivery(root: Path, n: int, exchange: str) -> float:
-    """The dispatcher as it runs in production: pipelined batches from the outbox, confirmed."""
     bus = make_bus(root, exchange)
-    for i in range(0, n, 1000):
-        bus.publish_many([bus.event("bench.amqp", BODY_1KB) for _ in range(min(1000, n - i))])
-    dispatcher = bus.dispatcher()
-    stats = dispatcher.connectors[0].stats
-    await dispatcher.workers[0].ensure_connected()
-    stop = asyncio.Event()
-    start = time.perf_counter()
-    running = asyncio.create_task(dispatcher.run(stop))
-    while stats.delivered < n:
-        if running.done():
-            running.result()  # a crash of the dispatcher ends the benchmark with its error
-        await asyncio.sleep(0.001)
-    elapsed = time.perf_counter() - start
-    stop.set()
-    await running
-    await dispatcher.connectors[0].transport.close()
-    return rate(n, elapsed)
+    delivered = await dispatch_rate(bus, n, "bench.amqp")
+    bus.close()
+    return delivered
 
 
 def same_messages(n: int) -> list[aio_pika.Message]:

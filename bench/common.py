@@ -113,3 +113,31 @@ async def paced(publish_one: Callable[[int], Awaitable[Any]], count: int, per_se
             lag = start + (i + 1) / per_second - time.perf_counter()
             if lag > 0:
                 await asyncio.sleep(lag)
+
+
+async def dispatch_rate(bus: Any, n: int, topic: str, *, poll: float = 0.001) -> float:
+    """Events per second the dispatcher delivers through its first connector, from a full outbox.
+
+    ``n`` events of 1 KB are published first; the clock runs from the dispatcher's start to the
+    connector's n-th delivery. ``poll``: how often the counter is read (a broker client that
+    works on threads of its own wants this slower, so the reading does not take its interpreter).
+    """
+    import asyncio
+
+    for i in range(0, n, 1000):
+        bus.publish_many([bus.event(topic, BODY_1KB) for _ in range(min(1000, n - i))])
+    dispatcher = bus.dispatcher()
+    stats = dispatcher.connectors[0].stats
+    await dispatcher.workers[0].ensure_connected()
+    stop = asyncio.Event()
+    start = time.perf_counter()
+    running = asyncio.create_task(dispatcher.run(stop))
+    while stats.delivered < n:
+        if running.done():
+            running.result()  # a crash of the dispatcher ends the benchmark with its error
+        await asyncio.sleep(poll)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await running
+    await dispatcher.connectors[0].transport.close()
+    return rate(n, elapsed)

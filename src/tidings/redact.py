@@ -3,7 +3,8 @@
 Every URL tidings puts into an error, a log line or the command line's output goes through
 :func:`redact` (or :func:`mask_url`, the same for one URL): the password of a
 ``scheme://user:password@host`` becomes ``***`` (a lone ``token@host`` too), and so do the
-values of query parameters that name a secret (``?password=``, ``&token=`` ...). The CLI's
+values of query parameters that name a secret (``?password=``, ``&token=`` ...), and so does a
+STOMP ``passcode:`` header (stomp.py logs the frames it sends at DEBUG). The CLI's
 error line and its log handler apply it to whatever they print, so a library's message that
 quotes a URL is masked as well.
 """
@@ -24,6 +25,10 @@ _SECRET_PARAMETER = re.compile(
 )
 
 
+#: a STOMP frame's password header, as stomp.py logs the CONNECT frame it sends at DEBUG
+_STOMP_PASSCODE = re.compile(r"(?P<name>\bpasscode:)(?P<value>[^\\\s'\"]*)", re.IGNORECASE)
+
+
 def _mask_authority(match: re.Match[str]) -> str:
     authority = match["authority"]
     userinfo, at, host = authority.rpartition("@")  # the last '@': an unencoded one may sit in a password
@@ -36,9 +41,10 @@ def _mask_authority(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """``text`` with every URL password and secret query value replaced by ``***``."""
-    if "://" not in text and "=" not in text:
+    if "://" not in text and "=" not in text and "passcode:" not in text:
         return text  # nothing that could hold one: the common case, free
     text = _AUTHORITY.sub(_mask_authority, text)
+    text = _STOMP_PASSCODE.sub(lambda m: m["name"] + MASK, text)
     return _SECRET_PARAMETER.sub(lambda m: m["name"] + MASK, text)
 
 

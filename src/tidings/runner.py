@@ -66,6 +66,8 @@ class Runner:
         self.format: Format = app.format()
         self.inbox: Inbox | None = bus.inbox() if settings.inbox else None
         self.journal: HandlingJournal = bus.journal()
+        # a transport that can only guess whether a message came back (Kafka) says so
+        self._guesses_redelivery = bool(getattr(self.transport, "guesses_redelivery", False))
         self._alone = Isolation()
         self.halted = False
         self._stopping = asyncio.Event()
@@ -190,7 +192,11 @@ class Runner:
             return None
         queue = self.app.settings.queue
         # only a message that came back unsettled can have killed its consumer: ask the journal then
-        deaths = self.journal.deaths(queue, event.id) if delivery.redelivered else 0
+        deaths = (
+            self.journal.deaths(queue, event.id, guessed=self._guesses_redelivery)
+            if delivery.redelivered
+            else 0
+        )
         if deaths:
             await self._alone.enter_exclusive()  # what it kills, it kills alone
         else:

@@ -153,6 +153,8 @@ class Transport(Protocol):
     kind: str
     #: whether a DELIVERED outcome means the broker durably took the message
     acknowledged: bool
+    # optional: ``guesses_redelivery = True`` where ``Delivery.redelivered`` can only be a guess
+    # that errs towards yes (Kafka), and a message comes back no sooner than a session timeout
 
     async def connect(self) -> None: ...
 

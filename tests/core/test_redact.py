@@ -66,3 +66,9 @@ def test_log_records_are_masked_with_their_arguments_and_exceptions() -> None:
     RedactingFilter().filter(record)
     assert record.getMessage() == "lost amqp://u:***@h/"
     assert "pw2" not in (record.exc_text or "") and "u:***@h" in (record.exc_text or "")
+
+
+def test_a_stomp_passcode_in_a_logged_frame_is_masked() -> None:
+    logged = "sending frame: [b'STOMP', b'login:guest\\n', b'passcode:s3cret-Value\\n', b'\\n', b'\\x00']"
+    masked = redact(logged)
+    assert "s3cret-Value" not in masked and "passcode:***" in masked and "login:guest" in masked

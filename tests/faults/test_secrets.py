@@ -180,6 +180,13 @@ SECRET_OPTIONS = {
     },
     ("zeromq", "endpoint"): {"endpoint": "tcp://user:CANARY@127.0.0.1:1"},
     ("kafka", "url"): {"url": "kafka://user:CANARY@127.0.0.1:1", "connect_timeout": 2},
+    # a wrong password the broker itself refuses (RabbitMQ's STOMP plugin answers with an ERROR frame)
+    ("stomp", "url"): {"url": "stomp://guest:CANARY@127.0.0.1:61613/", "connect_timeout": 3},
+    ("stomp", "amqp_url"): {
+        "url": "stomp://guest:guest@127.0.0.1:61613/",
+        "amqp_url": "amqp://guest:CANARY@127.0.0.1:5672/",
+        "connect_timeout": 3,
+    },
     ("kafka", "key_password"): {
         "url": "kafkas://127.0.0.1:1",
         "cert_file": "client.pem",

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests.transports.run
 WAIT = 30.0
 
 
+#: consumer processes started by the running test: none outlives it, whatever its outcome
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
 class Child:
     """A consumer process (``tests.transports.runtime_child``) and its log of handler calls."""
 
@@ -55,6 +60,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+        STARTED.append(self.proc)
         assert self.proc.stdout is not None and self.proc.stdout.readline() == b"ready\n"
 
     def calls(self) -> list[dict[str, Any]]:
@@ -72,15 +78,32 @@ class Child:
             time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the consumer and wait for it; one that does not end is killed (never left behind)
+        and the test fails."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(30)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"the consumer did not stop within 30 s of signal {sig}") from None
 
 
 class RuntimeConformance:
     """Subclass and provide ``runtime_config``."""
 
     transport = "t"
+
+    @pytest.fixture(autouse=True)
+    def no_consumer_left_behind(self) -> Iterator[None]:
+        yield
+        while STARTED:
+            proc = STARTED.pop()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
     #: how long a probe consumer runs to see that nothing is left (longer where joining takes time)
     probe_seconds = 1.5
 

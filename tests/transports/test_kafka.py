@@ -165,3 +165,62 @@ async def test_a_rebalance_loses_nothing_and_hands_nothing_out_twice_in_the_norm
     print(verdict.line("kafka rebalance: 2 members, a third joins mid-run"))
     assert verdict.ok and verdict.lost == 0
     assert verdict.duplicated == 0  # the member giving partitions up committed what it finished
+
+
+async def test_garbage_on_a_topic_is_dead_lettered_and_the_consumer_goes_on(
+    kafka: str, tmp_path: Path
+) -> None:
+    from confluent_kafka import Producer
+
+    from tidings import App, Bus
+    from tidings.config import load_config
+
+    exchange = unique("garbage")
+    write_config(tmp_path, f'url = "{kafka}"\nsession_timeout = 2.0')
+    (tmp_path / "tidings.toml").write_text(
+        (tmp_path / "tidings.toml").read_text().replace('exchange = "cli"', f'exchange = "{exchange}"')
+    )
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    app = App(unique("garbage-q"), transport="k", exchange=exchange)
+    handled: list[str] = []
+    app.subscribe("#")(lambda event: handled.append(event.id))
+    await app.declare(bus)
+    raw = Producer({"bootstrap.servers": kafka.removeprefix("kafka://")})
+    for value in (b"\xff\xfe not json", b'{"half": ', b"[1, 2, 3]"):
+        raw.produce(exchange, value=value, headers=[("x-tidings-routing-key", b"garbage.in")])
+    raw.flush(10)
+    good = bus.publish("fine.event", {"n": 1})
+    stop = asyncio.Event()
+    running = asyncio.create_task(app.run(bus, stop))
+    dispatching = asyncio.create_task(bus.dispatcher().run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while good.id not in handled and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(running, dispatching)
+    assert handled == [good.id]
+    transport = bus.make_transport("k")
+    await transport.connect()
+    dead = transport.consume(QueueSpec(f"{app.settings.queue}.dead"), prefetch=10)
+    letters = await hold(dead, 3)
+    await dead.aclose()  # type: ignore[attr-defined]
+    await transport.close()
+    bus.close()
+    assert all(letter.message.headers["x-tidings-reason"].startswith("invalid message") for letter in letters)
+
+
+async def test_the_doctor_names_the_topics_a_configuration_needs(kafka: str) -> None:
+    transport = KafkaTransport(url=kafka)
+    exchange, name = unique("doc"), unique("doc-q")
+    topology = Topology([ExchangeSpec(exchange)], [QueueSpec(name, [Binding(exchange, "#")])])
+    try:
+        await transport.connect()
+        before = await transport.verify(topology)
+        assert len(before.problems) == 1
+        assert exchange in before.problems[0] and f"{name}.dead" in before.problems[0]
+        await transport.declare(topology)
+        assert (await transport.verify(topology)).problems == []
+    finally:
+        await transport.close()

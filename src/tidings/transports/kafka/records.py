@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -71,7 +72,7 @@ class TopicTemplate:
     @property
     def uses_words(self) -> bool:
         """Does the topic depend on the routing key (else it is one topic per exchange)?"""
-        return any(name != "exchange" for name in _PLACEHOLDER.findall(self.template))
+        return _uses_words(self.template)
 
     def problem(self) -> str:
         """Why the template can never make a valid topic, or ""."""
@@ -82,6 +83,8 @@ class TopicTemplate:
 
     def topic(self, exchange: str, routing_key: str) -> str:
         """The topic of one message; InvalidEvent when its words make no valid name."""
+        if not self.uses_words:  # one topic per exchange: the same answer every time
+            return _exchange_topic(self.template, exchange)
         words = routing_key.split(".")
 
         def fill(match: re.Match[str]) -> str:
@@ -120,6 +123,20 @@ class TopicTemplate:
         if all(value is not None for value in exact):
             return "".join(value for value in exact if value is not None)
         return "^" + "".join(regex) + "$"
+
+
+@lru_cache(maxsize=64)
+def _uses_words(template: str) -> bool:
+    return any(name != "exchange" for name in _PLACEHOLDER.findall(template))
+
+
+@lru_cache(maxsize=1024)
+def _exchange_topic(template: str, exchange: str) -> str:
+    name = template.replace("{exchange}", exchange)
+    problem = topic_problem(name)
+    if problem:
+        raise InvalidEvent(problem)
+    return name
 
 
 def key_problem(spec: str) -> str:

@@ -20,8 +20,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -72,6 +73,10 @@ class KafkaTransport:
 
     kind = "kafka"
     acknowledged = True
+    #: Kafka cannot tell a message handed out before from one that was not: ``redelivered`` is a
+    #: guess that errs on the side of yes, and a dead member's messages come back only after its
+    #: session timed out (the consumer runtime's journal may then look less often)
+    guesses_redelivery = True
 
     def __init__(
         self,
@@ -297,14 +302,7 @@ class KafkaTransport:
             topic = self.topic_of(exchange, message)
         except InvalidEvent as exc:
             return SendResult(Outcome.REFUSED, f"no Kafka topic for it: {exc}")
-        record = to_record(message, topic, key_of(message, self.key))
-        size = len(record.value) + sum(len(k) + len(v) for k, v in record.headers) + len(record.key or b"")
-        if size > self.max_message_bytes:
-            return SendResult(
-                Outcome.REFUSED,
-                f"{size} bytes is over Kafka's message.max.bytes ({self.max_message_bytes})",
-            )
-        return record
+        return to_record(message, topic, key_of(message, self.key))
 
     async def _topics_for(self, records: Sequence[Record | SendResult]) -> None:
         """Topics named by routing key words come into being with their first message."""
@@ -316,30 +314,33 @@ class KafkaTransport:
         """Hand every record to librdkafka, then await all their delivery reports together."""
         producer = self._producer
         assert producer is not None
-        loop = asyncio.get_running_loop()
-        results: list[SendResult | asyncio.Future[SendResult]] = []
-        for record in records:
+        reports = Reports(asyncio.get_running_loop(), len(records))
+        produced = 0
+        for index, record in enumerate(records):
             if isinstance(record, SendResult):
-                results.append(record)
+                reports.results[index] = record
                 continue
-            future: asyncio.Future[SendResult] = loop.create_future()
-            results.append(future)
-            await self._produce_one(producer, record, future)
-        waiting = [r for r in results if isinstance(r, asyncio.Future)]
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.delivery_timeout + 10)
-        final = [r if isinstance(r, SendResult) else _outcome_of(r) for r in results]
+            failed = await self._produce_one(producer, record, partial(reports.report, index))
+            if failed is None:
+                produced += 1
+            else:
+                reports.results[index] = failed
+        reports.expect(produced)
+        try:
+            await asyncio.wait_for(asyncio.shield(reports.done), self.delivery_timeout + 10)
+        except TimeoutError:
+            pass  # librdkafka reports every record by its delivery timeout; this is a backstop
+        final = [
+            r if r is not None else SendResult(Outcome.RETRY, "unreached: no delivery report")
+            for r in reports.results
+        ]
         self._fail_if_unreached(final)
         return final
 
     async def _produce_one(
-        self, producer: Producer, record: Record, future: asyncio.Future[SendResult]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-
-        def report(error: KafkaError | None, _: Any) -> None:
-            loop.call_soon_threadsafe(_settle, future, error)
-
+        self, producer: Producer, record: Record, report: Callable[[KafkaError | None, Any], None]
+    ) -> SendResult | None:
+        """Hand one record over; a result only if librdkafka refused it at once."""
         while True:
             try:
                 producer.produce(
@@ -350,14 +351,17 @@ class KafkaTransport:
                     timestamp=record.timestamp,
                     on_delivery=report,
                 )
-                return
+                return None
             except BufferError:  # librdkafka's queue is full: let reports drain it
                 await asyncio.sleep(0.005)
             except KafkaException as exc:
                 error = exc.args[0]
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    return SendResult(
+                        Outcome.REFUSED, f"larger than Kafka's message.max.bytes ({self.max_message_bytes})"
+                    )
                 outcome = Outcome.REFUSED if error.code() in _NEVER else Outcome.RETRY
-                future.set_result(SendResult(outcome, _reason(exc)))
-                return
+                return SendResult(outcome, _reason(exc))
 
     def _fail_if_unreached(self, results: list[SendResult]) -> None:
         """A batch none of which reached the broker: the broker is away, not these messages."""
@@ -401,23 +405,48 @@ def _serve_reports(producer: Producer, stop: threading.Event) -> None:
     producer.poll(0)
 
 
-def _settle(future: asyncio.Future[SendResult], error: KafkaError | None) -> None:
-    if future.done():
-        return
+class Reports:
+    """The delivery reports of one batch: collected on the reports thread, handed to the event
+    loop once, when the last one is in (not one wake-up per record)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        self.results: list[SendResult | None] = [None] * count
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._lock = threading.Lock()
+        self._reported = 0
+        self._expected: int | None = None
+
+    def report(self, index: int, error: KafkaError | None, _: Any) -> None:
+        self.results[index] = _outcome(error)
+        with self._lock:
+            self._reported += 1
+            finished = self._reported == self._expected
+        if finished:
+            self.loop.call_soon_threadsafe(_finish, self.done)
+
+    def expect(self, produced: int) -> None:
+        """All records are handed over: ``produced`` reports will come."""
+        with self._lock:
+            self._expected = produced
+            finished = self._reported == produced
+        if finished:
+            _finish(self.done)
+
+
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+def _outcome(error: KafkaError | None) -> SendResult:
     if error is None:
-        future.set_result(DELIVERED)
-    elif error.code() in _NEVER:
-        future.set_result(SendResult(Outcome.REFUSED, f"Kafka refused it: {error.str()}"))
-    elif error.code() in _UNREACHED:
-        future.set_result(SendResult(Outcome.RETRY, f"unreached: {error.str()}"))
-    else:
-        future.set_result(SendResult(Outcome.RETRY, f"Kafka did not take it: {error.str()}"))
-
-
-def _outcome_of(future: asyncio.Future[SendResult]) -> SendResult:
-    if future.done():
-        return future.result()
-    return SendResult(Outcome.RETRY, "unreached: no delivery report in time")
+        return DELIVERED
+    if error.code() in _NEVER:
+        return SendResult(Outcome.REFUSED, f"Kafka refused it: {error.str()}")
+    if error.code() in _UNREACHED:
+        return SendResult(Outcome.RETRY, f"unreached: {error.str()}")
+    return SendResult(Outcome.RETRY, f"Kafka did not take it: {error.str()}")
 
 
 def _reason(exc: KafkaException) -> str:

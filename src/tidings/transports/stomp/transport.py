@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,9 @@ class Link(stomp.ConnectionListener):
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         self.on_frame = on_frame
-        self.receipts: dict[str, asyncio.Future[str]] = {}
+        #: receipt id → the batch waiting for it and its place there (touched from both threads:
+        #: single dict operations, which the interpreter keeps whole)
+        self.receipts: dict[str, tuple[Batch, int]] = {}
         self.connection: stomp.Connection12 | None = None
         #: counts connections: an ack id from an earlier one must never be sent on a later one
         self.generation = 0
@@ -124,53 +127,48 @@ class Link(stomp.ConnectionListener):
 
     def on_error(self, frame: Any) -> None:
         what = f"{frame.headers.get('message', 'ERROR')}: {_text(frame.body)}".strip(": ")
-        receipt = frame.headers.get("receipt-id")
-        if receipt:
-            self.loop.call_soon_threadsafe(self._settle_receipt, receipt, what)
+        waiting = self.receipts.pop(frame.headers.get("receipt-id", ""), None)
+        if waiting is not None:
+            batch, index = waiting
+            batch.answer(index, what)
         else:
             self.refusal = what  # the broker closes the connection after an ERROR
 
     def on_receipt(self, frame: Any) -> None:
-        self.loop.call_soon_threadsafe(self._settle_receipt, frame.headers.get("receipt-id", ""), "")
+        waiting = self.receipts.pop(frame.headers.get("receipt-id", ""), None)
+        if waiting is not None:
+            batch, index = waiting
+            batch.answer(index, "")
 
     def on_message(self, frame: Any) -> None:
         if self.on_frame is not None:
-            self.loop.call_soon_threadsafe(self.on_frame, (self.generation, frame.headers, frame.body))
+            _call(self.loop, self.on_frame, (self.generation, frame.headers, frame.body))
 
     def on_disconnected(self) -> None:
-        self.loop.call_soon_threadsafe(self._gone)
-
-    def on_heartbeat_timeout(self) -> None:
-        self.loop.call_soon_threadsafe(self._gone)
-
-    # -- the event loop's side ------------------------------------------------------------
-
-    def _settle_receipt(self, receipt: str, error: str) -> None:
-        future = self.receipts.pop(receipt, None)
-        if future is not None and not future.done():
-            future.set_result(error)
-
-    def _gone(self) -> None:
         self._fail_receipts(self.refusal or "the connection was lost")
         if self.on_frame is not None:
-            self.on_frame(LOST)
+            _call(self.loop, self.on_frame, LOST)
+
+    def on_heartbeat_timeout(self) -> None:
+        self.on_disconnected()
 
     def _fail_receipts(self, why: str) -> None:
         receipts, self.receipts = self.receipts, {}
-        for future in receipts.values():
-            if not future.done():
-                future.set_exception(ConnectionLost(why))
+        for batch in {batch for batch, _ in receipts.values()}:
+            batch.fail(why)
 
-    async def send_all(self, frames: list[tuple[str, bytes, dict[str, str]]]) -> list[asyncio.Future[str]]:
-        """Write SEND frames, each asking for a receipt; the futures of their receipts ("" when fine)."""
+    # -- the event loop's side ------------------------------------------------------------
+
+    async def send_all(self, frames: list[tuple[str, bytes, dict[str, str]]]) -> Batch:
+        """Write SEND frames, each asking for a receipt; the batch that collects the receipts."""
         connection = self.connection
         if connection is None:
             raise ConnectionLost("not connected")
-        futures = []
-        for _, _, headers in frames:
+        batch = Batch(self.loop, len(frames))
+        for index, (_, _, headers) in enumerate(frames):
             receipt = uuid.uuid4().hex
             headers["receipt"] = receipt
-            futures.append(self.receipts.setdefault(receipt, self.loop.create_future()))
+            self.receipts[receipt] = (batch, index)
 
         def write() -> None:
             for destination, body, headers in frames:
@@ -180,7 +178,53 @@ class Link(stomp.ConnectionListener):
             await self.write(write)
         except (NotConnectedException, OSError) as exc:
             self._fail_receipts(f"the connection was lost ({exc})")
-        return futures
+        return batch
+
+
+class Batch:
+    """The receipts of one batch of SEND frames: answered on stomp.py's thread, handed to the event
+    loop once, when the last is in (not one wake-up per frame)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        #: per frame: None (no answer yet), "" (a receipt) or what an ERROR frame said
+        self.answers: list[str | None] = [None] * count
+        self.lost = ""
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._left = count
+        self._lock = threading.Lock()
+        if count == 0:
+            self.done.set_result(None)
+
+    def answer(self, index: int, error: str) -> None:
+        with self._lock:
+            if self.answers[index] is not None:
+                return
+            self.answers[index] = error
+            self._left -= 1
+            finished = self._left == 0
+        if finished:
+            _call(self.loop, _finish, self.done)
+
+    def fail(self, why: str) -> None:
+        with self._lock:
+            if self._left == 0:
+                return
+            self.lost = why
+        _call(self.loop, _finish, self.done)
+
+
+def _call(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """From stomp.py's thread into the loop; a loop already closed (the process ends) hears nothing."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
+
+
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 class StompTransport:
@@ -318,22 +362,14 @@ class StompTransport:
             return []
         await self.connect()
         assert self._link is not None
-        futures = await self._link.send_all(frames)
-        await asyncio.wait(futures, timeout=self.receipt_timeout)
-        results = []
-        for future in futures:
-            if not future.done():
-                future.cancel()
-                results.append(SendResult(Outcome.RETRY, f"no receipt within {self.receipt_timeout:g}s"))
-            elif future.cancelled() or future.exception() is not None:
-                raise TransportError(
-                    f"STOMP connection to {self.url} was lost while sending: {future.exception()}"
-                )
-            elif future.result():
-                results.append(SendResult(Outcome.RETRY, f"the broker refused it: {future.result()}"))
-            else:
-                results.append(DELIVERED)
-        return results
+        batch = await self._link.send_all(frames)
+        try:
+            await asyncio.wait_for(asyncio.shield(batch.done), self.receipt_timeout)
+        except TimeoutError:
+            pass
+        if batch.lost:
+            raise TransportError(f"STOMP connection to {self.url} was lost while sending: {batch.lost}")
+        return [_result(answer, self.receipt_timeout) for answer in batch.answers]
 
     async def forward(self, queue: str, message: WireMessage, extra: dict[str, Any]) -> None:
         """Send a copy straight into one of RabbitMQ's queues (a retry queue, the dead letters)."""
@@ -374,6 +410,14 @@ class StompTransport:
             return found
         finally:
             await amqp.close()
+
+
+def _result(answer: str | None, timeout: float) -> SendResult:
+    if answer == "":
+        return DELIVERED
+    if answer is None:
+        return SendResult(Outcome.RETRY, f"no receipt within {timeout:g}s")
+    return SendResult(Outcome.RETRY, f"the broker refused it: {answer}")
 
 
 def _refusal(message: WireMessage) -> SendResult | None:
