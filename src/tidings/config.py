@@ -1,9 +1,11 @@
 """The one TOML configuration file, read strictly.
 
-Where it is looked for: ``--config PATH``, then ``$TIDINGS_CONFIG``, then
-``./tidings.toml``; with none of them, :func:`default_config` runs everything
-on the embedded default under ``./.tidings/``. Unknown keys are refused, naming
-the key, because a misspelt key that silently does nothing is worse than an error.
+Where it is looked for (:func:`find_config`): ``--config PATH``, then
+``$TIDINGS_CONFIG``, then ``tidings.toml`` in the current folder and its parents up to
+the repository's root, then ``/etc/tidings/tidings.toml``; with none of them,
+:func:`default_config` runs everything on the embedded default under ``./.tidings/``.
+Unknown keys are refused, naming the key, because a misspelt key that silently does nothing
+is worse than an error.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from tidings.transport import transport_plugin
 
 CONFIG_ENV = "TIDINGS_CONFIG"
 DEFAULT_FILE = "tidings.toml"
+SYSTEM_FILE = Path("/etc/tidings/tidings.toml")
+#: a folder holding one of these is a repository's root: the search for tidings.toml stops there
+REPOSITORY_MARKERS = (".git", ".hg")
+EMBEDDED_DEFAULT = "the embedded default (no config file found)"
 
 #: the types options are checked with: each says what is allowed, and an error names the key
 Positive = Annotated[float, Meta(gt=0)]
@@ -130,6 +136,8 @@ class Config(_Strict):
     bridges: dict[str, dict[str, Any]] = {}
     #: the folder relative paths are resolved against (not a key of the file)
     base_dir: str = "."
+    #: where this config came from, for `tidings config show` (not a key of the file)
+    origin: str = EMBEDDED_DEFAULT
 
     def home_path(self) -> Path:
         return Path(self.base_dir, self.bus.home)
@@ -174,28 +182,64 @@ def _with_defaults(config: Config) -> Config:
     return msgspec.structs.replace(config, transports=transports, connectors=connectors)
 
 
+def find_config(
+    path: str | Path | None = None,
+    *,
+    cwd: Path | None = None,
+    system: Path = SYSTEM_FILE,
+) -> tuple[Path | None, str]:
+    """The config file to read and why it was chosen; ``(None, ...)`` for the embedded default.
+
+    ``--config``, then ``$TIDINGS_CONFIG``, then ``tidings.toml`` here or in a parent folder (up
+    to the repository's root, so a file outside the project is never picked up by accident; with
+    no repository around, only here), then the system-wide file.
+    """
+    if path:
+        return Path(path), "--config"
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}"
+    here = (cwd or Path.cwd()).resolve()
+    for folder in _project_folders(here):
+        if (folder / DEFAULT_FILE).is_file():  # named as short as it can be, for error messages
+            if folder == here:
+                return Path(DEFAULT_FILE) if cwd is None else here / DEFAULT_FILE, "found in this folder"
+            return folder / DEFAULT_FILE, "found in a parent folder"
+    if system.is_file():
+        return system, "system-wide"
+    return None, EMBEDDED_DEFAULT
+
+
+def _project_folders(here: Path) -> list[Path]:
+    """``here`` and its parents up to the repository's root; only ``here`` outside a repository."""
+    folders = []
+    for folder in (here, *here.parents):
+        folders.append(folder)
+        if any((folder / marker).exists() for marker in REPOSITORY_MARKERS):
+            return folders
+    return [here]
+
+
 def load_config(path: str | Path | None = None) -> Config:
-    """The config named by ``path``, ``$TIDINGS_CONFIG`` or ``./tidings.toml``, else the default."""
-    chosen = path or os.environ.get(CONFIG_ENV)
-    if chosen is None:
-        if not Path(DEFAULT_FILE).is_file():
-            return default_config()
-        chosen = DEFAULT_FILE
-    file = Path(chosen)
+    """The config :func:`find_config` finds, else the embedded default."""
+    file, why = find_config(path)
+    if file is None:
+        return default_config()
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+        raise ConfigError(f"config file {str(file)!r} ({why}) does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(file)!r} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
-    return parse_config(raw, base_dir=file.resolve().parent, origin=str(file))
+    config = parse_config(raw, base_dir=file.resolve().parent, origin=str(file))
+    return msgspec.structs.replace(config, origin=f"{file} ({why})")
 
 
 def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str = "config") -> Config:
-    if "base_dir" in raw:
-        raise ConfigError(f"{origin}: unknown key 'base_dir'")
+    for computed in ("base_dir", "origin"):
+        if computed in raw:
+            raise ConfigError(f"{origin}: unknown key {computed!r}")
     # named tables first, so an error can say [connectors.rabbit] rather than [connectors[...]]
     for section, cls in (("connectors", ConnectorConfig), ("consumers", ConsumerConfig)):
         tables = raw.get(section)

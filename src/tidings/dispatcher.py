@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tidings.activity import Activity, BacklogNotices, events_log
 from tidings.config import ConnectorConfig
 from tidings.errors import DispatcherBusy, TidingsError, TransportError
 from tidings.format import Format
@@ -42,6 +43,10 @@ FRESH_LIMIT = 20_000
 #: reconnect backoff of a connector that cannot reach its broker: base * 2^n, capped
 DOWN_BASE, DOWN_CAP = 0.5, 30.0
 PURGE_EVERY = 60.0
+#: seconds between a connector's activity lines (when it did something)
+REPORT_EVERY = 1.0
+#: how often a connector holding unroutable events asks its broker whether a queue was bound since
+ROUTES_POLL = 0.5
 
 
 @dataclass(slots=True)
@@ -136,6 +141,7 @@ class Dispatcher:
         self.outbox.doorbell.listen(lambda: self._wake_all([]), others_only=True)
         tasks = [asyncio.create_task(w.run(stop), name=f"connector-{w.connector.name}") for w in self.workers]
         tasks.append(asyncio.create_task(self._purge_loop(stop), name="purge"))
+        tasks += [asyncio.create_task(w.activity.report_every(REPORT_EVERY, stop)) for w in self.workers]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -216,6 +222,16 @@ class ConnectorWorker:
         #: seconds); for IDLE_POLL after it, only handed-over events can be new (other processes'
         #: are found by the next look, as they always were), so no look is needed
         self._caught_up_at: float | None = None
+        stats = connector.stats
+        self.activity = Activity(
+            f"connector {connector.name}",
+            lambda: {"delivered": stats.delivered, "to backlog": stats.retried, "dead": stats.dead},
+            latency_label="batches confirmed in",
+        )
+        self.notices = BacklogNotices(connector.name)
+        #: the broker's routing version when an event was last found unroutable (None: none was)
+        self._unroutable_at: int | None = None
+        self._routes_checked = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -233,6 +249,7 @@ class ConnectorWorker:
                     await self._pause(exc, failures, stop)
                     continue
                 if not worked:
+                    await self._retry_when_routed()
                     await self._idle(stop)
             await self._settle_all()  # in-flight batches finish before a clean stop
         finally:
@@ -386,6 +403,7 @@ class ConnectorWorker:
             waiter.cancel()
 
     async def _deliver_in_turn(self, previous: asyncio.Task[None] | None, rows: list[Row]) -> None:
+        started = time.monotonic()
         try:
             settlements = await self._send(rows, from_backlog=False)
         finally:
@@ -394,6 +412,7 @@ class ConnectorWorker:
         if previous is not None and (previous.cancelled() or previous.exception() is not None):
             raise TransportError("an earlier batch failed; this one is sent again from the cursor")
         await self._settle(rows, settlements, from_backlog=False)
+        self.activity.note(time.monotonic() - started)
 
     async def _settle_oldest(self) -> None:
         oldest = self._in_flight[0]
@@ -439,6 +458,7 @@ class ConnectorWorker:
             sending.append(row)
         if messages:
             results = await connector.transport.send(connector.config.exchange, messages)
+            self._note_routing(results)
             if len(results) != len(messages):
                 raise TransportError(
                     f"transport {connector.transport.kind} answered {len(results)} results "
@@ -462,6 +482,52 @@ class ConnectorWorker:
         )
         if new_cursor is not None:
             self.cursor = new_cursor
+        self._tell(rows, settlements)
+
+    def _tell(self, rows: list[Row], settlements: list[Settlement]) -> None:
+        """Warn about what went to the backlog (once per topic); a line per event with --verbose."""
+        topics = {row.seq: row.topic for row in rows}
+        now = self.dispatcher.clock()
+        verbose = events_log.isEnabledFor(logging.INFO)
+        for settled in settlements:
+            topic = topics[settled.seq]
+            if settled.state == "retry":
+                self.notices.kept(topic, settled.reason, settled.next_at - now)
+            elif settled.state == "delivered":
+                self.notices.delivered(topic)
+            if verbose:
+                events_log.info(
+                    "connector %s: seq %d %s %s%s",
+                    self.connector.name,
+                    settled.seq,
+                    topic,
+                    settled.state,
+                    f" ({settled.reason})" if settled.reason else "",
+                )
+
+    # -- unroutable events on a broker that says when a queue is bound (the embedded one) ---------
+
+    def _note_routing(self, results: list[SendResult]) -> None:
+        version = getattr(self.connector.transport, "routed_with", None)
+        if version is None or self._unroutable_at is not None:
+            return
+        if any(r.outcome is Outcome.RETRY and r.reason.startswith("unroutable") for r in results):
+            self._unroutable_at = version
+
+    async def _retry_when_routed(self) -> None:
+        """Make the backlog due at once when the broker's bindings changed since an unroutable send.
+
+        The embedded broker knows when a consumer binds a queue: the event that waited for one
+        goes out then, not at the retry schedule's next step (which may be minutes away).
+        """
+        if self._unroutable_at is None or time.monotonic() - self._routes_checked < ROUTES_POLL:
+            return
+        self._routes_checked = time.monotonic()
+        version: int = await self.connector.transport.routes_version()  # type: ignore[attr-defined]
+        if version != self._unroutable_at:
+            self._unroutable_at = None
+            await self.dispatcher.io(self.outbox.retry_backlog_now, self.connector.name)
+            self.next_due = self.dispatcher.clock()
 
     def _settlement(self, row: Row, result: SendResult) -> Settlement:
         stats = self.connector.stats

@@ -18,10 +18,13 @@ letters: it would fail again on every retry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tidings.activity import Activity, events_log
 from tidings.errors import HaltedError, InvalidEvent, TidingsError
 from tidings.event import Event
 from tidings.format import Format
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
     from tidings.config import ConsumerConfig
 
 log = logging.getLogger(__name__)
+#: seconds between a consumer's activity lines (when it did something)
+REPORT_EVERY = 1.0
 
 
 class Consuming(Protocol):
@@ -77,6 +82,12 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
         # tasks whose handler still holds one of the concurrency slots
         self._holding: set[asyncio.Task[None]] = set()
+        counters = app.counters
+        self.activity = Activity(
+            f"consumer {app.name}",
+            lambda: dataclasses.asdict(counters),
+            latency_label="published→settled",
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.app.settings
@@ -85,6 +96,7 @@ class Runner:
             await self.transport.declare(self.app.topology())
             stream = self.transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
             watcher = asyncio.create_task(self._watch(stop))
+            reporter = asyncio.create_task(self.activity.report_every(REPORT_EVERY, self._stopping))
             pump = asyncio.create_task(self._pump(stream))
             stopping = asyncio.ensure_future(self._stopping.wait())
             try:
@@ -93,6 +105,7 @@ class Runner:
             finally:
                 stopping.cancel()
                 watcher.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)  # its last line: the stop
                 if not pump.done():  # we are being cancelled ourselves: stop fetching first
                     pump.cancel()
                     await asyncio.gather(pump, return_exceptions=True)
@@ -170,6 +183,19 @@ class Runner:
                 return
             if deaths:
                 self.journal.forget_deaths(queue, event.id)  # counted into the tries it settled with
+            self._tell(event, attempt, outcome)
+
+    def _tell(self, event: Event, attempt: int, outcome: BaseException | None) -> None:
+        self.activity.note(max(0.0, time.time() - event.time.timestamp()))
+        if events_log.isEnabledFor(logging.INFO):
+            events_log.info(
+                "consumer %s: %s %s attempt %d: %s",
+                self.app.name,
+                event.topic,
+                event.id,
+                attempt,
+                "handled" if outcome is None else f"{type(outcome).__name__}: {outcome}",
+            )
 
     async def _decode_and_call(
         self, delivery: Delivery

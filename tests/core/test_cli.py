@@ -47,7 +47,7 @@ def deep(levels: int) -> str:
         (
             ["--config", "nope.toml", "publish", "a.b", "--body", "{}"],
             3,
-            "config file 'nope.toml' does not exist",
+            "config file 'nope.toml' (--config) does not exist",
         ),
         (["tail", "a.#b"], 4, "invalid pattern"),
         (["consume", "--callback", "os:getcwd", "--bind", "a..b"], 4, "invalid pattern"),

@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -31,7 +31,8 @@ app = typer.Typer(
     "with acks.\n\nWith no config file everything runs on the embedded default under ./.tidings/.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # plain help: paragraphs rewrapped to the terminal, the same text in a pipe, no boxes
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -43,9 +44,8 @@ def _global(
         typer.Option(
             "--config",
             "-c",
-            help="Config file for every command "
-            "(also $TIDINGS_CONFIG; default ./tidings.toml, else the "
-            "embedded default).",
+            help="Config file for every command (also $TIDINGS_CONFIG; default: tidings.toml in this "
+            "folder or a parent, then /etc/tidings/tidings.toml, else the embedded default).",
             show_default=False,
         ),
     ] = None,
@@ -91,7 +91,11 @@ class _OursUnlessDebugging(logging.Filter):
         return self.everything or record.name == "tidings" or record.name.startswith("tidings.")
 
 
-def setup_logging(level: str) -> None:
+#: the logger of one line per event (consumed, delivered): quiet unless --verbose asks for it
+EVENTS_LOGGER = "tidings.events"
+
+
+def setup_logging(level: str, *, verbose: bool = False) -> None:
     """One handler on stderr: rich on a terminal, one plain line per record otherwise; secrets masked."""
     number = logging.getLevelName(level.upper())
     if not isinstance(number, int):
@@ -106,25 +110,80 @@ def setup_logging(level: str) -> None:
     handler.addFilter(_OursUnlessDebugging(number))
     handler.addFilter(RedactingFilter())
     logging.basicConfig(level=number, handlers=[handler], force=True)
+    events_level = logging.INFO if verbose or number <= logging.DEBUG else logging.WARNING
+    logging.getLogger(EVENTS_LOGGER).setLevel(events_level)
 
 
 def main() -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
-    from tidings.cli import commands, ops  # noqa: F401 - registers the commands
+    from tidings.cli import commands, config_cmd, ops  # noqa: F401 - registers the commands
     from tidings.formats.fedora import cli  # noqa: F401 - `tidings bridge` lives with the fedmsg bridge
 
+    command = typer.main.get_command(app)
+    plain_help(command)
     try:
-        app(args=config_after_command(sys.argv[1:]))  # standalone: usage errors print themselves, exit 2
+        code = command.main(
+            args=config_after_command(sys.argv[1:]), prog_name="tidings", standalone_mode=False
+        )
     except TidingsError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        err.print("tidings: interrupted")
+        err.print("tidings: interrupted", highlight=False)
         sys.exit(130)
-    except Exception as exc:  # a bug of ours: still one line, with how to see more
-        _fail(f"internal error: {type(exc).__name__}: {exc} (set TIDINGS_DEBUG=1 for the traceback)", 1)
+    except Exception as exc:
+        _fail_on(exc)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int) -> None:
+def _fail_on(exc: Exception) -> NoReturn:
+    """A command-line parsing error as one line (exit 2), an abort as 130, anything else as a bug.
+
+    Typer raises click's exceptions, from click or from its own copy of click depending on its
+    version, so they are known by their shape: ``format_message()``, ``exit_code`` and ``ctx``.
+    """
+    kind = type(exc).__name__
+    if kind == "NoArgsIsHelpError":  # `tidings` or `tidings backlog` alone: the help is the answer
+        context = getattr(exc, "ctx", None)
+        print(context.get_help() if context else exc)
+        sys.exit(0)
+    if kind == "Abort":
+        err.print("tidings: interrupted", highlight=False)
+        sys.exit(130)
+    if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+        if exc.exit_code == 2:  # type: ignore[attr-defined]
+            _fail(usage_line(exc), 2)
+        _fail(exc.format_message(), exc.exit_code)  # type: ignore[attr-defined]
+    # a bug of ours: still one line, with how to see more
+    _fail(f"internal error: {kind}: {exc} (set TIDINGS_DEBUG=1 for the traceback)", 1)
+
+
+def usage_line(exc: Any) -> str:
+    """``missing option '--body'; see tidings publish --help``: what is wrong and where to read more."""
+    message = exc.format_message().strip().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    where = exc.ctx.command_path if getattr(exc, "ctx", None) else "tidings"
+    return f"{message}; see {where} --help"
+
+
+def plain_help(command: Any) -> None:
+    """Help that names values instead of types: ``--body BODY``, not ``--body <str>``.
+
+    Typer shows Python types (``<str>``, ``<list[str]>``) beside options and arguments; an
+    option without a metavar of its own gets its name in capitals, as argparse does, and an
+    argument shows only its name.
+    """
+    for param in command.params:
+        name = (param.name or "value").upper()
+        if param.param_type_name == "option" and not param.is_flag and param.metavar is None:
+            param.metavar = name
+        elif param.param_type_name == "argument":
+            param.metavar = param.metavar or name
+            param.display_type_rich = lambda ctx: None  # typer's own column shows the type alone
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+
+
+def _fail(message: str, code: int) -> NoReturn:
     if os.environ.get("TIDINGS_DEBUG"):
         sys.stderr.write(redact(traceback.format_exc()))
     err.print(f"tidings: error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)

@@ -20,6 +20,8 @@ from tidings.plugins import import_object
 from tidings.topics import validate_pattern
 
 out = Console()
+#: exit code after Ctrl-C (128 + SIGINT), as shells report an interrupted command
+INTERRUPTED = 130
 
 ConfigOpt = Annotated[
     Path | None,
@@ -27,16 +29,36 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         envvar="TIDINGS_CONFIG",
-        help="Config file (default ./tidings.toml, else the embedded default).",
+        metavar="PATH",
+        help="Config file (default: tidings.toml here or in a parent folder, then "
+        "/etc/tidings/tidings.toml, else the embedded default; `tidings config show` says which).",
         show_default=False,
     ),
 ]
-LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+LogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default: [bus] log_level of the config, INFO).",
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also one line per event.")]
 
 
-def load_bus(config: Path | None, log_level: str = "WARNING") -> Bus:
-    setup_logging(log_level)
-    return Bus.load(config)
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line, for programs.")]
+
+
+def load_bus(config: Path | None, log_level: str | None = "WARNING", *, verbose: bool = False) -> Bus:
+    """The bus of ``config``; logging at ``log_level``, or the config's ``[bus] log_level`` if None."""
+    setup_logging(log_level or "WARNING")  # until the config is read: its errors are ours to print
+    bus = Bus.load(config)
+    if log_level is None:
+        setup_logging(bus.config.bus.log_level, verbose=verbose)
+    elif verbose:
+        setup_logging(log_level, verbose=verbose)
+    return bus
 
 
 def read_body(body: str) -> dict[str, Any]:
@@ -74,12 +96,17 @@ def publish(
         typer.Option(
             "--type",
             "-t",
+            metavar="TYPE",
             help="Schema type, e.g. cki.datawarehouse.v1 or bodhi.update.comment.v1 "
             "(`tidings schemas list`); the body is validated against it.",
         ),
     ] = None,
-    header: Annotated[list[str], typer.Option("--header", "-H", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
-    private: Annotated[bool, typer.Option(help="Mark the event private (sinks may redact it).")] = False,
+    header: Annotated[
+        list[str], typer.Option("--header", "-H", metavar="KEY=VALUE", help="A header; repeatable.")
+    ] = [],  # noqa: B006
+    private: Annotated[
+        bool, typer.Option("--private", help="Mark the event private (sinks may redact it).")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Durably publish one event into the outbox and print its id.
@@ -104,14 +131,17 @@ def publish(
 def dispatch(
     connector: Annotated[
         list[str],
-        typer.Option("--connector", help="Only these connectors (repeatable; default: all enabled)."),
+        typer.Option(
+            "--connector", metavar="NAME", help="Only these connectors (repeatable; default: all enabled)."
+        ),
     ] = [],  # noqa: B006
     once: Annotated[bool, typer.Option("--once", help="Deliver what is due, then exit.")] = False,
     config: ConfigOpt = None,
-    log_level: LogOpt = "INFO",
+    log_level: LogOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Deliver outbox events to the connectors until stopped (SIGTERM/Ctrl-C finish the batch in flight)."""
-    bus = load_bus(config, log_level)
+    bus = load_bus(config, log_level, verbose=verbose)
     names = connector or None
     for name in names or []:
         if name not in bus.config.connectors:
@@ -144,11 +174,27 @@ async def _drain(dispatcher: Any) -> None:
 
 
 async def until_signalled(run: Any, *args: Any) -> None:
+    """Run ``run(*args, stop)`` until SIGTERM or SIGINT sets ``stop``; after Ctrl-C, exit 130.
+
+    SIGTERM is how a service manager stops a service: a clean stop, exit 0. Ctrl-C is an
+    interruption (exit 130, as shells expect), but only after the same clean stop.
+    """
     stop = asyncio.Event()
+    received: list[int] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stopper(stop, received, sig))
     await run(*args, stop)
+    if signal.SIGINT in received:
+        raise typer.Exit(INTERRUPTED)
+
+
+def _stopper(stop: asyncio.Event, received: list[int], sig: int) -> Any:
+    def handle() -> None:
+        received.append(sig)
+        stop.set()
+
+    return handle
 
 
 def import_target(target: str) -> Any:
@@ -165,30 +211,35 @@ def import_handler(target: str) -> Any:
 
 @app.command()
 def consume(
-    target: Annotated[str | None, typer.Argument(help="MODULE:APP, an App object to run.")] = None,
+    target: Annotated[str | None, typer.Argument(metavar="MODULE:APP", help="An App object to run.")] = None,
     callback: Annotated[
-        str | None, typer.Option("--callback", help="MODULE:FUNC, a function taking an Event.")
+        str | None,
+        typer.Option("--callback", metavar="MODULE:FUNC", help="MODULE:FUNC, a function taking an Event."),
     ] = None,
     bind: Annotated[
-        list[str], typer.Option("--bind", help="Topic pattern for --callback (repeatable).")
+        list[str],
+        typer.Option("--bind", metavar="PATTERN", help="Topic pattern for --callback (repeatable)."),
     ] = [],  # noqa: B006
     queue: Annotated[
-        str | None, typer.Option("--queue", help="Queue name (default: the app's name).")
+        str | None, typer.Option("--queue", metavar="NAME", help="Queue name (default: the app's name).")
     ] = None,
-    transport: Annotated[str | None, typer.Option("--transport", help="Configured transport name.")] = None,
+    transport: Annotated[
+        str | None, typer.Option("--transport", metavar="NAME", help="Configured transport name.")
+    ] = None,
     prefetch: Annotated[int | None, typer.Option(min=1, help="Messages held unsettled at once.")] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Handlers running at once (1 keeps the queue's order).")
     ] = None,
     config: ConfigOpt = None,
-    log_level: LogOpt = "INFO",
+    log_level: LogOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a consuming service until SIGTERM; messages are acked only after the handler returns.
 
     Examples: tidings consume myservice:app
               tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue triage
     """
-    bus = load_bus(config, log_level)
+    bus = load_bus(config, log_level, verbose=verbose)
     if (target is None) == (callback is None):
         raise typer.BadParameter("give either MODULE:APP or --callback MODULE:FUNC")
     if callback is not None:
@@ -219,8 +270,10 @@ def consume(
 
 @app.command()
 def tail(
-    pattern: Annotated[str, typer.Argument(help="Only topics matching this pattern.")] = "#",
-    limit: Annotated[int, typer.Option("--last", help="Show this many past events first.")] = 10,
+    pattern: Annotated[
+        str, typer.Argument(metavar="PATTERN", help="Only topics matching this pattern.")
+    ] = "#",
+    limit: Annotated[int, typer.Option("--last", metavar="N", help="Show this many past events first.")] = 10,
     json_: Annotated[
         bool, typer.Option("--json", help="One JSON event per line instead of a table.")
     ] = False,
@@ -237,10 +290,11 @@ def tail(
 @app.command()
 def serve(
     config: ConfigOpt = None,
-    log_level: LogOpt = "INFO",
+    log_level: LogOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Run the dispatcher and every configured consumer (each \\[consumers.NAME] with an app) together."""
-    bus = load_bus(config, log_level)
+    """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app) together."""
+    bus = load_bus(config, log_level, verbose=verbose)
     apps = bus.served_consumers()
     err.print(
         f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import typer
 from rich.console import Console
 
 from tidings.bus import Bus
@@ -25,7 +26,7 @@ def follow_outbox(bus: Bus, pattern: str, last: int, *, as_json: bool, console: 
             if not rows:
                 time.sleep(POLL)
     except KeyboardInterrupt:
-        return
+        raise typer.Exit(130) from None  # Ctrl-C is the only way out: say it was one
 
 
 def show(event: object, data: bytes, as_json: bool, console: Console) -> None:

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.table import Table
 
 from tidings.bus import Bus
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, load_bus, out
+from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out
+from tidings.cli.output import print_rows
 from tidings.errors import ConfigError, InvalidEvent, TidingsError
 from tidings.event import loads
 from tidings.transport import ExchangeSpec, Findings, Topology
@@ -41,44 +41,46 @@ def _ago(moment: float | None) -> str:
 
 @backlog_app.command("list")
 def backlog_list(
-    connector: Annotated[str | None, typer.Argument(help="Show this connector's entries in detail.")] = None,
+    connector: Annotated[
+        str | None, typer.Argument(metavar="CONNECTOR", help="Show this connector's entries in detail.")
+    ] = None,
     dead: Annotated[
         bool, typer.Option("--dead", help="With CONNECTOR: list dead letters, not the backlog.")
     ] = False,
-    limit: Annotated[int, typer.Option(help="At most this many entries.")] = 50,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most this many entries.")] = 50,
     config: ConfigOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Per connector: events not yet sent, the backlog waiting for a retry, and dead letters."""
     bus = load_bus(config)
     if connector is None:
-        table = Table("connector", "cursor", "pending", "backlog", "next retry", "dead", title="connectors")
-        for s in bus.outbox.status(bus.config.connectors):
-            table.add_row(
-                s.connector, str(s.cursor), str(s.pending), str(s.backlog), _ago(s.next_retry), str(s.dead)
-            )
-        out.print(table)
+        statuses = bus.outbox.status(bus.config.connectors)
+        rows = [
+            [
+                s.connector,
+                s.cursor,
+                s.pending,
+                s.backlog,
+                s.next_retry if json_ else _ago(s.next_retry),
+                s.dead,
+            ]
+            for s in statuses
+        ]
+        columns = ["connector", "cursor", "pending", "backlog", "next_retry", "dead"]
+        print_rows(columns, rows, console=out, json_=json_, title="connectors")
         return
     which = "dead" if dead else "backlog"
     entries = bus.outbox.entries(_connector(bus, connector), which, limit)
-    table = Table(
-        "seq",
-        "attempts",
-        "failed" if dead else "next retry",
-        "topic",
-        "id",
-        "reason",
-        title=f"{connector}: {which}",
-    )
-    for e in entries:
-        table.add_row(
-            str(e["seq"]),
-            str(e["attempts"]),
-            _ago(e["when"]),
-            str(e["topic"]),
-            str(e["id"]),  # type: ignore[arg-type]
-            str(e["reason"])[:80],
-        )
-    out.print(table if entries else f"{connector}: no {which} entries")
+    if not entries and not json_:
+        out.print(f"{connector}: no {which} entries", highlight=False)
+        return
+    when = "failed" if dead else "next_retry"
+    columns = ["seq", "attempts", when, "topic", "id", "reason"]
+    rows = [
+        [e["seq"], e["attempts"], e["when"] if json_ else _ago(e["when"]), e["topic"], e["id"], e["reason"]]
+        for e in entries
+    ]
+    print_rows(columns, rows, console=out, json_=json_, title=f"{connector}: {which}")
 
 
 @backlog_app.command("retry")
@@ -117,13 +119,14 @@ def backlog_drop(
 
 
 @schemas_app.command("list")
-def schemas_list(config: ConfigOpt = None) -> None:
+def schemas_list(config: ConfigOpt = None, json_: JsonOpt = False) -> None:
     """Every registered event type and where its schema comes from."""
     bus = load_bus(config)
-    table = Table("type", "title", "from")
-    for type_ in bus.schemas.types():
-        table.add_row(type_, str(bus.schemas.schema(type_).get("title", "")), bus.schemas.origin(type_))
-    out.print(table)
+    rows = [
+        [type_, bus.schemas.schema(type_).get("title", ""), bus.schemas.origin(type_)]
+        for type_ in bus.schemas.types()
+    ]
+    print_rows(["type", "title", "from"], rows, console=out, json_=json_)
 
 
 @schemas_app.command("show")
@@ -171,11 +174,11 @@ def doctor(config: ConfigOpt = None) -> None:
     and, on RabbitMQ, that the user may publish, consume and declare what the config needs
     (bindings and permissions through the management API when it answers).
     """
+    from tidings.cli.config_cmd import check_plugins, summary
+
     bus = load_bus(config)
-    out.print(
-        f"config: ok ({len(bus.config.connectors)} connector(s), {len(bus.config.consumers)} consumer(s), "
-        f"{len(bus.schemas.types())} schema(s))"
-    )
+    check_plugins(bus)  # a missing extra is a config error (exit 3) before anything says "ok"
+    out.print(f"config: ok ({summary(bus)}; {bus.config.origin})", highlight=False)
     out.print(f"outbox: {bus.config.outbox_path()} — last seq {bus.outbox.last_seq()}")
     failures = asyncio.run(_check_transports(bus))
     if failures:

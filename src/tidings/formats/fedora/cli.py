@@ -26,7 +26,7 @@ def bridge(
         float, typer.Option(help="Seconds a message may take to cross before it counts as missing.")
     ] = 30.0,
     config: ConfigOpt = None,
-    log_level: LogOpt = "INFO",
+    log_level: LogOpt = None,
 ) -> None:
     """Bridge fedmsg (ZeroMQ) and AMQP (fedora-messaging) both ways, without loops.
 

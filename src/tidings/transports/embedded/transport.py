@@ -205,6 +205,20 @@ class EmbeddedTransport:
 
         await self.commit(work)
 
+    @property
+    def routed_with(self) -> int:
+        """The version of the bindings the last send was routed with (see :meth:`routes_version`)."""
+        return self._routes_version
+
+    async def routes_version(self) -> int:
+        """A number that grows whenever a queue or binding is declared, in any process.
+
+        A dispatcher holding events that were unroutable sends them again when it changes,
+        instead of waiting for the retry schedule.
+        """
+        version: int = await self.read(lambda db: db.execute("SELECT version FROM topology").fetchone()[0])
+        return version
+
     def _load_routes(self, db: sqlite3.Connection) -> None:
         version = db.execute("SELECT version FROM topology").fetchone()[0]
         if version == self._routes_version:

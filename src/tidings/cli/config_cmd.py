@@ -1,0 +1,81 @@
+"""`tidings config show|check`: which config is in force, and whether it is sound."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import orjson
+import tomli_w
+import typer
+
+from tidings.bus import Bus
+from tidings.cli import app, err
+from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out
+from tidings.config import Config
+from tidings.redact import MASK, redact
+
+config_app = typer.Typer(help="Show the configuration in force and check it.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+#: option names whose values are secrets wherever they appear
+_SECRET_KEY = re.compile(r"pass(word|code|wd)?$|secret|token|api_?key|key_password", re.IGNORECASE)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, json_: JsonOpt = False) -> None:
+    """Print the effective configuration (defaults filled in), where it came from, secrets masked."""
+    bus = load_bus(config)
+    shown = masked(effective(bus.config))
+    if json_:
+        print(orjson.dumps({"source": bus.config.origin, "config": shown}).decode())
+        return
+    print(f"# source: {bus.config.origin}")
+    print(f"# relative paths are resolved in {bus.config.base_dir}")
+    print(tomli_w.dumps(shown), end="")
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None) -> None:
+    """Check the configuration without connecting anywhere: keys, values, patterns, and that
+    every transport's and format's plug-in is installed (exit 3 if not)."""
+    bus = load_bus(config)
+    check_plugins(bus)
+    out.print(f"config: ok — {summary(bus)}", highlight=False)
+    err.print(f"source: {bus.config.origin}", highlight=False)
+
+
+def summary(bus: Bus) -> str:
+    config = bus.config
+    return (
+        f"{len(config.transports)} transport(s), {len(config.connectors)} connector(s), "
+        f"{len(config.consumers)} consumer(s), {len(bus.schemas.types())} schema(s)"
+    )
+
+
+def check_plugins(bus: Bus) -> None:
+    """Import what each transport and format needs; a missing extra is a ConfigError naming it."""
+    for name in bus.config.transports:
+        bus.make_transport(name)
+    for section, tables in (("connectors", bus.config.connectors), ("consumers", bus.config.consumers)):
+        for name, table in tables.items():
+            bus.make_format(table.format, table.format_options, f"[{section}.{name}]")
+
+
+def effective(config: Config) -> dict[str, Any]:
+    raw: dict[str, Any] = msgspec.to_builtins(config)
+    raw.pop("base_dir", None)
+    raw.pop("origin", None)
+    return {key: value for key, value in raw.items() if value not in ({}, [])}
+
+
+def masked(value: Any, key: str = "") -> Any:
+    """``value`` with every secret option replaced by ``***`` and passwords in URLs masked."""
+    if isinstance(value, dict):
+        return {k: masked(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v, key) for v in value]
+    if isinstance(value, str):
+        return MASK if _SECRET_KEY.search(key) and value else redact(value)
+    return value
