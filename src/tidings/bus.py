@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ class Bus:
             )
         )
         self._outbox: Outbox | None = None
+        #: where publishing goes instead of the outbox while ``diverted`` (tidings.testing.mock_sends)
+        self._diversion: Outbox | None = None
         self._inbox: Inbox | None = None
         self._journal: HandlingJournal | None = None
         self._lock = threading.Lock()
@@ -76,6 +79,22 @@ class Bus:
         for part in (self._outbox, self._inbox, self._journal):
             if part is not None:
                 part.close()
+
+    @contextmanager
+    def diverted(self, outbox: Outbox) -> Iterator[Outbox]:
+        """Publish into ``outbox`` instead of the bus's own while the block runs.
+
+        The events are checked as always; only where they are stored changes, on this Bus object
+        alone (tidings.testing's mock_sends captures what a block publishes this way); ``outbox``
+        stays the bus's own, for everything else that reads it. The caller closes ``outbox``.
+        """
+        with self._lock:
+            previous, self._diversion = self._diversion, outbox
+        try:
+            yield outbox
+        finally:
+            with self._lock:
+                self._diversion = previous
 
     # -- events -------------------------------------------------------------------------
 
@@ -135,13 +154,14 @@ class Bus:
     ) -> Event:
         """Check and durably store one event; returns it once it is committed to the outbox."""
         event, data = self._as_event(topic_or_event, body, fields)
-        self.outbox.append_encoded([(event.id, event.topic, data)])
+        (self._diversion or self.outbox).append_encoded([(event.id, event.topic, data)])
         return event
 
     def publish_many(self, events: Iterable[Event]) -> list[Event]:
         """Check all, then store all in one commit: either every event is stored or none."""
         batch = list(events)
-        self.outbox.append_encoded([(event.id, event.topic, self.check(event)) for event in batch])
+        rows = [(event.id, event.topic, self.check(event)) for event in batch]
+        (self._diversion or self.outbox).append_encoded(rows)
         return batch
 
     async def apublish(
@@ -150,13 +170,14 @@ class Bus:
         """:meth:`publish` for asyncio code: coroutines publishing together share one commit, made on
         the event loop; returns once the event is on disk."""
         event, data = self._as_event(topic_or_event, body, fields)
-        await self.outbox.append_async([(event.id, event.topic, data)])
+        await (self._diversion or self.outbox).append_async([(event.id, event.topic, data)])
         return event
 
     async def apublish_many(self, events: Iterable[Event]) -> list[Event]:
         """:meth:`publish_many` for asyncio code: all stored, or none."""
         batch = list(events)
-        await self.outbox.append_async([(event.id, event.topic, self.check(event)) for event in batch])
+        rows = [(event.id, event.topic, self.check(event)) for event in batch]
+        await (self._diversion or self.outbox).append_async(rows)
         return batch
 
     def _as_event(

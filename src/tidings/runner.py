@@ -67,21 +67,21 @@ class Runner:
         self.app = app
         self.bus = bus
         settings = app.settings
-        self.transport: Transport = bus.make_transport(settings.transport)
+        # made by run(), not here: tidings.testing's deliver() hands messages to handle() without one
+        self.transport: Transport | None = None
         self.format: Format = app.format()
         self.inbox: Inbox | None = bus.inbox() if settings.inbox else None
         self.journal: HandlingJournal = bus.journal()
-        # a transport that can only guess whether a message came back (Kafka) says so
-        self._guesses_redelivery = bool(getattr(self.transport, "guesses_redelivery", False))
+        self._guesses_redelivery = False
         self._alone = Isolation()
         self.halted = False
         self._stopping = asyncio.Event()
         self._draining = False
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._threads = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"tidings-{app.name}")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         # tasks whose handler still holds one of the concurrency slots
-        self._holding: set[asyncio.Task[None]] = set()
+        self._holding: set[asyncio.Task[Any]] = set()
         counters = app.counters
         self.activity = Activity(
             f"consumer {app.name}",
@@ -91,10 +91,13 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.app.settings
-        await self.transport.connect()
+        transport = self.transport = self.bus.make_transport(settings.transport)
+        # a transport that can only guess whether a message came back (Kafka) says so
+        self._guesses_redelivery = bool(getattr(transport, "guesses_redelivery", False))
+        await transport.connect()
         try:
-            await self.transport.declare(self.app.topology())
-            stream = self.transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
+            await transport.declare(self.app.topology())
+            stream = transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
             watcher = asyncio.create_task(self._watch(stop))
             reporter = asyncio.create_task(self.activity.report_every(REPORT_EVERY, self._stopping))
             pump = asyncio.create_task(self._pump(stream))
@@ -111,10 +114,14 @@ class Runner:
                     await asyncio.gather(pump, return_exceptions=True)
                 await stream.aclose()  # type: ignore[attr-defined]
         finally:
-            self._threads.shutdown(wait=True)
-            await self.transport.close()
+            self.close()
+            await transport.close()
         if self.halted:
             raise HaltedError(f"app {self.app.name} halted by its handler")
+
+    def close(self) -> None:
+        """Stop the sync handlers' threads (after they finished): run() does it on every way out."""
+        self._threads.shutdown(wait=True)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -130,7 +137,7 @@ class Runner:
                 self._slots.release()
                 await delivery.release()
                 continue
-            task = asyncio.create_task(self._handle(delivery))
+            task = asyncio.create_task(self.handle(delivery))
             self._tasks.add(task)
             self._holding.add(task)
             task.add_done_callback(self._finished)
@@ -153,13 +160,18 @@ class Runner:
             self._holding.discard(task)
             self._slots.release()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self._free_slot(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("tidings bug: settling a message failed: %r", task.exception())
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def handle(self, delivery: Delivery) -> BaseException | None:
+        """One message's whole life in the consumer: decode, check, call the handlers, settle.
+
+        Returns what the handlers raised (None: they returned, or never ran); how the message
+        was settled is what ``delivery`` was told. tidings.testing's deliver() calls this too.
+        """
         try:
             handled = await self._decode_and_call(delivery)
         finally:
@@ -180,10 +192,12 @@ class Runner:
                     event.id,
                     exc,
                 )
-                return
+                return outcome
             if deaths:
                 self.journal.forget_deaths(queue, event.id)  # counted into the tries it settled with
             self._tell(event, attempt, outcome)
+            return outcome
+        return None
 
     def _tell(self, event: Event, attempt: int, outcome: BaseException | None) -> None:
         self.activity.note(max(0.0, time.time() - event.time.timestamp()))

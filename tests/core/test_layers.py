@@ -34,6 +34,8 @@ CORE = [
     "tidings.sqlite",
     "tidings.topics",
     "tidings.transport",
+    # not the core, but standing on it alone: users' tests need no broker library
+    "tidings.testing",
 ]
 #: what the core must not pull in: every transport, every seed system's format
 PLUG_INS = ("tidings.transports.", "tidings.formats.")
