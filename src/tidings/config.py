@@ -55,6 +55,8 @@ class BusSection(_Strict):
     require_schema: bool = False
     #: how much the long-running commands log unless --log-level says otherwise
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: seconds a consumer's inbox remembers a handled event (consumers with inbox = true)
+    inbox_retention: Positive = 7 * 24 * 3600.0
 
 
 class OutboxSection(_Strict):

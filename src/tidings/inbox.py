@@ -5,6 +5,11 @@ records one after its handlers returned, before the ack: a crash between the
 two leaves a duplicate delivery that the inbox then swallows. A handler that
 writes its side effect through ``ctx.transaction()`` gets the record in the
 same transaction, so that side effect happens exactly once.
+
+Records older than ``[bus] inbox_retention`` are purged by the consumers that use the inbox,
+a batch at a time so a purge never holds the file long: the inbox stays bounded by what a
+retention period brings. A duplicate can only come while its original may still be redelivered,
+so the retention must outlast a consumer's retry schedule (the default, 7 days, does).
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     consumer TEXT NOT NULL, event_id TEXT NOT NULL, handled_at REAL NOT NULL,
     PRIMARY KEY (consumer, event_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_by_age ON inbox (handled_at);
 """
+#: records deleted per purge transaction: short enough not to stall a handler's transaction
+PURGE_BATCH = 1000
 
 
 class Inbox:
@@ -64,9 +72,26 @@ class Inbox:
                 rollback(self._db)
                 raise
 
-    def purge(self, older_than: float) -> int:
+    def purge(self, older_than: float, batch: int = PURGE_BATCH) -> int:
+        """Forget records handled before ``older_than`` (epoch seconds), ``batch`` per transaction."""
+        purged = 0
+        while True:
+            with self._lock:
+                try:
+                    count = self._db.execute(
+                        "DELETE FROM inbox WHERE (consumer, event_id) IN "
+                        "(SELECT consumer, event_id FROM inbox WHERE handled_at < ? LIMIT ?)",
+                        (older_than, batch),
+                    ).rowcount
+                except sqlite3.Error as exc:
+                    raise StorageError(f"inbox {self.path.name}: {explain(exc)}") from None
+            purged += count
+            if count < batch:
+                return purged
+
+    def size(self) -> int:
         with self._lock:
-            return self._db.execute("DELETE FROM inbox WHERE handled_at < ?", (older_than,)).rowcount
+            return int(self._db.execute("SELECT count(*) FROM inbox").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: seconds between a consumer's activity lines (when it did something)
 REPORT_EVERY = 1.0
+#: seconds between purges of the inbox's old records (by a consumer that uses the inbox)
+INBOX_PURGE_EVERY = 300.0
 
 
 class Consuming(Protocol):
@@ -100,6 +102,7 @@ class Runner:
             stream = transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
             watcher = asyncio.create_task(self._watch(stop))
             reporter = asyncio.create_task(self.activity.report_every(REPORT_EVERY, self._stopping))
+            purger = asyncio.create_task(self._purge_inbox())
             pump = asyncio.create_task(self._pump(stream))
             stopping = asyncio.ensure_future(self._stopping.wait())
             try:
@@ -108,6 +111,7 @@ class Runner:
             finally:
                 stopping.cancel()
                 watcher.cancel()
+                purger.cancel()
                 await asyncio.gather(reporter, return_exceptions=True)  # its last line: the stop
                 if not pump.done():  # we are being cancelled ourselves: stop fetching first
                     pump.cancel()
@@ -122,6 +126,24 @@ class Runner:
     def close(self) -> None:
         """Stop the sync handlers' threads (after they finished): run() does it on every way out."""
         self._threads.shutdown(wait=True)
+
+    async def _purge_inbox(self) -> None:
+        """Keep the inbox bounded: forget what was handled longer ago than the retention."""
+        if self.inbox is None:
+            return
+        retention = self.bus.config.bus.inbox_retention
+        while True:
+            cutoff = time.time() - retention
+            try:
+                purged = await asyncio.to_thread(self.inbox.purge, cutoff)
+            except TidingsError as exc:  # a full disk: the next round tries again
+                log.warning("%s: purging the inbox failed: %s", self.app.name, exc)
+            else:
+                if purged:
+                    log.info(
+                        "%s: inbox: forgot %d event(s) handled before the retention", self.app.name, purged
+                    )
+            await asyncio.sleep(INBOX_PURGE_EVERY)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         await stop.wait()

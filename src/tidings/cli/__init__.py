@@ -23,7 +23,8 @@ from rich.logging import RichHandler
 from tidings.errors import ConfigError, TidingsError
 from tidings.redact import RedactingFilter, redact
 
-err = Console(stderr=True)
+# soft_wrap: a line is printed whole (a terminal wraps it itself; a pipe or a log keeps it one line)
+err = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="tidings",
@@ -114,11 +115,15 @@ def setup_logging(level: str, *, verbose: bool = False) -> None:
     logging.getLogger(EVENTS_LOGGER).setLevel(events_level)
 
 
-def main() -> None:
-    """Entry point: run the app, turning every error into one line and an exit code."""
-    from tidings.cli import commands, config_cmd, ops  # noqa: F401 - registers the commands
+def register_commands() -> None:
+    """Import the modules whose commands join ``app`` (the command line's, and its docs')."""
+    from tidings.cli import commands, config_cmd, ops  # noqa: F401
     from tidings.formats.fedora import cli  # noqa: F401 - `tidings bridge` lives with the fedmsg bridge
 
+
+def main() -> None:
+    """Entry point: run the app, turning every error into one line and an exit code."""
+    register_commands()
     command = typer.main.get_command(app)
     plain_help(command)
     try:

@@ -19,7 +19,7 @@ from tidings.event import Event, loads
 from tidings.plugins import import_object
 from tidings.topics import validate_pattern
 
-out = Console()
+out = Console(soft_wrap=True)  # see err
 #: exit code after Ctrl-C (128 + SIGINT), as shells report an interrupted command
 INTERRUPTED = 130
 
@@ -332,7 +332,8 @@ def demo(
     lost = ledger.published - ledger.received
     out.print(
         f"\n[bold]ledger[/]: published {ledger.published}, received {ledger.received}, "
-        f"lost {max(lost, 0)}; publish→handler latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+        f"lost {max(lost, 0)}; publish→handler latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
+        soft_wrap=True,
     )
     if lost > 0:
         raise typer.Exit(1)

@@ -275,7 +275,12 @@ def replay(
     chosen = list(replaying.window(history, since=since, pattern=topic))
     events = list(make(chosen))
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,  # a bar is for a person watching; a log file gets the last line
     ) as progress:
         task = progress.add_task("checking" if dry_run else "publishing", total=len(events))
         count = replaying.replay(bus, events, dry_run=dry_run, progress=lambda n: progress.advance(task, n))

@@ -108,6 +108,7 @@ def dashboard(console: Console, ledger: Ledger) -> App:
         console.print(
             f"[dim]{event.time:%H:%M:%S.%f}[/] [{colour}]{event.topic:<45}[/] {obj['id'][:34]:<34} {detail}",
             highlight=False,
+            soft_wrap=True,  # one event, one line: a pipe or a narrow terminal must not split it
         )
 
     return app
