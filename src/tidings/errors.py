@@ -82,3 +82,9 @@ class DispatcherBusy(TidingsError):
     """Another dispatcher already delivers from this outbox (it holds the outbox's lock)."""
 
     exit_code = 7
+
+
+class NotFound(TidingsError):
+    """What a command names does not exist: a queue's dead letters, a dead letter's id."""
+
+    exit_code = 4

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from tidings.errors import UnknownTransport
+from tidings.errors import ConfigError, InvalidEvent, UnknownTransport
+from tidings.event import format_time, parse_time
 from tidings.plugins import Plugin, Registry
 
 
@@ -117,6 +118,20 @@ ATTEMPTS_HEADER = "x-tidings-attempts"
 QUEUE_HEADER = "x-tidings-queue"
 #: the last error of a message on its way back for another try (brokers that carry the count in it)
 LAST_ERROR_HEADER = "x-tidings-last-error"
+#: when a message was dead-lettered (RFC 3339, UTC): ``tidings dead list`` shows it
+DEAD_AT_HEADER = "x-tidings-dead-at"
+#: what a dead letter carries about its death; a requeued copy starts afresh without them
+DEAD_LETTER_HEADERS = (REASON_HEADER, ATTEMPTS_HEADER, QUEUE_HEADER, LAST_ERROR_HEADER, DEAD_AT_HEADER)
+
+
+def death_headers(reason: str, attempts: int, queue: str) -> dict[str, Any]:
+    """The headers a message gets as it is dead-lettered, on every transport that acknowledges."""
+    return {
+        REASON_HEADER: reason[:1000],
+        ATTEMPTS_HEADER: attempts,
+        QUEUE_HEADER: queue,
+        DEAD_AT_HEADER: format_time(datetime.now(UTC)),
+    }
 
 
 @runtime_checkable
@@ -155,6 +170,8 @@ class Transport(Protocol):
     acknowledged: bool
     # optional: ``guesses_redelivery = True`` where ``Delivery.redelivered`` can only be a guess
     # that errs towards yes (Kafka), and a message comes back no sooner than a session timeout
+    # optional: ``dead_letters() -> DeadLetters`` where consumers' dead letters can be seen and
+    # settled by an operator (``tidings dead``; see :class:`DeadLetters`)
 
     async def connect(self) -> None: ...
 
@@ -172,6 +189,103 @@ class Transport(Protocol):
 
     def consume(self, queue: QueueSpec, *, prefetch: int) -> AsyncIterator[Delivery]:
         """Deliveries from a declared queue, at most ``prefetch`` unsettled at once."""
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """One message in a queue's dead letters (``<queue>.dead``), as ``tidings dead`` shows it."""
+
+    #: the transport's handle for it: the embedded broker's row number, Kafka's ``partition:offset``,
+    #: RabbitMQ's message id (a queue there has no other; a digest of the body without one)
+    id: str
+    #: the message as it lies in the dead letters, their headers included
+    message: WireMessage
+    reason: str = ""
+    last_error: str = ""
+    #: the tries made before it died (None: the message does not say)
+    attempts: int | None = None
+    #: when it was dead-lettered (None: not known)
+    dead_at: datetime | None = None
+
+    @classmethod
+    def read(cls, id: str, message: WireMessage, dead_at: datetime | None = None) -> DeadLetter:  # noqa: A002
+        """What a dead letter's headers say about its death (``dead_at``: the broker's, if it has one)."""
+        headers = message.headers
+        reason = str(headers.get(REASON_HEADER, ""))
+        last_error = str(headers.get(LAST_ERROR_HEADER, ""))
+        # the runtime writes "failed N times; last error: ..." into the reason: show the two apart
+        before, sep, after = reason.partition("; last error: ")
+        if sep and not last_error:
+            reason, last_error = before, after
+        return cls(
+            id,
+            message,
+            reason,
+            last_error,
+            _attempts(headers.get(ATTEMPTS_HEADER)),
+            _moment(headers.get(DEAD_AT_HEADER)) or dead_at,
+        )
+
+    def matches(self, wanted: str) -> bool:
+        """Named by its handle or by its message id (the event id)."""
+        return wanted in (self.id, self.message.message_id)
+
+    def fresh(self) -> WireMessage:
+        """The message as it was before it died: requeued, its handler gets it as a first attempt."""
+        headers = {k: v for k, v in self.message.headers.items() if k not in DEAD_LETTER_HEADERS}
+        return replace(self.message, headers=headers)
+
+
+def _attempts(value: Any) -> int | None:
+    if isinstance(value, str) and value.isdigit():  # text on brokers whose headers are text
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _moment(value: Any) -> datetime | None:
+    try:
+        return parse_time(value) if isinstance(value, str) else None
+    except InvalidEvent:
+        return None
+
+
+@runtime_checkable
+class DeadLetters(Protocol):
+    """Optional: a transport that keeps dead letters lets an operator see and settle them.
+
+    A transport offers it with a method ``dead_letters() -> DeadLetters`` working over its own
+    (connected) broker connection; ``tidings dead`` uses it. ``queue`` is a consumer's queue,
+    whose dead letters are ``<queue>.dead``; ``ids`` name dead letters by :attr:`DeadLetter.id`
+    or message id, ``None`` means all of them. Every method raises
+    :class:`~tidings.errors.NotFound` for a queue that has no dead letters queue, and
+    ``requeue``/``drop`` raise it, changing nothing, when an id names no dead letter.
+    """
+
+    async def list(self, queue: str, limit: int) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters, oldest first; nothing is taken from them."""
+
+    async def get(self, queue: str, id: str) -> DeadLetter | None:  # noqa: A002
+        """The dead letter ``id`` names (the first, when a message id names several)."""
+
+    async def requeue(self, queue: str, ids: Sequence[str] | None) -> int:
+        """Put them back on ``queue`` as first attempts, then remove them from the dead letters.
+
+        A copy is on the queue, confirmed by the broker, before its dead letter is removed: a
+        failure in between leaves it in both (handled twice at worst, never lost). Returns how
+        many were requeued.
+        """
+
+    async def drop(self, queue: str, ids: Sequence[str] | None) -> int:
+        """Delete them for good; returns how many."""
+
+
+def dead_letters(transport: Transport) -> DeadLetters:
+    """The transport's dead letters, or a configuration error for a transport that keeps none."""
+    make = getattr(transport, "dead_letters", None)  # optional in the transport protocol
+    if make is None:
+        raise ConfigError(f"the {transport.kind} transport keeps no dead letters")
+    found: DeadLetters = make()
+    return found
 
 
 #: Transports that ship with tidings (each package's plug-in); entry points may add to or override these.

@@ -29,12 +29,12 @@ from tidings.retry import backoff
 from tidings.transport import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
-    QUEUE_HEADER,
     REASON_HEADER,
     QueueSpec,
     SendResult,
     Topology,
     WireMessage,
+    death_headers,
 )
 from tidings.transports.amqp.acks import AckWindow
 from tidings.transports.textheaders import JSON_HEADERS, from_text, to_text
@@ -230,10 +230,7 @@ class AmqpDelivery:
 
     async def reject(self, reason: str, *, attempts: int | None = None) -> None:
         tries = self.attempt if attempts is None else attempts
-        await self._forward(
-            f"{self.queue}.dead",
-            {REASON_HEADER: reason[:1000], ATTEMPTS_HEADER: tries, QUEUE_HEADER: self.queue},
-        )
+        await self._forward(f"{self.queue}.dead", death_headers(reason, tries, self.queue))
 
     async def _forward(self, queue: str, headers: dict[str, Any]) -> None:
         """Publish a confirmed copy to ``queue`` (default exchange), then ack the original."""

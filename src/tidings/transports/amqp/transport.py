@@ -21,7 +21,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiormq
 from pamqp import commands as spec
@@ -43,6 +43,9 @@ from tidings.transports.amqp import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_URL
 from tidings.transports.amqp.consume import consume
 from tidings.transports.amqp.doctor import verify
 from tidings.transports.amqp.frames import FRAMING_ERRORS, can_publish_fast, publish_batch, publish_frames
+
+if TYPE_CHECKING:
+    from tidings.transports.amqp.dead import AmqpDeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +363,12 @@ class AmqpTransport:
     async def verify(self, topology: Topology) -> Findings:
         """Queues, bindings and permissions the topology needs, checked without creating anything."""
         return await verify(self, topology, self.management_url)
+
+    def dead_letters(self) -> AmqpDeadLetters:
+        """Consumers' dead letters for an operator (``tidings dead``; :mod:`.dead`)."""
+        from tidings.transports.amqp.dead import AmqpDeadLetters
+
+        return AmqpDeadLetters(self)
 
     # -- consuming --------------------------------------------------------------------
 

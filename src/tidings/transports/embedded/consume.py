@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from tidings.batching import AsyncBatcher
 from tidings.doorbell import Doorbell
 from tidings.errors import TransportError
-from tidings.transport import ATTEMPTS_HEADER, QUEUE_HEADER, REASON_HEADER, QueueSpec, WireMessage
+from tidings.transport import QueueSpec, WireMessage, death_headers
 from tidings.transports.embedded import store
 
 
@@ -217,12 +217,7 @@ class Consuming:
         self, db: sqlite3.Connection, delivery: EmbeddedDelivery, reason: str, attempts: int, now: float
     ) -> None:
         message = delivery.message
-        message.headers = {
-            **message.headers,
-            REASON_HEADER: reason[:1000],
-            ATTEMPTS_HEADER: attempts,
-            QUEUE_HEADER: delivery.queue,
-        }
+        message.headers = {**message.headers, **death_headers(reason, attempts, delivery.queue)}
         meta = store.encode_meta(message, message.exchange or "")
         store.dead_letter(
             db, delivery.row_id, self.broker.token, f"{delivery.queue}.dead", now, meta, message.body

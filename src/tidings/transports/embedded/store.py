@@ -210,6 +210,51 @@ def dead_letter(
         insert(db, now, [((queue,), meta, body)])
 
 
+# -- an operator's view of a queue (``tidings dead``) ----------------------------------------
+
+#: a queue's row: message id, payload id, when it became visible, meta, body (b"" unless asked for)
+Row = tuple[int, int, float, bytes, bytes]
+
+
+def has_queue(db: sqlite3.Connection, queue: str) -> bool:
+    return db.execute("SELECT 1 FROM queues WHERE name = ?", (queue,)).fetchone() is not None
+
+
+def rows(db: sqlite3.Connection, queue: str, limit: int = -1, *, bodies: bool = True) -> list[Row]:
+    """The rows of ``queue`` in order (``limit`` -1: all), leased or not; bodies only if asked for."""
+    body = "p.body" if bodies else "x''"
+    found: list[Row] = db.execute(
+        f"SELECT m.id, m.payload, m.visible_at, p.meta, {body} FROM messages m "
+        "JOIN payloads p ON p.id = m.payload WHERE m.queue = ? ORDER BY m.id LIMIT ?",
+        (queue, limit),
+    ).fetchall()
+    return found
+
+
+def body(db: sqlite3.Connection, payload: int) -> bytes:
+    found: bytes = db.execute("SELECT body FROM payloads WHERE id = ?", (payload,)).fetchone()[0]
+    return found
+
+
+def revive(db: sqlite3.Connection, payload: int, queue: str, meta: bytes, now: float) -> None:
+    """A copy of a stored message, with new metadata, at the back of ``queue``, its tries at 0."""
+    copied = db.execute(
+        "INSERT INTO payloads (refs, meta, body) SELECT 1, ?, body FROM payloads WHERE id = ?",
+        (meta, payload),
+    ).lastrowid
+    db.execute("INSERT INTO messages (queue, visible_at, payload) VALUES (?, ?, ?)", (queue, now, copied))
+
+
+def delete(db: sqlite3.Connection, row_ids: Iterable[int]) -> int:
+    """Delete rows whoever leases them (an operator's decision); how many went."""
+    gone = db.execute(
+        "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) RETURNING payload",
+        (_json_ids(row_ids),),
+    ).fetchall()
+    _drop_refs(db, [payload for (payload,) in gone])
+    return len(gone)
+
+
 def _drop_refs(db: sqlite3.Connection, payloads: list[int]) -> None:
     if not payloads:
         return

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.batching import AsyncBatcher
 from tidings.doorbell import Doorbell
@@ -33,6 +33,9 @@ from tidings.transport import DELIVERED, Findings, Outcome, QueueSpec, SendResul
 from tidings.transports.embedded import store
 from tidings.transports.embedded.consume import Consuming, EmbeddedDelivery
 from tidings.transports.embedded.doctor import verify
+
+if TYPE_CHECKING:
+    from tidings.transports.embedded.dead import EmbeddedDeadLetters
 
 __all__ = ["EmbeddedDelivery", "EmbeddedTransport"]
 
@@ -292,6 +295,12 @@ class EmbeddedTransport:
         sql = "SELECT count(*) FROM messages WHERE queue = ?"
         count: int = await self.read(lambda db: db.execute(sql, (queue,)).fetchone()[0])
         return count
+
+    def dead_letters(self) -> EmbeddedDeadLetters:
+        """Consumers' dead letters for an operator (``tidings dead``; :mod:`.dead`)."""
+        from tidings.transports.embedded.dead import EmbeddedDeadLetters
+
+        return EmbeddedDeadLetters(self)
 
     async def verify(self, topology: Topology) -> Findings:
         """Queues and bindings the topology needs, checked without creating anything (:mod:`.doctor`)."""

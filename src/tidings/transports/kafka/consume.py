@@ -45,10 +45,9 @@ from tidings.topics import TopicMatcher
 from tidings.transport import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
-    QUEUE_HEADER,
-    REASON_HEADER,
     QueueSpec,
     WireMessage,
+    death_headers,
 )
 from tidings.transports.kafka.offsets import Offsets
 from tidings.transports.kafka.records import DUE_HEADER, from_record, key_of, to_record
@@ -186,10 +185,7 @@ class KafkaDelivery:
 
     async def reject(self, reason: str, *, attempts: int | None = None) -> None:
         tries = self.attempt if attempts is None else attempts
-        await self._forward(
-            f"{self.queue}.dead",
-            {REASON_HEADER: reason[:1000], ATTEMPTS_HEADER: tries, QUEUE_HEADER: self.queue},
-        )
+        await self._forward(f"{self.queue}.dead", death_headers(reason, tries, self.queue))
 
     async def release(self) -> None:
         self._mark_settled()

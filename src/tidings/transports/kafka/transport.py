@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -50,6 +50,9 @@ from tidings.transports.kafka.records import (
     to_record,
     topic_problem,
 )
+
+if TYPE_CHECKING:
+    from tidings.transports.kafka.dead import KafkaDeadLetters
 
 log = logging.getLogger(__name__)
 #: librdkafka's own log lines, through Python logging (never printed to stderr by the library)
@@ -384,6 +387,12 @@ class KafkaTransport:
         from tidings.transports.kafka.doctor import verify
 
         return await verify(self, topology)
+
+    def dead_letters(self) -> KafkaDeadLetters:
+        """Consumers' dead letters for an operator (``tidings dead``; :mod:`.dead`)."""
+        from tidings.transports.kafka.dead import KafkaDeadLetters
+
+        return KafkaDeadLetters(self)
 
     async def forward(self, record: Record) -> None:
         """Produce one record of the consuming side (a retry, a dead letter), confirmed, or raise."""

@@ -28,11 +28,10 @@ from tidings.retry import backoff
 from tidings.transport import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
-    QUEUE_HEADER,
-    REASON_HEADER,
     QueueSpec,
     Topology,
     WireMessage,
+    death_headers,
 )
 from tidings.transports.stomp.frames import ROUTING_KEY_HEADER, received
 from tidings.transports.stomp.transport import LOST, Link, StompTransport
@@ -68,8 +67,7 @@ class StompDelivery:
 
     async def reject(self, reason: str, *, attempts: int | None = None) -> None:
         tries = self.attempt if attempts is None else attempts
-        headers = {REASON_HEADER: reason[:1000], ATTEMPTS_HEADER: tries, QUEUE_HEADER: self.queue}
-        await self._forward(f"{self.queue}.dead", headers)
+        await self._forward(f"{self.queue}.dead", death_headers(reason, tries, self.queue))
 
     async def _forward(self, queue: str, headers: dict[str, Any]) -> None:
         if self.settled:

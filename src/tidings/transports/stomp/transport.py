@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stomp
 from stomp.exception import ConnectFailedException, NotConnectedException
@@ -45,6 +45,9 @@ from tidings.transport import (
 )
 from tidings.transports.stomp import DEFAULT_URL, Address
 from tidings.transports.stomp.frames import reserved_headers, send_headers
+
+if TYPE_CHECKING:
+    from tidings.transports.stomp.dead import StompDeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +381,12 @@ class StompTransport:
         )
         if result.outcome is not Outcome.DELIVERED:
             raise TransportError(f"moving message {message.message_id} to {queue} failed: {result.reason}")
+
+    def dead_letters(self) -> StompDeadLetters:
+        """Consumers' dead letters (``tidings dead``): RabbitMQ's, over AMQP (:mod:`.dead`)."""
+        from tidings.transports.stomp.dead import StompDeadLetters
+
+        return StompDeadLetters(self._amqp_url, self.retry_delays, self.connect_timeout)
 
     # -- consuming and the doctor --------------------------------------------------------
 
