@@ -40,7 +40,9 @@ def reference() -> str:
     plain_help(root)
     sections = []
     for path, command in commands(root):
-        context = command.make_context(path[-1], [], resilient_parsing=True, terminal_width=WIDTH)
+        context = command.make_context(
+            path[-1], [], resilient_parsing=True, terminal_width=WIDTH, help_option_names=["-h", "--help"]
+        )
         context.info_name = " ".join(path)
         usage = command.get_help(context).rstrip()
         sections.append(f"### `{' '.join(path)}`\n\n```text\n{usage}\n```\n")

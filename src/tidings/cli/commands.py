@@ -236,8 +236,10 @@ def consume(
 ) -> None:
     """Run a consuming service until SIGTERM; messages are acked only after the handler returns.
 
-    Examples: tidings consume myservice:app
-              tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue triage
+    \b
+    Examples:
+      tidings consume myservice:app
+      tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue triage
     """
     bus = load_bus(config, log_level, verbose=verbose)
     if (target is None) == (callback is None):

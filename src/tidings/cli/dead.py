@@ -21,7 +21,8 @@ from rich.table import Table
 
 from tidings.bus import Bus
 from tidings.cli import app
-from tidings.cli.commands import ConfigOpt, load_bus, out
+from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out
+from tidings.cli.output import aligned
 from tidings.errors import ConfigError, InvalidEvent, NotFound, TidingsError
 from tidings.event import dumps, format_time, loads, pretty
 from tidings.transport import QUEUE_HEADER, DeadLetter, DeadLetters, dead_letters
@@ -46,7 +47,6 @@ TransportOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON, one object per line.")]
 IdsOpt = Annotated[
     list[str],
     typer.Option("--id", help="A dead letter's id or its message id (repeatable).", show_default=False),
@@ -143,8 +143,7 @@ def dead_list(
     elif out.is_terminal:
         out.print(_table(target, letters, limit))
     else:
-        for line in aligned([COLUMNS, *(_cells(letter) for letter in letters)]):
-            _line(line)
+        sys.stdout.write(aligned(COLUMNS, [_cells(letter) for letter in letters]))
 
 
 @dead_app.command("show")
@@ -241,12 +240,6 @@ def _table(target: Target, letters: list[DeadLetter], limit: int) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
-
-
-def aligned(rows: list[list[str]]) -> list[str]:
-    """Rows as columns two spaces apart, each as wide as its widest cell: no box, nothing cut."""
-    widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def summary(letter: DeadLetter) -> dict[str, Any]:

@@ -250,8 +250,9 @@ def replay(
 ) -> None:
     """Publish past events again (new ids) through the outbox, with a progress bar.
 
+    \b
     Example (CKI: triage rules changed, re-triage two weeks of objects):
-        tidings replay --from datawarehouse.jsonl --days 14 --transform cki-needs-triage
+      tidings replay --from datawarehouse.jsonl --days 14 --transform cki-needs-triage
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -40,14 +40,11 @@ def print_rows(
 
 
 def aligned(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest value, two spaces apart; the last one is not padded."""
+    """Columns two spaces apart, each as wide as its widest cell: no box, nothing cut."""
     lines = [list(columns), *([_text(value) for value in row] for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     return "".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False))
-        + ("  " if len(line) > 1 else "")
-        + line[-1]
-        + "\n"
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n"
         for line in lines
     )
 

@@ -13,7 +13,7 @@ from tidings.cli.commands import ConfigOpt, LogOpt, load_bus, out, until_signall
 
 @app.command()
 def bridge(
-    name: Annotated[str, typer.Argument(help="The \\[bridges.NAME] section of the config.")],
+    name: Annotated[str, typer.Argument(help="The [bridges.NAME] section of the config.")],
     verify_missing: Annotated[
         float,
         typer.Option(
@@ -32,9 +32,11 @@ def bridge(
 
     fedmsg messages go to AMQP through the outbox (nothing taken from ZeroMQ is lost after that),
     on the connector the bridge names; AMQP messages are published as fedmsg frames on zmq_publish.
-    A message one direction carried is never carried back. Example config:
+    A message one direction carried is never carried back.
 
-        \\[bridges.fedmsg]
+    \b
+    Example config:
+        [bridges.fedmsg]
         zmq_endpoints = ["tcp://fedmsg.example.org:9940"]
         connector = "to-amqp"    # exchange = "zmq.topic", format = "fedora-messaging"
         transport = "rabbit"
