@@ -229,8 +229,13 @@ class Bus:
         return App.from_config(self, name)
 
     def served_consumers(self) -> list[App]:
-        """Every configured consumer with an ``app``: what :meth:`serve` runs."""
-        return [self.consumer(name) for name, section in self.config.consumers.items() if section.app]
+        """What :meth:`serve` runs: every consumer with an ``app``, every relay, the reactor's rules."""
+        from tidings.reactor import reactor_apps
+        from tidings.relay import Relay
+
+        apps = [self.consumer(name) for name, section in self.config.consumers.items() if section.app]
+        apps += [Relay(self, name).app() for name in self.config.relays]
+        return apps + reactor_apps(self)
 
     async def serve(self, stop: asyncio.Event, apps: Sequence[App] | None = None) -> None:
         """The dispatcher and the configured consumers (``apps``: these instead), until ``stop``."""

@@ -126,6 +126,49 @@ class ConsumerConfig(_Strict):
     queue_arguments: dict[str, Any] = {}
 
 
+class RelayConfig(ConsumerConfig):
+    """``[relays.NAME]``: a consumer of any transport whose events go out again through the outbox.
+
+    The input is described as a consumer's (transport, queue, bindings, format, ...); what passes
+    ``filter`` is published with its topic rewritten by ``topic`` (``{topic}`` the incoming one,
+    ``{0}``, ``{1}`` ... its words) and reaches every connector whose topics match it.
+    """
+
+    #: which events pass (tidings.filters); none: all of them
+    filter: Any = None
+    topic: Name = "{topic}"
+    #: relays an event may pass through; one that went through more is dropped (a loop)
+    max_hops: Count = 4
+
+
+class ReactorRule(_Strict):
+    """``[reactor.rules.NAME]``: when an event matches, run a command (argv, no shell) or a callable."""
+
+    match: Any = None
+    #: the command and its arguments; ``$topic``, ``$data.job`` ... (tidings.filters paths) are
+    #: replaced by the event's values, as whole arguments or as ``${path}`` inside one
+    command: list[str] = []
+    #: ``module:function`` called with the event instead of a command
+    call: str = ""
+    #: what the command reads on stdin: the event as JSON, its body as JSON, or nothing
+    stdin: Literal["event", "body", "none"] = "event"
+    timeout: Positive = 60.0
+    #: topics the rule's queue is bound by (the filter then decides)
+    bindings: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    max_attempts: Count = 5
+    retry_schedule: Schedule = msgspec.field(default_factory=lambda: list(CONSUMER_SCHEDULE))
+
+
+class ReactorSection(_Strict):
+    #: where the rules' queues live (``reactor.<rule>``)
+    transport: Name = "local"
+    exchange: str = "tidings"
+    format: Name = "tidings"
+    #: commands running at once, over all rules
+    workers: Count = 4
+    rules: dict[str, ReactorRule] = {}
+
+
 class Config(_Strict):
     bus: BusSection = msgspec.field(default_factory=BusSection)
     outbox: OutboxSection = msgspec.field(default_factory=OutboxSection)
@@ -134,6 +177,8 @@ class Config(_Strict):
     transports: dict[str, dict[str, Any]] = {}
     connectors: dict[str, ConnectorConfig] = {}
     consumers: dict[str, ConsumerConfig] = {}
+    relays: dict[str, RelayConfig] = {}
+    reactor: ReactorSection = msgspec.field(default_factory=ReactorSection)
     #: sections a plug-in owns (``[bridges.NAME]``: the fedmsg bridge), checked by it: see SECTIONS
     bridges: dict[str, dict[str, Any]] = {}
     #: the folder relative paths are resolved against (not a key of the file)
@@ -259,6 +304,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
     _check_formats(config, origin)
     _check_patterns(config, origin)
     _check_references(config, origin)
+    _check_relays_and_rules(config, origin)
     for section, tables in (("bridges", config.bridges),):
         for name, table in tables.items():
             SECTIONS.attribute(section)(config, name, table, f"{origin}: [{section}.{name}]")
@@ -325,3 +371,38 @@ def _check_references(config: Config, origin: str) -> None:
                     f"{origin}: [{section}.{name}] names transport {table.transport!r}, "
                     "which is not configured"
                 )
+
+
+def _check_relays_and_rules(config: Config, origin: str) -> None:
+    """Filters compile, commands are commands, and what they name is configured."""
+    from tidings.filters import compile_filter
+
+    for name, relay in config.relays.items():
+        where = f"{origin}: [relays.{name}]"
+        if relay.app:
+            raise ConfigError(f"{where} app: a relay's handler is the relay itself; remove app")
+        if relay.filter is not None:
+            compile_filter(relay.filter, f"{where} filter")
+        _check_known(config, where, relay.transport)
+    reactor = config.reactor
+    if reactor.rules:
+        _check_known(config, f"{origin}: [reactor]", reactor.transport)
+    for name, rule in reactor.rules.items():
+        where = f"{origin}: [reactor.rules.{name}]"
+        if bool(rule.command) == bool(rule.call):
+            raise ConfigError(f'{where}: give either command = [...] or call = "module:function"')
+        if rule.match is not None:
+            compile_filter(rule.match, f"{where} match")
+        for pattern in rule.bindings:
+            try:
+                validate_pattern(pattern)
+            except InvalidTopic as exc:
+                raise ConfigError(f"{where} bindings: {exc}") from None
+
+
+def _check_known(config: Config, where: str, transport: str) -> None:
+    if transport not in config.transports:
+        known = ", ".join(sorted(config.transports))
+        raise ConfigError(
+            f"{where} names transport {transport!r}, which is not configured (configured: {known})"
+        )

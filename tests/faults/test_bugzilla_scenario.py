@@ -100,13 +100,13 @@ def bug_events(count: int) -> list[Event]:
 
 
 def backlog_of(root: Path, connector: str) -> int:
-    """pending + backlog of one connector, as `tidings backlog list` prints them."""
-    done = tidings(root, "backlog", "list")
+    """pending + backlog of one connector, as `tidings backlog list --json` reports them."""
+    done = tidings(root, "backlog", "list", "--json")
     assert done.returncode == 0, done.stderr
     for line in done.stdout.splitlines():
-        cells = [cell.strip() for cell in line.replace("│", "|").split("|") if cell.strip()]
-        if cells and cells[0] == connector:
-            return int(cells[2]) + int(cells[3])
+        row = orjson.loads(line)
+        if row["connector"] == connector:
+            return int(row["pending"]) + int(row["backlog"])
     raise AssertionError(f"no row for {connector}: {done.stdout}")
 
 

@@ -1,0 +1,88 @@
+"""`tidings relay` and `tidings reactor`: events from other buses, and commands run for events."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tidings.bus import Bus
+from tidings.cli import app, err
+from tidings.cli.commands import ConfigOpt, LogOpt, VerboseOpt, load_bus, out, until_signalled
+from tidings.consumer import App
+from tidings.errors import ConfigError
+
+
+@app.command()
+def relay(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The [relays.NAME] section of the config.")],
+    config: ConfigOpt = None,
+    log_level: LogOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Relay events from another bus into this one's outbox, filtered, until stopped.
+
+    What passes the relay's filter is published through the outbox (so every connector whose topics
+    take it gets it, with its backlog and dead letters); an acknowledging input is acked only after
+    the outbox committed the event. See docs/relay.md.
+    """
+    from tidings.relay import Relay
+
+    bus = load_bus(config, log_level, verbose=verbose)
+    relaying = Relay(bus, name)
+    consumer = relaying.app()
+    err.print(
+        f"relay {name}: {relaying.config.format} from transport {relaying.config.transport!r} "
+        f"({', '.join(consumer.bindings())}) into {bus.config.outbox_path()} — Ctrl-C to stop",
+        highlight=False,
+    )
+    asyncio.run(until_signalled(consumer.run, bus))
+    counted = relaying.counters
+    err.print(
+        f"relay {name}: relayed {counted.relayed}, filtered out {counted.filtered}, "
+        f"loops dropped {counted.looped}",
+        highlight=False,
+    )
+
+
+@app.command()
+def reactor(
+    dry_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--dry-run",
+            metavar="FILE",
+            help="Events as JSON lines (as `tidings tail --json` prints them): say which rules "
+            "would fire and what they would run, and run nothing.",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the [reactor.rules.NAME] rules until stopped: a command (argv, no shell) or a callable per
+    matching event, retried on failure and dead-lettered per rule. See docs/relay.md."""
+    from tidings.reactor import firing, reactor_apps
+
+    bus = load_bus(config, log_level, verbose=verbose)
+    if not bus.config.reactor.rules:
+        raise ConfigError("no [reactor.rules.NAME] is configured")
+    if dry_run is not None:
+        from tidings.replay import read_jsonl
+
+        fired = 0
+        for event, rule, action in firing(bus, read_jsonl(dry_run)):
+            fired += 1
+            shown = " ".join(action) if isinstance(action, list) else action
+            out.print(f"{event.id} {event.topic} → {rule.name}: {shown}", highlight=False, markup=False)
+        err.print(f"{fired} rule run(s) would fire", highlight=False)
+        return
+    apps = reactor_apps(bus)
+    err.print(f"reactor: {', '.join(a.name for a in apps)} — Ctrl-C to stop", highlight=False)
+    asyncio.run(until_signalled(lambda stop: _run_all(bus, apps, stop)))
+
+
+async def _run_all(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:
+    await asyncio.gather(*(consumer.run(bus, stop) for consumer in apps))

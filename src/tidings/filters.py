@@ -1,0 +1,221 @@
+"""The filter language of relays and reactor rules: which events pass.
+
+A filter is written in TOML as a table with one test, or a combination of them::
+
+    filter = { all = [
+        { topic = "org.lava.*.testjob" },                     # an AMQP pattern
+        { field = "data.status", equals = "Complete" },
+        { field = "data.device_type", in = ["x15", "bbb"] },
+        { not = { field = "username", regex = "^ci-" } },
+    ] }
+
+Tests:
+
+- ``topic = PATTERN`` (AMQP: ``*`` one word, ``#`` any) or ``topic_regex = REGEX``;
+- ``field = PATH`` with one of ``equals``, ``not_equals``, ``in``, ``not_in``, ``regex``
+  (``re.search``; a value that is not text is matched as its JSON), ``gt``/``ge``/``lt``/``le``
+  (numbers only: anything else does not match), ``exists = true|false``;
+- ``all = [...]``, ``any = [...]``, ``not = {...}``; a list alone means ``all``.
+
+A PATH is ``topic``, ``id``, ``source``, ``type``, ``time``, ``username`` (the ``username``
+header, else the source: who sent it, as ReactOBus and fedmsg say), ``headers.NAME``, or
+``data.A.B`` / ``body.A.B`` into the body (a number walks into a list: ``data.builds.0.arch``).
+A path that does not exist makes every test but ``exists = false`` and ``not_*`` false; it
+never raises. A filter that cannot be meant is a :class:`ConfigError` naming where it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from tidings.errors import ConfigError, InvalidTopic
+from tidings.event import Event
+from tidings.topics import topic_matches, validate_pattern
+
+Predicate = Callable[[Event], bool]
+
+#: the value of a path that does not exist (distinct from a JSON null)
+MISSING: Any = object()
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+}
+_FIELD_TESTS = ("equals", "not_equals", "in", "not_in", "regex", "exists", *_COMPARISONS)
+_ENVELOPE = ("topic", "id", "source", "type", "time", "username")
+
+
+def compile_filter(spec: Any, where: str = "filter") -> Predicate:
+    """A predicate for ``spec`` (a table or a list of tables, as read from TOML)."""
+    if isinstance(spec, list):
+        return _all([compile_filter(item, f"{where}[{n}]") for n, item in enumerate(spec)])
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: a filter is a table or a list of tables, not {type(spec).__name__}")
+    keys = set(spec)
+    for combinator in ("all", "any"):
+        if combinator in keys:
+            _only(spec, where, {combinator})
+            items = spec[combinator]
+            if not isinstance(items, list) or not items:
+                raise ConfigError(f"{where}.{combinator}: a non-empty list of filters")
+            parts = [compile_filter(item, f"{where}.{combinator}[{n}]") for n, item in enumerate(items)]
+            return _all(parts) if combinator == "all" else _any(parts)
+    if "not" in keys:
+        _only(spec, where, {"not"})
+        inner = compile_filter(spec["not"], f"{where}.not")
+        return lambda event: not inner(event)
+    if "topic" in keys:
+        _only(spec, where, {"topic"})
+        return _topic_pattern(spec["topic"], where)
+    if "topic_regex" in keys:
+        _only(spec, where, {"topic_regex"})
+        pattern = _regex(spec["topic_regex"], f"{where}.topic_regex")
+        return lambda event: pattern.search(event.topic) is not None
+    if "field" in keys:
+        return _field_test(spec, where)
+    raise ConfigError(
+        f"{where}: say what to test: topic, topic_regex, field (with {', '.join(_FIELD_TESTS)}), "
+        f"all, any or not; found {', '.join(sorted(keys)) or 'nothing'}"
+    )
+
+
+def lookup(event: Event, path: str) -> Any:
+    """The value at ``path`` in ``event`` (see the module's doc), or :data:`MISSING`."""
+    head, _, rest = path.partition(".")
+    if head in ("data", "body"):
+        return _walk(event.body, rest) if rest else event.body
+    if head == "headers":
+        return event.headers.get(rest, MISSING) if rest else event.headers
+    if rest:
+        return MISSING
+    if head == "username":
+        return event.headers.get("username", event.source)
+    if head == "time":
+        return event.time.isoformat()
+    return getattr(event, head, MISSING) if head in _ENVELOPE else MISSING
+
+
+def as_text(value: Any) -> str:
+    """A value as text, the way ReactOBus shows it: strings as they are, everything else as JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+# -- the parts -------------------------------------------------------------------------------------
+
+
+def _all(parts: list[Predicate]) -> Predicate:
+    return lambda event: all(part(event) for part in parts)
+
+
+def _any(parts: list[Predicate]) -> Predicate:
+    return lambda event: any(part(event) for part in parts)
+
+
+def _only(spec: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: {', '.join(extra)} cannot be combined with {', '.join(sorted(allowed))}")
+
+
+def _topic_pattern(pattern: Any, where: str) -> Predicate:
+    if not isinstance(pattern, str):
+        raise ConfigError(f"{where}.topic: a pattern is text, not {type(pattern).__name__}")
+    try:
+        validate_pattern(pattern)
+    except InvalidTopic as exc:
+        raise ConfigError(f"{where}.topic: {exc}") from None
+    return lambda event: topic_matches(pattern, event.topic)
+
+
+def _regex(expression: Any, where: str) -> re.Pattern[str]:
+    if not isinstance(expression, str):
+        raise ConfigError(f"{where}: a regular expression is text, not {type(expression).__name__}")
+    try:
+        return re.compile(expression)
+    except re.error as exc:
+        raise ConfigError(f"{where}: bad regular expression {expression!r}: {exc}") from None
+
+
+def _field_test(spec: Mapping[str, Any], where: str) -> Predicate:
+    path = spec["field"]
+    if not isinstance(path, str) or not _valid_path(path):
+        raise ConfigError(
+            f"{where}.field: {path!r} is not a field: topic, id, source, type, time, username, "
+            "headers.NAME or data.PATH"
+        )
+    tests = [key for key in spec if key != "field"]
+    if len(tests) != 1 or tests[0] not in _FIELD_TESTS:
+        raise ConfigError(
+            f"{where}: a field needs exactly one test of {', '.join(_FIELD_TESTS)}; "
+            f"found {', '.join(tests) or 'none'}"
+        )
+    test, expected = tests[0], spec[tests[0]]
+    check = _value_test(test, expected, f"{where}.{test}")
+    return lambda event: check(lookup(event, path))
+
+
+def _value_test(test: str, expected: Any, where: str) -> Callable[[Any], bool]:
+    if test == "equals":
+        return lambda value: value is not MISSING and _same(value, expected)
+    if test == "not_equals":
+        return lambda value: value is MISSING or not _same(value, expected)
+    if test in ("in", "not_in"):
+        if not isinstance(expected, list):
+            raise ConfigError(f"{where}: a list of values")
+
+        def inside(value: Any) -> bool:
+            return value is not MISSING and any(_same(value, item) for item in expected)
+
+        return inside if test == "in" else (lambda value: not inside(value))
+    if test == "regex":
+        pattern = _regex(expected, where)
+        return lambda value: value is not MISSING and pattern.search(as_text(value)) is not None
+    if test == "exists":
+        if not isinstance(expected, bool):
+            raise ConfigError(f"{where}: true or false")
+        return lambda value: (value is not MISSING) is expected
+    if not _is_number(expected):
+        raise ConfigError(f"{where}: a number to compare with, not {expected!r}")
+    compare = _COMPARISONS[test]
+    return lambda value: _is_number(value) and compare(value, expected)
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """Equal as JSON values are: ``1 == 1.0`` but ``True != 1`` and ``"1" != 1``."""
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return isinstance(value, bool) and isinstance(expected, bool) and value is expected
+    return bool(value == expected) and (
+        type(value) is type(expected) or (_is_number(value) and _is_number(expected))
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _walk(value: Any, path: str) -> Any:
+    for step in path.split("."):
+        if isinstance(value, Mapping):
+            value = value.get(step, MISSING)
+        elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+            value = value[int(step)]
+        else:
+            return MISSING
+        if value is MISSING:
+            return MISSING
+    return value
+
+
+def _valid_path(path: str) -> bool:
+    head, dot, rest = path.partition(".")
+    if head in ("data", "body"):
+        return not dot or all(rest.split("."))
+    if head == "headers":
+        return bool(rest)
+    return head in _ENVELOPE and not dot

@@ -1,0 +1,191 @@
+"""The reactor: for each event a rule matches, run a command (or call a function).
+
+Each ``[reactor.rules.NAME]`` is a consumer of its own, on queue ``reactor.NAME`` bound by the
+rule's ``bindings``: a rule that fails is retried on its own schedule and, after its attempts,
+dead-letters the event in ``reactor.NAME.dead`` (``tidings dead list reactor.NAME``) without
+running the other rules again. Events the rule's ``match`` filter refuses are acked and forgotten.
+
+A command runs as an argv list — never through a shell — with the event's values substituted
+(``$data.job`` as a whole argument, ``${topic}`` inside one; see tidings.filters for the paths),
+the event (or its body) as JSON on stdin, and a timeout. A non-zero exit or a timeout is a
+failure (retried); an argument whose value the event does not have dead-letters the event at
+once (it would fail the same way every time). ``workers`` bounds the commands running at once
+over all rules of a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tidings.config import ReactorRule
+from tidings.consumer import App
+from tidings.event import Event
+from tidings.filters import MISSING, Predicate, as_text, compile_filter, lookup
+from tidings.handling import Reject
+from tidings.plugins import import_object
+
+if TYPE_CHECKING:
+    from tidings.bus import Bus
+
+log = logging.getLogger(__name__)
+
+#: a whole argument that is one substitution: ``$data.job``
+WHOLE = re.compile(r"\$([A-Za-z_][\w.]*)")
+#: a substitution inside an argument: ``job-${data.job}.log``
+INSIDE = re.compile(r"\$\{([^}]+)\}")
+#: how much of a command's output a log line keeps
+OUTPUT_SHOWN = 2000
+
+
+class CommandFailed(Exception):
+    """A rule's command exited non-zero, timed out or could not start: retried on its schedule."""
+
+
+@dataclass
+class Rule:
+    name: str
+    config: ReactorRule
+    matches: Predicate
+
+    @property
+    def queue(self) -> str:
+        return f"reactor.{self.name}"
+
+    def argv(self, event: Event) -> list[str]:
+        """The command with the event's values in place of its substitutions."""
+        return [substitute(arg, event) for arg in self.config.command]
+
+    def stdin(self, event: Event) -> bytes:
+        if self.config.stdin == "none":
+            return b""
+        if self.config.stdin == "body":
+            return as_text(event.body).encode()
+        return event.to_json()
+
+
+def rules(bus: Bus) -> list[Rule]:
+    section = bus.config.reactor
+    return [
+        Rule(
+            name, rule, compile_filter(rule.match, f"[reactor.rules.{name}] match") if rule.match else _always
+        )
+        for name, rule in section.rules.items()
+    ]
+
+
+def substitute(arg: str, event: Event) -> str:
+    whole = WHOLE.fullmatch(arg)
+    if whole:
+        return _value(event, whole[1], arg)
+    return INSIDE.sub(lambda m: _value(event, m[1], m[0]), arg)
+
+
+def reactor_apps(bus: Bus) -> list[App]:
+    """One consumer per rule; commands of all of them share ``workers`` slots."""
+    section = bus.config.reactor
+    slots = asyncio.Semaphore(section.workers)
+    return [_rule_app(bus, rule, slots) for rule in rules(bus)]
+
+
+def firing(bus: Bus, events: Iterable[Event]) -> Iterable[tuple[Event, Rule, list[str] | str]]:
+    """For ``tidings reactor --dry-run``: each event, each rule it would fire, and what would run."""
+    found = rules(bus)
+    for event in events:
+        for rule in found:
+            if any(_bound(pattern, event.topic) for pattern in rule.config.bindings) and rule.matches(event):
+                try:
+                    yield event, rule, rule.argv(event) if rule.config.command else rule.config.call
+                except Reject as exc:
+                    yield event, rule, f"(would be dead-lettered: {exc})"
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _rule_app(bus: Bus, rule: Rule, slots: asyncio.Semaphore) -> App:
+    section = bus.config.reactor
+    app = App(
+        rule.queue,
+        queue=rule.queue,
+        transport=section.transport,
+        exchange=section.exchange,
+        format=section.format,
+        max_attempts=rule.config.max_attempts,
+        retry_schedule=rule.config.retry_schedule,
+        concurrency=section.workers,
+    )
+    target = _callable(rule) if rule.config.call else None
+
+    async def react(event: Event) -> None:
+        if not rule.matches(event):
+            return  # not for this rule: acked, nothing runs
+        async with slots:
+            if target is not None:
+                await _call(target, event)
+            else:
+                await run_command(rule, rule.argv(event), rule.stdin(event))
+
+    app.add_handler(rule.config.bindings, react)
+    return app
+
+
+async def run_command(rule: Rule, argv: list[str], stdin: bytes) -> None:
+    """Run ``argv``; log its exit status and output; CommandFailed unless it exits 0 in time."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as exc:
+        raise CommandFailed(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(stdin), rule.config.timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise CommandFailed(f"{argv[0]} did not finish within {rule.config.timeout:g} s; killed") from None
+    shown = output.decode(errors="replace")[-OUTPUT_SHOWN:].strip()
+    log.info(
+        "reactor %s: %s exited %d%s", rule.name, argv[0], process.returncode, f": {shown}" if shown else ""
+    )
+    if process.returncode != 0:
+        raise CommandFailed(f"{argv[0]} exited {process.returncode}: {shown[-200:]}")
+
+
+async def _call(target: Callable[[Event], Any], event: Event) -> None:
+    if inspect.iscoroutinefunction(target):
+        await target(event)
+    else:
+        await asyncio.to_thread(target, event)
+
+
+def _callable(rule: Rule) -> Callable[[Event], Any]:
+    found = import_object(rule.config.call, f"[reactor.rules.{rule.name}] call")
+    if not callable(found):
+        raise TypeError(f"[reactor.rules.{rule.name}] call {rule.config.call!r} is not callable")
+    return found  # type: ignore[no-any-return]
+
+
+def _value(event: Event, path: str, written: str) -> str:
+    value = lookup(event, path)
+    if value is MISSING:
+        raise Reject(f"argument {written}: the event has no {path}")
+    return as_text(value)
+
+
+def _always(event: Event) -> bool:
+    return True
+
+
+def _bound(pattern: str, topic: str) -> bool:
+    from tidings.topics import topic_matches
+
+    return topic_matches(pattern, topic)

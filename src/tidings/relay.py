@@ -1,0 +1,116 @@
+"""Relays: take events from any bus, keep those a filter passes, publish them through the outbox.
+
+A ``[relays.NAME]`` is a consumer (any transport, any format: a ZeroMQ SUB on a LAVA stream, an
+AMQP queue, Kafka ...) whose handler publishes what passes into this bus's outbox, so a relayed
+event has every guarantee a published one has: durable, delivered to each connector whose
+``topics`` take it, with that connector's backlog and dead letters. The handler returns — and an
+acknowledging input is acked — only after the outbox committed it.
+
+Loops: a relayed event carries the names of the relays it went through in the
+``x-tidings-relays`` header. A relay drops an event that already went through it, or through
+``max_hops`` relays, so two relays feeding each other stop after one round. The event keeps its
+id, and the outbox stores an id once, so a relay never re-publishes what is already there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import string
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from tidings.consumer import App
+from tidings.errors import ConfigError
+from tidings.event import Event
+from tidings.filters import Predicate, compile_filter
+from tidings.handling import Reject
+
+if TYPE_CHECKING:
+    from tidings.bus import Bus
+
+log = logging.getLogger(__name__)
+
+#: the relays an event went through, comma-separated, oldest first
+HOPS_HEADER = "x-tidings-relays"
+
+
+@dataclasses.dataclass
+class RelayCounters:
+    relayed: int = 0
+    filtered: int = 0
+    looped: int = 0
+
+
+class Relay:
+    """One ``[relays.NAME]``: its filter, its topic mapping, and the App that runs it."""
+
+    def __init__(self, bus: Bus, name: str) -> None:
+        config = bus.config.relays.get(name)
+        if config is None:
+            known = ", ".join(sorted(bus.config.relays)) or "none"
+            raise ConfigError(f"no relay named {name!r} is configured (configured: {known})")
+        self.bus, self.name, self.config = bus, name, config
+        where = f"[relays.{name}]"
+        self.passes: Predicate = compile_filter(config.filter, f"{where} filter") if config.filter else _all
+        self.topic_template = _template(config.topic, f"{where} topic")
+        self.counters = RelayCounters()
+
+    def app(self) -> App:
+        settings = msgspec.structs.asdict(self.config)
+        for key in ("filter", "topic", "max_hops", "app", "bindings", "queue"):
+            settings.pop(key)
+        app = App(f"relay.{self.name}", queue=self.config.queue or f"relay.{self.name}", **settings)
+        app.add_handler(self.config.bindings or ["#"], self.relay)
+        return app
+
+    async def relay(self, event: Event) -> None:
+        """Publish ``event`` if it passes (returns once it is committed to the outbox)."""
+        outgoing = self.outgoing(event)
+        if outgoing is not None:
+            await self.bus.apublish(outgoing)
+
+    def outgoing(self, event: Event) -> Event | None:
+        """What this relay publishes for ``event``, or None (filtered out, or a loop)."""
+        hops = hops_of(event)
+        if self.name in hops or len(hops) >= self.config.max_hops:
+            self.counters.looped += 1
+            log.debug("relay %s: event %s already went through %s: dropped", self.name, event.id, hops)
+            return None
+        if not self.passes(event):
+            self.counters.filtered += 1
+            return None
+        self.counters.relayed += 1
+        headers = {**event.headers, HOPS_HEADER: ",".join([*hops, self.name])}
+        return dataclasses.replace(event, topic=self.topic_for(event), headers=headers)
+
+    def topic_for(self, event: Event) -> str:
+        words = event.topic.split(".")
+        try:
+            return self.topic_template.format(*words, topic=event.topic)
+        except IndexError:
+            raise Reject(
+                f"relay {self.name}: topic {self.config.topic!r} needs more words than {event.topic!r} has"
+            ) from None
+
+
+def hops_of(event: Event) -> list[str]:
+    raw = event.headers.get(HOPS_HEADER)
+    return [hop for hop in str(raw).split(",") if hop] if raw else []
+
+
+def _template(template: str, where: str) -> str:
+    """A topic template that can only name ``{topic}`` or a word number ``{0}``, ``{1}`` ..."""
+    try:
+        fields = [name for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for name in fields:
+        if name != "topic" and not name.isdigit():
+            raise ConfigError(f"{where}: {{{name}}} is neither {{topic}} nor a word number like {{0}}")
+    return template
+
+
+def _all(event: Any) -> bool:
+    return True

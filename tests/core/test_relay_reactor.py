@@ -1,0 +1,297 @@
+"""Relays (any bus in, the outbox out) and the reactor (a command per matching event)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from tests.clirun import tidings
+from tidings import Bus
+from tidings.config import parse_config
+from tidings.errors import ConfigError
+from tidings.event import Event
+from tidings.formats.lava import LavaFormat, lava_event
+from tidings.reactor import reactor_apps
+from tidings.relay import HOPS_HEADER, Relay
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bus_of(tmp_path: Path, config: dict[str, Any]) -> Bus:
+    return Bus(parse_config(config, base_dir=tmp_path))
+
+
+def job(number: int, status: str = "Complete", device_type: str = "x15") -> Event:
+    return lava_event("testjob", {"job": number, "status": status, "device_type": device_type})
+
+
+# -- loops ------------------------------------------------------------------------------------
+
+
+def test_two_relays_feeding_each_other_stop_after_one_round(tmp_path: Path) -> None:
+    bus = bus_of(tmp_path, {"relays": {"a": {}, "b": {}}})
+    a, b = Relay(bus, "a"), Relay(bus, "b")
+    first = a.outgoing(job(1))
+    assert first is not None and first.headers[HOPS_HEADER] == "a"
+    second = b.outgoing(first)
+    assert second is not None and second.headers[HOPS_HEADER] == "a,b"
+    assert a.outgoing(second) is None and b.outgoing(second) is None
+    assert first.id == second.id  # the outbox stores an id once: a round trip publishes nothing new
+
+
+def test_an_event_through_too_many_relays_is_dropped(tmp_path: Path) -> None:
+    bus = bus_of(tmp_path, {"relays": {"x": {"max_hops": 2}}})
+    travelled = job(1)
+    travelled.headers[HOPS_HEADER] = "p,q"
+    assert Relay(bus, "x").outgoing(travelled) is None
+
+
+def test_the_topic_is_mapped_from_the_incoming_words(tmp_path: Path) -> None:
+    bus = bus_of(tmp_path, {"relays": {"x": {"topic": "lab.{2}.{topic}"}}})
+    out = Relay(bus, "x").outgoing(job(1))
+    assert out is not None and out.topic == "lab.validation.org.linaro.validation.testjob"
+
+
+@pytest.mark.parametrize(
+    ("relay", "message"),
+    [
+        ({"filter": {"field": "data.x", "equal": 1}}, "[relays.x] filter: a field needs exactly one test"),
+        ({"topic": "lab.{name}"}, "{name} is neither {topic} nor a word number"),
+        ({"transport": "nowhere"}, "[relays.x] names transport 'nowhere'"),
+        ({"app": "m:f"}, "[relays.x] app: a relay's handler is the relay itself"),
+    ],
+)
+def test_a_relay_that_cannot_work_is_refused_naming_the_key(
+    tmp_path: Path, relay: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Relay(bus_of(tmp_path, {"relays": {"x": relay}}), "x")
+    assert message in str(info.value)
+
+
+# -- a LAVA stream relayed -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def lava_publisher() -> AsyncIterator[tuple[str, zmq.asyncio.Socket]]:
+    """A LAVA server's event socket: a PUB that binds, publishing five-frame events."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    context = zmq.asyncio.Context()
+    socket = context.socket(zmq.PUB)
+    socket.bind(endpoint)
+    yield endpoint, socket
+    socket.close(linger=0)
+    context.term()
+
+
+async def test_a_lava_stream_is_relayed_through_a_filter_into_the_outbox(
+    tmp_path: Path, lava_publisher: tuple[str, zmq.asyncio.Socket]
+) -> None:
+    endpoint, publisher = lava_publisher
+    bus = bus_of(
+        tmp_path,
+        {
+            "transports": {"lab": {"kind": "zeromq", "endpoint": endpoint}},
+            "relays": {
+                "lab": {
+                    "transport": "lab",
+                    "format": "lava",
+                    "bindings": ["org.linaro.validation.#"],
+                    "filter": {
+                        "all": [
+                            {"field": "data.device_type", "equals": "x15"},
+                            {"field": "data.status", "equals": "Complete"},
+                        ]
+                    },
+                    "topic": "lab.{topic}",
+                }
+            },
+        },
+    )
+    relaying = Relay(bus, "lab")
+    stop = asyncio.Event()
+    running = asyncio.create_task(relaying.app().run(bus, stop))
+    fmt = LavaFormat()
+    probe = job(0)
+    for _ in range(200):  # ZeroMQ's slow joiner: until the relay is attached
+        if list(bus.outbox.history()):
+            break
+        await publisher.send_multipart(fmt.encode(probe).frames or [])
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the relay never received the probe")
+    sent = [
+        job(n, status, device)
+        for n in range(1, 301)
+        for status, device in [("Complete", "x15"), ("Incomplete", "x15"), ("Complete", "bbb")]
+    ]
+    for event in sent:
+        await publisher.send_multipart(fmt.encode(event).frames or [])
+    wanted = {e.id for e in sent if e.body["status"] == "Complete" and e.body["device_type"] == "x15"}
+
+    def relayed() -> dict[str, Event]:
+        return {e.id: e for e in bus.outbox.history() if e.id != probe.id}
+
+    for _ in range(200):
+        if len(relayed()) >= len(wanted):
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    got = relayed()
+    assert set(got) == wanted  # lost 0 of those that passed, none of the others
+    one = next(iter(got.values()))
+    assert one.topic == "lab.org.linaro.validation.testjob" and one.headers[HOPS_HEADER] == "lab"
+    assert relaying.counters.filtered >= 600
+
+
+# -- the reactor ------------------------------------------------------------------------------
+
+RECORDER = """
+import json, sys
+with open(sys.argv[1], "a") as out:
+    out.write(json.dumps({"argv": sys.argv[2:], "stdin": json.loads(sys.stdin.read())}) + "\\n")
+"""
+
+
+def reactor_bus(tmp_path: Path, rule: dict[str, Any]) -> Bus:
+    (tmp_path / "recorder.py").write_text(RECORDER)
+    return bus_of(
+        tmp_path,
+        {"reactor": {"workers": 2, "rules": {"finished": {"bindings": ["org.linaro.#"], **rule}}}},
+    )
+
+
+async def react(bus: Bus, events: list[Event], until: Any, timeout: float = 20) -> None:
+    """Publish, dispatch and run the reactor until ``until()`` holds."""
+    for event in events:
+        bus.publish(event)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(app.run(bus, stop)) for app in reactor_apps(bus)]
+    await asyncio.sleep(0.5)  # the rule queues are bound
+    tasks.append(asyncio.create_task(bus.dispatcher().run(stop)))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not until() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+HOSTILE = "; rm -rf / $(touch pwned) `id` 'quoted' \"double\"\nnewline"
+
+
+async def test_a_rule_runs_its_command_once_per_matching_event_with_literal_arguments(tmp_path: Path) -> None:
+    log = tmp_path / "ran.jsonl"
+    bus = reactor_bus(
+        tmp_path,
+        {
+            "match": {"field": "data.status", "equals": "Complete"},
+            "command": [
+                sys.executable,
+                str(tmp_path / "recorder.py"),
+                str(log),
+                "$data.job",
+                "job-${data.job}",
+                "$data.note",
+                "$topic",
+            ],
+        },
+    )
+    events = [
+        lava_event("testjob", {"job": 1, "status": "Complete", "note": HOSTILE}),
+        lava_event("testjob", {"job": 2, "status": "Incomplete", "note": "no"}),
+        lava_event("testjob", {"job": 3, "status": "Complete", "note": "plain"}),
+    ]
+    await react(bus, events, lambda: log.exists() and len(log.read_text().splitlines()) >= 2)
+    ran = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(r["argv"][0] for r in ran) == ["1", "3"]
+    first = next(r for r in ran if r["argv"][0] == "1")
+    assert first["argv"] == ["1", "job-1", HOSTILE, "org.linaro.validation.testjob"]  # one literal item
+    assert first["stdin"]["body"]["job"] == 1  # the event as JSON on stdin
+    assert not (tmp_path / "pwned").exists()
+
+
+async def test_a_failing_command_is_retried_then_dead_lettered_for_that_rule(tmp_path: Path) -> None:
+    counter = tmp_path / "tries"
+    bus = reactor_bus(
+        tmp_path,
+        {
+            "command": [sys.executable, "-c", f"open({str(counter)!r}, 'a').write('x'); raise SystemExit(3)"],
+            "max_attempts": 3,
+            "retry_schedule": [0.1],
+        },
+    )
+    transport = bus.make_transport("local")
+
+    async def dead() -> int:
+        return await transport.queue_depth("reactor.finished.dead")  # type: ignore[attr-defined,no-any-return]
+
+    depth = [0]
+
+    def settled() -> bool:
+        return counter.exists() and len(counter.read_text()) >= 3
+
+    await react(bus, [job(7)], settled)
+    await transport.connect()
+    depth[0] = await dead()
+    await transport.close()
+    assert counter.read_text() == "xxx"  # three attempts, then no more
+    assert depth[0] == 1
+
+
+async def test_a_missing_argument_dead_letters_without_running(tmp_path: Path) -> None:
+    log = tmp_path / "ran.jsonl"
+    bus = reactor_bus(
+        tmp_path, {"command": [sys.executable, str(tmp_path / "recorder.py"), str(log), "$data.nothing.here"]}
+    )
+    transport = bus.make_transport("local")
+    await react(bus, [job(1)], lambda: False, timeout=3)
+    await transport.connect()
+    assert await transport.queue_depth("reactor.finished.dead") == 1  # type: ignore[attr-defined]
+    await transport.close()
+    assert not log.exists()
+
+
+def test_reactor_dry_run_says_which_rules_would_fire(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        "[reactor.rules.notify]\n"
+        'match = { field = "data.status", equals = "Complete" }\n'
+        'command = ["notify", "$data.job", "$topic"]\n'
+        "[reactor.rules.everything]\n"
+        'call = "json:dumps"\n'
+    )
+    events = [job(1), job(2, "Incomplete")]
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(e.to_json() for e in events))
+    done = tidings(tmp_path, "reactor", "--dry-run", "events.jsonl")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert (
+        f"{events[0].id} org.linaro.validation.testjob → notify: notify 1 org.linaro.validation.testjob"
+        in lines
+    )
+    assert sum("→ everything: json:dumps" in line for line in lines) == 2
+    assert not any(events[1].id in line and "notify" in line for line in lines)
+    assert "3 rule run(s) would fire" in done.stderr
+
+
+def test_a_rule_with_a_bad_filter_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[reactor.rules.r]\nmatch = { field = "data.x", gt = "ten" }\ncommand = ["true"]\n'
+    )
+    done = tidings(tmp_path, "reactor", "--dry-run", "nothing.jsonl")
+    assert done.returncode == 3
+    assert "[reactor.rules.r] match.gt: a number to compare with" in done.stderr
