@@ -86,3 +86,41 @@ def reactor(
 
 async def _run_all(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:
     await asyncio.gather(*(consumer.run(bus, stop) for consumer in apps))
+
+
+@app.command("import-reactobus")
+def import_reactobus(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A ReactOBus configuration (YAML).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="PATH", help="Write here (never over an existing file)."),
+    ] = None,
+) -> None:
+    """Print (or write) the tidings.toml equivalent of a ReactOBus configuration.
+
+    Its ZMQSub inputs become ZeroMQ transports and relays (format lava), its ZMQPub outputs
+    ZeroMQ transports and connectors, its reactor rules [reactor.rules.NAME]; what has no
+    equivalent is said in comments at the top. The result is checked as any config is.
+    """
+    import tomli_w
+
+    from tidings.config import parse_config
+    from tidings.reactobus import convert, load_yaml
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(file)!r}: {exc.strerror}") from None
+    converted = convert(load_yaml(text))
+    parse_config(converted.config, origin=f"{file} (converted)")  # what we write must load
+    comments = "".join(f"# {note}\n" for note in converted.notes)
+    written = f"# converted from the ReactOBus configuration {file.name}\n{comments}\n" + tomli_w.dumps(
+        converted.config
+    )
+    if output is None:
+        print(written, end="")
+        return
+    if output.exists():
+        raise ConfigError(f"{str(output)!r} exists; choose another --output (nothing was written)")
+    output.write_text(written, encoding="utf-8")
+    err.print(f"wrote {output} ({len(converted.notes)} note(s) in its comments)", highlight=False)

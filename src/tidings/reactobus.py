@@ -1,0 +1,180 @@
+"""ReactOBus configurations as tidings configurations, so a lab can switch without rewriting its own.
+
+ReactOBus (github.com/ivoire/ReactOBus) reads a YAML file with ``inputs`` (``ZMQSub``,
+``ZMQPull``), ``outputs`` (``ZMQPub``, ``ZMQPush``), ``reactor`` rules and a ``db``; its messages
+are the five frames LAVA publishes (topic, uuid, datetime, username, JSON data), and its filters
+and rules match one ``field`` (``topic``, ``uuid``, ``datetime``, ``username``, ``data`` or
+``data.KEY``) against regular expressions with ``re.match`` — anchored at the start.
+:func:`convert` gives the equivalent tidings configuration: a ZeroMQ transport and a relay per
+input, a ZeroMQ transport and a connector per output, a reactor rule per rule. What has no
+equivalent is listed in :attr:`Converted.notes`, which the command prints as comments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidings.errors import ConfigError
+
+#: ReactOBus's field names → tidings.filters paths
+FIELDS = {"topic": "topic", "uuid": "id", "datetime": "time", "username": "username", "data": "data"}
+
+
+@dataclass
+class Converted:
+    config: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def load_yaml(text: str) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("reading a ReactOBus file needs PyYAML: pip install 'tidings[reactobus]'") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError("a ReactOBus configuration is a YAML mapping (inputs, outputs, reactor, db)")
+    return loaded
+
+
+def convert(reactobus: dict[str, Any]) -> Converted:
+    converted = Converted({"transports": {}, "connectors": {}, "relays": {}})
+    for n, item in enumerate(_list(reactobus, "inputs")):
+        _input(converted, item, f"inputs[{n}]")
+    for n, item in enumerate(_list(reactobus, "outputs")):
+        _output(converted, item, f"outputs[{n}]")
+    reactor = reactobus.get("reactor")
+    if isinstance(reactor, dict):
+        _reactor(converted, reactor)
+    if "db" in reactobus:
+        converted.notes.append(
+            "db: ReactOBus stored every message with SQLAlchemy; tidings keeps the outbox's history "
+            "for [outbox] retention (see docs/relay.md)"
+        )
+    if "core" in reactobus:
+        converted.notes.append("core: ReactOBus's internal sockets have no equivalent (nothing to set)")
+    converted.config = {key: value for key, value in converted.config.items() if value}
+    return converted
+
+
+def matcher(field_name: str, patterns: Any, where: str) -> dict[str, Any]:
+    """A ReactOBus field match as a tidings filter (``re.match`` is a search anchored at the start)."""
+    path = _path(field_name, where)
+    listed = patterns if isinstance(patterns, list) else [patterns]
+    tests = [{"field": path, "regex": f"^(?:{pattern})"} for pattern in listed]
+    return tests[0] if len(tests) == 1 else {"any": tests}
+
+
+def argument(arg: str) -> str:
+    """``$uuid`` → ``$id``, ``$data.job`` unchanged: ReactOBus arguments as reactor arguments."""
+    if arg.startswith("$"):
+        return "$" + _path(arg[1:], "exec.args")
+    return arg
+
+
+# -- the parts -------------------------------------------------------------------------------------
+
+
+def _input(converted: Converted, item: Any, where: str) -> None:
+    name, kind, options = _pipe(item, where)
+    if kind != "ZMQSub":
+        converted.notes.append(f"{where} {name}: {kind} has no tidings equivalent (only ZMQSub inputs)")
+        return
+    _no_encryption(converted, options, where, name)
+    converted.config["transports"][name] = {"kind": "zeromq", "endpoint": options["url"]}
+    relay: dict[str, Any] = {"transport": name, "format": "lava", "bindings": ["#"]}
+    filters = _filters(options, where)
+    if filters:
+        relay["filter"] = filters
+    converted.config["relays"][name] = relay
+
+
+def _output(converted: Converted, item: Any, where: str) -> None:
+    name, kind, options = _pipe(item, where)
+    if kind != "ZMQPub":
+        converted.notes.append(f"{where} {name}: {kind} has no tidings equivalent (only ZMQPub outputs)")
+        return
+    _no_encryption(converted, options, where, name)
+    converted.config["transports"][name] = {"kind": "zeromq", "endpoint": options["url"]}
+    converted.config["connectors"][name] = {"transport": name, "format": "lava"}
+    if options.get("filters"):
+        converted.notes.append(
+            f"{where} {name}: output filters have no equivalent; a connector takes topic patterns "
+            "(topics = [...]); filter in the relays instead"
+        )
+    if options.get("heartbeat"):
+        converted.notes.append(f"{where} {name}: heartbeats are not sent")
+
+
+def _reactor(converted: Converted, reactor: dict[str, Any]) -> None:
+    rules: dict[str, Any] = {}
+    for n, rule in enumerate(reactor.get("rules") or []):
+        where = f"reactor.rules[{n}]"
+        if not isinstance(rule, dict) or "name" not in rule or "exec" not in rule:
+            raise ConfigError(f"{where}: a rule has a name, match and exec")
+        match = rule.get("match") or {}
+        patterns = match.get("patterns", match.get("pattern"))
+        executing = rule["exec"]
+        args = [str(arg) for arg in executing.get("args") or []]
+        if any(arg.startswith("stdin:") for arg in args):
+            converted.notes.append(
+                f"{where} {rule['name']}: stdin: arguments dropped; "
+                "the command reads the event as JSON on stdin"
+            )
+        rules[str(rule["name"])] = {
+            "match": matcher(str(match.get("field", "topic")), patterns, where),
+            "command": [str(executing["path"]), *(argument(a) for a in args if not a.startswith("stdin:"))],
+            "timeout": float(executing.get("timeout", 60)),
+        }
+    if rules:
+        # the rules' queues (retries, dead letters) live on the embedded broker
+        converted.config["transports"].setdefault("local", {"kind": "embedded"})
+        converted.config["connectors"].setdefault("local", {"transport": "local"})
+        converted.config["reactor"] = {
+            "transport": "local",
+            "workers": int(reactor.get("workers") or 4),
+            "rules": rules,
+        }
+
+
+def _pipe(item: Any, where: str) -> tuple[str, str, dict[str, Any]]:
+    if not isinstance(item, dict) or not {"class", "name"} <= set(item):
+        raise ConfigError(f"{where}: an input or output has a class, a name and options")
+    options = item.get("options") or {}
+    if "url" not in options:
+        raise ConfigError(f"{where} {item['name']}: options.url is missing")
+    return str(item["name"]), str(item["class"]), options
+
+
+def _filters(options: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    return [
+        matcher(str(f.get("field")), f.get("patterns", f.get("pattern")), f"{where}.filters[{n}]")
+        for n, f in enumerate(options.get("filters") or [])
+    ]
+
+
+def _no_encryption(converted: Converted, options: dict[str, Any], where: str, name: str) -> None:
+    if options.get("encryption"):
+        converted.notes.append(
+            f"{where} {name}: CURVE encryption is not supported by tidings' ZeroMQ transport"
+        )
+
+
+def _path(name: str, where: str) -> str:
+    head, dot, rest = name.partition(".")
+    if head not in FIELDS or (dot and head != "data"):
+        raise ConfigError(
+            f"{where}: unknown ReactOBus field {name!r} (topic, uuid, datetime, username, data.KEY)"
+        )
+    return FIELDS[head] + (f".{rest}" if dot else "")
+
+
+def _list(reactobus: dict[str, Any], key: str) -> list[Any]:
+    value = reactobus.get(key) or []
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: a list")
+    return value
