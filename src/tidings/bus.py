@@ -234,7 +234,7 @@ class Bus:
         from tidings.relay import Relay
 
         apps = [self.consumer(name) for name, section in self.config.consumers.items() if section.app]
-        apps += [Relay(self, name).app() for name in self.config.relays]
+        apps += [app for name in self.config.relays for app in Relay(self, name).apps()]
         return apps + reactor_apps(self)
 
     async def serve(self, stop: asyncio.Event, apps: Sequence[App] | None = None) -> None:

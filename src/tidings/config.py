@@ -139,6 +139,10 @@ class RelayConfig(ConsumerConfig):
     topic: Name = "{topic}"
     #: relays an event may pass through; one that went through more is dropped (a loop)
     max_hops: Count = 4
+    #: the new bus, watched for the migration view: a consumer section (transport, exchange,
+    #: bindings, format, queue) whose events that did not come through this relay count as
+    #: published there natively (tidings.migration)
+    watch: dict[str, Any] = {}
 
 
 class ReactorRule(_Strict):
@@ -384,6 +388,12 @@ def _check_relays_and_rules(config: Config, origin: str) -> None:
         if relay.filter is not None:
             compile_filter(relay.filter, f"{where} filter")
         _check_known(config, where, relay.transport)
+        if relay.watch:
+            try:
+                watched = msgspec.convert(relay.watch, ConsumerConfig, strict=True)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(f"{where} watch: {explain(exc)}") from None
+            _check_known(config, f"{where} watch", watched.transport)
     reactor = config.reactor
     if reactor.rules:
         _check_known(config, f"{origin}: [reactor]", reactor.transport)

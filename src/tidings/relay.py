@@ -26,6 +26,7 @@ from tidings.errors import ConfigError
 from tidings.event import Event
 from tidings.filters import Predicate, compile_filter
 from tidings.handling import Reject
+from tidings.migration import Sightings
 
 if TYPE_CHECKING:
     from tidings.bus import Bus
@@ -56,17 +57,37 @@ class Relay:
         self.passes: Predicate = compile_filter(config.filter, f"{where} filter") if config.filter else _all
         self.topic_template = _template(config.topic, f"{where} topic")
         self.counters = RelayCounters()
+        self.sightings = Sightings(bus.config.home_path() / "migration.db")
 
     def app(self) -> App:
         settings = msgspec.structs.asdict(self.config)
-        for key in ("filter", "topic", "max_hops", "app", "bindings", "queue"):
+        for key in ("filter", "topic", "max_hops", "app", "bindings", "queue", "watch"):
             settings.pop(key)
         app = App(f"relay.{self.name}", queue=self.config.queue or f"relay.{self.name}", **settings)
         app.add_handler(self.config.bindings or ["#"], self.relay)
         return app
 
+    def apps(self) -> list[App]:
+        """The relay, and the watcher of the new bus when ``watch`` is set."""
+        return [self.app(), *([self.watcher()] if self.config.watch else [])]
+
+    def watcher(self) -> App:
+        """A consumer of the new bus counting, per application, what it publishes there natively."""
+        watch = dict(self.config.watch)
+        bindings = watch.pop("bindings", None) or ["#"]
+        queue = watch.pop("queue", None) or f"relay.{self.name}.watch"
+        app = App(f"relay.{self.name}.watch", queue=queue, **watch)
+
+        def native(event: Event) -> None:
+            if self.name not in hops_of(event):  # not a copy this relay made
+                self.sightings.seen(self.name, "new", event)
+
+        app.add_handler(bindings, native)
+        return app
+
     async def relay(self, event: Event) -> None:
         """Publish ``event`` if it passes (returns once it is committed to the outbox)."""
+        self.sightings.seen(self.name, "old", event)
         outgoing = self.outgoing(event)
         if outgoing is not None:
             await self.bus.apublish(outgoing)

@@ -295,3 +295,54 @@ def test_a_rule_with_a_bad_filter_is_a_config_error(tmp_path: Path) -> None:
     done = tidings(tmp_path, "reactor", "--dry-run", "nothing.jsonl")
     assert done.returncode == 3
     assert "[reactor.rules.r] match.gt: a number to compare with" in done.stderr
+
+
+# -- the migration view ---------------------------------------------------------------------------
+
+
+async def test_the_migration_view_tells_old_only_both_and_new_only(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[connectors.local]\ntransport = "local"\nexchange = "new"\n'
+        '[relays.fedmsg]\nexchange = "old"\nbindings = ["org.fedoraproject.#"]\n'
+        'watch = { exchange = "new", bindings = ["org.fedoraproject.#"] }\n'
+    )
+    from tidings.config import load_config
+
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    relaying = Relay(bus, "fedmsg")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(app.run(bus, stop)) for app in relaying.apps()]
+    tasks.append(asyncio.create_task(bus.dispatcher().run(stop)))
+    await asyncio.sleep(0.5)  # both queues bound
+    transport, fmt = bus.make_transport("local"), bus.make_format("tidings")
+    await transport.connect()
+
+    def fedora(app: str, n: int) -> Event:
+        return Event.create(f"org.fedoraproject.prod.{app}.thing.new", {"n": n})
+
+    old = [fedora("koji", n) for n in range(3)] + [fedora("bodhi", n) for n in range(2)]
+    new = [fedora("bodhi", n) for n in range(4)] + [fedora("pagure", 0)]
+    await transport.send("old", [fmt.encode(e) for e in old])
+    await transport.send("new", [fmt.encode(e) for e in new])
+    for _ in range(100):
+        relaying.sightings.flush()
+        rows = {r.app: r for _, r in relaying.sightings.table()}
+        if rows.get("koji") and rows["koji"].old == 3 and rows.get("pagure") and rows["bodhi"].new == 4:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # the relayed copies reached the new bus too, and were not counted
+    stop.set()
+    await asyncio.gather(*tasks)
+    await transport.close()
+    relaying.sightings.close()
+    bus.close()
+    done = tidings(tmp_path, "migration", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    table = {row["application"]: row for row in map(json.loads, done.stdout.splitlines())}
+    assert {app: (r["status"], r["old"], r["new"]) for app, r in table.items()} == {
+        "bodhi": ("both", 2, 4),
+        "koji": ("old only", 3, 0),
+        "pagure": ("new only", 0, 1),
+    }
+    plain = tidings(tmp_path, "migration", "status").stdout.splitlines()
+    assert plain[0].split()[:3] == ["relay", "application", "status"] and len(plain) == 4

@@ -10,7 +10,7 @@ import typer
 
 from tidings.bus import Bus
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, LogOpt, VerboseOpt, load_bus, out, until_signalled
+from tidings.cli.commands import ConfigOpt, JsonOpt, LogOpt, VerboseOpt, load_bus, out, until_signalled
 from tidings.consumer import App
 from tidings.errors import ConfigError
 
@@ -32,13 +32,16 @@ def relay(
 
     bus = load_bus(config, log_level, verbose=verbose)
     relaying = Relay(bus, name)
-    consumer = relaying.app()
+    consumer, *watching = relaying.apps()
     err.print(
         f"relay {name}: {relaying.config.format} from transport {relaying.config.transport!r} "
         f"({', '.join(consumer.bindings())}) into {bus.config.outbox_path()} — Ctrl-C to stop",
         highlight=False,
     )
-    asyncio.run(until_signalled(consumer.run, bus))
+    try:
+        asyncio.run(until_signalled(lambda stop: _run_all(bus, [consumer, *watching], stop)))
+    finally:
+        relaying.sightings.close()
     counted = relaying.counters
     err.print(
         f"relay {name}: relayed {counted.relayed}, filtered out {counted.filtered}, "
@@ -124,3 +127,42 @@ def import_reactobus(
         raise ConfigError(f"{str(output)!r} exists; choose another --output (nothing was written)")
     output.write_text(written, encoding="utf-8")
     err.print(f"wrote {output} ({len(converted.notes)} note(s) in its comments)", highlight=False)
+
+
+migration_app = typer.Typer(
+    help="Which applications publish on the old bus, the new one, or both (relays with watch).",
+    no_args_is_help=True,
+)
+app.add_typer(migration_app, name="migration")
+
+
+@migration_app.command("status")
+def migration_status(
+    relays: Annotated[list[str] | None, typer.Argument(metavar="RELAY", help="Only these relays.")] = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Per relay and application: messages seen on the old bus and natively on the new one, first
+    and last seen, and a status: old only (to move), both (moving), new only (moved)."""
+    from datetime import UTC, datetime
+
+    from tidings.cli.output import print_rows
+    from tidings.migration import Sightings
+
+    bus = load_bus(config)
+    for name in relays or []:
+        if name not in bus.config.relays:
+            raise ConfigError(f"no relay named {name!r} is configured")
+    sightings = Sightings(bus.config.home_path() / "migration.db")
+    table = sightings.table(relays or None)
+    sightings.close()
+
+    def when(moment: float) -> str:
+        return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+    rows = [[relay, r.app, r.status, r.old, r.new, when(r.first), when(r.last)] for relay, r in table]
+    columns = ["relay", "application", "status", "old", "new", "first_seen", "last_seen"]
+    if not rows and not json_:
+        out.print("nothing seen yet: run the relays (with watch = {...} for the new bus)", highlight=False)
+        return
+    print_rows(columns, rows, console=out, json_=json_)
