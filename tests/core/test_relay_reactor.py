@@ -346,3 +346,59 @@ async def test_the_migration_view_tells_old_only_both_and_new_only(tmp_path: Pat
     }
     plain = tidings(tmp_path, "migration", "status").stdout.splitlines()
     assert plain[0].split()[:3] == ["relay", "application", "status"] and len(plain) == 4
+
+
+async def test_garbage_and_oversize_frames_are_counted_and_skipped(
+    tmp_path: Path, lava_publisher: tuple[str, zmq.asyncio.Socket]
+) -> None:
+    endpoint, publisher = lava_publisher
+    bus = bus_of(
+        tmp_path,
+        {
+            "transports": {"lab": {"kind": "zeromq", "endpoint": endpoint}},
+            "relays": {"lab": {"transport": "lab", "format": "lava", "bindings": ["org.linaro.#"]}},
+        },
+    )
+    relaying = Relay(bus, "lab")
+    relay_app = relaying.app()
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay_app.run(bus, stop))
+    fmt = LavaFormat()
+    probe = job(0)
+    for _ in range(200):
+        if list(bus.outbox.history()):
+            break
+        await publisher.send_multipart(fmt.encode(probe).frames or [])
+        await asyncio.sleep(0.05)
+    garbage = [
+        [b"org.linaro.validation.testjob", b"not", b"five"],
+        [b"org.linaro.validation.testjob", b"id", b"not a date", b"user", b"{}"],
+        [b"org.linaro.validation.testjob", b"id", b"2026-12-01T00:00:00", b"user", b"{not json"],
+        [b"org.linaro.validation.testjob", b"id", b"2026-12-01T00:00:00", b"user", b"[" * 100_000],
+        [*(fmt.encode(job(1)).frames or [])[:4], b'{"x": "' + b"y" * (2 * 1024 * 1024) + b'"}'],  # oversize
+    ]
+    for frames in garbage:
+        await publisher.send_multipart(frames)
+    after = job(2)
+    await publisher.send_multipart(fmt.encode(after).frames or [])
+    for _ in range(100):
+        if after.id in {e.id for e in bus.outbox.history()}:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    assert after.id in {e.id for e in bus.outbox.history()}  # the relay kept going
+    assert relay_app.counters.rejected == len(garbage)  # each counted, none relayed
+    assert {e.id for e in bus.outbox.history()} == {probe.id, after.id}
+
+
+async def test_a_rule_can_be_a_python_callable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "labhooks.py").write_text(
+        "import json\nseen = []\nasync def record(event):\n    seen.append(event.body['job'])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bus = reactor_bus(tmp_path, {"call": "labhooks:record", "match": {"field": "data.job", "ge": 2}})
+    import labhooks  # type: ignore[import-not-found]
+
+    await react(bus, [job(1), job(2), job(3)], lambda: len(labhooks.seen) >= 2)
+    assert sorted(labhooks.seen) == [2, 3]
