@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -237,11 +237,22 @@ class Bus:
         apps += [app for name in self.config.relays for app in Relay(self, name).apps()]
         return apps + reactor_apps(self)
 
-    async def serve(self, stop: asyncio.Event, apps: Sequence[App] | None = None) -> None:
-        """The dispatcher and the configured consumers (``apps``: these instead), until ``stop``."""
+    async def serve(
+        self,
+        stop: asyncio.Event,
+        apps: Sequence[App] | None = None,
+        *,
+        beside: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = (),
+    ) -> None:
+        """The dispatcher and the configured consumers (``apps``: these instead), until ``stop``.
+
+        ``beside``: more ``run(stop)`` services in the same process (the web page, when
+        ``[web]`` is configured); the core does not import them.
+        """
         consumers = self.served_consumers() if apps is None else list(apps)
         tasks = [asyncio.create_task(app.run(self, stop), name=f"consumer-{app.name}") for app in consumers]
         tasks.append(asyncio.create_task(self.dispatcher().run(stop), name="dispatcher"))
+        tasks += [asyncio.create_task(run(stop), name=f"beside-{n}") for n, run in enumerate(beside)]
         try:
             await asyncio.gather(*tasks)
         finally:

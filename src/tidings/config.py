@@ -173,6 +173,17 @@ class ReactorSection(_Strict):
     rules: dict[str, ReactorRule] = {}
 
 
+class WebSection(_Strict):
+    """``tidings web`` and the page ``tidings serve`` adds when this section is present."""
+
+    #: HOST:PORT the page and the query API listen on
+    listen: Annotated[str, Meta(pattern=r"^\[?[^\s\]]*\]?:\d{1,5}$")] = "127.0.0.1:8080"
+    #: shows private events (also $TIDINGS_WEB_READ_TOKEN); "" : nobody but the admin sees them
+    read_token: str = ""
+    #: retry, drop and replay, and everything read_token allows (also $TIDINGS_WEB_ADMIN_TOKEN)
+    admin_token: str = ""
+
+
 class Config(_Strict):
     bus: BusSection = msgspec.field(default_factory=BusSection)
     outbox: OutboxSection = msgspec.field(default_factory=OutboxSection)
@@ -185,6 +196,8 @@ class Config(_Strict):
     reactor: ReactorSection = msgspec.field(default_factory=ReactorSection)
     #: sections a plug-in owns (``[bridges.NAME]``: the fedmsg bridge), checked by it: see SECTIONS
     bridges: dict[str, dict[str, Any]] = {}
+    #: the page and the query API (``tidings web``; ``tidings serve`` too when present)
+    web: WebSection | None = None
     #: the folder relative paths are resolved against (not a key of the file)
     base_dir: str = "."
     #: where this config came from, for `tidings config show` (not a key of the file)

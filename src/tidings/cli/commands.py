@@ -295,14 +295,21 @@ def serve(
     log_level: LogOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app) together."""
+    """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app) together,
+    and the web page when [web] is configured."""
     bus = load_bus(config, log_level, verbose=verbose)
     apps = bus.served_consumers()
+    beside, page = [], ""
+    if bus.config.web is not None:  # the page too: imported only when configured (the web extra)
+        from tidings.cli.web import web_runner
+
+        beside.append(web_runner(bus, bus.config.web))
+        page = f"; the page on http://{bus.config.web.listen}/"
     err.print(
         f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "
-        f"consumers: {', '.join(a.name for a in apps) or 'none'} — Ctrl-C to stop"
+        f"consumers: {', '.join(a.name for a in apps) or 'none'}{page} — Ctrl-C to stop"
     )
-    asyncio.run(until_signalled(lambda stop: bus.serve(stop, apps)))
+    asyncio.run(until_signalled(lambda stop: bus.serve(stop, apps, beside=beside)))
 
 
 def print_event(event: Event, console: Console) -> None:

@@ -67,7 +67,7 @@ def effective(config: Config) -> dict[str, Any]:
     raw: dict[str, Any] = msgspec.to_builtins(config)
     raw.pop("base_dir", None)
     raw.pop("origin", None)
-    return {key: value for key, value in raw.items() if value not in ({}, [])}
+    return {key: value for key, value in raw.items() if value not in ({}, [], None)}
 
 
 def masked(value: Any, key: str = "") -> Any:

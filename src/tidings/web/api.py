@@ -1,0 +1,153 @@
+"""The JSON API: datagrepper's /raw and /id, /v2/search with keyset cursors, /stream (SSE)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tidings.archive import Archive
+from tidings.event import dumps
+from tidings.web import query as q
+from tidings.web.access import Role, role_of
+from tidings.web.stream import sse
+
+
+class Json(JSONResponse):
+    """orjson: the same JSON the rest of tidings writes (times, big integers)."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def _archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+def _private(request: Request) -> bool:
+    return role_of(request) >= Role.READER
+
+
+def bad(message: str, **extra: Any) -> Json:
+    return Json({"error": message, **extra}, status_code=400)
+
+
+async def raw(request: Request) -> Response:
+    """datagrepper's /raw: numbered pages, an exact total, its response shape."""
+    params = request.query_params
+    try:
+        q.refuse_unsupported(params)
+        window = q.time_range(params)
+        page = q.integer(params, "page", 1, 1)
+        rows = q.integer(params, "rows_per_page", q.ROWS_PER_PAGE, 1, q.MAX_ROWS_PER_PAGE)
+        order = q.order_of(params)
+        query = q.query_of(params, window, include_private=_private(request))
+    except q.BadRequest as exc:
+        return bad(str(exc), arguments=dict(params.multi_items()))
+    found = await run_in_threadpool(
+        lambda: _archive(request).numbered(query, page=page, rows_per_page=rows, order=order)
+    )
+    arguments = {
+        "start": window.start,
+        "end": window.end,
+        "delta": window.delta,
+        "topics": list(query.topics),
+        "not_topics": list(query.not_topics),
+        "categories": list(query.categories),
+        "users": list(query.users),
+        "packages": list(query.packages),
+        "contains": list(query.contains),
+        "page": page,
+        "rows_per_page": rows,
+        "order": order,
+    }
+    return Json(
+        {
+            "raw_messages": [q.raw_message(item) for item in found.items],
+            "count": len(found.items),
+            "pages": found.pages,
+            "total": found.total,
+            "arguments": arguments,
+        }
+    )
+
+
+async def by_id(request: Request) -> Response:
+    """datagrepper's /id?id=: one message in /raw's form; private ones need the read token."""
+    event_id = request.query_params.get("id", "")
+    if not event_id:
+        return bad("missing_argument", argument="id")
+    found = await run_in_threadpool(
+        lambda: _archive(request).get(event_id, include_private=_private(request))
+    )
+    if found is None:  # a private event is as absent as an unknown one: its existence is private too
+        return Json({"error": "not_found"}, status_code=404)
+    return Json(q.raw_message(found))
+
+
+async def search(request: Request) -> Response:
+    """Keyset pages (``cursor`` from the previous page's ``next_cursor``), no OFFSET, no count."""
+    params = request.query_params
+    try:
+        limit = q.integer(params, "limit", q.SEARCH_LIMIT, 1, q.MAX_SEARCH_LIMIT)
+        order = q.order_of(params)
+        query = q.query_of(params, q.time_range(params), include_private=_private(request))
+    except q.BadRequest as exc:
+        return bad(str(exc))
+    cursor = params.get("cursor") or None
+    try:
+        page = await run_in_threadpool(
+            lambda: _archive(request).search(query, limit=limit, cursor=cursor, order=order)
+        )
+    except ValueError as exc:  # a cursor the store cannot read
+        return bad(f"cursor: {exc}")
+    following = None
+    if page.next_cursor:
+        following = str(request.url.include_query_params(cursor=page.next_cursor))
+    return Json(
+        {
+            "items": [q.envelope(item) for item in page.items],
+            "next_cursor": page.next_cursor,
+            "next": following,
+            "estimated_total": page.estimated_total,
+        }
+    )
+
+
+def resume_point(request: Request) -> int | None:
+    """``Last-Event-ID`` (a reconnecting browser sends it) or ``?last_event_id=``: a seq."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or ""
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise q.BadRequest(f"Last-Event-ID must be an event's seq, not {raw!r}")
+    return int(raw)
+
+
+async def stream(request: Request) -> Response:
+    """SSE: ``topic`` patterns and the other filters of /v2/search, from ``Last-Event-ID`` on
+    (else the last ``backlog`` events, default 0, then what comes)."""
+    params = request.query_params
+    try:
+        query = q.query_of(params, q.time_range(params), include_private=_private(request))
+        after = resume_point(request)
+        count = q.integer(params, "backlog", 0, 0, q.MAX_SEARCH_LIMIT)
+    except q.BadRequest as exc:
+        return bad(str(exc))
+    body = sse(_archive(request), request.app.state.live, query, after, count)
+    headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+
+ROUTES = [
+    Route("/raw", raw, methods=["GET", "POST"]),
+    Route("/raw/", raw, methods=["GET", "POST"]),
+    Route("/id", by_id, methods=["GET", "POST"]),
+    Route("/id/", by_id, methods=["GET", "POST"]),
+    Route("/v2/search", search),
+    Route("/stream", stream),
+]

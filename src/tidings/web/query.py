@@ -1,0 +1,187 @@
+"""Request parameters as an archive :class:`~tidings.archive.Query`, and events as JSON.
+
+datagrepper's /raw is the model (its reference, ``datagrepper/docs/reference.rst``): filters
+may repeat and are OR'd within a name and AND'ed across names; ``start``/``end`` are UNIX
+seconds and ``delta`` seconds, combined as its time table says; ``page`` > 0, ``rows_per_page``
+at most 100, ``order`` asc or desc.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.datastructures import QueryParams
+
+from tidings.archive import Archived, Order, Query
+from tidings.errors import InvalidTopic
+from tidings.event import format_time
+from tidings.topics import validate_pattern
+
+#: datagrepper's defaults and limit
+ROWS_PER_PAGE = 25
+MAX_ROWS_PER_PAGE = 100
+#: with ``end`` alone, datagrepper looks at the 600 seconds before it
+END_ONLY_WINDOW = 600.0
+#: /v2/search
+SEARCH_LIMIT = 50
+MAX_SEARCH_LIMIT = 500
+#: datagrepper parameters that only shape its HTML or JSONP output: accepted, without effect here
+IGNORED = frozenset({"size", "chrome", "meta", "is_raw", "grouped"})
+#: datagrepper parameters tidings cannot honour: refused rather than silently widening a search
+UNSUPPORTED = frozenset({"not_user", "not_package", "not_category", "callback"})
+
+
+class BadRequest(ValueError):
+    """A parameter that cannot be meant: a 400 with this message."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    start: float | None
+    end: float | None
+    delta: float | None
+
+
+def number(params: QueryParams, name: str) -> float | None:
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number of seconds, not {value!r}") from None
+
+
+def moment(params: QueryParams, name: str) -> float | None:
+    """UNIX seconds (datagrepper's form) or an ISO 8601 time with a zone."""
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be UNIX seconds or an ISO 8601 time, not {value!r}") from None
+    if parsed.tzinfo is None:
+        raise BadRequest(f"{name} {value!r} has no time zone")
+    return parsed.timestamp()
+
+
+def time_range(params: QueryParams, now: float | None = None) -> TimeRange:
+    """datagrepper's time table: which of delta, start and end were given decides the window."""
+    start, end, delta = moment(params, "start"), moment(params, "end"), number(params, "delta")
+    if delta is not None and delta < 0:
+        raise BadRequest("delta must not be negative")
+    now = time.time() if now is None else now
+    if start is not None and end is not None:
+        pass  # delta is ignored
+    elif start is not None:
+        end = start + delta if delta is not None else None
+    elif end is not None:
+        start = end - (delta if delta is not None else END_ONLY_WINDOW)
+    elif delta is not None:
+        start, end = now - delta, now
+    return TimeRange(start, end, delta)
+
+
+def patterns(params: QueryParams, name: str) -> list[str]:
+    values = [v for v in params.getlist(name) if v]
+    for value in values:
+        try:
+            validate_pattern(value)
+        except InvalidTopic as exc:
+            raise BadRequest(f"{name}: {exc}") from None
+    return values
+
+
+def query_of(params: QueryParams, window: TimeRange, *, include_private: bool) -> Query:
+    def listed(name: str) -> list[str]:
+        return [v for v in params.getlist(name) if v]
+
+    return Query(
+        topics=patterns(params, "topic"),
+        not_topics=patterns(params, "not_topic"),
+        categories=listed("category"),
+        users=listed("user"),
+        packages=listed("package"),
+        containers=listed("container"),
+        agents=listed("agent"),
+        sources=listed("source"),
+        contains=listed("contains"),
+        start=_utc(window.start),
+        end=_utc(window.end),
+        include_private=include_private,
+    )
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def order_of(params: QueryParams, default: Order = "desc") -> Order:
+    value = params.get("order") or default
+    if value not in ("asc", "desc"):
+        raise BadRequest("order must be either 'desc' or 'asc'")
+    return "asc" if value == "asc" else "desc"
+
+
+def integer(params: QueryParams, name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = params.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequest(f"{name} must be {limit}")
+    return value
+
+
+def refuse_unsupported(params: QueryParams) -> None:
+    for name in UNSUPPORTED:
+        if name in params:
+            raise BadRequest(f"{name} is not supported by tidings' /raw")
+
+
+# -- events as JSON ------------------------------------------------------------------------
+
+
+def envelope(item: Archived) -> dict[str, Any]:
+    """tidings' own form (/v2/search, /stream): the event with its seq and search fields."""
+    return {
+        "seq": item.seq,
+        **item.event.to_dict(),
+        "category": item.category,
+        "users": list(item.fields.users),
+        "packages": list(item.fields.packages),
+        "containers": list(item.fields.containers),
+        "agent": item.fields.agent,
+    }
+
+
+def raw_message(item: Archived) -> dict[str, Any]:
+    """One of datagrepper's raw_messages: the fedmsg-era keys (``msg``, ``msg_id``, ``timestamp``,
+    ``i``) and fedora-messaging's (``body``, ``headers``, ``id``), so clients of either work."""
+    event = item.event
+    return {
+        "i": item.seq,
+        "msg_id": event.id,
+        "id": event.id,
+        "topic": event.topic,
+        "timestamp": event.time.timestamp(),
+        "msg": event.body,
+        "body": event.body,
+        "headers": {**event.headers, "sent-at": format_time(event.time)},
+        "priority": None,
+        "queue": None,
+        "source_name": event.source,
+        "category": item.category,
+        "users": list(item.fields.users),
+        "packages": list(item.fields.packages),
+    }

@@ -1,0 +1,85 @@
+"""Running the app: on uvicorn inside a command's event loop, stopped by the command's signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from tidings.archive import Archive
+from tidings.bus import Bus
+from tidings.config import WebSection
+from tidings.errors import ConfigError
+from tidings.web import create_app
+
+#: seconds requests in flight get once the server stops
+GRACE = 2
+#: where the default store keeps the archive, under [bus] home
+ARCHIVE_FILE = "archive.db"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as host and port; a ConfigError if it is neither."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def open_archive(bus: Bus) -> Archive:
+    """The archive the page reads: the SQLite store under ``[bus] home``.
+
+    The one place that picks the store, so that ``[archive]`` in the config (when it lands)
+    changes only this function.
+    """
+    try:
+        module = importlib.import_module("tidings.archive.sqlite")
+    except ImportError as exc:
+        raise ConfigError(f"the archive's SQLite store is not available: {exc}") from None
+    store: Archive = module.SqliteArchive(Path(bus.config.home_path(), ARCHIVE_FILE))
+    return store
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the command's (until_signalled) stop it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_web(
+    bus: Bus, archive: Archive, settings: WebSection, stop: asyncio.Event, sock: socket.socket | None = None
+) -> None:
+    """Serve the page and the API on ``sock`` (else ``settings.listen``) until ``stop`` is set."""
+    sock = sock or bind(settings.listen)
+    app = create_app(bus, archive, settings)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=GRACE)
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="web")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    app.state.live.close()
+    server.should_exit = True
+    stopping.cancel()
+    try:
+        await serving
+    finally:
+        sock.close()
+
+
+def bind(listen: str) -> socket.socket:
+    """The listening socket, bound here so that a taken port is one line of ours (exit 3)."""
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {listen}: {why}") from None

@@ -1,0 +1,105 @@
+"""The live stream: server-sent events read from the archive, in seq order, never skipping one.
+
+A stream does not keep a queue of its own that could overflow: it remembers the seq of the
+last event it sent and asks the archive for what came after (``Archive.since``), a batch at a
+time. An event is therefore sent once it is archived, exactly once, in order, however fast
+events come; a slow client only falls behind. ``Last-Event-ID`` (which a browser sends when it
+reconnects) is that seq, so a stream resumes where it stopped. :meth:`Live.wake` makes the
+streams look at once after an ingest in this process; other processes' ingests are seen by the
+next look, a few times a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+
+from tidings.archive import Archive, Archived, Query
+from tidings.event import dumps
+from tidings.web.query import envelope
+
+#: seconds between looks at the archive when nothing woke the stream
+POLL = 0.2
+#: events read (and sent) at a time
+BATCH = 500
+#: seconds of silence before a comment line keeps proxies from closing the connection
+KEEPALIVE = 15.0
+#: what the browser waits before reconnecting, in milliseconds
+RECONNECT_MS = 1000
+
+
+class Live:
+    """Wakes the streams of one app; :meth:`wake` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        #: the server is stopping: streams end, so that open connections do not hold the exit
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake()
+
+    def wake(self) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+        for loop, event in waiting:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop closed: its stream is gone
+                pass
+
+    async def wait(self, timeout: float) -> None:
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiting.add(entry)
+        try:
+            await asyncio.wait_for(entry[1].wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiting.discard(entry)
+
+
+def frame(item: Archived) -> bytes:
+    return b"id: %d\ndata: %s\n\n" % (item.seq, dumps(envelope(item)))
+
+
+async def backlog(archive: Archive, query: Query, count: int) -> tuple[int, list[Archived]]:
+    """The newest ``count`` matching events in seq order, and the seq the tail starts after.
+
+    The seq is read first: an event archived meanwhile is left to the tail, not sent twice.
+    """
+    start = await run_in_threadpool(archive.last_seq)
+    if count <= 0:
+        return start, []
+    page = await run_in_threadpool(lambda: archive.search(query, limit=count, order="desc"))
+    return start, sorted((i for i in page.items if i.seq <= start), key=lambda i: i.seq)
+
+
+async def sse(
+    archive: Archive, live: Live, query: Query, after: int | None, count: int
+) -> AsyncIterator[bytes]:
+    """The stream's bytes: the backlog (if no resume point), then everything after, forever."""
+    yield b"retry: %d\n\n" % RECONNECT_MS
+    if after is None:
+        after, first = await backlog(archive, query, count)
+        if first:
+            yield b"".join(frame(item) for item in first)
+    quiet_since = time.monotonic()
+    while not live.closed:
+        batch = await run_in_threadpool(lambda seq=after: archive.since(seq, query, limit=BATCH))
+        if batch:
+            yield b"".join(frame(item) for item in batch)
+            after, quiet_since = batch[-1].seq, time.monotonic()
+            continue
+        if time.monotonic() - quiet_since > KEEPALIVE:
+            yield b": keepalive\n\n"
+            quiet_since = time.monotonic()
+        await live.wait(POLL)

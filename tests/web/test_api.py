@@ -1,0 +1,271 @@
+"""The JSON API: datagrepper's /raw and /id, /v2/search's cursors, access, headers, escaping."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.web.conftest import ADMIN_TOKEN, READ_TOKEN
+from tests.web.events import HOSTILE_BODY, HOSTILE_TOPIC, dead_letter, event
+from tidings.archive import Archive
+from tidings.bus import Bus
+
+NOW = time.time()
+BODHI = "org.fedoraproject.prod.bodhi.update.comment"
+KOJI = "org.fedoraproject.prod.buildsys.build.state.change"
+WIKI = "org.fedoraproject.prod.wiki.article.edit"
+
+
+@pytest.fixture
+def client(app: Any) -> TestClient:
+    return TestClient(app)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def topics(response: Any) -> list[str]:
+    return [m["topic"] for m in response.json()["raw_messages"]]
+
+
+# -- /raw ----------------------------------------------------------------------------------
+
+
+def test_raw_has_datagrepper_shape_and_defaults(client: TestClient, archive: Archive) -> None:
+    archive.ingest([event(BODHI, {"n": n}, at=NOW - 100 + n) for n in range(30)])
+    got = client.get("/raw").json()
+    assert set(got) == {"raw_messages", "count", "pages", "total", "arguments"}
+    assert (got["count"], got["pages"], got["total"]) == (25, 2, 30)
+    assert got["arguments"]["page"] == 1
+    assert got["arguments"]["rows_per_page"] == 25
+    assert got["arguments"]["order"] == "desc"
+    first = got["raw_messages"][0]
+    assert first["msg"] == {"n": 29} == first["body"]  # newest first
+    assert first["topic"] == BODHI
+    assert first["timestamp"] == pytest.approx(NOW - 71, abs=1e-3)
+    assert first["msg_id"] == first["id"]
+    assert "sent-at" in first["headers"]
+    assert client.get("/raw/").json()["total"] == 30  # the trailing slash is optional
+
+
+def test_raw_pages_rows_and_order(client: TestClient, archive: Archive) -> None:
+    archive.ingest([event(BODHI, {"n": n}, at=NOW - 100 + n) for n in range(30)])
+    got = client.get("/raw", params={"page": 2, "rows_per_page": 10, "order": "asc"}).json()
+    assert [m["msg"]["n"] for m in got["raw_messages"]] == list(range(10, 20))
+    assert (got["count"], got["pages"], got["total"]) == (10, 3, 30)
+    last = client.get("/raw", params={"page": 3, "rows_per_page": 10, "order": "desc"}).json()
+    assert [m["msg"]["n"] for m in last["raw_messages"]] == list(range(9, -1, -1))
+
+
+def test_raw_filters_combine_as_datagrepper_does(client: TestClient, archive: Archive) -> None:
+    archive.ingest(
+        [
+            event(BODHI, {"text": "needle"}, users=("toshio",), packages=("nethack",)),
+            event(KOJI, {"text": "hay"}, users=("pingou",), packages=("kernel",)),
+            event(WIKI, {"text": "needle too"}, users=("ralph",)),
+        ]
+    )
+    assert topics(client.get("/raw", params={"topic": BODHI})) == [BODHI]
+    assert sorted(topics(client.get("/raw", params=[("topic", BODHI), ("topic", WIKI)]))) == [BODHI, WIKI]
+    assert topics(client.get("/raw", params={"topic": "org.fedoraproject.*.bodhi.#"})) == [BODHI]
+    assert BODHI not in topics(client.get("/raw", params={"not_topic": BODHI}))
+    assert topics(client.get("/raw", params={"category": "buildsys"})) == [KOJI]
+    assert topics(client.get("/raw", params={"user": "toshio"})) == [BODHI]
+    assert topics(client.get("/raw", params={"package": "kernel"})) == [KOJI]
+    assert sorted(topics(client.get("/raw", params={"contains": "needle"}))) == [BODHI, WIKI]
+    # (category bodhi OR wiki) AND (user toshio OR pingou): CNF
+    cnf = [("category", "bodhi"), ("category", "wiki"), ("user", "toshio"), ("user", "pingou")]
+    assert topics(client.get("/raw", params=cnf)) == [BODHI]
+    arguments = client.get("/raw", params=cnf).json()["arguments"]
+    assert arguments["categories"] == ["bodhi", "wiki"]
+    assert arguments["users"] == ["toshio", "pingou"]
+
+
+def test_raw_time_arguments_follow_datagrepper_table(client: TestClient, archive: Archive) -> None:
+    archive.ingest([event(BODHI, {"age": age}, at=NOW - age) for age in (3600, 1200, 500, 60)])
+
+    def ages(**params: float) -> list[int]:
+        got = client.get("/raw", params={**params, "order": "asc"}).json()
+        return [m["msg"]["age"] for m in got["raw_messages"]]
+
+    assert ages() == [3600, 1200, 500, 60]  # no time argument: no window
+    assert ages(delta=300) == [60]
+    assert ages(start=NOW - 1300) == [1200, 500, 60]
+    assert ages(start=NOW - 1300, delta=1000) == [1200, 500]
+    assert ages(end=NOW - 400) == [500]  # the 600 seconds before end
+    assert ages(end=NOW - 400, delta=1000) == [1200, 500]
+    assert ages(start=NOW - 4000, end=NOW - 1000, delta=5) == [3600, 1200]  # delta ignored
+    arguments = client.get("/raw", params={"delta": 300}).json()["arguments"]
+    assert arguments["delta"] == 300
+    assert arguments["end"] - arguments["start"] == pytest.approx(300)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"rows_per_page": 101},
+        {"rows_per_page": 0},
+        {"page": 0},
+        {"order": "sideways"},
+        {"delta": "soon"},
+        {"topic": "a.b#"},
+        {"not_user": "x"},
+        {"callback": "f"},
+    ],
+)
+def test_raw_refuses_what_it_cannot_mean(client: TestClient, params: dict[str, Any]) -> None:
+    response = client.get("/raw", params=params)
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+# -- /id -----------------------------------------------------------------------------------
+
+
+def test_id_returns_one_message(client: TestClient, archive: Archive) -> None:
+    item = event(BODHI, {"hello": "world"})
+    archive.ingest([item])
+    got = client.get("/id", params={"id": item.event.id}).json()
+    assert (got["msg_id"], got["msg"], got["topic"]) == (item.event.id, {"hello": "world"}, BODHI)
+    assert client.get("/id", params={"id": "nope"}).status_code == 404
+    assert client.get("/id").status_code == 400
+
+
+# -- /v2/search ----------------------------------------------------------------------------
+
+
+def test_search_walks_keyset_cursors_without_gap_or_repeat(client: TestClient, archive: Archive) -> None:
+    archive.ingest([event(BODHI, {"n": n}, at=NOW - 1000 + n // 3) for n in range(120)])  # ties in time
+    archive.ingest([event(KOJI, {"n": -1})])
+    seen: list[int] = []
+    keys: list[tuple[str, int]] = []
+    params: dict[str, Any] = {"topic": "org.fedoraproject.*.bodhi.#", "limit": 50}
+    sizes = []
+    while True:
+        got = client.get("/v2/search", params=params).json()
+        sizes.append(len(got["items"]))
+        seen += [item["seq"] for item in got["items"]]
+        keys += [(item["time"], item["seq"]) for item in got["items"]]
+        assert got["estimated_total"] is None or got["estimated_total"] >= 0
+        if got["next_cursor"] is None:
+            assert got["next"] is None
+            break
+        assert "cursor=" in got["next"]
+        params["cursor"] = got["next_cursor"]
+    assert sizes == [50, 50, 20]
+    assert len(seen) == len(set(seen)) == 120
+    assert keys == sorted(keys, reverse=True)  # newest first, seq breaking ties
+
+
+def test_search_order_and_envelope(client: TestClient, archive: Archive) -> None:
+    archive.ingest([event(BODHI, {"n": n}, at=NOW - 10 + n, users=("toshio",)) for n in range(3)])
+    got = client.get("/v2/search", params={"order": "asc", "user": "toshio"}).json()
+    assert [i["body"]["n"] for i in got["items"]] == [0, 1, 2]
+    first = got["items"][0]
+    assert {"seq", "id", "topic", "time", "source", "type", "headers", "visibility", "body"} <= set(first)
+    assert first["category"] == "bodhi"
+    assert first["users"] == ["toshio"]
+    assert client.get("/v2/search", params={"limit": 501}).status_code == 400
+
+
+# -- access --------------------------------------------------------------------------------
+
+
+def test_private_events_need_the_read_token(client: TestClient, archive: Archive) -> None:
+    secret = event("bugzilla.bug.update", {"secret": True}, private=True)
+    archive.ingest([event("bugzilla.bug.update", {"secret": False}), secret])
+
+    def bodies(path: str, key: str, headers: dict[str, str] | None = None) -> list[Any]:
+        return [m.get("msg", m.get("body")) for m in client.get(path, headers=headers).json()[key]]
+
+    assert bodies("/raw", "raw_messages") == [{"secret": False}]
+    assert bodies("/v2/search", "items") == [{"secret": False}]
+    assert bodies("/raw", "raw_messages", bearer("wrong")) == [{"secret": False}]
+    assert client.get("/id", params={"id": secret.event.id}).status_code == 404
+    for token in (READ_TOKEN, ADMIN_TOKEN):
+        assert {"secret": True} in bodies("/raw", "raw_messages", bearer(token))
+        assert {"secret": True} in bodies("/v2/search", "items", bearer(token))
+        assert client.get("/id", params={"id": secret.event.id}, headers=bearer(token)).status_code == 200
+    assert client.get(f"/event/{secret.event.id}").status_code == 404
+    assert "secret" in client.get(f"/event/{secret.event.id}", headers=bearer(READ_TOKEN)).text
+
+
+def test_login_sets_the_token_cookie_behind_a_csrf_check(client: TestClient, archive: Archive) -> None:
+    secret = event("bugzilla.bug.update", {"secret": True}, private=True)
+    archive.ingest([secret])
+    client.get("/login")
+    csrf = client.cookies["tidings_csrf"]
+    refused = client.post("/login", data={"csrf": "forged", "token": READ_TOKEN})
+    assert refused.status_code == 403
+    wrong = client.post("/login", data={"csrf": csrf, "token": "guess"})
+    assert wrong.status_code == 403
+    assert client.post("/login", data={"csrf": csrf, "token": READ_TOKEN}).status_code == 200  # → /
+    assert client.get("/id", params={"id": secret.event.id}).status_code == 200
+
+
+def test_retry_needs_the_admin_token_and_the_csrf_token(client: TestClient, web_bus: Bus) -> None:
+    seq = dead_letter(web_bus)
+    client.get("/connectors")
+    csrf = client.cookies["tidings_csrf"]
+    url = "/connectors/local/retry"
+    assert client.post(url, data={"csrf": csrf, "seq": str(seq)}).status_code == 403
+    assert client.post(url, data={"csrf": csrf}, headers=bearer(READ_TOKEN)).status_code == 403
+    assert client.post(url, data={"seq": str(seq)}, headers=bearer(ADMIN_TOKEN)).status_code == 403
+    assert client.post(url, data={"csrf": "x" + csrf}, headers=bearer(ADMIN_TOKEN)).status_code == 403
+    assert web_bus.outbox.status(["local"])[0].dead == 1
+    done = client.post(
+        url, data={"csrf": csrf, "seq": str(seq)}, headers=bearer(ADMIN_TOKEN), follow_redirects=False
+    )
+    assert done.status_code == 303
+    status = web_bus.outbox.status(["local"])[0]
+    assert (status.dead, status.backlog) == (0, 1)
+    drop = client.post(
+        "/connectors/local/drop",
+        data={"csrf": csrf, "table": "backlog"},
+        headers=bearer(ADMIN_TOKEN),
+        follow_redirects=False,
+    )
+    assert drop.status_code == 303
+    assert web_bus.outbox.status(["local"])[0].backlog == 0
+
+
+def test_every_response_has_a_csp(client: TestClient) -> None:
+    for path in ("/", "/raw", "/search", "/connectors", "/consumers", "/login", "/static/app.js"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_hostile_values_are_escaped_everywhere(client: TestClient, archive: Archive) -> None:
+    item = event(HOSTILE_TOPIC, HOSTILE_BODY)
+    archive.ingest([item])
+    pages = [
+        client.get(f"/event/{item.event.id}").text,
+        client.get("/search", params={"contains": "script"}).text,
+    ]
+    for html in pages:
+        assert "<script>alert" not in html
+        assert "<img" not in html
+        assert "&lt;script&gt;alert" in html
+    assert "script" in client.get("/search", params={"contains": "script"}).text
+    raw = client.get("/raw")
+    assert raw.headers["content-type"].startswith("application/json")
+    assert raw.json()["raw_messages"][0]["topic"] == HOSTILE_TOPIC
+
+
+def test_pages_render(client: TestClient, archive: Archive, web_bus: Bus) -> None:
+    item = event(BODHI, {"hello": "world"})
+    archive.ingest([item])
+    dead_letter(web_bus)
+    assert 'id="events"' in client.get("/").text
+    page = client.get(f"/event/{item.event.id}").text
+    assert "connector local" in page and "ce_id" in page  # the native format's wire headers
+    assert "refused" in client.get("/connectors").text
+    assert client.get("/search", params={"cursor": "garbage"}).status_code == 200
+    assert client.get("/v2/search", params={"cursor": "garbage"}).status_code == 400

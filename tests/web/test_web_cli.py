@@ -1,0 +1,134 @@
+"""``tidings web`` and ``tidings serve`` with [web], as a user runs them: real processes and signals.
+
+Until the archive's SQLite store lands, the processes get the in-memory double in its place
+(the launcher below); everything else is the real command line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clirun import ROOT, tidings
+from tests.web.conftest import free_port
+
+LAUNCHER = """
+import sys, types
+from tests.web.memory_archive import MemoryArchive
+
+class SqliteArchive(MemoryArchive):
+    def __init__(self, path):
+        super().__init__()
+
+module = types.ModuleType("tidings.archive.sqlite")
+module.SqliteArchive = SqliteArchive
+sys.modules.setdefault("tidings.archive.sqlite", module)
+sys.argv[0] = "tidings"
+from tidings.cli import main
+main()
+"""
+
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TIDINGS_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "launch.py", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read().decode())  # type: ignore[union-attr]
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
+
+
+def hold_a_stream(url: str) -> None:
+    """An open /stream, as a browser keeps one: stopping must not wait for it to end."""
+
+    def read() -> None:
+        try:
+            with httpx.stream("GET", url, timeout=30) as response:
+                for _ in response.iter_bytes():
+                    pass
+        except httpx.HTTPError:
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(0.3)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_web_serves_until_signalled(tmp_path: Path, sig: int, code: int) -> None:
+    port = free_port()
+    process = start(tmp_path, "web", "--listen", f"127.0.0.1:{port}")
+    try:
+        wait_up(f"http://127.0.0.1:{port}/raw", process)
+        assert "Live" in httpx.get(f"http://127.0.0.1:{port}/").text
+        hold_a_stream(f"http://127.0.0.1:{port}/stream")
+    finally:
+        process.send_signal(sig)
+        assert process.wait(15) == code, process.stderr.read().decode()  # type: ignore[union-attr]
+
+
+def test_serve_adds_the_page_when_web_is_configured(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "tidings.toml").write_text(f'[web]\nlisten = "127.0.0.1:{port}"\nadmin_token = "a"\n')
+    process = start(tmp_path, "serve")
+    try:
+        wait_up(f"http://127.0.0.1:{port}/connectors", process)
+        assert "local" in httpx.get(f"http://127.0.0.1:{port}/connectors").text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, process.stderr.read().decode()  # type: ignore[union-attr]
+
+
+def test_bad_listen_addresses_and_keys_are_one_line_errors(tmp_path: Path) -> None:
+    result = tidings(tmp_path, "web", "--listen", "nowhere")
+    assert result.returncode == 3
+    assert result.stderr.strip() == "tidings: error: listen address 'nowhere' is not HOST:PORT"
+    (tmp_path / "tidings.toml").write_text('[web]\nlisten = "127.0.0.1:1"\nadmin_tokn = "x"\n')
+    result = tidings(tmp_path, "web")
+    assert result.returncode == 3
+    assert "admin_tokn" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start(tmp_path, "web", "--listen", f"127.0.0.1:{port}")
+        assert process.wait(30) == 3
+        error = process.stderr.read().decode().strip()  # type: ignore[union-attr]
+    assert error.startswith(f"tidings: error: cannot listen on 127.0.0.1:{port}")
+    assert len(error.splitlines()) == 1
+
+
+def test_config_show_masks_the_tokens(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text('[web]\nread_token = "r-secret"\nadmin_token = "a-secret"\n')
+    result = tidings(tmp_path, "config", "show")
+    assert result.returncode == 0, result.stderr
+    assert "[web]" in result.stdout and "secret" not in result.stdout
+    assert 'admin_token = "***"' in result.stdout
