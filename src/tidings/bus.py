@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tidings.config import Config, load_config
+from tidings.config import Config, archives_outbox, load_config
 from tidings.consumer import App
 from tidings.dispatcher import Connector, Dispatcher
 from tidings.errors import InvalidEvent
@@ -208,6 +208,10 @@ class Bus:
         connectors = []
         for name in chosen:
             config = self.config.connectors[name]
+            if archives_outbox(self.config, name):
+                from tidings.archive.sink import ArchiveSink  # the archive is no broker: no plug-in
+
+                shared[config.transport] = ArchiveSink(self.config)
             if config.transport not in shared:
                 shared[config.transport] = self.make_transport(config.transport)
             connectors.append(
@@ -253,6 +257,11 @@ class Bus:
         tasks = [asyncio.create_task(app.run(self, stop), name=f"consumer-{app.name}") for app in consumers]
         tasks.append(asyncio.create_task(self.dispatcher().run(stop), name="dispatcher"))
         tasks += [asyncio.create_task(run(stop), name=f"beside-{n}") for n, run in enumerate(beside)]
+        archive = self.config.archive
+        if archive is not None and not archive.from_outbox():  # from the outbox: the dispatcher archives
+            from tidings.archive.ingest import run_sources
+
+            tasks.append(asyncio.create_task(run_sources(self, stop), name="archive"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -267,4 +276,5 @@ class Bus:
             self.connectors(names),
             retention=self.config.outbox.retention,
             wake_source=self.outbox,
+            holders=[name for name, c in self.config.connectors.items() if c.enabled],
         )

@@ -184,6 +184,46 @@ class WebSection(_Strict):
     admin_token: str = ""
 
 
+class ArchiveSource(_Strict):
+    """A broker queue the archive consumes: every event on it is archived, then acked."""
+
+    transport: Name
+    #: the archive's own durable queue on that broker
+    queue: Name = "tidings.archive"
+    exchange: str = "tidings"
+    bindings: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["#"])
+    #: the format its messages are in; it also reads their search fields
+    format: Name = "tidings"
+    format_options: dict[str, Any] = {}
+    prefetch: Count = 1000
+
+
+class ArchiveSection(_Strict):
+    """``[archive]``: where every event is kept, and where the events come from."""
+
+    store: Literal["sqlite", "postgresql"] = "sqlite"
+    #: the SQLite file (a bare name is under ``[bus] home``)
+    path: Name = "archive.db"
+    #: PostgreSQL's connection URL (``postgresql://user@host/db``); masked wherever it is shown
+    url: str = ""
+    #: seconds an event is kept, by its own time (0: forever)
+    retention: Seconds = 0.0
+    #: events written per transaction at most
+    batch_size: Count = 500
+    #: ``"outbox"``: this bus's own events (through the dispatcher's ``archive`` connector); or
+    #: broker queues to consume
+    sources: Literal["outbox"] | list[ArchiveSource] = msgspec.field(default="outbox", name="from")
+    #: topic pattern → format whose ``search_fields`` reads an outbox event (see tidings.archive.fields)
+    fields: dict[str, str] = {}
+
+    def from_outbox(self) -> bool:
+        return self.sources == "outbox"
+
+
+#: the connector and transport the dispatcher archives through, when ``[archive] from = "outbox"``
+ARCHIVE_CONNECTOR = "archive"
+
+
 class Config(_Strict):
     bus: BusSection = msgspec.field(default_factory=BusSection)
     outbox: OutboxSection = msgspec.field(default_factory=OutboxSection)
@@ -198,6 +238,7 @@ class Config(_Strict):
     bridges: dict[str, dict[str, Any]] = {}
     #: the page and the query API (``tidings web``; ``tidings serve`` too when present)
     web: WebSection | None = None
+    archive: ArchiveSection | None = None
     #: the folder relative paths are resolved against (not a key of the file)
     base_dir: str = "."
     #: where this config came from, for `tidings config show` (not a key of the file)
@@ -208,6 +249,9 @@ class Config(_Strict):
 
     def outbox_path(self) -> Path:
         return self.home_path() / self.outbox.path
+
+    def archive_path(self) -> Path:
+        return self._resolve(self.archive.path if self.archive else "archive.db")
 
     def transport_options(self, name: str) -> tuple[str, dict[str, Any]]:
         try:
@@ -243,7 +287,29 @@ def _with_defaults(config: Config) -> Config:
     connectors = config.connectors
     if not connectors and "local" in transports:
         connectors = {"local": ConnectorConfig(transport="local")}
+    if config.archive is not None and config.archive.from_outbox():
+        connectors = _archive_connector(config.archive, connectors)
     return msgspec.structs.replace(config, transports=transports, connectors=connectors)
+
+
+def _archive_connector(
+    section: ArchiveSection, connectors: dict[str, ConnectorConfig]
+) -> dict[str, ConnectorConfig]:
+    """The dispatcher's ``archive`` connector: the outbox's events reach the archive as they reach
+    any connector (a cursor, retries, and a purge of the outbox that waits for it). Its transport
+    is the archive itself (``tidings.archive.sink``), which the Bus builds: it is no broker."""
+    name = ARCHIVE_CONNECTOR
+    if name in connectors and connectors[name].transport != name:
+        raise ConfigError(f'[connectors.{name}] is taken by [archive] from = "outbox": rename the connector')
+    connector = ConnectorConfig(
+        transport=name, batch_size=section.batch_size, retry_schedule=[1.0, 5.0, 30.0]
+    )
+    return {**connectors, name: connector}
+
+
+def archives_outbox(config: Config, connector: str) -> bool:
+    """Whether ``connector`` is the archive's own (its transport is the archive, not a broker)."""
+    return connector == ARCHIVE_CONNECTOR and config.archive is not None and config.archive.from_outbox()
 
 
 def find_config(
@@ -322,6 +388,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
     _check_patterns(config, origin)
     _check_references(config, origin)
     _check_relays_and_rules(config, origin)
+    _check_archive(config, origin)
     for section, tables in (("bridges", config.bridges),):
         for name, table in tables.items():
             SECTIONS.attribute(section)(config, name, table, f"{origin}: [{section}.{name}]")
@@ -380,9 +447,37 @@ def _check_patterns(config: Config, origin: str) -> None:
         check(f"[consumers.{name}]", "bindings", consumer.bindings)
 
 
+def _check_archive(config: Config, origin: str) -> None:
+    section = config.archive
+    if section is None:
+        return
+    if section.store == "postgresql" and not section.url:
+        raise ConfigError(f'{origin}: [archive] store = "postgresql" needs url = "postgresql://..."')
+    for pattern, name in section.fields.items():
+        try:
+            validate_pattern(pattern)
+            format_plugin(name)
+        except (ConfigError, InvalidTopic) as exc:
+            raise ConfigError(f"{origin}: [archive] fields: {exc}") from None
+    for number, source in enumerate([] if section.from_outbox() else section.sources, 1):
+        where = f"{origin}: [archive] from, source {number}"
+        if source.transport not in config.transports:
+            raise ConfigError(f"{where} names transport {source.transport!r}, which is not configured")
+        try:
+            format_plugin(source.format).parse(source.format_options, f"{where} format_options")
+            for pattern in source.bindings:
+                validate_pattern(pattern)
+        except InvalidTopic as exc:
+            raise ConfigError(f"{where} bindings: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
 def _check_references(config: Config, origin: str) -> None:
     for section, tables in (("connectors", config.connectors), ("consumers", config.consumers)):
         for name, table in tables.items():
+            if section == "connectors" and archives_outbox(config, name):
+                continue
             if table.transport not in config.transports:
                 raise ConfigError(
                     f"{origin}: [{section}.{name}] names transport {table.transport!r}, "

@@ -93,6 +93,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         wake_source: Outbox | None = None,
+        holders: Sequence[str] | None = None,
     ) -> None:
         self.outbox = outbox
         # publishers in this process append through wake_source (the bus's outbox); the
@@ -102,6 +103,10 @@ class Dispatcher:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="tidings-dispatch-io")
         self.connectors = [c for c in connectors if c.config.enabled]
         self.retention = retention
+        #: the connectors whose cursors hold the purge: every configured one, even when this
+        #: dispatcher serves only some (``--connector``, ``tidings archive``), so that no event
+        #: is purged before each of them took it
+        self.holders = list(holders) if holders is not None else [c.name for c in self.connectors]
         self.clock, self.rng = clock, rng
         self.workers = [ConnectorWorker(self, c) for c in self.connectors]
         self._lock_fd: int | None = None
@@ -180,7 +185,9 @@ class Dispatcher:
             await self.io(self.purge)
 
     def purge(self) -> int:
-        return self.outbox.purge([c.name for c in self.connectors], self.clock() - self.retention)
+        for name in self.holders:  # one that never ran holds everything: it starts from the oldest
+            self.outbox.ensure_connector(name)
+        return self.outbox.purge(self.holders, self.clock() - self.retention)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Step every connector until none has anything due (tests, one-shot CLI runs)."""

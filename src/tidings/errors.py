@@ -88,3 +88,9 @@ class NotFound(TidingsError):
     """What a command names does not exist: a queue's dead letters, a dead letter's id."""
 
     exit_code = 4
+
+
+class InvalidQuery(TidingsError):
+    """An archive search that cannot be run: a malformed cursor, a page below 1."""
+
+    exit_code = 4

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol, runtime_checkable
 
+from tidings.archive import SearchFields
 from tidings.event import Event, dumps
 from tidings.plugins import Plugin, Registry
 from tidings.transport import WireMessage
@@ -30,6 +31,10 @@ class Format(Protocol):
 
     def decode(self, message: WireMessage) -> Event:
         """The event a wire message carries; raises DecodeError (never anything else)."""
+
+    # optional: ``search_fields(event) -> tidings.archive.SearchFields``: what this system's
+    # messages say about users, packages, containers and the agent (datagrepper's search keys),
+    # for the archive; a format without it gives none (see :func:`search_fields`)
 
 
 #: Formats that ship with tidings (each module's plug-in); entry points may add to or override these.
@@ -68,6 +73,18 @@ def wire_pattern(fmt: Format, pattern: str) -> str:
     """
     translate = getattr(fmt, "wire_pattern", None)
     return translate(pattern) if translate is not None else pattern
+
+
+def search_fields(fmt: Format, event: Event) -> SearchFields:
+    """The archive's search fields of ``event`` as ``fmt`` reads them (none if it cannot)."""
+    find = getattr(fmt, "search_fields", None)  # optional in the format protocol
+    if find is None:
+        return SearchFields()
+    try:
+        found: SearchFields = find(event)
+    except Exception:  # a body the format half recognises must not stop the archive: no fields
+        return SearchFields()
+    return found
 
 
 # -- helpers the seed formats share ------------------------------------------------------------

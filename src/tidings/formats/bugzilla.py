@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from tidings.archive import SearchFields
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, loads, pretty
 from tidings.format import json_message, stable_id
@@ -145,6 +146,32 @@ class BugzillaFormat:
             time=_time_of(event),
             visibility="public" if target in payload else "private",
         )
+
+    def search_fields(self, event: Event) -> SearchFields:
+        return bugzilla_search_fields(event)
+
+
+def bugzilla_search_fields(event: Event) -> SearchFields:
+    """The bug's product and component as packages; who acted, the assignee and the reporter as
+    users (who acted is also the agent). A private event carries no bug: only who acted."""
+    push = event.body.get("event") if isinstance(event.body.get("event"), dict) else {}
+    target = push.get("target")
+    obj = event.body.get(target) if isinstance(target, str) else None
+    bug = obj if target == "bug" else (obj or {}).get("bug") if isinstance(obj, dict) else None
+    bug = bug if isinstance(bug, dict) else {}
+    who = _login(push.get("user"))
+    users = [who, _login(bug.get("assigned_to")), _login(bug.get("reporter") or bug.get("creator"))]
+    packages = [_login(bug.get("product")), _login(bug.get("component"))]
+    return SearchFields(
+        tuple(dict.fromkeys(u for u in users if u)), tuple(dict.fromkeys(p for p in packages if p)), (), who
+    )
+
+
+def _login(value: Any) -> str | None:
+    """A user or product as Bugzilla serialises it: a string, or an object with login or name."""
+    if isinstance(value, dict):
+        value = value.get("login") or value.get("name")
+    return value if isinstance(value, str) and value else None
 
 
 def _time_of(event: dict[str, Any]) -> datetime | None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from tidings.archive import SearchFields
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, loads
 from tidings.plugins import Plugin, Settings
@@ -79,6 +80,17 @@ class LavaFormat:
             headers={"username": username},
             id=event_id,
             time=parse_lava_time(stamp),
+        )
+
+    def search_fields(self, event: Event) -> SearchFields:
+        """The device type as a package (what a LAVA dashboard filters by), the job's submitter
+        as a user, the device (hostname) as the agent."""
+        device_type, submitter = event.body.get("device_type"), event.body.get("submitter")
+        device = event.body.get("device") or event.body.get("hostname")
+        return SearchFields(
+            users=(submitter,) if isinstance(submitter, str) and submitter else (),
+            packages=(device_type,) if isinstance(device_type, str) and device_type else (),
+            agent=device if isinstance(device, str) and device else None,
         )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tidings.archive import SearchFields
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, dumps, loads
 from tidings.format import stable_id
@@ -230,6 +231,18 @@ class TaskclusterFormat:
             headers=headers,
             id=message.message_id or stable_id(message, _ID_NAMESPACE, exchange, *message.cc),
             time=message.timestamp,
+        )
+
+    def search_fields(self, event: Event) -> SearchFields:
+        """The task group as a container (task messages carry it in ``status``; a resolved
+        group at the top level); the worker that ran it as the agent."""
+        status = event.body.get("status")
+        status = status if isinstance(status, dict) else {}
+        group = status.get("taskGroupId") or event.body.get("taskGroupId")
+        worker = event.body.get("workerId")
+        return SearchFields(
+            containers=(group,) if isinstance(group, str) and group else (),
+            agent=worker if isinstance(worker, str) and worker else None,
         )
 
 

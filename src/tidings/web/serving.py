@@ -8,7 +8,6 @@ import importlib
 import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import uvicorn
 
@@ -20,8 +19,6 @@ from tidings.web import create_app
 
 #: seconds requests in flight get once the server stops
 GRACE = 2
-#: where the default store keeps the archive, under [bus] home
-ARCHIVE_FILE = "archive.db"
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -33,16 +30,10 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def open_archive(bus: Bus) -> Archive:
-    """The archive the page reads: the SQLite store under ``[bus] home``.
-
-    The one place that picks the store, so that ``[archive]`` in the config (when it lands)
-    changes only this function.
-    """
-    try:
-        module = importlib.import_module("tidings.archive.sqlite")
-    except ImportError as exc:
-        raise ConfigError(f"the archive's SQLite store is not available: {exc}") from None
-    store: Archive = module.SqliteArchive(Path(bus.config.home_path(), ARCHIVE_FILE))
+    """The archive the page reads: the store ``[archive]`` configures (SQLite under ``[bus] home``
+    without one): the one place that picks it."""
+    stores = importlib.import_module("tidings.archive.stores")
+    store: Archive = stores.open_archive(bus.config)
     return store
 
 

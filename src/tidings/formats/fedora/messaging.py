@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from tidings.archive import SearchFields
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, JSONScalar, dumps, loads
 from tidings.format import stable_id
@@ -205,6 +206,41 @@ class FedoraMessagingFormat:
             id=message.message_id or stable_id(message, _ID_NAMESPACE),
             time=_sent_at(headers, message),
         )
+
+    def search_fields(self, event: Event) -> SearchFields:
+        """datagrepper's fields: the installed message class's, else the filter headers."""
+        return fedora_search_fields(event)
+
+
+def fedora_search_fields(event: Event) -> SearchFields:
+    """The message class's ``usernames``, ``packages``, ``containers`` and ``agent_name`` when its
+    package is installed (what datagrepper stores), together with what the sender put in the filter
+    headers (``fedora_messaging_user_alice``: fedora-messaging writes one per username, package and
+    container, so a message whose class is not installed, or is ``base.message``, still has them);
+    the agent falls back on the body's ``agent``."""
+    found: dict[str, list[str]] = {"user": [], "rpm": [], "container": []}
+    for key in event.headers:
+        kind, _, name = key.removeprefix("fedora_messaging_").partition("_")
+        if key.startswith("fedora_messaging_") and kind in found and name:
+            found[kind].append(name)
+    agent = event.body.get("agent")
+    agent = agent if isinstance(agent, str) and agent else None
+    cls = message_class(event.type or BASE_SCHEMA)
+    if cls is not None:
+        try:
+            message = cls(body=event.body, topic=event.topic, headers=dict(event.headers))
+            found["user"] += list(message.usernames or ())
+            found["rpm"] += list(message.packages or ())
+            found["container"] += list(getattr(message, "containers", None) or ())
+            named = getattr(message, "agent_name", None)
+            agent = named if isinstance(named, str) and named else agent
+        except Exception:  # a class whose properties need fields this body lacks: the headers
+            pass
+    return SearchFields(_names(found["user"]), _names(found["rpm"]), _names(found["container"]), agent)
+
+
+def _names(values: Any) -> tuple[str, ...]:
+    return tuple(sorted({str(v) for v in values or () if v}))
 
 
 #: topic prefixes Fedora's and CentOS's brokers use: ``<org>.<environment>.<application>.<...>``
