@@ -90,7 +90,8 @@ class NotFound(TidingsError):
     exit_code = 4
 
 
-class InvalidQuery(TidingsError):
-    """An archive search that cannot be run: a malformed cursor, a page below 1."""
+class InvalidQuery(TidingsError, ValueError):
+    """An archive search that cannot be run: a malformed cursor, a page below 1 (a ValueError
+    too: what the query API answers with a 400)."""
 
     exit_code = 4

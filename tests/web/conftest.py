@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import uvicorn
 
+from tests.archive.conftest import pg_schema  # noqa: F401 - the fixture, for the PostgreSQL store
 from tests.conftest import embedded_config
 from tests.web.memory_archive import MemoryArchive
 from tidings.archive import Archive
@@ -23,10 +24,21 @@ READ_TOKEN = "read-token-for-tests"
 ADMIN_TOKEN = "admin-token-for-tests"
 
 
-@pytest.fixture
-def archive() -> Iterator[Archive]:
-    """The store the app reads; switch it to tidings.archive.sqlite.SqliteArchive here."""
-    store = MemoryArchive()
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
+    """The store the app reads: the reference in memory, and the real stores (tests/archive)."""
+    store: Archive
+    if request.param == "memory":
+        store = MemoryArchive()
+    elif request.param == "sqlite":
+        from tidings.archive.sqlite import SqliteArchive
+
+        store = SqliteArchive(tmp_path / "archive.db")
+    else:
+        from tests.archive.conftest import PG_URL
+        from tidings.archive.postgres import PostgresArchive
+
+        store = PostgresArchive(PG_URL, schema=request.getfixturevalue("pg_schema"))
     yield store
     store.close()
 
