@@ -14,7 +14,6 @@ import uvicorn
 
 from tests.archive.conftest import pg_schema  # noqa: F401 - the fixture, for the PostgreSQL store
 from tests.conftest import embedded_config
-from tests.web.memory_archive import MemoryArchive
 from tidings.archive import Archive
 from tidings.bus import Bus
 from tidings.config import ConsumerConfig, WebSection
@@ -24,13 +23,11 @@ READ_TOKEN = "read-token-for-tests"
 ADMIN_TOKEN = "admin-token-for-tests"
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
-    """The store the app reads: the reference in memory, and the real stores (tests/archive)."""
+    """The store the app reads: each real store (tests/archive)."""
     store: Archive
-    if request.param == "memory":
-        store = MemoryArchive()
-    elif request.param == "sqlite":
+    if request.param == "sqlite":
         from tidings.archive.sqlite import SqliteArchive
 
         store = SqliteArchive(tmp_path / "archive.db")

@@ -1,7 +1,6 @@
 """``tidings web`` and ``tidings serve`` with [web], as a user runs them: real processes and signals.
 
-Until the archive's SQLite store lands, the processes get the in-memory double in its place
-(the launcher below); everything else is the real command line.
+The processes read the real SQLite archive under the folder's .tidings/.
 """
 
 from __future__ import annotations
@@ -21,29 +20,12 @@ import pytest
 from tests.clirun import ROOT, tidings
 from tests.web.conftest import free_port
 
-LAUNCHER = """
-import sys, types
-from tests.web.memory_archive import MemoryArchive
-
-class SqliteArchive(MemoryArchive):
-    def __init__(self, path):
-        super().__init__()
-
-module = types.ModuleType("tidings.archive.sqlite")
-module.SqliteArchive = SqliteArchive
-sys.modules.setdefault("tidings.archive.sqlite", module)
-sys.argv[0] = "tidings"
-from tidings.cli import main
-main()
-"""
-
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    (tmp_path / "launch.py").write_text(LAUNCHER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TIDINGS_CONFIG", None)
     return subprocess.Popen(
-        [sys.executable, "launch.py", *args],
+        [sys.executable, "-m", "tidings", *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
