@@ -1,11 +1,15 @@
-"""Replays: read past events (a JSON-lines file or the outbox), choose, transform, publish again.
+"""Replays: read past events (a JSON-lines file, the outbox, the archive), choose, send again.
 
-A replay publishes *new* events (new ids) through the outbox, so every
-connector delivers them with the usual guarantees. Sources:
+Two ways. A transform (``same``, CKI's ``cki-needs-triage``) makes *new* events (new ids) that
+are published through the outbox, so every connector delivers them with the usual guarantees.
+Or, from the archive, :func:`send_again` sends the *same* events — their ids kept, so an inbox
+drops what its consumer already handled, and a header saying when they were replayed — straight
+to the connectors (the outbox stores an id once, so it could not take them again). Sources:
 
 * a JSON-lines file whose lines are tidings events (``Event.to_json``), as
-  ``tidings tail --json`` and the archive write them;
-* the outbox's own history (what it still holds, see ``[outbox] retention``).
+  ``tidings tail --json`` writes them;
+* the outbox's own history (what it still holds, see ``[outbox] retention``);
+* the archive (:func:`from_archive`: by ids, or everything a query finds).
 
 Transforms turn a stream of past events into the events to send, e.g.
 :func:`tidings.formats.cki.needs_triage` for CKI's "re-triage the last two weeks".
@@ -13,15 +17,19 @@ Transforms turn a stream of past events into the events to send, e.g.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from tidings.archive import Archive, Query
 from tidings.bus import Bus
-from tidings.errors import InvalidEvent
+from tidings.dispatcher import Connector
+from tidings.errors import InvalidEvent, NotFound
 from tidings.event import Event, utcnow
 from tidings.plugins import Registry
 from tidings.topics import topic_matches
+from tidings.transport import Outcome
 
 BATCH = 500
 #: transforms by name: ``same`` here, more from the ``tidings.transforms`` entry points (the CKI
@@ -94,3 +102,80 @@ def _flush(bus: Bus, batch: list[Event], dry_run: bool, progress: Callable[[int]
 
 def since_days(days: float) -> datetime:
     return utcnow() - timedelta(days=days)
+
+
+# -- from the archive, keeping ids ---------------------------------------------------------------
+
+#: a replayed event's header: when it was replayed (an event that comes back says so)
+REPLAY_HEADER = "x-tidings-replayed-at"
+
+
+def from_archive(archive: Archive, query: Query, ids: Sequence[str] = ()) -> Iterator[Event]:
+    """The archived events with these ids, or every one ``query`` finds, oldest first."""
+    if ids:
+        for event_id in ids:
+            found = archive.get(event_id, include_private=True)
+            if found is None:
+                raise NotFound(f"no event {event_id!r} in the archive")
+            yield found.event
+        return
+    cursor: str | None = None
+    while True:
+        page = archive.search(query, limit=BATCH, cursor=cursor, order="asc")
+        yield from (archived.event for archived in page.items)
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def marked(event: Event, at: datetime | None = None) -> Event:
+    """``event`` as a replay: the same id (an inbox drops what it already handled), one header more."""
+    moment = (at or utcnow()).isoformat()
+    return dataclasses.replace(event, headers={**event.headers, REPLAY_HEADER: moment})
+
+
+async def send_again(
+    bus: Bus,
+    events: Iterable[Event],
+    connectors: Sequence[str] | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Send ``events`` straight to connectors (not through the outbox: its ids are stored once),
+    each where its topics take it; (delivered, not delivered) per connector."""
+    chosen = bus.connectors(connectors)
+    counts = {c.name: (0, 0) for c in chosen}
+    for transport in {id(c.transport): c.transport for c in chosen}.values():
+        await transport.connect()
+    try:
+        batch: list[Event] = []
+        for event in events:
+            batch.append(event)
+            if len(batch) >= BATCH:
+                await _send_batch(chosen, batch, counts, progress)
+        await _send_batch(chosen, batch, counts, progress)
+    finally:
+        for transport in {id(c.transport): c.transport for c in chosen}.values():
+            await transport.close()
+    return counts
+
+
+async def _send_batch(
+    connectors: Sequence[Connector],
+    batch: list[Event],
+    counts: dict[str, tuple[int, int]],
+    progress: Callable[[int], None] | None,
+) -> None:
+    for connector in connectors:
+        wanted = [event for event in batch if connector.wants(event.topic)]
+        if not wanted:
+            continue
+        results = await connector.transport.send(
+            connector.config.exchange, [connector.format.encode(event) for event in wanted]
+        )
+        delivered = sum(result.outcome is Outcome.DELIVERED for result in results)
+        sent, failed = counts[connector.name]
+        counts[connector.name] = (sent + delivered, failed + len(wanted) - delivered)
+    if progress is not None:
+        progress(len(batch))
+    batch.clear()

@@ -117,7 +117,7 @@ def setup_logging(level: str, *, verbose: bool = False) -> None:
 
 def register_commands() -> None:
     """Import the modules whose commands join ``app`` (the command line's, and its docs')."""
-    from tidings.cli import archive, commands, config_cmd, dead, ops, relaying, web  # noqa: F401
+    from tidings.cli import archive, commands, config_cmd, dead, ops, relaying, replay_cmd, web  # noqa: F401
     from tidings.formats.fedora import cli  # noqa: F401 - `tidings bridge` lives with the fedmsg bridge
 
 

@@ -1,0 +1,66 @@
+"""`tidings replay` from the archive: the same events (ids kept, marked as replayed), straight to
+the connectors; a transform makes new events through the outbox instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from tests.clirun import tidings
+
+CONFIG = """
+[transports.local]
+kind = "embedded"
+
+[transports.copy]
+kind = "file"
+path = "copy.jsonl"
+
+[connectors.copy]
+transport = "copy"
+
+[archive]
+"""
+
+
+def copied(root: Path) -> list[dict]:
+    path = root / ".tidings" / "copy.jsonl"
+    return [orjson.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_archived_events_are_sent_again_with_their_ids_to_the_connectors_asked(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(CONFIG)
+    ids = [
+        tidings(tmp_path, "publish", topic, "--body", '{"n": 1}').stdout.strip()
+        for topic in ("a.x", "b.y", "b.z")
+    ]
+    assert tidings(tmp_path, "dispatch", "--once").returncode == 0  # delivered, and archived
+    assert [line["message_id"] for line in copied(tmp_path)] == ids
+    (tmp_path / ".tidings" / "copy.jsonl").unlink()
+
+    one = tidings(tmp_path, "replay", "--id", ids[0], "--to", "copy")
+    assert one.returncode == 0, one.stderr
+    assert "copy: sent 1 of 1 (ids kept)" in one.stdout
+    [again] = copied(tmp_path)
+    assert again["message_id"] == ids[0] and "x-tidings-replayed-at" in str(again)
+
+    dry = tidings(tmp_path, "replay", "--from-archive", "--topic", "b.#", "--days", "1", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert [line.split()[0] for line in dry.stdout.splitlines()[:-1]] == ids[1:]
+    assert len(copied(tmp_path)) == 1  # a dry run sends nothing
+
+    both = tidings(tmp_path, "replay", "--from-archive", "--topic", "b.#", "--days", "1", "--to", "copy")
+    assert both.returncode == 0, both.stderr
+    assert [line["message_id"] for line in copied(tmp_path)] == [ids[0], *ids[1:]]
+
+
+def test_replay_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(CONFIG)
+    missing = tidings(tmp_path, "replay", "--id", "no-such-id", "--to", "copy")
+    assert missing.returncode == 4 and missing.stderr.count("\n") == 1
+    assert "no event 'no-such-id' in the archive" in missing.stderr
+    unknown = tidings(tmp_path, "replay", "--from-archive", "--to", "nowhere")
+    assert unknown.returncode == 3 and "no connector named 'nowhere'" in unknown.stderr
+    mixed = tidings(tmp_path, "replay", "--to", "copy")
+    assert mixed.returncode == 2 and "--from-archive" in mixed.stderr
