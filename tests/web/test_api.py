@@ -269,3 +269,28 @@ def test_pages_render(client: TestClient, archive: Archive, web_bus: Bus) -> Non
     assert "refused" in client.get("/connectors").text
     assert client.get("/search", params={"cursor": "garbage"}).status_code == 200
     assert client.get("/v2/search", params={"cursor": "garbage"}).status_code == 400
+
+
+async def test_replay_from_the_event_page_needs_the_admin_token(
+    client: TestClient, web_bus: Bus, archive: Archive
+) -> None:
+    from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology
+
+    item = event("datawarehouse.checkout.new", {"n": 1})
+    archive.ingest([item])
+    transport = web_bus.make_transport("local")
+    await transport.connect()
+    await transport.declare(
+        Topology([ExchangeSpec("tidings")], [QueueSpec("watch", [Binding("tidings", "#")])])
+    )
+    client.get(f"/event/{item.event.id}")
+    csrf = client.cookies["tidings_csrf"]
+    url = f"/event/{item.event.id}/replay"
+    assert client.post(url, data={"csrf": csrf}).status_code == 403
+    assert client.post(url, data={"csrf": csrf}, headers=bearer(READ_TOKEN)).status_code == 403
+    assert client.post(url, data={}, headers=bearer(ADMIN_TOKEN)).status_code == 403
+    assert await transport.queue_depth("watch") == 0  # type: ignore[attr-defined]
+    done = client.post(url, data={"csrf": csrf}, headers=bearer(ADMIN_TOKEN))
+    assert done.status_code == 200 and "local: sent 1 of 1" in done.text
+    assert await transport.queue_depth("watch") == 1  # type: ignore[attr-defined]
+    await transport.close()

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from tidings.archive import Archive
 from tidings.bus import Bus
+from tidings.errors import TidingsError
 from tidings.event import pretty
 from tidings.web import ops
 from tidings.web import query as q
@@ -119,7 +120,7 @@ async def admin_form(request: Request) -> dict[str, list[str]] | Response:
     if not csrf_ok(request, (fields.get("csrf") or [""])[0]):
         return refused(request, "This form is stale or came from another site (CSRF check failed).")
     if role_of(request) < Role.ADMIN:
-        return refused(request, "Retrying and dropping need the admin token: log in first.")
+        return refused(request, "Retrying, dropping and replaying need the admin token: log in first.")
     return fields
 
 
@@ -143,6 +144,31 @@ async def connector_action(request: Request) -> Response:
         table = "backlog" if (fields.get("table") or ["dead"])[0] == "backlog" else "dead"
         await run_in_threadpool(lambda: bus.outbox.drop(name, table, seqs))
     return RedirectResponse(f"/connectors#connector-{name}", status_code=303)
+
+
+async def replay_event(request: Request) -> Response:
+    """Send one archived event again to the connectors (ids kept, marked as replayed): admin only."""
+    from tidings.replay import marked, send_again
+
+    fields = await admin_form(request)
+    if isinstance(fields, Response):
+        return fields
+    bus, event_id = _bus(request), request.path_params["event_id"]
+    found = await run_in_threadpool(lambda: _archive(request).get(event_id, include_private=True))
+    if found is None:
+        return render(request, "error.html", 404, message=f"No event {event_id}.")
+    chosen = [name for name in fields.get("connector", []) if name in bus.config.connectors] or None
+    try:
+        counts = await send_again(bus, [marked(found.event)], chosen)
+    except TidingsError as exc:
+        return render(request, "error.html", 502, message=f"The replay failed: {exc}")
+    said = "; ".join(f"{name}: sent {sent} of {sent + failed}" for name, (sent, failed) in counts.items())
+    return render(
+        request,
+        "error.html",
+        200,
+        message=f"Replayed {event_id} (id kept). {said or 'No connector takes it.'}",
+    )
 
 
 async def login(request: Request) -> Response:
@@ -176,6 +202,7 @@ ROUTES = [
     Route("/event/{event_id}", event),
     Route("/connectors", connectors),
     Route("/connectors/{name}/{action:str}", connector_action, methods=["POST"]),
+    Route("/event/{event_id}/replay", replay_event, methods=["POST"]),
     Route("/consumers", consumers),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),
