@@ -262,6 +262,8 @@ class Config(_Strict):
         kind = options.pop("kind", None)
         if not isinstance(kind, str):
             raise ConfigError(f'[transports.{name}] needs kind = "embedded" | "amqp" | ...')
+        if kind == "embedded":  # its file is under home, beside the outbox, wherever the command runs
+            options.setdefault("path", "broker.db")
         for key in ("path", "ca_file", "cert_file", "key_file"):
             if isinstance(options.get(key), str):
                 options[key] = str(self._resolve(options[key]))

@@ -25,7 +25,7 @@ from pathlib import Path
 from tidings.archive import Archive, Query
 from tidings.bus import Bus
 from tidings.dispatcher import Connector
-from tidings.errors import InvalidEvent, NotFound
+from tidings.errors import ConfigError, InvalidEvent, NotFound
 from tidings.event import Event, utcnow
 from tidings.plugins import Registry
 from tidings.topics import topic_matches
@@ -179,3 +179,40 @@ async def _send_batch(
     if progress is not None:
         progress(len(batch))
     batch.clear()
+
+
+async def send_to_queue(
+    bus: Bus,
+    events: Iterable[Event],
+    transport_name: str,
+    queue: str,
+    format_name: str = "tidings",
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Put ``events`` on one consumer's queue alone; (delivered, not delivered).
+
+    Only a transport that can address one queue offers ``enqueue`` (the embedded broker and
+    RabbitMQ); on Kafka a queue is its consumer group's reading of shared topics.
+    """
+    transport = bus.make_transport(transport_name)
+    enqueue = getattr(transport, "enqueue", None)  # optional in the transport protocol
+    if enqueue is None:
+        raise ConfigError(
+            f"the {transport.kind} transport cannot put events on one queue; replay --to a connector"
+        )
+    fmt = bus.make_format(format_name)
+    delivered = failed = 0
+    await transport.connect()
+    try:
+        batch = list(events)
+        for start in range(0, len(batch), BATCH):
+            chunk = batch[start : start + BATCH]
+            results = await enqueue(queue, [fmt.encode(event) for event in chunk])
+            ok = sum(result.outcome is Outcome.DELIVERED for result in results)
+            delivered, failed = delivered + ok, failed + len(chunk) - ok
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        await transport.close()
+    return delivered, failed

@@ -3,11 +3,17 @@ the connectors; a transform makes new events through the outbox instead."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.clirun import tidings
+from tests.conftest import delete_amqp_topology, require_service
+from tests.faults.rig import RABBIT, queue_depth
+from tidings import App, Bus
+from tidings.config import load_config
 
 CONFIG = """
 [transports.local]
@@ -64,3 +70,58 @@ def test_replay_errors_are_one_line(tmp_path: Path) -> None:
     assert unknown.returncode == 3 and "no connector named 'nowhere'" in unknown.stderr
     mixed = tidings(tmp_path, "replay", "--to", "copy")
     assert mixed.returncode == 2 and "--from-archive" in mixed.stderr
+
+
+@pytest.mark.parametrize("kind", ["embedded", "amqp"])
+async def test_an_archived_event_goes_to_one_consumers_queue_alone(tmp_path: Path, kind: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    transport = (
+        '[transports.q]\nkind = "embedded"\n'
+        if kind == "embedded"
+        else (f'[transports.q]\nkind = "amqp"\nurl = "{RABBIT}"\n')
+    )
+    if kind == "amqp":
+        require_service("127.0.0.1", 5672, "RabbitMQ")
+    (tmp_path / "tidings.toml").write_text(
+        CONFIG
+        + transport
+        + f'[consumers.triage]\ntransport = "q"\nqueue = "triage-{tag}"\nbindings = ["a.#"]\n'
+    )
+    event_id = tidings(tmp_path, "publish", "a.x", "--body", "{}").stdout.strip()
+    assert tidings(tmp_path, "dispatch", "--once").returncode == 0
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    consumer = App.from_config(bus, "triage")
+    await consumer.declare(bus)
+    queue = bus.make_transport("q")
+    await queue.connect()
+    try:
+        before = await depth(queue, kind, f"triage-{tag}")
+        done = tidings(tmp_path, "replay", "--id", event_id, "--to-queue", "triage")
+        assert done.returncode == 0, done.stderr
+        assert f"queue triage-{tag}: sent 1 of 1 (ids kept)" in done.stdout
+        assert await depth(queue, kind, f"triage-{tag}") == before + 1
+        [delivery] = [d async for d in _take(queue, consumer, 1)]
+        got = consumer.format().decode(delivery.message)
+        assert (got.id, got.topic) == (event_id, "a.x") and "x-tidings-replayed-at" in got.headers
+    finally:
+        await queue.close()
+        bus.close()
+        if kind == "amqp":
+            await delete_amqp_topology(RABBIT, [f"triage-{tag}", f"triage-{tag}.dead"], [])
+
+
+async def depth(transport: object, kind: str, queue: str) -> int:
+    if kind == "amqp":
+        return await queue_depth(RABBIT, queue)
+    return await transport.queue_depth(queue)  # type: ignore[attr-defined,no-any-return]
+
+
+async def _take(transport: object, consumer: App, count: int):  # type: ignore[no-untyped-def]
+    stream = transport.consume(consumer.queue_spec(), prefetch=count)  # type: ignore[attr-defined]
+    taken = 0
+    async for delivery in stream:
+        yield delivery
+        taken += 1
+        if taken >= count:
+            break
+    await stream.aclose()

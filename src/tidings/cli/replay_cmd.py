@@ -47,6 +47,15 @@ def replay(
             "--to", metavar="CONNECTOR", help="Archive: send to these connectors (default: every one)."
         ),
     ] = [],  # noqa: B006
+    to_queue: Annotated[
+        str | None,
+        typer.Option(
+            "--to-queue",
+            metavar="QUEUE",
+            help="Archive: put the events on this consumer's queue alone ([consumers.NAME] or a queue "
+            "on the default transport; embedded and RabbitMQ).",
+        ),
+    ] = None,
     transform: Annotated[
         str,
         typer.Option(
@@ -97,6 +106,7 @@ def replay(
             make if transform != "same" else None,
             to,
             dry_run,
+            to_queue,
         )
         return
     if to or user or package:
@@ -120,6 +130,7 @@ def _from_archive(
     make: Callable[[Iterable[Event]], Iterable[Event]] | None,
     to: list[str],
     dry_run: bool,
+    to_queue: str | None = None,
 ) -> None:
     from tidings import replay as replaying
     from tidings.archive.stores import open_archive
@@ -145,11 +156,30 @@ def _from_archive(
             f"would send {len(events)} archived event(s), ids kept, to {', '.join(to) or 'every connector'}"
         )
         return
+    if to_queue is not None:
+        _to_queue(bus, events, to_queue)
+        return
     with bar(len(events), "sending") as advance:
         counts = asyncio.run(replaying.send_again(bus, events, to or None, progress=advance))
     for name, (delivered, failed) in counts.items():
         out.print(f"{name}: sent {delivered} of {delivered + failed} (ids kept)", highlight=False)
     if any(failed for _, failed in counts.values()):
+        raise TransportError("some replayed events were not taken; run the replay again for them")
+
+
+def _to_queue(bus: Bus, events: list[Event], name: str) -> None:
+    from tidings import replay as replaying
+    from tidings.cli.dead import find_target
+
+    target = find_target(bus, name, None)
+    section = bus.config.consumers.get(name)
+    fmt = section.format if section is not None else "tidings"
+    with bar(len(events), "sending") as advance:
+        sent, failed = asyncio.run(
+            replaying.send_to_queue(bus, events, target.transport, target.queue, fmt, progress=advance)
+        )
+    out.print(f"queue {target.queue}: sent {sent} of {sent + failed} (ids kept)", highlight=False)
+    if failed:
         raise TransportError("some replayed events were not taken; run the replay again for them")
 
 

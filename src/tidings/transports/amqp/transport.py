@@ -364,6 +364,29 @@ class AmqpTransport:
         """Queues, bindings and permissions the topology needs, checked without creating anything."""
         return await verify(self, topology, self.management_url)
 
+    async def enqueue(self, queue: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        """``messages`` into ``queue`` alone (the default exchange), confirmed; their topics kept.
+
+        An operator's replay to one consumer's queue (``tidings replay --to-queue``): the
+        consumer reads the topic from the routing-key header, as after a retry.
+        """
+        from dataclasses import replace
+
+        from tidings.transports.amqp.consume import ROUTING_KEY_HEADER
+        from tidings.transports.textheaders import to_text
+
+        direct = [
+            replace(
+                m,
+                headers=to_text({**m.headers, ROUTING_KEY_HEADER: m.routing_key}),
+                routing_key=queue,
+                exchange="",
+                cc=[],
+            )
+            for m in messages
+        ]
+        return await self.send("", direct)
+
     def dead_letters(self) -> AmqpDeadLetters:
         """Consumers' dead letters for an operator (``tidings dead``; :mod:`.dead`)."""
         from tidings.transports.amqp.dead import AmqpDeadLetters

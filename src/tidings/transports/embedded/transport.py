@@ -296,6 +296,20 @@ class EmbeddedTransport:
         count: int = await self.read(lambda db: db.execute(sql, (queue,)).fetchone()[0])
         return count
 
+    async def enqueue(self, queue: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        """``messages`` into ``queue`` alone, in one commit (an operator's replay to one consumer)."""
+
+        def put(db: sqlite3.Connection) -> list[SendResult]:
+            if not db.execute("SELECT 1 FROM queues WHERE name = ?", (queue,)).fetchone():
+                raise TransportError(f"queue {queue!r} does not exist on the embedded broker")
+            routed = [([queue], store.encode_meta(m, m.exchange or ""), m.body) for m in messages]
+            store.insert(db, time.time(), routed)
+            return [DELIVERED] * len(messages)
+
+        results: list[SendResult] = await self.commit(put)
+        self.doorbell.ring()
+        return results
+
     def dead_letters(self) -> EmbeddedDeadLetters:
         """Consumers' dead letters for an operator (``tidings dead``; :mod:`.dead`)."""
         from tidings.transports.embedded.dead import EmbeddedDeadLetters
