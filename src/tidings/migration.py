@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidings.event import Event
@@ -124,3 +124,26 @@ class Sightings:
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+
+@dataclass
+class MissingCheck:
+    """Ids seen on each side of a bridge or relay; those seen on one side only after a grace period."""
+
+    grace: float = 30.0
+    seen: dict[str, dict[str, float]] = field(default_factory=lambda: {"a": {}, "b": {}})
+
+    def saw(self, side: str, event_id: str, at: float) -> None:
+        self.seen[side].setdefault(event_id, at)
+
+    def missing(self, now: float) -> dict[str, list[str]]:
+        """{"a": ids only side a has had for longer than the grace, "b": likewise}."""
+        a, b = self.seen["a"], self.seen["b"]
+        return {
+            "a": sorted(i for i, t in a.items() if i not in b and now - t > self.grace),
+            "b": sorted(i for i, t in b.items() if i not in a and now - t > self.grace),
+        }
+
+    def saw_all(self, side: str, ids: Iterable[str], at: float) -> None:
+        for event_id in ids:
+            self.saw(side, event_id, at)

@@ -14,9 +14,11 @@ id, and the outbox stores an id once, so a relay never re-publishes what is alre
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import string
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,7 +28,7 @@ from tidings.errors import ConfigError
 from tidings.event import Event
 from tidings.filters import Predicate, compile_filter
 from tidings.handling import Reject
-from tidings.migration import Sightings
+from tidings.migration import MissingCheck, Sightings
 
 if TYPE_CHECKING:
     from tidings.bus import Bus
@@ -135,3 +137,48 @@ def _template(template: str, where: str) -> str:
 
 def _all(event: Any) -> bool:
     return True
+
+
+async def verify_missing(relay: Relay, duration: float, grace: float) -> dict[str, list[str]]:
+    """Watch both sides of ``relay`` for ``duration`` seconds: the ids that passed its filter on
+    the old bus but never arrived on the new one (``"old"``), and the copies on the new bus never
+    seen on the old one (``"new"``), once ``grace`` seconds have passed for each.
+
+    Each side is watched with a queue of its own (``tidings.verify.relay.NAME`` on the input,
+    ``tidings.verify.relay.NAME.watch`` on the new bus; on RabbitMQ they expire a minute after
+    the check), so the relay's own queue is not touched; the new bus is the relay's ``watch``.
+    """
+    if not relay.config.watch:
+        raise ConfigError(f"[relays.{relay.name}] needs watch = {{...}} (the new bus) for --verify-missing")
+    check = MissingCheck(grace=grace)
+    stop = asyncio.Event()
+    old = _watcher(relay, msgspec.structs.asdict(relay.config), "", lambda e: _old_side(relay, check, e))
+    new = _watcher(relay, dict(relay.config.watch), ".watch", lambda e: _new_side(relay, check, e))
+    for app in (old, new):
+        await app.declare(relay.bus)
+    tasks = [asyncio.create_task(app.run(relay.bus, stop)) for app in (old, new)]
+    await asyncio.sleep(duration)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    missing = check.missing(time.monotonic() + grace)  # everything watched has had its grace
+    return {"old": missing["a"], "new": missing["b"]}
+
+
+def _watcher(relay: Relay, section: dict[str, Any], suffix: str, saw: Any) -> App:
+    name = f"tidings.verify.relay.{relay.name}{suffix}"
+    kept = {
+        key: section[key] for key in ("transport", "exchange", "format", "format_options") if key in section
+    }
+    app = App(name, queue=name, queue_arguments={"x-expires": 60_000}, **kept)
+    app.add_handler(section.get("bindings") or ["#"], saw)
+    return app
+
+
+def _old_side(relay: Relay, check: MissingCheck, event: Event) -> None:
+    if relay.name not in hops_of(event) and relay.passes(event):
+        check.saw("a", event.id, time.monotonic())
+
+
+def _new_side(relay: Relay, check: MissingCheck, event: Event) -> None:
+    if relay.name in hops_of(event):  # a copy this relay made
+        check.saw("b", event.id, time.monotonic())

@@ -402,3 +402,42 @@ async def test_a_rule_can_be_a_python_callable(tmp_path: Path, monkeypatch: pyte
 
     await react(bus, [job(1), job(2), job(3)], lambda: len(labhooks.seen) >= 2)
     assert sorted(labhooks.seen) == [2, 3]
+
+
+async def test_verify_missing_lists_what_passed_but_never_arrived(tmp_path: Path) -> None:
+    from tidings.relay import verify_missing
+
+    (tmp_path / "tidings.toml").write_text(
+        '[connectors.local]\ntransport = "local"\nexchange = "new"\n'
+        '[relays.up]\nexchange = "old"\nbindings = ["a.#"]\n'
+        'filter = { field = "data.keep", equals = true }\n'
+        'watch = { exchange = "new", bindings = ["a.#"] }\n'
+    )
+    from tidings.config import load_config
+
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    relaying = Relay(bus, "up")
+    transport, fmt = bus.make_transport("local"), bus.make_format("tidings")
+    await transport.connect()
+
+    async def round_trip(dispatching: bool) -> tuple[list[Event], dict[str, list[str]]]:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(relaying.app().run(bus, stop))]
+        if dispatching:
+            tasks.append(asyncio.create_task(bus.dispatcher().run(stop)))
+        checking = asyncio.create_task(verify_missing(relaying, 3.0, 0.5))
+        await asyncio.sleep(1.0)  # the verification's queues are bound
+        sent = [Event.create("a.b", {"keep": n % 2 == 0}) for n in range(6)]
+        await transport.send("old", [fmt.encode(e) for e in sent])
+        missing = await checking
+        stop.set()
+        await asyncio.gather(*tasks)
+        return sent, missing
+
+    sent, missing = await round_trip(dispatching=True)
+    assert missing == {"old": [], "new": []}
+    sent, missing = await round_trip(dispatching=False)  # nothing carries the copies to the new bus
+    assert missing["old"] == sorted(e.id for e in sent if e.body["keep"]) and missing["new"] == []
+    await transport.close()
+    relaying.sightings.close()
+    bus.close()

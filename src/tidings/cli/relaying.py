@@ -13,11 +13,25 @@ from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, JsonOpt, LogOpt, VerboseOpt, load_bus, out, until_signalled
 from tidings.consumer import App
 from tidings.errors import ConfigError
+from tidings.relay import Relay
 
 
 @app.command()
 def relay(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The [relays.NAME] section of the config.")],
+    verify_missing: Annotated[
+        float,
+        typer.Option(
+            "--verify-missing",
+            metavar="SECONDS",
+            help="Do not relay: watch both buses (the input and watch = {...}) this long and list the "
+            "ids that passed the filter but never arrived, and copies never seen at the input "
+            "(exit 6 if any).",
+        ),
+    ] = 0.0,
+    grace: Annotated[
+        float, typer.Option(metavar="SECONDS", help="How long an event may take to cross.")
+    ] = 30.0,
     config: ConfigOpt = None,
     log_level: LogOpt = None,
     verbose: VerboseOpt = False,
@@ -28,10 +42,11 @@ def relay(
     take it gets it, with its backlog and dead letters); an acknowledging input is acked only after
     the outbox committed the event. See docs/relay.md.
     """
-    from tidings.relay import Relay
-
     bus = load_bus(config, log_level, verbose=verbose)
     relaying = Relay(bus, name)
+    if verify_missing > 0:
+        _verify(relaying, verify_missing, grace)
+        return
     consumer, *watching = relaying.apps()
     err.print(
         f"relay {name}: {relaying.config.format} from transport {relaying.config.transport!r} "
@@ -48,6 +63,19 @@ def relay(
         f"loops dropped {counted.looped}",
         highlight=False,
     )
+
+
+def _verify(relaying: Relay, duration: float, grace: float) -> None:
+    from tidings.relay import verify_missing
+
+    missing = asyncio.run(verify_missing(relaying, duration, grace))
+    said = {"old": "passed the filter, never arrived", "new": "arrived, never seen at the input"}
+    for side, ids in missing.items():
+        out.print(f"{said[side]}: {len(ids)}", highlight=False)
+        for event_id in ids:
+            out.print(f"  {event_id}", highlight=False)
+    if any(missing.values()):
+        raise typer.Exit(6)
 
 
 @app.command()

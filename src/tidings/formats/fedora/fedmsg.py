@@ -18,8 +18,6 @@ import base64
 import itertools
 import json
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, loads
+from tidings.migration import MissingCheck  # noqa: F401 - where the bridge and its tests look
 from tidings.transport import WireMessage
 
 #: the field a bridge sets so that it never carries a message back where it came from
@@ -204,29 +203,6 @@ def bridged(event: Event, bridge: str) -> Event | None:
         id=event.id,
         time=event.time,
     )
-
-
-@dataclass
-class MissingCheck:
-    """Ids seen on each side of a bridge; reports those seen on one side only after a grace period."""
-
-    grace: float = 30.0
-    seen: dict[str, dict[str, float]] = field(default_factory=lambda: {"a": {}, "b": {}})
-
-    def saw(self, side: str, event_id: str, at: float) -> None:
-        self.seen[side].setdefault(event_id, at)
-
-    def missing(self, now: float) -> dict[str, list[str]]:
-        """{"a": ids only side a has had for longer than the grace, "b": likewise}."""
-        a, b = self.seen["a"], self.seen["b"]
-        return {
-            "a": sorted(i for i, t in a.items() if i not in b and now - t > self.grace),
-            "b": sorted(i for i, t in b.items() if i not in a and now - t > self.grace),
-        }
-
-    def saw_all(self, side: str, ids: Iterable[str], at: float) -> None:
-        for event_id in ids:
-            self.saw(side, event_id, at)
 
 
 def fedmsg_id() -> str:
