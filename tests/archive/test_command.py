@@ -70,7 +70,8 @@ def test_runs_until_sigterm_archiving_what_is_published_meanwhile(tmp_path: Path
     assert "connector archive: delivered 1" in said(tmp_path, "archive")
     process = start(tmp_path, "archive")
     until(lambda: "archiving" in said(tmp_path, "archive"), 20, "the archive to start again")
-    assert stop(process, signal.SIGINT) == 130
+    time.sleep(1.0)  # the line comes before the signal handlers are in place: let it start
+    assert stop(process, signal.SIGINT) == 130, said(tmp_path, "archive")
     assert "Traceback" not in said(tmp_path, "archive")
 
 
