@@ -189,6 +189,15 @@ class Dispatcher:
             self.outbox.ensure_connector(name)
         return self.outbox.purge(self.holders, self.clock() - self.retention)
 
+    async def deliver_due(self, timeout: float = 3600.0) -> None:
+        """Once: take the outbox's lock, deliver what is due, let go (``--once`` of the commands)."""
+        self.acquire()
+        try:
+            await self.drain(timeout=timeout)
+        finally:
+            self.release()
+            await self.close_transports()
+
     async def drain(self, timeout: float = 30.0) -> None:
         """Step every connector until none has anything due (tests, one-shot CLI runs)."""
         deadline = time.monotonic() + timeout

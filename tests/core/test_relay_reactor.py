@@ -98,6 +98,17 @@ async def lava_publisher() -> AsyncIterator[tuple[str, zmq.asyncio.Socket]]:
     context.term()
 
 
+async def attach(bus: Bus, publisher: zmq.asyncio.Socket, probe: Event) -> None:
+    """ZeroMQ's slow joiner: publish ``probe`` until the relay has put it in the outbox."""
+    frames = LavaFormat().encode(probe).frames or []
+    for _ in range(200):
+        if list(bus.outbox.history()):
+            return
+        await publisher.send_multipart(frames)
+        await asyncio.sleep(0.05)
+    pytest.fail("the relay never received the probe")
+
+
 async def test_a_lava_stream_is_relayed_through_a_filter_into_the_outbox(
     tmp_path: Path, lava_publisher: tuple[str, zmq.asyncio.Socket]
 ) -> None:
@@ -127,13 +138,7 @@ async def test_a_lava_stream_is_relayed_through_a_filter_into_the_outbox(
     running = asyncio.create_task(relaying.app().run(bus, stop))
     fmt = LavaFormat()
     probe = job(0)
-    for _ in range(200):  # ZeroMQ's slow joiner: until the relay is attached
-        if list(bus.outbox.history()):
-            break
-        await publisher.send_multipart(fmt.encode(probe).frames or [])
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the relay never received the probe")
+    await attach(bus, publisher, probe)
     sent = [
         job(n, status, device)
         for n in range(1, 301)
@@ -365,11 +370,7 @@ async def test_garbage_and_oversize_frames_are_counted_and_skipped(
     running = asyncio.create_task(relay_app.run(bus, stop))
     fmt = LavaFormat()
     probe = job(0)
-    for _ in range(200):
-        if list(bus.outbox.history()):
-            break
-        await publisher.send_multipart(fmt.encode(probe).frames or [])
-        await asyncio.sleep(0.05)
+    await attach(bus, publisher, probe)
     garbage = [
         [b"org.linaro.validation.testjob", b"not", b"five"],
         [b"org.linaro.validation.testjob", b"id", b"not a date", b"user", b"{}"],

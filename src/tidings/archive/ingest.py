@@ -56,12 +56,7 @@ async def run_archive(bus: Bus, stop: asyncio.Event, *, once: bool = False) -> C
 async def _from_outbox(bus: Bus, stop: asyncio.Event, *, once: bool) -> Counts:
     dispatcher = bus.dispatcher([ARCHIVE_CONNECTOR])
     if once:
-        dispatcher.acquire()
-        try:
-            await dispatcher.drain(timeout=3600)
-        finally:
-            dispatcher.release()
-            await dispatcher.close_transports()
+        await dispatcher.deliver_due()
     else:
         await dispatcher.run(stop)
     stats = dispatcher.connectors[0].stats

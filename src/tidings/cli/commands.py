@@ -148,7 +148,7 @@ def dispatch(
             raise ConfigError(f"no connector named {name!r} (configured: {', '.join(bus.config.connectors)})")
     dispatcher = bus.dispatcher(names)
     if once:
-        asyncio.run(_drain(dispatcher))
+        asyncio.run(dispatcher.deliver_due())
         for c in dispatcher.connectors:
             stats = c.stats
             note = f" (last: {stats.last_error})" if stats.last_error else ""
@@ -162,15 +162,6 @@ def dispatch(
         " — Ctrl-C to stop"
     )
     asyncio.run(until_signalled(dispatcher.run))
-
-
-async def _drain(dispatcher: Any) -> None:
-    dispatcher.acquire()
-    try:
-        await dispatcher.drain(timeout=3600)
-    finally:
-        dispatcher.release()
-        await dispatcher.close_transports()
 
 
 async def until_signalled(run: Any, *args: Any) -> None:
