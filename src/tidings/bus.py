@@ -203,6 +203,8 @@ class Bus:
         return load_format(name, options, where)
 
     def connectors(self, names: Sequence[str] | None = None) -> list[Connector]:
+        from tidings.relay import connector_test  # relays are built on consumers, which need the bus
+
         chosen = names or list(self.config.connectors)
         shared: dict[str, Transport] = {}
         connectors = []
@@ -222,6 +224,7 @@ class Bus:
                         config.format, config.format_options, f"[connectors.{name}] format_options"
                     ),
                     config,
+                    accepts=connector_test(self.config, name),
                 )
             )
         return connectors

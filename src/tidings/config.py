@@ -93,6 +93,8 @@ class ConnectorConfig(_Strict):
     passive_exchange: bool = False
     #: options given to the format's constructor
     format_options: dict[str, Any] = {}
+    #: only events this filter passes (tidings.filters) go to this connector; none: all of them
+    filter: Any = None
 
 
 class ConsumerConfig(_Strict):
@@ -139,6 +141,11 @@ class RelayConfig(ConsumerConfig):
     topic: Name = "{topic}"
     #: relays an event may pass through; one that went through more is dropped (a loop)
     max_hops: Count = 4
+    #: the connectors what this relay passes goes to (none: every connector whose topics take it)
+    connectors: list[str] = []
+    #: headers set on every relayed event, for a bus whose format cannot carry the hop header
+    #: (fedmsg's ``fedmsg_bridged_by``); an event that arrives carrying them all is a loop
+    mark: dict[str, str] = {}
     #: the new bus, watched for the migration view: a consumer section (transport, exchange,
     #: bindings, format, queue) whose events that did not come through this relay count as
     #: published there natively (tidings.migration)
@@ -385,22 +392,54 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{origin}: {_in_table(exc)}") from None
     config = _with_defaults(msgspec.structs.replace(config, base_dir=str(base_dir)))
+    config = _expand_sections(config, origin)
     _check_transports(config, origin)
     _check_formats(config, origin)
     _check_patterns(config, origin)
     _check_references(config, origin)
     _check_relays_and_rules(config, origin)
     _check_archive(config, origin)
-    for section, tables in (("bridges", config.bridges),):
-        for name, table in tables.items():
-            SECTIONS.attribute(section)(config, name, table, f"{origin}: [{section}.{name}]")
     return config
 
 
-#: sections of the config file that a plug-in owns and checks, from the ``tidings.sections`` entry
-#: points: name → ``module:check(config, name, table, where)`` (the fedmsg bridge's ``bridges``); the
-#: check imports nothing heavy, so a config is checked without the plug-in's extras
+#: sections of the config file that a plug-in owns, from the ``tidings.sections`` entry points:
+#: name → ``module:expand(config, name, table, where)``, which checks the table and returns what it
+#: stands for as tables of the core's own sections (``{"transports": {...}, "connectors": {...},
+#: "relays": {...}}``): ``[bridges.NAME]`` is two relays, a connector and two transports. It imports
+#: nothing heavy, so a config is checked without the plug-in's extras.
 SECTIONS = Registry("tidings.sections", {}, "config section")
+#: the sections an expansion may add to, and what their tables are
+_EXPANDABLE: dict[str, type[msgspec.Struct] | None] = {
+    "transports": None,
+    "connectors": ConnectorConfig,
+    "relays": RelayConfig,
+}
+
+
+def _expand_sections(config: Config, origin: str) -> Config:
+    for section, tables in (("bridges", config.bridges),):
+        for name, table in tables.items():
+            where = f"{origin}: [{section}.{name}]"
+            added = SECTIONS.attribute(section)(config, name, table, where) or {}
+            config = _with_added(config, added, where)
+    return config
+
+
+def _with_added(config: Config, added: dict[str, dict[str, Any]], where: str) -> Config:
+    """``config`` with a plug-in section's tables added; a name already taken is an error."""
+    changes: dict[str, dict[str, Any]] = {}
+    for section, tables in added.items():
+        shape = _EXPANDABLE[section]
+        merged = dict(getattr(config, section))
+        for name, table in tables.items():
+            if name in merged:
+                raise ConfigError(f"{where} needs [{section}.{name}], which is configured already")
+            try:
+                merged[name] = table if shape is None else msgspec.convert(table, shape, strict=True)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(f"{where}: [{section}.{name}] {explain(exc)}") from None
+        changes[section] = merged
+    return msgspec.structs.replace(config, **changes)
 
 
 def _in_table(exc: msgspec.ValidationError, table: str = "") -> str:
@@ -445,6 +484,10 @@ def _check_patterns(config: Config, origin: str) -> None:
 
     for name, connector in config.connectors.items():
         check(f"[connectors.{name}]", "topics", connector.topics)
+        if connector.filter is not None:
+            from tidings.filters import compile_filter
+
+            compile_filter(connector.filter, f"{origin}: [connectors.{name}] filter")
     for name, consumer in config.consumers.items():
         check(f"[consumers.{name}]", "bindings", consumer.bindings)
 
@@ -498,6 +541,12 @@ def _check_relays_and_rules(config: Config, origin: str) -> None:
         if relay.filter is not None:
             compile_filter(relay.filter, f"{where} filter")
         _check_known(config, where, relay.transport)
+        for connector in relay.connectors:
+            if connector not in config.connectors:
+                known = ", ".join(sorted(config.connectors)) or "none"
+                raise ConfigError(
+                    f"{where} connectors: {connector!r} is not configured (configured: {known})"
+                )
         if relay.watch:
             try:
                 watched = msgspec.convert(relay.watch, ConsumerConfig, strict=True)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from tidings.activity import Activity, BacklogNotices, events_log
 from tidings.config import ConnectorConfig
 from tidings.errors import DispatcherBusy, TidingsError, TransportError
+from tidings.event import Event
 from tidings.format import Format
 from tidings.outbox import Outbox, Row, Settlement
 from tidings.retry import backoff, scheduled
@@ -67,6 +68,9 @@ class Connector:
     format: Format
     config: ConnectorConfig
     stats: ConnectorStats = field(default_factory=ConnectorStats)
+    #: what an event must pass besides the topics (the connector's filter, the relays that send
+    #: elsewhere: see Bus.connectors); None: the topics decide alone, and rows are not decoded
+    accepts: Callable[[Event], bool] | None = None
 
     def __post_init__(self) -> None:
         self._topics: TopicMatcher[bool] = TopicMatcher()
@@ -75,6 +79,21 @@ class Connector:
 
     def wants(self, topic: str) -> bool:
         return bool(self._topics.match(topic))
+
+    def takes(self, row: Row) -> bool:
+        """Whether an outbox event is this connector's to carry."""
+        if not self.wants(row.topic):
+            return False
+        if self.accepts is None:
+            return True
+        try:
+            event = row.event()
+        except TidingsError:
+            return True  # encoding it fails the same way, and dead-letters it with the reason
+        return self.accepts(event)
+
+    def takes_event(self, event: Event) -> bool:
+        return self.wants(event.topic) and (self.accepts is None or self.accepts(event))
 
     def retry_delay(self, attempts: int, rng: Callable[[], float] = random.random) -> float:
         """Delay before retry number ``attempts``: the schedule's entry with ±20 % jitter."""
@@ -464,7 +483,7 @@ class ConnectorWorker:
         sending: list[Row] = []
         messages = []
         for row in rows:
-            if not from_backlog and not connector.wants(row.topic):
+            if not from_backlog and not connector.takes(row):
                 continue
             try:
                 messages.append(connector.format.encode(row.event()))

@@ -32,6 +32,7 @@ from tidings.migration import MissingCheck, Sightings
 
 if TYPE_CHECKING:
     from tidings.bus import Bus
+    from tidings.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Relay:
 
     def app(self) -> App:
         settings = msgspec.structs.asdict(self.config)
-        for key in ("filter", "topic", "max_hops", "app", "bindings", "queue", "watch"):
+        for key in ("filter", "topic", "max_hops", "app", "bindings", "queue", "watch", "connectors", "mark"):
             settings.pop(key)
         app = App(f"relay.{self.name}", queue=self.config.queue or f"relay.{self.name}", **settings)
         app.add_handler(self.config.bindings or ["#"], self.relay)
@@ -97,7 +98,7 @@ class Relay:
     def outgoing(self, event: Event) -> Event | None:
         """What this relay publishes for ``event``, or None (filtered out, or a loop)."""
         hops = hops_of(event)
-        if self.name in hops or len(hops) >= self.config.max_hops:
+        if self.name in hops or len(hops) >= self.config.max_hops or self._marked(event):
             self.counters.looped += 1
             log.debug("relay %s: event %s already went through %s: dropped", self.name, event.id, hops)
             return None
@@ -105,8 +106,13 @@ class Relay:
             self.counters.filtered += 1
             return None
         self.counters.relayed += 1
-        headers = {**event.headers, HOPS_HEADER: ",".join([*hops, self.name])}
+        headers = {**event.headers, **self.config.mark, HOPS_HEADER: ",".join([*hops, self.name])}
         return dataclasses.replace(event, topic=self.topic_for(event), headers=headers)
+
+    def _marked(self, event: Event) -> bool:
+        """Whether ``event`` carries this relay's mark: it crossed here once already."""
+        mark = self.config.mark
+        return bool(mark) and all(event.headers.get(key) == value for key, value in mark.items())
 
     def topic_for(self, event: Event) -> str:
         words = event.topic.split(".")
@@ -116,6 +122,26 @@ class Relay:
             raise Reject(
                 f"relay {self.name}: topic {self.config.topic!r} needs more words than {event.topic!r} has"
             ) from None
+
+
+def connector_test(config: Config, name: str) -> Predicate | None:
+    """What an event must pass to go to connector ``name`` besides its topics: the connector's
+    filter, and not to have been relayed by a relay whose ``connectors`` leave this one out."""
+    tests: list[Predicate] = []
+    section = config.connectors[name]
+    if section.filter is not None:
+        tests.append(compile_filter(section.filter, f"[connectors.{name}] filter"))
+    elsewhere = {
+        relay
+        for relay, settings in config.relays.items()
+        if settings.connectors and name not in settings.connectors
+    }
+    if elsewhere:
+        # the last hop is the relay that put the event into this outbox
+        tests.append(lambda event: not (hops := hops_of(event)) or hops[-1] not in elsewhere)
+    if not tests:
+        return None
+    return tests[0] if len(tests) == 1 else lambda event: all(test(event) for test in tests)
 
 
 def hops_of(event: Event) -> list[str]:

@@ -167,7 +167,7 @@ async def _send_batch(
     progress: Callable[[int], None] | None,
 ) -> None:
     for connector in connectors:
-        wanted = [event for event in batch if connector.wants(event.topic)]
+        wanted = [event for event in batch if connector.takes_event(event)]
         if not wanted:
             continue
         results = await connector.transport.send(

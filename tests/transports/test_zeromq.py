@@ -104,6 +104,41 @@ def test_bad_options_are_config_errors() -> None:
         ZeroMQTransport("tcp://127.0.0.1:1", mode="listen")
     with pytest.raises(ConfigError, match="endpoint"):
         ZeroMQTransport("localhost:1")
+    with pytest.raises(ConfigError, match="'localhost:2'"):
+        ZeroMQTransport(["tcp://127.0.0.1:1", "localhost:2"])
+    with pytest.raises(ConfigError, match="no address"):
+        ZeroMQTransport([])
+
+
+async def test_a_subscriber_hears_every_publisher_of_its_endpoint_list() -> None:
+    """fedmsg's way: one SUB connected to several publishers, each bound (here as "tcp://*:PORT")."""
+    ports = [free_port(), free_port()]
+    publishers = [ZeroMQTransport(f"tcp://*:{port}", settle=0) for port in ports]
+    subscriber = ZeroMQTransport([f"tcp://*:{port}" for port in ports])  # connects to 127.0.0.1
+    for transport in (*publishers, subscriber):
+        await transport.connect()
+    for publisher in publishers:
+        await publisher.open_sender()
+    stream = subscriber.consume(QueueSpec("q", [Binding("", "#")]), prefetch=10)
+    heard: set[str] = set()
+    got = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+    try:
+        for _ in range(100):  # until both subscriptions have reached their publishers
+            for n, publisher in enumerate(publishers):
+                await publisher.send("", [WireMessage(f"from.{n}", b"{}")])
+            done, _ = await asyncio.wait({got}, timeout=0.1)
+            if done:
+                heard.add(got.result().message.routing_key)
+                got = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+            if heard == {"from.0", "from.1"}:
+                break
+    finally:
+        got.cancel()
+        await asyncio.gather(got, return_exceptions=True)
+        await stream.aclose()  # type: ignore[attr-defined]
+        for transport in (*publishers, subscriber):
+            await transport.close()
+    assert heard == {"from.0", "from.1"}
 
 
 async def test_publisher_connects_to_a_bound_subscriber_and_frames_pass_unchanged() -> None:

@@ -67,7 +67,16 @@ def effective(config: Config) -> dict[str, Any]:
     raw: dict[str, Any] = msgspec.to_builtins(config)
     raw.pop("base_dir", None)
     raw.pop("origin", None)
-    return {key: value for key, value in raw.items() if value not in ({}, [], None)}
+    return {key: value for key, value in _without_none(raw).items() if value not in ({}, [])}
+
+
+def _without_none(value: Any) -> Any:
+    """``value`` without its unset options at any depth: TOML has no null (a connector's filter)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def masked(value: Any, key: str = "") -> Any:

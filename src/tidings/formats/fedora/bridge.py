@@ -1,17 +1,20 @@
 """A two-way bridge between fedmsg (ZeroMQ) and AMQP (fedora-messaging), without loops.
 
 Fedora moved from fedmsg to fedora-messaging with bridges in both directions while both buses
-lived; this is that bridge, with what fedmsg lacked: nothing taken from ZeroMQ is lost once it
-reached the bridge, because it goes to AMQP through the outbox and the dispatcher.
+lived. Here a bridge is two relays (:mod:`tidings.relay`), which ``[bridges.NAME]`` stands for
+(:func:`~tidings.formats.fedora.settings.expand_bridge`): every message goes through the outbox,
+so nothing taken from ZeroMQ or AMQP is lost once the bridge has it, and each direction has its
+connector's backlog and dead letters.
 
-* fedmsg → AMQP: SUB to the fedmsg publishers, decode each envelope, store it in the outbox;
-  the dispatcher sends it with the ``fedora-messaging`` format on the configured connector,
-  whose exchange is the bridge's own (``zmq.topic``), never the one the other direction reads.
-* AMQP → fedmsg: a durable queue bound to ``amq.topic``; each message is published as fedmsg
-  frames on a PUB socket and acked after that (ZeroMQ itself is best effort).
-* Loops: every bridged message carries the bridge's username in the ``fedmsg_bridged_by``
-  header/field, and neither direction carries a message that has it. The separate exchange is
-  the first guard, the username the second (for brokers that bind ``zmq.topic`` into
+* fedmsg → AMQP (relay ``NAME.fedmsg-to-amqp``): SUB to the fedmsg publishers; what decodes is
+  published to the bridge's ``connector`` alone (format ``fedora-messaging``), whose exchange is
+  the bridge's own (``zmq.topic``), never the one the other direction reads.
+* AMQP → fedmsg (relay ``NAME.amqp-to-fedmsg``): a durable queue bound to ``amq.topic``, acked
+  once the outbox has each message; connector ``NAME.to-fedmsg`` publishes them as fedmsg frames
+  on a PUB socket (``zmq_publish``), and carries nothing else.
+* Loops: both relays mark what they carry with the bridge's username in ``fedmsg_bridged_by``
+  (a header on AMQP, a field of the fedmsg envelope) and drop a message that has it. The separate
+  exchange is the first guard, the mark the second (for brokers that bind ``zmq.topic`` into
   ``amq.topic`` so fedora-messaging consumers see everything).
 * :func:`verify_missing` watches both sides and reports every id seen on one side only after a
   grace period, as fedmsg-migration-tools' check did.
@@ -20,21 +23,18 @@ reached the bridge, because it goes to AMQP through the outbox and the dispatche
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from tidings.bus import Bus
 from tidings.consumer import App
-from tidings.errors import ConfigError, InvalidEvent, TidingsError
-from tidings.event import Event, loads
-from tidings.formats.fedora.fedmsg import BRIDGED_HEADER, FedmsgFormat, MissingCheck, verify
-from tidings.formats.fedora.settings import bridge_config
+from tidings.errors import ConfigError, TidingsError
+from tidings.formats.fedora.fedmsg import FedmsgFormat
+from tidings.formats.fedora.settings import BridgeConfig, bridge_config, bridge_parts
+from tidings.migration import MissingCheck
+from tidings.relay import Relay
 from tidings.transport import Binding, QueueSpec, WireMessage
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,15 +42,13 @@ class BridgeCounters:
     to_amqp: int = 0
     to_fedmsg: int = 0
     loops_stopped: int = 0
+    #: fedmsg messages that are no fedmsg envelope, or (``verify = true``) not signed by a
+    #: trusted signer: counted and skipped
     undecodable: int = 0
-    #: fedmsg messages the outbox refused (invalid, or the disk full): logged, and lost to AMQP
-    refused: int = 0
-    #: fedmsg messages refused by ``verify = true``: unsigned, or not signed by a trusted signer
-    unverified: int = 0
 
 
 class Bridge:
-    """One ``[bridges.NAME]`` section at work: both directions and their dispatcher."""
+    """One ``[bridges.NAME]`` section at work: its two relays and the dispatcher of their connectors."""
 
     def __init__(self, bus: Bus, name: str) -> None:
         try:
@@ -58,122 +56,47 @@ class Bridge:
         except KeyError:
             known = ", ".join(bus.config.bridges) or "none"
             raise ConfigError(f"no bridge named {name!r} is configured (configured: {known})") from None
-        self.config = bridge_config(bus.config, name, table, f"[bridges.{name}]")
+        self.config: BridgeConfig = bridge_config(bus.config, name, table, f"[bridges.{name}]")
         self.bus, self.name = bus, name
+        self.parts = bridge_parts(name)
         self.fedmsg = FedmsgFormat(self.config.topic_prefix, self.config.environment, self.config.username)
-        self.counters = BridgeCounters()
-        self.trusted_ca = self._read_ca(bus) if self.config.verify else None
+        directions = ["from_fedmsg", *(["to_fedmsg"] if self.config.zmq_publish else [])]
+        self.relays = {direction: Relay(bus, self.parts[direction]) for direction in directions}
+        self.apps = {direction: relay.app() for direction, relay in self.relays.items()}
+        self.apps["from_fedmsg"].format()  # a trusted CA that cannot be read is said now, not later
 
-    def _read_ca(self, bus: Bus) -> bytes:
-        path = Path(bus.config.base_dir, self.config.ca_file)
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"[bridges.{self.name}] ca_file {str(path)!r} cannot be read: {exc.strerror}"
-            ) from None
+    @property
+    def counters(self) -> BridgeCounters:
+        relayed = {direction: relay.counters.relayed for direction, relay in self.relays.items()}
+        return BridgeCounters(
+            to_amqp=relayed["from_fedmsg"],
+            to_fedmsg=relayed.get("to_fedmsg", 0),
+            loops_stopped=sum(relay.counters.looped for relay in self.relays.values()),
+            undecodable=self.apps["from_fedmsg"].counters.rejected,
+        )
+
+    def connectors(self) -> list[str]:
+        return [self.config.connector, *([self.parts["connector"]] if self.config.zmq_publish else [])]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Bridge until ``stop`` is set."""
-        tasks = [asyncio.create_task(self.bus.dispatcher([self.config.connector]).run(stop))]
-        tasks += [
-            asyncio.create_task(self._from_fedmsg(endpoint, stop)) for endpoint in self.config.zmq_endpoints
-        ]
-        if self.config.zmq_publish:
-            tasks.append(asyncio.create_task(self._to_fedmsg(stop)))
+        """Bridge until ``stop`` is set: both relays, and a dispatcher for their connectors."""
+        tasks = [asyncio.create_task(self.bus.dispatcher(self.connectors()).run(stop))]
+        tasks += [asyncio.create_task(app.run(self.bus, stop)) for app in self.apps.values()]
         try:
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    # -- fedmsg → AMQP ---------------------------------------------------------------------
-
-    async def _from_fedmsg(self, endpoint: str, stop: asyncio.Event) -> None:
-        async for frames_message in _subscribe(endpoint, self.config.zmq_topics, stop):
-            try:
-                event = self.fedmsg.decode(frames_message)
-            except TidingsError as exc:
-                self.counters.undecodable += 1
-                log.warning("bridge %s: skipped an undecodable fedmsg message: %s", self.name, exc)
-                continue
-            if self.trusted_ca is not None and not self._signed(frames_message, event):
-                continue
-            if event.headers.get(BRIDGED_HEADER):
-                self.counters.loops_stopped += 1  # it came from AMQP through a bridge: not back again
-                continue
-            try:
-                await self.bus.apublish(self._crossing(event))
-            except TidingsError as exc:  # invalid, or the outbox cannot store it: ZeroMQ cannot resend
-                self.counters.refused += 1
-                log.error("bridge %s: fedmsg message %s not bridged: %s", self.name, event.id, exc)
-                continue
-            self.counters.to_amqp += 1
-
-    def _signed(self, message: WireMessage, event: Event) -> bool:
-        """Whether a fedmsg message carries a valid signature of a trusted signer (counted if not)."""
-        assert self.trusted_ca is not None
-        try:
-            signer = verify(loads(message.frames[-1] if message.frames else message.body), self.trusted_ca)
-        except InvalidEvent as exc:
-            self.counters.unverified += 1
-            log.warning(
-                "bridge %s: refused fedmsg message %s on %s: %s", self.name, event.id, event.topic, exc
-            )
-            return False
-        log.debug("bridge %s: %s signed by %s", self.name, event.id, signer)
-        return True
-
-    def _crossing(self, event: Event) -> Event:
-        """The event as it crosses: same id and time, marked with the bridge's name."""
-        return Event.create(
-            event.topic,
-            event.body,
-            source=event.source,
-            headers={**event.headers, BRIDGED_HEADER: self.config.username},
-            id=event.id,
-            time=event.time,
-        )
-
-    # -- AMQP → fedmsg ---------------------------------------------------------------------
-
-    async def _to_fedmsg(self, stop: asyncio.Event) -> None:
-        from tidings.transports.zeromq import ZeroMQTransport
-
-        publisher = ZeroMQTransport(self.config.zmq_publish, mode="bind")
-        await publisher.connect()
-        await publisher.open_sender()  # bound now: fedmsg subscribers join before the first message
-        app = self.app()
-
-        @app.subscribe(*self.config.bindings)
-        async def forward(event: Event) -> None:
-            if event.headers.get(BRIDGED_HEADER):
-                self.counters.loops_stopped += 1  # it came from fedmsg: not back again
-                return
-            await publisher.send("", [self.fedmsg.encode(self._crossing(event))])
-            self.counters.to_fedmsg += 1
-
-        try:
-            await app.run(self.bus, stop)
-        finally:
-            await publisher.close()
-
-    def app(self) -> App:
-        return App(
-            self.config.queue or f"tidings.bridge.{self.name}",
-            transport=self.config.transport,
-            exchange=self.config.exchange,
-            format="fedora-messaging",
-        )
+            for relay in self.relays.values():
+                relay.sightings.close()
 
 
 async def _subscribe(endpoint: str, topics: list[str], stop: asyncio.Event) -> AsyncIterator[WireMessage]:
     """Messages from one fedmsg publisher (we connect; it binds), until ``stop``."""
     from tidings.transports.zeromq import ZeroMQTransport
 
-    # a bind address ("tcp://*:9941", the bridge's own PUB) is reached on this machine
-    subscriber = ZeroMQTransport(endpoint.replace("://*:", "://127.0.0.1:"), mode="bind")
+    subscriber = ZeroMQTransport(endpoint, mode="bind")
     await subscriber.connect()
     stream = subscriber.consume(QueueSpec("fedmsg", [Binding("", t) for t in topics]), prefetch=1)
     stopping = asyncio.ensure_future(stop.wait())

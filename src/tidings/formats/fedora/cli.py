@@ -30,9 +30,10 @@ def bridge(
 ) -> None:
     """Bridge fedmsg (ZeroMQ) and AMQP (fedora-messaging) both ways, without loops.
 
-    fedmsg messages go to AMQP through the outbox (nothing taken from ZeroMQ is lost after that),
-    on the connector the bridge names; AMQP messages are published as fedmsg frames on zmq_publish.
-    A message one direction carried is never carried back.
+    The bridge is two relays (NAME.fedmsg-to-amqp, NAME.amqp-to-fedmsg; `tidings relay` and
+    `tidings serve` run them too): fedmsg messages go to AMQP through the outbox on the connector
+    the bridge names; AMQP messages go through the outbox to connector NAME.to-fedmsg, fedmsg frames
+    on zmq_publish. Nothing is lost once the bridge has it; a message carried one way never goes back.
 
     \b
     Example config:
@@ -65,6 +66,5 @@ def bridge(
     counters = running.counters
     err.print(
         f"bridge {name}: {counters.to_amqp} to AMQP, {counters.to_fedmsg} to fedmsg, "
-        f"{counters.loops_stopped} loops stopped, {counters.undecodable} undecodable, "
-        f"{counters.unverified} refused by verify, {counters.refused} refused by the outbox"
+        f"{counters.loops_stopped} loops stopped, {counters.undecodable} undecodable or unsigned"
     )

@@ -26,13 +26,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tidings.errors import DecodeError, InvalidEvent
+from tidings.errors import ConfigError, DecodeError, InvalidEvent
 from tidings.event import Event, loads
-from tidings.migration import MissingCheck  # noqa: F401 - where the bridge and its tests look
+from tidings.formats.fedora.settings import BRIDGED_HEADER
 from tidings.transport import WireMessage
-
-#: the field a bridge sets so that it never carries a message back where it came from
-BRIDGED_HEADER = "fedmsg_bridged_by"
 
 
 def encode_json(value: Any) -> str:
@@ -41,8 +38,9 @@ def encode_json(value: Any) -> str:
 
 
 class FedmsgFormat:
-    """Format ``fedmsg``; options ``topic_prefix``, ``environment``, ``username``, and for signing
-    ``key_pem``/``cert_pem`` (bytes or a path)."""
+    """Format ``fedmsg``; options ``topic_prefix``, ``environment``, ``username``, for signing
+    ``key_pem``/``cert_pem`` (bytes or a path), and ``trusted_ca`` (bytes or a path) to decode
+    only messages signed by a certificate that CA issued."""
 
     name = "fedmsg"
 
@@ -53,10 +51,12 @@ class FedmsgFormat:
         username: str = "tidings",
         key_pem: bytes | str | None = None,
         cert_pem: bytes | str | None = None,
+        trusted_ca: bytes | str | None = None,
     ) -> None:
         self.prefix = f"{topic_prefix}.{environment}"
         self.username = username
         self._signer = Signer(_read(key_pem), _read(cert_pem)) if key_pem and cert_pem else None
+        self._trusted_ca = _read_ca(trusted_ca) if trusted_ca else None
         self._counter = itertools.count(1)
 
     def envelope(self, event: Event) -> dict[str, Any]:
@@ -90,6 +90,8 @@ class FedmsgFormat:
         envelope = loads(message.frames[-1] if message.frames else message.body)
         if not isinstance(envelope, dict) or not isinstance(envelope.get("msg"), dict):
             raise DecodeError("not a fedmsg envelope: it needs a 'msg' object")
+        if self._trusted_ca is not None:
+            verify(envelope, self._trusted_ca)  # raises InvalidEvent: refused, counted, not relayed
         topic = envelope.get("topic") or message.routing_key
         msg_id, stamp = envelope.get("msg_id"), envelope.get("timestamp")
         if not isinstance(topic, str) or not isinstance(msg_id, str):
@@ -118,6 +120,13 @@ def _msg_id(event: Event) -> str:
     if len(event.id) > 5 and event.id[:4].isdigit() and event.id[4] == "-":
         return event.id
     return f"{event.time.year}-{event.id}"
+
+
+def _read_ca(value: bytes | str) -> bytes:
+    try:
+        return _read(value)
+    except InvalidEvent:
+        raise ConfigError(f"fedmsg trusted_ca {value!r} cannot be read") from None
 
 
 def _read(value: bytes | str | None) -> bytes:

@@ -1,11 +1,15 @@
 """The options of the Fedora formats and the ``[bridges.NAME]`` section, checked when the config is read.
 
+A bridge is two relays (see :func:`expand_bridge`); nothing of it runs here.
+
 Nothing here imports fedmsg's or fedora-messaging's dependencies: a config is checked
 whether or not they are installed.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,6 +18,9 @@ from tidings.config import Config
 from tidings.errors import ConfigError, InvalidTopic
 from tidings.plugins import Settings, explain
 from tidings.topics import validate_pattern
+
+#: the header (and fedmsg envelope field) naming the bridge a message crossed
+BRIDGED_HEADER = "fedmsg_bridged_by"
 
 
 class FedoraMessagingOptions(Settings):
@@ -29,6 +36,9 @@ class FedmsgOptions(Settings):
     #: sign as fedmsg's x509_ng does: the key and certificate (PEM files)
     key_pem: str | None = None
     cert_pem: str | None = None
+    #: a CA certificate (PEM file): decoding refuses messages that are unsigned or not signed by
+    #: a certificate it issued (the check of fedmsg.crypto.validate)
+    trusted_ca: str | None = None
 
 
 class BridgeConfig(Settings):
@@ -88,3 +98,73 @@ def bridge_config(config: Config, name: str, table: dict[str, Any], where: str) 
             "bridge reads: messages would go round in a loop; give the connector its own exchange"
         )
     return bridge
+
+
+#: the header a relay writes the relays an event went through into (tidings.relay.HOPS_HEADER;
+#: not imported: the relay module needs the consumer runtime, and config checks import nothing heavy)
+_HOPS_HEADER = "x-tidings-relays"
+
+
+def bridge_parts(name: str) -> dict[str, str]:
+    """The names of what ``[bridges.NAME]`` stands for in the config."""
+    return {
+        "from_fedmsg": f"{name}.fedmsg-to-amqp",
+        "to_fedmsg": f"{name}.amqp-to-fedmsg",
+        "connector": f"{name}.to-fedmsg",
+        "fedmsg_in": f"{name}.fedmsg-in",
+        "fedmsg_out": f"{name}.fedmsg-out",
+    }
+
+
+def expand_bridge(config: Config, name: str, table: dict[str, Any], where: str) -> dict[str, Any]:
+    """``[bridges.NAME]`` as what it is: two relays (``SECTION``: config loading calls it).
+
+    * ``NAME.fedmsg-to-amqp``: a relay from a ZeroMQ SUB on the fedmsg publishers (transport
+      ``NAME.fedmsg-in``, format ``fedmsg``) to the bridge's ``connector`` only;
+    * ``NAME.amqp-to-fedmsg`` (with ``zmq_publish``): a relay from an AMQP queue (format
+      ``fedora-messaging``) to connector ``NAME.to-fedmsg``, a fedmsg PUB socket (transport
+      ``NAME.fedmsg-out``) that carries nothing else.
+
+    Both mark what they carry with ``fedmsg_bridged_by = username`` and drop what carries it, so
+    nothing crosses back; both go through the outbox, with its backlog and dead letters.
+    """
+    bridge = bridge_config(config, name, table, where)
+    parts = bridge_parts(name)
+    fedmsg = {"topic_prefix": bridge.topic_prefix, "environment": bridge.environment}
+    fedmsg["username"] = bridge.username
+    mark = {BRIDGED_HEADER: bridge.username}
+    reading = dict(fedmsg, trusted_ca=str(Path(config.base_dir, bridge.ca_file))) if bridge.verify else fedmsg
+    expansion: dict[str, Any] = {
+        "transports": {parts["fedmsg_in"]: {"kind": "zeromq", "endpoint": bridge.zmq_endpoints}},
+        "relays": {
+            parts["from_fedmsg"]: {
+                "transport": parts["fedmsg_in"],
+                "format": "fedmsg",
+                "format_options": reading,
+                "bindings": bridge.zmq_topics,
+                "connectors": [bridge.connector],
+                "mark": mark,
+            }
+        },
+    }
+    if bridge.zmq_publish:
+        expansion["transports"][parts["fedmsg_out"]] = {"kind": "zeromq", "endpoint": bridge.zmq_publish}
+        expansion["connectors"] = {
+            parts["connector"]: {
+                "transport": parts["fedmsg_out"],
+                "format": "fedmsg",
+                "format_options": fedmsg,
+                # only what the bridge took from AMQP: never this bus's own events
+                "filter": {"field": f"headers.{_HOPS_HEADER}", "regex": f"{re.escape(parts['to_fedmsg'])}$"},
+            }
+        }
+        expansion["relays"][parts["to_fedmsg"]] = {
+            "transport": bridge.transport,
+            "exchange": bridge.exchange,
+            "queue": bridge.queue or f"tidings.bridge.{name}",
+            "bindings": bridge.bindings,
+            "format": "fedora-messaging",
+            "connectors": [parts["connector"]],
+            "mark": mark,
+        }
+    return expansion

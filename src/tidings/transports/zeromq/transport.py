@@ -62,7 +62,7 @@ def prefix_of(pattern: str) -> str:
 
 
 class ZeroMQTransport:
-    """Transport ``zeromq``: options ``endpoint`` (e.g. ``tcp://127.0.0.1:5556``), ``mode``
+    """Transport ``zeromq``: options ``endpoint`` (e.g. ``tcp://127.0.0.1:5556``, or a list of them), ``mode``
     (``bind`` or ``connect`` for the publisher; subscribers do the opposite), ``hwm``, and
     ``settle`` (seconds the publisher waits after opening its socket before the first send,
     so that subscribers can connect and subscribe: a PUB socket drops what nobody subscribed to)."""
@@ -70,12 +70,21 @@ class ZeroMQTransport:
     kind = "zeromq"
     acknowledged = False
 
-    def __init__(self, endpoint: str, mode: str = "bind", hwm: int = 10_000, settle: float = 0.5) -> None:
+    def __init__(
+        self, endpoint: str | list[str], mode: str = "bind", hwm: int = 10_000, settle: float = 0.5
+    ) -> None:
         if mode not in ("bind", "connect"):
             raise ConfigError(f"zeromq transport: mode must be 'bind' or 'connect', not {mode!r}")
-        if "://" not in endpoint:
-            raise ConfigError(f"zeromq transport: endpoint must look like tcp://host:port, not {endpoint!r}")
-        self.endpoint, self.mode, self.hwm = endpoint, mode, int(hwm)
+        #: a socket binds or connects every one of these (a SUB hears several publishers at once)
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not self.endpoints:
+            raise ConfigError("zeromq transport: endpoint names no address")
+        for address in self.endpoints:
+            if "://" not in address:
+                raise ConfigError(
+                    f"zeromq transport: endpoint must look like tcp://host:port, not {address!r}"
+                )
+        self.endpoint, self.mode, self.hwm = ", ".join(self.endpoints), mode, int(hwm)
         self.settle = float(settle)
         self._context: zmq.asyncio.Context | None = None
         self._pub: zmq.asyncio.Socket | None = None
@@ -101,13 +110,15 @@ class ZeroMQTransport:
         sock = self._context.socket(kind)
         sock.setsockopt(zmq.SNDHWM if publisher else zmq.RCVHWM, self.hwm)
         binds = (self.mode == "bind") == publisher
-        try:
-            sock.bind(self.endpoint) if binds else sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise TransportError(
-                f"zeromq cannot {'bind' if binds else 'connect'} {self.endpoint}: {exc}"
-            ) from None
+        for address in self.endpoints:
+            try:
+                # a bind address ("tcp://*:9941") is reached on this machine when connecting
+                sock.bind(address) if binds else sock.connect(address.replace("://*:", "://127.0.0.1:"))
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                raise TransportError(
+                    f"zeromq cannot {'bind' if binds else 'connect'} {address}: {exc}"
+                ) from None
         return sock
 
     async def open_sender(self) -> None:

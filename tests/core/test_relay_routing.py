@@ -1,0 +1,164 @@
+"""Which connectors a relayed event goes to, connector filters, marks, and a bridge as two relays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidings import Bus
+from tidings.config import parse_config
+from tidings.errors import ConfigError
+from tidings.event import Event
+from tidings.relay import HOPS_HEADER, Relay
+
+
+def bus_of(tmp_path: Path, config: dict[str, Any]) -> Bus:
+    return Bus(parse_config(config, base_dir=tmp_path))
+
+
+def two_files(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """Two file connectors, ``a`` and ``b``, and whatever else the test adds."""
+    transports: dict[str, Any] = {n: {"kind": "file", "path": str(tmp_path / f"{n}.jsonl")} for n in "ab"}
+    transports["local"] = {"kind": "embedded", "path": str(tmp_path / "broker.db")}
+    connectors = {name: {"transport": name} for name in "ab"}
+    return {"bus": {"home": "home"}, "transports": transports, "connectors": connectors, **extra}
+
+
+def delivered(tmp_path: Path, name: str) -> list[str]:
+    path = tmp_path / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["body"]["n"] for line in path.read_text().splitlines()]
+
+
+async def deliver(bus: Bus) -> None:
+    await bus.dispatcher().deliver_due(timeout=30)
+
+
+async def test_a_relay_with_connectors_reaches_those_alone(tmp_path: Path) -> None:
+    bus = bus_of(tmp_path, two_files(tmp_path, relays={"only-a": {"connectors": ["a"]}, "all": {}}))
+    try:
+        narrow, wide = Relay(bus, "only-a"), Relay(bus, "all")
+        await narrow.relay(Event.create("lab.job", {"n": "narrow"}))
+        await wide.relay(Event.create("lab.job", {"n": "wide"}))
+        await bus.apublish("lab.job", {"n": "published"})
+        await deliver(bus)
+    finally:
+        bus.close()
+    assert delivered(tmp_path, "a") == ["narrow", "wide", "published"]
+    assert delivered(tmp_path, "b") == ["wide", "published"]
+
+
+async def test_a_connector_filter_decides_per_event_and_the_rest_still_arrive(tmp_path: Path) -> None:
+    config = two_files(tmp_path)
+    config["connectors"]["b"]["filter"] = {"not": {"field": "data.private", "equals": True}}
+    bus = bus_of(tmp_path, config)
+    try:
+        for n, private in enumerate([False, True, False, True]):
+            await bus.apublish("bug.modify", {"n": str(n), "private": private})
+        await deliver(bus)
+        assert [s.backlog for s in bus.outbox.status(["a", "b"])] == [0, 0]  # skipped, not retried
+    finally:
+        bus.close()
+    assert delivered(tmp_path, "a") == ["0", "1", "2", "3"]
+    assert delivered(tmp_path, "b") == ["0", "2"]
+
+
+def test_an_event_carrying_the_mark_is_a_loop_and_what_passes_carries_it(tmp_path: Path) -> None:
+    bus = bus_of(tmp_path, {"relays": {"x": {"mark": {"crossed_by": "x-bridge"}}}})
+    relay = Relay(bus, "x")
+    out = relay.outgoing(Event.create("a.b", {}))
+    assert out is not None and out.headers["crossed_by"] == "x-bridge" and out.headers[HOPS_HEADER] == "x"
+    back = Event.create("a.b", {}, headers={"crossed_by": "x-bridge"})  # the hop header got lost on the way
+    assert relay.outgoing(back) is None and relay.counters.looped == 1
+    other = Event.create("a.b", {}, headers={"crossed_by": "another-bridge"})
+    assert relay.outgoing(other) is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"relays": {"x": {"connectors": ["c"]}}}, "[relays.x] connectors: 'c' is not configured"),
+        ({"connectors": {"a": {"transport": "a", "filter": {"field": "data.x"}}}}, "[connectors.a] filter"),
+    ],
+)
+def test_routing_that_cannot_work_is_a_config_error(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    config = two_files(tmp_path)
+    for section, tables in change.items():
+        config.setdefault(section, {}).update(tables)
+    with pytest.raises(ConfigError) as refused:
+        parse_config(config, base_dir=tmp_path)
+    assert message in str(refused.value)
+
+
+# -- [bridges.NAME] is two relays ---------------------------------------------------------------
+
+
+def bridge_config(tmp_path: Path, **bridge: Any) -> dict[str, Any]:
+    return {
+        "transports": {"rabbit": {"kind": "amqp"}},
+        "connectors": {"to-amqp": {"transport": "rabbit", "exchange": "zmq.topic"}},
+        "bridges": {
+            "fedmsg": {
+                "zmq_endpoints": ["tcp://127.0.0.1:9940", "tcp://127.0.0.1:9942"],
+                "connector": "to-amqp",
+                "transport": "rabbit",
+                "zmq_publish": "tcp://*:9941",
+                **bridge,
+            }
+        },
+    }
+
+
+def test_a_bridge_is_two_relays_a_connector_and_two_transports(tmp_path: Path) -> None:
+    config = parse_config(bridge_config(tmp_path, username="bridge-1"), base_dir=tmp_path)
+    inbound, outbound = config.relays["fedmsg.fedmsg-to-amqp"], config.relays["fedmsg.amqp-to-fedmsg"]
+    assert (inbound.transport, inbound.format, inbound.connectors) == (
+        "fedmsg.fedmsg-in",
+        "fedmsg",
+        ["to-amqp"],
+    )
+    assert config.transports["fedmsg.fedmsg-in"]["endpoint"] == [
+        "tcp://127.0.0.1:9940",
+        "tcp://127.0.0.1:9942",
+    ]
+    assert (outbound.transport, outbound.exchange, outbound.queue) == (
+        "rabbit",
+        "amq.topic",
+        "tidings.bridge.fedmsg",
+    )
+    assert outbound.connectors == ["fedmsg.to-fedmsg"] and outbound.format == "fedora-messaging"
+    assert inbound.mark == outbound.mark == {"fedmsg_bridged_by": "bridge-1"}
+    assert config.connectors["fedmsg.to-fedmsg"].transport == "fedmsg.fedmsg-out"
+
+
+def test_a_one_way_bridge_has_no_way_back(tmp_path: Path) -> None:
+    config = parse_config(bridge_config(tmp_path, zmq_publish=""), base_dir=tmp_path)
+    assert "fedmsg.amqp-to-fedmsg" not in config.relays and "fedmsg.to-fedmsg" not in config.connectors
+
+
+def test_the_fedmsg_connector_of_a_bridge_carries_only_what_came_from_amqp(tmp_path: Path) -> None:
+    from tidings.relay import connector_test
+
+    config = parse_config(bridge_config(tmp_path), base_dir=tmp_path)
+    to_fedmsg, to_amqp = connector_test(config, "fedmsg.to-fedmsg"), connector_test(config, "to-amqp")
+    assert to_fedmsg is not None and to_amqp is not None
+    from_amqp = Event.create("koji.build", {}, headers={HOPS_HEADER: "fedmsg.amqp-to-fedmsg"})
+    from_fedmsg = Event.create("bodhi.update", {}, headers={HOPS_HEADER: "fedmsg.fedmsg-to-amqp"})
+    own = Event.create("tidings.own", {})
+    assert [to_fedmsg(e) for e in (from_amqp, from_fedmsg, own)] == [True, False, False]
+    assert [to_amqp(e) for e in (from_amqp, from_fedmsg, own)] == [False, True, True]
+
+
+def test_a_bridge_whose_names_are_taken_is_refused(tmp_path: Path) -> None:
+    config = bridge_config(tmp_path)
+    config["connectors"]["fedmsg.to-fedmsg"] = {"transport": "rabbit"}
+    with pytest.raises(
+        ConfigError, match=r"needs \[connectors.fedmsg.to-fedmsg\], which is configured already"
+    ):
+        parse_config(config, base_dir=tmp_path)
