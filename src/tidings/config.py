@@ -144,8 +144,14 @@ class RelayConfig(ConsumerConfig):
     #: the connectors what this relay passes goes to (none: every connector whose topics take it)
     connectors: list[str] = []
     #: headers set on every relayed event, for a bus whose format cannot carry the hop header
-    #: (fedmsg's ``fedmsg_bridged_by``); an event that arrives carrying them all is a loop
-    mark: dict[str, str] = {}
+    #: (fedmsg's ``fedmsg_bridged_by``); an event that arrives with any of them set, whatever its
+    #: value (another bridge's name), crossed once already: a loop
+    mark: dict[str, Name] = {}
+    #: the id of the relayed event: ``{id}`` keeps the incoming one (the outbox takes an id once, so
+    #: a message delivered twice is relayed once); ``{year}-{id}`` is fedmsg's form, which the
+    #: fedmsg bridge uses so that this bus's own events coming back from AMQP are not taken for
+    #: the ones already in its outbox
+    id: Annotated[str, Meta(pattern=r"\{id\}")] = "{id}"
     #: the new bus, watched for the migration view: a consumer section (transport, exchange,
     #: bindings, format, queue) whose events that did not come through this relay count as
     #: published there natively (tidings.migration)
@@ -250,6 +256,9 @@ class Config(_Strict):
     base_dir: str = "."
     #: where this config came from, for `tidings config show` (not a key of the file)
     origin: str = EMBEDDED_DEFAULT
+    #: the tables a plug-in section stands for, as ``(section, name)`` (not keys of the file:
+    #: `tidings config show` leaves them out, so what it prints loads again)
+    expanded: list[tuple[str, str]] = []
 
     def home_path(self) -> Path:
         return Path(self.base_dir, self.bus.home)
@@ -376,11 +385,12 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str = "config") -> Config:
-    for computed in ("base_dir", "origin"):
+    for computed in ("base_dir", "origin", "expanded"):
         if computed in raw:
             raise ConfigError(f"{origin}: unknown key {computed!r}")
     # named tables first, so an error can say [connectors.rabbit] rather than [connectors[...]]
-    for section, cls in (("connectors", ConnectorConfig), ("consumers", ConsumerConfig)):
+    named = (("connectors", ConnectorConfig), ("consumers", ConsumerConfig), ("relays", RelayConfig))
+    for section, cls in named:
         tables = raw.get(section)
         for name, table in tables.items() if isinstance(tables, dict) else ():
             try:
@@ -439,7 +449,8 @@ def _with_added(config: Config, added: dict[str, dict[str, Any]], where: str) ->
             except msgspec.ValidationError as exc:
                 raise ConfigError(f"{where}: [{section}.{name}] {explain(exc)}") from None
         changes[section] = merged
-    return msgspec.structs.replace(config, **changes)
+    names = [(section, name) for section, tables in added.items() for name in tables]
+    return msgspec.structs.replace(config, **changes, expanded=[*config.expanded, *names])
 
 
 def _in_table(exc: msgspec.ValidationError, table: str = "") -> str:

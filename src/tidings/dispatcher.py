@@ -69,7 +69,7 @@ class Connector:
     config: ConnectorConfig
     stats: ConnectorStats = field(default_factory=ConnectorStats)
     #: what an event must pass besides the topics (the connector's filter, the relays that send
-    #: elsewhere: see Bus.connectors); None: the topics decide alone, and rows are not decoded
+    #: elsewhere: see Bus.connectors); None: the topics decide alone
     accepts: Callable[[Event], bool] | None = None
 
     def __post_init__(self) -> None:
@@ -80,19 +80,8 @@ class Connector:
     def wants(self, topic: str) -> bool:
         return bool(self._topics.match(topic))
 
-    def takes(self, row: Row) -> bool:
-        """Whether an outbox event is this connector's to carry."""
-        if not self.wants(row.topic):
-            return False
-        if self.accepts is None:
-            return True
-        try:
-            event = row.event()
-        except TidingsError:
-            return True  # encoding it fails the same way, and dead-letters it with the reason
-        return self.accepts(event)
-
     def takes_event(self, event: Event) -> bool:
+        """Whether an event is this connector's to carry."""
         return self.wants(event.topic) and (self.accepts is None or self.accepts(event))
 
     def retry_delay(self, attempts: int, rng: Callable[[], float] = random.random) -> float:
@@ -483,10 +472,14 @@ class ConnectorWorker:
         sending: list[Row] = []
         messages = []
         for row in rows:
-            if not from_backlog and not connector.takes(row):
-                continue
+            if not from_backlog and not connector.wants(row.topic):
+                continue  # the cheap test first: rows are decoded only if the topic is wanted
             try:
-                messages.append(connector.format.encode(row.event()))
+                event = row.event()
+                # in the backlog means it was taken once: a filter is not asked again
+                if not from_backlog and connector.accepts is not None and not connector.accepts(event):
+                    continue
+                messages.append(connector.format.encode(event))
             except TidingsError as exc:  # this connector can never carry it
                 settlements.append(self._dead(row, f"cannot encode for {connector.format.name}: {exc}"))
                 continue

@@ -75,6 +75,11 @@ class _Uuid7:
 new_id = _Uuid7()
 
 
+def year_prefixed(event_id: str) -> bool:
+    """Whether an id has fedmsg's ``<year>-<uuid>`` form (bridges and relays keep such ids)."""
+    return len(event_id) > 5 and event_id[:4].isdigit() and event_id[4] == "-"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

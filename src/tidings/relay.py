@@ -23,21 +23,36 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tidings.config import Config, archives_outbox
 from tidings.consumer import App
 from tidings.errors import ConfigError
-from tidings.event import Event
+from tidings.event import Event, year_prefixed
 from tidings.filters import Predicate, compile_filter
 from tidings.handling import Reject
 from tidings.migration import MissingCheck, Sightings
 
 if TYPE_CHECKING:
     from tidings.bus import Bus
-    from tidings.config import Config
 
 log = logging.getLogger(__name__)
 
 #: the relays an event went through, comma-separated, oldest first
 HOPS_HEADER = "x-tidings-relays"
+
+
+#: what a relay's section holds besides its input consumer's settings
+_NOT_CONSUMER_SETTINGS = (
+    "filter",
+    "topic",
+    "max_hops",
+    "app",
+    "bindings",
+    "queue",
+    "watch",
+    "connectors",
+    "mark",
+    "id",
+)
 
 
 @dataclasses.dataclass
@@ -64,7 +79,7 @@ class Relay:
 
     def app(self) -> App:
         settings = msgspec.structs.asdict(self.config)
-        for key in ("filter", "topic", "max_hops", "app", "bindings", "queue", "watch", "connectors", "mark"):
+        for key in _NOT_CONSUMER_SETTINGS:
             settings.pop(key)
         app = App(f"relay.{self.name}", queue=self.config.queue or f"relay.{self.name}", **settings)
         app.add_handler(self.config.bindings or ["#"], self.relay)
@@ -107,12 +122,20 @@ class Relay:
             return None
         self.counters.relayed += 1
         headers = {**event.headers, **self.config.mark, HOPS_HEADER: ",".join([*hops, self.name])}
-        return dataclasses.replace(event, topic=self.topic_for(event), headers=headers)
+        return dataclasses.replace(event, id=self.id_for(event), topic=self.topic_for(event), headers=headers)
 
     def _marked(self, event: Event) -> bool:
-        """Whether ``event`` carries this relay's mark: it crossed here once already."""
-        mark = self.config.mark
-        return bool(mark) and all(event.headers.get(key) == value for key, value in mark.items())
+        """Whether ``event`` carries a mark like this relay's (any value: an HA pair of bridges
+        has two names): it crossed a bridge once already."""
+        return any(event.headers.get(key) for key in self.config.mark)
+
+    def id_for(self, event: Event) -> str:
+        """The relayed event's id: the same for the same incoming event, so a redelivery is
+        recognised by the outbox; ``{year}-{id}`` leaves an id already in that form as it is."""
+        template = self.config.id
+        if template == "{id}" or (template == "{year}-{id}" and year_prefixed(event.id)):
+            return event.id
+        return template.replace("{year}", str(event.time.year)).replace("{id}", event.id)
 
     def topic_for(self, event: Event) -> str:
         words = event.topic.split(".")
@@ -136,6 +159,8 @@ def connector_test(config: Config, name: str) -> Predicate | None:
         for relay, settings in config.relays.items()
         if settings.connectors and name not in settings.connectors
     }
+    if archives_outbox(config, name):
+        elsewhere = set()  # the archive keeps every event, relayed ones too
     if elsewhere:
         # the last hop is the relay that put the event into this outbox
         tests.append(lambda event: not (hops := hops_of(event)) or hops[-1] not in elsewhere)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tidings import Bus
+from tidings.cli.config_cmd import check_plugins
 from tidings.config import parse_config
 from tidings.errors import ConfigError
 from tidings.event import Event
@@ -74,8 +76,22 @@ def test_an_event_carrying_the_mark_is_a_loop_and_what_passes_carries_it(tmp_pat
     assert out is not None and out.headers["crossed_by"] == "x-bridge" and out.headers[HOPS_HEADER] == "x"
     back = Event.create("a.b", {}, headers={"crossed_by": "x-bridge"})  # the hop header got lost on the way
     assert relay.outgoing(back) is None and relay.counters.looped == 1
-    other = Event.create("a.b", {}, headers={"crossed_by": "another-bridge"})
-    assert relay.outgoing(other) is not None
+    other = Event.create("a.b", {}, headers={"crossed_by": "another-bridge"})  # one of an HA pair
+    assert relay.outgoing(other) is None and relay.counters.looped == 2
+    assert relay.outgoing(Event.create("a.b", {}, headers={"crossed_by": ""})) is not None
+
+
+def test_an_id_template_gives_the_same_new_id_for_the_same_event(tmp_path: Path) -> None:
+    bus = bus_of(tmp_path, {"relays": {"x": {"id": "{year}-{id}"}}})
+    relay = Relay(bus, "x")
+    event = Event.create("a.b", {})
+    first, again = relay.outgoing(event), relay.outgoing(event)
+    assert first is not None and again is not None
+    assert first.id == again.id == f"{event.time.year}-{event.id}"
+    fedmsg_born = Event.create("a.b", {}, id="2026-a0b1")
+    assert (relay.outgoing(fedmsg_born) or event).id == "2026-a0b1"  # already in that form
+    with pytest.raises(ConfigError, match=r"\[relays.y\] id"):
+        parse_config({"relays": {"y": {"id": "{year}"}}})  # without {id} every event would be one
 
 
 @pytest.mark.parametrize(
@@ -162,3 +178,67 @@ def test_a_bridge_whose_names_are_taken_is_refused(tmp_path: Path) -> None:
         ConfigError, match=r"needs \[connectors.fedmsg.to-fedmsg\], which is configured already"
     ):
         parse_config(config, base_dir=tmp_path)
+
+
+def test_a_bridge_takes_fedmsg_topics_with_or_without_their_prefix(tmp_path: Path) -> None:
+    from tidings.format import wire_pattern
+
+    topics = ["bodhi.#", "org.fedoraproject.prod.koji.build.*", "#"]
+    bus = bus_of(tmp_path, bridge_config(tmp_path, zmq_topics=topics))
+    inbound = bus.config.relays["fedmsg.fedmsg-to-amqp"]
+    assert inbound.bindings == ["bodhi.#", "koji.build.*", "#"]  # as the decoded events' topics
+    fmt = bus.make_format("fedmsg", inbound.format_options)
+    assert [wire_pattern(fmt, p) for p in inbound.bindings] == [
+        "org.fedoraproject.prod.bodhi.#",
+        "org.fedoraproject.prod.koji.build.*",
+        "org.fedoraproject.prod.#",
+    ]
+
+
+async def test_this_bus_own_events_coming_back_from_amqp_still_go_out_to_fedmsg(tmp_path: Path) -> None:
+    from tidings.formats.fedora.messaging import FedoraMessagingFormat
+
+    config = bridge_config(tmp_path)
+    config["transports"]["fedmsg-file"] = {"kind": "file", "path": str(tmp_path / "fedmsg.jsonl")}
+    config["archive"] = {}
+    bus = bus_of(tmp_path, config)
+    try:
+        own = await bus.apublish("tidings.own", {"n": "own"})  # goes to AMQP, and comes back:
+        back = FedoraMessagingFormat().decode(FedoraMessagingFormat().encode(own))
+        await Relay(bus, "fedmsg.amqp-to-fedmsg").relay(back)
+        rows = bus.outbox.read_after(0, 10)
+        connectors = {c.config.transport: c for c in bus.connectors()}
+    finally:
+        bus.close()
+    assert [row.event().id for row in rows] == [own.id, f"{own.time.year}-{own.id}"]
+    to_fedmsg = connectors["fedmsg.fedmsg-out"]
+    assert [to_fedmsg.takes_event(row.event()) for row in rows] == [False, True]
+    archive = [c for c in connectors.values() if c.config.transport not in ("rabbit", "fedmsg.fedmsg-out")]
+    assert archive and all(c.takes_event(rows[1].event()) for c in archive)  # it keeps every event
+
+
+def test_what_config_show_prints_for_a_bridge_loads_again(tmp_path: Path) -> None:
+    import tomli_w
+
+    from tidings.cli.config_cmd import effective
+
+    config = parse_config(bridge_config(tmp_path), base_dir=tmp_path)
+    shown = effective(config)
+    assert "fedmsg.to-fedmsg" not in shown["connectors"] and "bridges" in shown
+    again = parse_config(tomllib.loads(tomli_w.dumps(shown)), base_dir=tmp_path)
+    assert again.relays.keys() == config.relays.keys()
+
+
+@pytest.mark.parametrize(
+    ("bridge", "message"),
+    [
+        ({"username": ""}, "username"),
+        ({"verify": True, "ca_file": "not-a-cert.pem"}, "is not a PEM certificate"),
+    ],
+)
+def test_a_bridge_that_could_not_work_is_refused_before_it_runs(
+    tmp_path: Path, bridge: dict[str, Any], message: str
+) -> None:
+    (tmp_path / "not-a-cert.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match=message):
+        check_plugins(bus_of(tmp_path, bridge_config(tmp_path, **bridge)))  # `tidings config check`

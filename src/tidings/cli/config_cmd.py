@@ -58,15 +58,22 @@ def check_plugins(bus: Bus) -> None:
     """Import what each transport and format needs; a missing extra is a ConfigError naming it."""
     for name in bus.config.transports:
         bus.make_transport(name)
-    for section, tables in (("connectors", bus.config.connectors), ("consumers", bus.config.consumers)):
+    sections = (
+        ("connectors", bus.config.connectors),
+        ("consumers", bus.config.consumers),
+        ("relays", bus.config.relays),
+    )
+    for section, tables in sections:
         for name, table in tables.items():
             bus.make_format(table.format, table.format_options, f"[{section}.{name}]")
 
 
 def effective(config: Config) -> dict[str, Any]:
     raw: dict[str, Any] = msgspec.to_builtins(config)
-    raw.pop("base_dir", None)
-    raw.pop("origin", None)
+    for computed in ("base_dir", "origin", "expanded"):
+        raw.pop(computed, None)
+    for section, name in config.expanded:  # [bridges.NAME] stands for them, and is shown
+        raw[section].pop(name, None)
     return {key: value for key, value in _without_none(raw).items() if value not in ({}, [])}
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from tidings.bus import Bus
 from tidings.consumer import App
 from tidings.errors import ConfigError, TidingsError
+from tidings.event import year_prefixed
 from tidings.formats.fedora.fedmsg import FedmsgFormat
 from tidings.formats.fedora.settings import BridgeConfig, bridge_config, bridge_parts
 from tidings.migration import MissingCheck
@@ -117,7 +118,7 @@ async def _subscribe(endpoint: str, topics: list[str], stop: asyncio.Event) -> A
 
 def same_message(event_id: str) -> str:
     """The id a message keeps on both buses: fedmsg prefixes ours with the year ("2026-<id>")."""
-    return event_id[5:] if len(event_id) > 5 and event_id[:4].isdigit() and event_id[4] == "-" else event_id
+    return event_id[5:] if year_prefixed(event_id) else event_id
 
 
 async def verify_missing(bridge: Bridge, duration: float, grace: float) -> dict[str, list[str]]:

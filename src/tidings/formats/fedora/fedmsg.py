@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tidings.errors import ConfigError, DecodeError, InvalidEvent
-from tidings.event import Event, loads
+from tidings.event import Event, loads, year_prefixed
 from tidings.formats.fedora.settings import BRIDGED_HEADER
 from tidings.transport import WireMessage
 
@@ -58,6 +58,11 @@ class FedmsgFormat:
         self._signer = Signer(_read(key_pem), _read(cert_pem)) if key_pem and cert_pem else None
         self._trusted_ca = _read_ca(trusted_ca) if trusted_ca else None
         self._counter = itertools.count(1)
+
+    def wire_pattern(self, pattern: str) -> str:
+        """A subscription on ``bodhi.#`` is to ``org.fedoraproject.prod.bodhi.#``: decoded events'
+        topics are without the prefix, the frames' topics with it."""
+        return f"{self.prefix}.{pattern}"
 
     def envelope(self, event: Event) -> dict[str, Any]:
         topic = event.topic if event.topic.startswith(self.prefix + ".") else f"{self.prefix}.{event.topic}"
@@ -117,16 +122,18 @@ class FedmsgFormat:
 
 def _msg_id(event: Event) -> str:
     # fedmsg ids are "<year>-<uuid4>"; an event that came from fedmsg keeps its own
-    if len(event.id) > 5 and event.id[:4].isdigit() and event.id[4] == "-":
+    if year_prefixed(event.id):
         return event.id
     return f"{event.time.year}-{event.id}"
 
 
-def _read_ca(value: bytes | str) -> bytes:
+def _read_ca(value: bytes | str) -> x509.Certificate:
     try:
-        return _read(value)
+        return x509.load_pem_x509_certificate(_read(value))
     except InvalidEvent:
         raise ConfigError(f"fedmsg trusted_ca {value!r} cannot be read") from None
+    except ValueError:
+        raise ConfigError(f"fedmsg trusted_ca {value!r} is not a PEM certificate") from None
 
 
 def _read(value: bytes | str | None) -> bytes:
@@ -160,14 +167,15 @@ class Signer:
         return {**signed, "signature": _lines76(signature), "certificate": _lines76(self.cert_pem)}
 
 
-def verify(envelope: dict[str, Any], ca_pem: bytes) -> str:
+def verify(envelope: dict[str, Any], ca: x509.Certificate | bytes) -> str:
     """Check a signed envelope against the CA; returns the signer's common name or raises InvalidEvent."""
     try:
         signature = base64.b64decode(envelope["signature"])
         cert = x509.load_pem_x509_certificate(base64.b64decode(envelope["certificate"]))
     except (KeyError, TypeError, ValueError):
         raise InvalidEvent("fedmsg envelope is not signed (no valid signature and certificate)") from None
-    ca = x509.load_pem_x509_certificate(ca_pem)
+    if isinstance(ca, bytes):
+        ca = x509.load_pem_x509_certificate(ca)
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -51,7 +51,8 @@ class BridgeConfig(Settings):
     connector: str
     #: the AMQP transport the AMQP → fedmsg direction consumes from
     transport: str
-    #: topic patterns taken from fedmsg
+    #: topic patterns taken from fedmsg, without the ``topic_prefix.environment`` part
+    #: ("bodhi.#"; a pattern that starts with it is read without it)
     zmq_topics: list[str] = msgspec.field(default_factory=lambda: ["#"])
     #: where AMQP messages are published as fedmsg (PUB, bound); "" for a one-way bridge
     zmq_publish: str = ""
@@ -61,7 +62,7 @@ class BridgeConfig(Settings):
     #: the AMQP → fedmsg queue (default ``tidings.bridge.<name>``)
     queue: str = ""
     #: the bridge's identity: a message that carries it has crossed already and never goes back
-    username: str = "fedmsg-bridge"
+    username: Annotated[str, msgspec.Meta(min_length=1)] = "fedmsg-bridge"
     topic_prefix: str = "org.fedoraproject"
     environment: str = "prod"
     #: refuse fedmsg messages that are unsigned or not signed by a certificate of ``ca_file``
@@ -141,7 +142,7 @@ def expand_bridge(config: Config, name: str, table: dict[str, Any], where: str) 
                 "transport": parts["fedmsg_in"],
                 "format": "fedmsg",
                 "format_options": reading,
-                "bindings": bridge.zmq_topics,
+                "bindings": [_short(pattern, bridge) for pattern in bridge.zmq_topics],
                 "connectors": [bridge.connector],
                 "mark": mark,
             }
@@ -155,7 +156,7 @@ def expand_bridge(config: Config, name: str, table: dict[str, Any], where: str) 
                 "format": "fedmsg",
                 "format_options": fedmsg,
                 # only what the bridge took from AMQP: never this bus's own events
-                "filter": {"field": f"headers.{_HOPS_HEADER}", "regex": f"{re.escape(parts['to_fedmsg'])}$"},
+                "filter": {"field": f"headers.{_HOPS_HEADER}", "regex": _last_hop(parts["to_fedmsg"])},
             }
         }
         expansion["relays"][parts["to_fedmsg"]] = {
@@ -166,5 +167,18 @@ def expand_bridge(config: Config, name: str, table: dict[str, Any], where: str) 
             "format": "fedora-messaging",
             "connectors": [parts["connector"]],
             "mark": mark,
+            # fedmsg's id form: this bus's own events come back from AMQP with the ids they have
+            # in the outbox already, and must still go out to fedmsg
+            "id": "{year}-{id}",
         }
     return expansion
+
+
+def _last_hop(relay: str) -> str:
+    """A regex on the hops header: ``relay`` is the last relay the event went through."""
+    return f"(^|,){re.escape(relay)}$"
+
+
+def _short(pattern: str, bridge: BridgeConfig) -> str:
+    """A fedmsg topic pattern as the fedmsg format's events have it: without the prefix."""
+    return pattern.removeprefix(f"{bridge.topic_prefix}.{bridge.environment}.")
