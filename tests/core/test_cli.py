@@ -256,6 +256,26 @@ def test_tail_shows_published_events(tmp_path: Path) -> None:
     assert [orjson.loads(line)["topic"] for line in lines] == ["tail.t1", "tail.t2", "tail.live"]
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_tail_stops_on_a_signal_even_started_with_ctrl_c_ignored(tmp_path: Path, sig: int, code: int) -> None:
+    # a non-interactive shell starts background jobs with SIGINT ignored; Python then has no Ctrl-C
+    assert tidings(tmp_path, "publish", "tail.one", "--body", "{}").returncode == 0
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "tail", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert b"tail.one" in follower.stdout.readline()  # type: ignore[union-attr]
+        follower.send_signal(sig)
+        assert follower.wait(10) == code
+    finally:
+        follower.kill()
+
+
 def test_replay_from_a_file_and_from_the_outbox(tmp_path: Path) -> None:
     from tidings import Event
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import time
+from types import FrameType
 
 import typer
 from rich.console import Console
@@ -13,7 +15,22 @@ from tidings.topics import topic_matches
 POLL = 0.1
 
 
+class _Signalled(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+def _raise_signalled(signum: int, frame: FrameType | None) -> None:
+    raise _Signalled(signum)
+
+
 def follow_outbox(bus: Bus, pattern: str, last: int, *, as_json: bool, console: Console) -> None:
+    """Print events until SIGTERM (exit 0) or Ctrl-C (exit 130), as the long-running commands do.
+
+    The handlers are set here rather than left to Python's Ctrl-C: a process started in the
+    background by a non-interactive shell inherits SIGINT ignored, and would never stop."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_signalled)
     outbox = bus.outbox
     cursor = max(0, outbox.last_seq() - last)
     try:
@@ -25,8 +42,10 @@ def follow_outbox(bus: Bus, pattern: str, last: int, *, as_json: bool, console: 
                     show(row.event() if not as_json else None, row.data, as_json, console)
             if not rows:
                 time.sleep(POLL)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None  # Ctrl-C is the only way out: say it was one
+    except _Signalled as stopped:
+        raise typer.Exit(130 if stopped.signum == signal.SIGINT else 0) from None
+    finally:
+        bus.close()
 
 
 def show(event: object, data: bytes, as_json: bool, console: Console) -> None:
