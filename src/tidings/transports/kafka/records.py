@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -26,7 +26,7 @@ from tidings.errors import InvalidEvent
 from tidings.event import dumps, loads
 from tidings.redact import mask_url
 from tidings.transport import WireMessage
-from tidings.transports.textheaders import from_text, to_text
+from tidings.transports.textheaders import from_text, to_bytes
 
 ROUTING_KEY_HEADER = "x-tidings-routing-key"
 MESSAGE_ID_HEADER = "x-tidings-message-id"
@@ -68,11 +68,12 @@ class TopicTemplate:
     """``{exchange}`` and ``{0}``, ``{1}``... (routing key words) in a topic name."""
 
     template: str
+    #: does the topic depend on the routing key (else it is one topic per exchange)?
+    uses_words: bool = field(init=False)
 
-    @property
-    def uses_words(self) -> bool:
-        """Does the topic depend on the routing key (else it is one topic per exchange)?"""
-        return _uses_words(self.template)
+    def __post_init__(self) -> None:
+        uses = any(name != "exchange" for name in _PLACEHOLDER.findall(self.template))
+        object.__setattr__(self, "uses_words", uses)  # worked out once: asked per message
 
     def problem(self) -> str:
         """Why the template can never make a valid topic, or ""."""
@@ -123,11 +124,6 @@ class TopicTemplate:
         if all(value is not None for value in exact):
             return "".join(value for value in exact if value is not None)
         return "^" + "".join(regex) + "$"
-
-
-@lru_cache(maxsize=64)
-def _uses_words(template: str) -> bool:
-    return any(name != "exchange" for name in _PLACEHOLDER.findall(template))
 
 
 @lru_cache(maxsize=1024)
@@ -208,9 +204,9 @@ def to_record(
         properties["priority"] = message.priority
     if properties:
         own[PROPERTIES_HEADER] = properties
-    text = to_text({**message.headers, **own, **(extra or {})})
+    headers = to_bytes({**message.headers, **own, **extra} if extra else {**message.headers, **own})
     stamp = int(message.timestamp.timestamp() * 1000) if message.timestamp is not None else 0
-    return Record(topic, key, message.body, [(k, v.encode()) for k, v in text.items()], stamp)
+    return Record(topic, key, message.body, headers, stamp)
 
 
 def from_record(

@@ -69,6 +69,8 @@ _NEVER = {
 }
 #: report errors that mean the broker was not reached
 _UNREACHED = {KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+#: librdkafka's queue was full: try the same record again once reports have drained it
+_QUEUE_FULL = SendResult(Outcome.RETRY, "librdkafka's queue is full")
 
 
 class KafkaTransport:
@@ -302,7 +304,7 @@ class KafkaTransport:
 
     def _record(self, exchange: str, message: WireMessage) -> Record | SendResult:
         try:
-            topic = self.topic_of(exchange, message)
+            topic = self.template.topic(message.exchange or exchange, message.routing_key)
         except InvalidEvent as exc:
             return SendResult(Outcome.REFUSED, f"no Kafka topic for it: {exc}")
         return to_record(message, topic, key_of(message, self.key))
@@ -323,11 +325,15 @@ class KafkaTransport:
             if isinstance(record, SendResult):
                 reports.results[index] = record
                 continue
-            failed = await self._produce_one(producer, record, partial(reports.report, index))
-            if failed is None:
+            report = partial(reports.report, index)
+            refused = self._try_produce(producer, record, report)
+            while refused is _QUEUE_FULL:  # librdkafka's queue is full: let reports drain it
+                await asyncio.sleep(0.005)
+                refused = self._try_produce(producer, record, report)
+            if refused is None:
                 produced += 1
             else:
-                reports.results[index] = failed
+                reports.results[index] = refused
         reports.expect(produced)
         try:
             await asyncio.wait_for(asyncio.shield(reports.done), self.delivery_timeout + 10)
@@ -340,31 +346,31 @@ class KafkaTransport:
         self._fail_if_unreached(final)
         return final
 
-    async def _produce_one(
+    def _try_produce(
         self, producer: Producer, record: Record, report: Callable[[KafkaError | None, Any], None]
     ) -> SendResult | None:
-        """Hand one record over; a result only if librdkafka refused it at once."""
-        while True:
-            try:
-                producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    timestamp=record.timestamp,
-                    on_delivery=report,
+        """Hand one record over: None, :data:`_QUEUE_FULL`, or why librdkafka refused it at once.
+        (Not a coroutine: it runs once per record, and almost always succeeds at once.)"""
+        try:
+            producer.produce(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                headers=record.headers,
+                timestamp=record.timestamp,
+                on_delivery=report,
+            )
+            return None
+        except BufferError:
+            return _QUEUE_FULL
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                return SendResult(
+                    Outcome.REFUSED, f"larger than Kafka's message.max.bytes ({self.max_message_bytes})"
                 )
-                return None
-            except BufferError:  # librdkafka's queue is full: let reports drain it
-                await asyncio.sleep(0.005)
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    return SendResult(
-                        Outcome.REFUSED, f"larger than Kafka's message.max.bytes ({self.max_message_bytes})"
-                    )
-                outcome = Outcome.REFUSED if error.code() in _NEVER else Outcome.RETRY
-                return SendResult(outcome, _reason(exc))
+            outcome = Outcome.REFUSED if error.code() in _NEVER else Outcome.RETRY
+            return SendResult(outcome, _reason(exc))
 
     def _fail_if_unreached(self, results: list[SendResult]) -> None:
         """A batch none of which reached the broker: the broker is away, not these messages."""
