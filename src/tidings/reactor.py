@@ -16,9 +16,12 @@ over all rules of a process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import os
 import re
+import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +44,8 @@ WHOLE = re.compile(r"\$([A-Za-z_][\w.]*)")
 INSIDE = re.compile(r"\$\{([^}]+)\}")
 #: how much of a command's output a log line keeps
 OUTPUT_SHOWN = 2000
+#: seconds to wait for a killed command to be gone
+KILL_WAIT = 5.0
 
 
 class CommandFailed(Exception):
@@ -143,21 +148,35 @@ async def run_command(rule: Rule, argv: list[str], stdin: bytes) -> None:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout kills what it started too
         )
     except OSError as exc:
         raise CommandFailed(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
     try:
         output, _ = await asyncio.wait_for(process.communicate(stdin), rule.config.timeout)
     except TimeoutError:
-        process.kill()
-        await process.wait()
+        await _kill_group(process)
         raise CommandFailed(f"{argv[0]} did not finish within {rule.config.timeout:g} s; killed") from None
+    except asyncio.CancelledError:  # the reactor stops: leave nothing running behind
+        await _kill_group(process)
+        raise
     shown = output.decode(errors="replace")[-OUTPUT_SHOWN:].strip()
     log.info(
         "reactor %s: %s exited %d%s", rule.name, argv[0], process.returncode, f": {shown}" if shown else ""
     )
     if process.returncode != 0:
         raise CommandFailed(f"{argv[0]} exited {process.returncode}: {shown[-200:]}")
+
+
+async def _kill_group(process: asyncio.subprocess.Process) -> None:
+    """Kill the command and every process in its group (a shell's background jobs hold its
+    output pipe open, and would keep it waiting)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(process.wait(), KILL_WAIT)
+    except TimeoutError:  # a child that left the group still holds the pipe: stop waiting for it
+        log.warning("reactor: %d was killed, but a process it started still holds its output", process.pid)
 
 
 async def _call(target: Callable[[Event], Any], event: Event) -> None:

@@ -258,6 +258,30 @@ async def test_a_failing_command_is_retried_then_dead_lettered_for_that_rule(tmp
     assert depth[0] == 1
 
 
+async def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    from tidings.config import ReactorRule
+    from tidings.reactor import CommandFailed, Rule, run_command
+
+    pids = tmp_path / "pids"
+    # a shell whose background job keeps the output pipe open after the shell itself is killed
+    script = f"sleep 60 & echo $! > {pids}; sleep 60"
+    rule = Rule("slow", ReactorRule(command=["sh", "-c", script], timeout=0.5), lambda event: True)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(CommandFailed, match=r"did not finish within 0\.5 s"):
+        await asyncio.wait_for(run_command(rule, ["sh", "-c", script], b""), 20)
+    assert asyncio.get_running_loop().time() - started < 10
+    assert not running(int(pids.read_text()))  # gone with the shell, not left running
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 async def test_a_missing_argument_dead_letters_without_running(tmp_path: Path) -> None:
     log = tmp_path / "ran.jsonl"
     bus = reactor_bus(
