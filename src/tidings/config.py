@@ -11,6 +11,7 @@ is worse than an error.
 from __future__ import annotations
 
 import os
+import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +23,7 @@ from tidings.errors import ConfigError, InvalidTopic
 from tidings.format import format_plugin
 from tidings.plugins import Registry, explain
 from tidings.retry import CONNECTOR_SCHEDULE, CONSUMER_SCHEDULE
-from tidings.topics import validate_pattern
+from tidings.topics import validate_pattern, validate_topic
 from tidings.transport import transport_plugin
 
 CONFIG_ENV = "TIDINGS_CONFIG"
@@ -552,6 +553,8 @@ def _check_relays_and_rules(config: Config, origin: str) -> None:
         if relay.filter is not None:
             compile_filter(relay.filter, f"{where} filter")
         _check_known(config, where, relay.transport)
+        check_topic_template(relay.topic, f"{where} topic")
+        _check_bindings(relay.bindings, f"{where} bindings")
         for connector in relay.connectors:
             if connector not in config.connectors:
                 known = ", ".join(sorted(config.connectors)) or "none"
@@ -564,6 +567,7 @@ def _check_relays_and_rules(config: Config, origin: str) -> None:
             except msgspec.ValidationError as exc:
                 raise ConfigError(f"{where} watch: {explain(exc)}") from None
             _check_known(config, f"{where} watch", watched.transport)
+            _check_bindings(watched.bindings, f"{where} watch bindings")
     reactor = config.reactor
     if reactor.rules:
         _check_known(config, f"{origin}: [reactor]", reactor.transport)
@@ -573,11 +577,39 @@ def _check_relays_and_rules(config: Config, origin: str) -> None:
             raise ConfigError(f'{where}: give either command = [...] or call = "module:function"')
         if rule.match is not None:
             compile_filter(rule.match, f"{where} match")
-        for pattern in rule.bindings:
-            try:
-                validate_pattern(pattern)
-            except InvalidTopic as exc:
-                raise ConfigError(f"{where} bindings: {exc}") from None
+        _check_bindings(rule.bindings, f"{where} bindings")
+
+
+def _check_bindings(patterns: list[str], where: str) -> None:
+    for pattern in patterns:
+        try:
+            validate_pattern(pattern)
+        except InvalidTopic as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_topic_template(template: str, where: str) -> str:
+    """A relay's topic template: it names only ``{topic}`` or word numbers ``{0}``, ``{1}`` ...
+    (no conversions or format specs), and what it makes is a topic (with ``x`` for each)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    sample = ""
+    for literal, name, spec, conversion in parts:
+        sample += literal
+        if name is None:
+            continue
+        if name != "topic" and not name.isdigit():
+            raise ConfigError(f"{where}: {{{name}}} is neither {{topic}} nor a word number like {{0}}")
+        if spec or conversion:
+            raise ConfigError(f"{where}: {{{name}}} takes no conversion or format spec")
+        sample += "x"
+    try:
+        validate_topic(sample)
+    except InvalidTopic as exc:
+        raise ConfigError(f"{where}: {template!r} makes no valid topic: {exc}") from None
+    return template
 
 
 def _check_known(config: Config, where: str, transport: str) -> None:

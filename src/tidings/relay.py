@@ -17,19 +17,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import string
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from tidings.config import Config, archives_outbox
+from tidings.config import Config, archives_outbox, check_topic_template
 from tidings.consumer import App
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, InvalidTopic
 from tidings.event import Event, year_prefixed
 from tidings.filters import Predicate, compile_filter
 from tidings.handling import Reject
 from tidings.migration import MissingCheck, Sightings
+from tidings.topics import validate_topic
 
 if TYPE_CHECKING:
     from tidings.bus import Bus
@@ -73,7 +73,7 @@ class Relay:
         self.bus, self.name, self.config = bus, name, config
         where = f"[relays.{name}]"
         self.passes: Predicate = compile_filter(config.filter, f"{where} filter") if config.filter else _all
-        self.topic_template = _template(config.topic, f"{where} topic")
+        self.topic_template = check_topic_template(config.topic, f"{where} topic")
         self.counters = RelayCounters()
         self.sightings = Sightings(bus.config.home_path() / "migration.db")
 
@@ -140,11 +140,15 @@ class Relay:
     def topic_for(self, event: Event) -> str:
         words = event.topic.split(".")
         try:
-            return self.topic_template.format(*words, topic=event.topic)
+            topic = self.topic_template.format(*words, topic=event.topic)
         except IndexError:
             raise Reject(
                 f"relay {self.name}: topic {self.config.topic!r} needs more words than {event.topic!r} has"
             ) from None
+        try:
+            return validate_topic(topic)
+        except InvalidTopic as exc:  # too long, say: this event cannot be relayed, others can
+            raise Reject(f"relay {self.name}: topic {self.config.topic!r} makes {exc}") from None
 
 
 def connector_test(config: Config, name: str) -> Predicate | None:
@@ -172,18 +176,6 @@ def connector_test(config: Config, name: str) -> Predicate | None:
 def hops_of(event: Event) -> list[str]:
     raw = event.headers.get(HOPS_HEADER)
     return [hop for hop in str(raw).split(",") if hop] if raw else []
-
-
-def _template(template: str, where: str) -> str:
-    """A topic template that can only name ``{topic}`` or a word number ``{0}``, ``{1}`` ..."""
-    try:
-        fields = [name for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    for name in fields:
-        if name != "topic" and not name.isdigit():
-            raise ConfigError(f"{where}: {{{name}}} is neither {{topic}} nor a word number like {{0}}")
-    return template
 
 
 def _all(event: Any) -> bool:

@@ -66,6 +66,15 @@ def test_the_topic_is_mapped_from_the_incoming_words(tmp_path: Path) -> None:
     assert out is not None and out.topic == "lab.validation.org.linaro.validation.testjob"
 
 
+def test_a_mapped_topic_that_is_no_topic_rejects_that_event_alone(tmp_path: Path) -> None:
+    from tidings.handling import Reject
+
+    relay = Relay(bus_of(tmp_path, {"relays": {"x": {"topic": "lab.{topic}"}}}), "x")
+    with pytest.raises(Reject, match="makes"):
+        relay.outgoing(Event.create("a" * 253, {}))  # a valid topic, too long once prefixed
+    assert relay.outgoing(job(1)) is not None
+
+
 @pytest.mark.parametrize(
     ("relay", "message"),
     [
@@ -73,6 +82,12 @@ def test_the_topic_is_mapped_from_the_incoming_words(tmp_path: Path) -> None:
         ({"topic": "lab.{name}"}, "{name} is neither {topic} nor a word number"),
         ({"transport": "nowhere"}, "[relays.x] names transport 'nowhere'"),
         ({"app": "m:f"}, "[relays.x] app: a relay's handler is the relay itself"),
+        ({"topic": "lab.#"}, "[relays.x] topic: 'lab.#' makes no valid topic"),
+        ({"topic": "a..{topic}"}, "[relays.x] topic: 'a..{topic}' makes no valid topic"),
+        ({"topic": "{0:d}"}, "[relays.x] topic: {0} takes no conversion or format spec"),
+        ({"topic": "{topic"}, "[relays.x] topic: "),
+        ({"bindings": ["a..b"]}, "[relays.x] bindings: "),
+        ({"watch": {"bindings": ["a.#.#x"]}}, "[relays.x] watch bindings: "),
     ],
 )
 def test_a_relay_that_cannot_work_is_refused_naming_the_key(
