@@ -373,15 +373,19 @@ def load_config(path: str | Path | None = None) -> Config:
     file, why = find_config(path)
     if file is None:
         return default_config()
+    if file.is_dir() or file.is_char_device() or file.is_block_device():  # /dev/urandom never ends
+        raise ConfigError(f"config file {str(file)!r} ({why}) is a directory or a device, not a file")
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        config = parse_config(raw, base_dir=file.resolve().parent, origin=str(file))
     except FileNotFoundError:
         raise ConfigError(f"config file {str(file)!r} ({why}) does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(file)!r} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
-    config = parse_config(raw, base_dir=file.resolve().parent, origin=str(file))
+    except RecursionError:
+        raise ConfigError(f"config file {str(file)!r} nests tables or lists too deeply") from None
     return msgspec.structs.replace(config, origin=f"{file} ({why})")
 
 

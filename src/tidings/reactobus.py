@@ -32,10 +32,20 @@ def load_yaml(text: str) -> dict[str, Any]:
         import yaml
     except ImportError:
         raise ConfigError("reading a ReactOBus file needs PyYAML: pip install 'tidings[reactobus]'") from None
+    class NoAliases(yaml.SafeLoader):
+        """ReactOBus files need no anchors; refusing aliases refuses 'billion laughs' files."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise ConfigError("YAML aliases (*name) are not accepted in a ReactOBus configuration")
+            return super().compose_node(parent, index)
+
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=NoAliases)  # a SafeLoader underneath
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}".splitlines()[0]) from None
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply to be a ReactOBus configuration") from None
     if not isinstance(loaded, dict):
         raise ConfigError("a ReactOBus configuration is a YAML mapping (inputs, outputs, reactor, db)")
     return loaded

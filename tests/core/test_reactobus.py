@@ -110,3 +110,19 @@ def test_a_file_that_is_not_reactobus_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 3 and done.stderr.startswith("tidings: error: not valid YAML")
     (tmp_path / "list.yaml").write_text("- 1\n")
     assert "a YAML mapping" in tidings(tmp_path, "import-reactobus", "list.yaml").stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"a: &a [1, 2]\nb: &b [*a, *a]\ninputs: *b\n", "YAML aliases (*name) are not accepted"),
+        (b"reactor:\n  rules:\n    - name: x\n      exec: /bin/true\n", "is not a ReactOBus configuration"),
+        (b"\xff\xfeinputs: []\n", "is not UTF-8 text"),
+        (b"inputs: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    ],
+)
+def test_hostile_or_odd_files_get_one_line_and_exit_3(tmp_path: Path, content: bytes, said: str) -> None:
+    (tmp_path / "odd.yaml").write_bytes(content)
+    done = tidings(tmp_path, "import-reactobus", "odd.yaml")
+    assert done.returncode == 3, done.stderr
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -152,3 +152,14 @@ def test_a_format_or_transport_whose_package_is_missing_is_a_config_error(
         ConfigError, match=r"transport 'gone' needs .*tidings_no_such_module.*tidings\[gone\]"
     ):
         gone.build("transport", {}, "[transports.x]")
+
+
+def test_a_config_nested_too_deeply_or_not_a_file_is_one_line(tmp_path: Path) -> None:
+
+    deep = "{not = " * 400 + '{field = "a", exists = true}' + "}" * 400
+    (tmp_path / "deep.toml").write_text(f"[relays.x]\nfilter = {deep}\n")
+    with pytest.raises(ConfigError, match="nests tables or lists too deeply"):
+        load_config(tmp_path / "deep.toml")
+    for endless in (Path("/dev/zero"), tmp_path):
+        with pytest.raises(ConfigError, match="is a directory or a device, not a file"):
+            load_config(endless)

@@ -142,7 +142,15 @@ def import_reactobus(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {str(file)!r}: {exc.strerror}") from None
-    converted = convert(load_yaml(text))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{str(file)!r} is not UTF-8 text") from None
+    try:
+        converted = convert(load_yaml(text))
+    except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as exc:
+        # a shape the converter's own checks did not foresee: still one line, naming the file
+        raise ConfigError(
+            f"{str(file)!r} is not a ReactOBus configuration tidings can read ({type(exc).__name__}: {exc})"
+        ) from None
     parse_config(converted.config, origin=f"{file} (converted)")  # what we write must load
     comments = "".join(f"# {note}\n" for note in converted.notes)
     written = f"# converted from the ReactOBus configuration {file.name}\n{comments}\n" + tomli_w.dumps(
@@ -153,7 +161,10 @@ def import_reactobus(
         return
     if output.exists():
         raise ConfigError(f"{str(output)!r} exists; choose another --output (nothing was written)")
-    output.write_text(written, encoding="utf-8")
+    try:
+        output.write_text(written, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {str(output)!r}: {exc.strerror}") from None
     err.print(f"wrote {output} ({len(converted.notes)} note(s) in its comments)", highlight=False)
 
 
