@@ -155,7 +155,6 @@ def test_a_format_or_transport_whose_package_is_missing_is_a_config_error(
 
 
 def test_a_config_nested_too_deeply_or_not_a_file_is_one_line(tmp_path: Path) -> None:
-
     deep = "{not = " * 400 + '{field = "a", exists = true}' + "}" * 400
     (tmp_path / "deep.toml").write_text(f"[relays.x]\nfilter = {deep}\n")
     with pytest.raises(ConfigError, match="nests tables or lists too deeply"):
