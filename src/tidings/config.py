@@ -394,9 +394,14 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
         if computed in raw:
             raise ConfigError(f"{origin}: unknown key {computed!r}")
     # named tables first, so an error can say [connectors.rabbit] rather than [connectors[...]]
-    named = (("connectors", ConnectorConfig), ("consumers", ConsumerConfig), ("relays", RelayConfig))
-    for section, cls in named:
-        tables = raw.get(section)
+    reactor = raw.get("reactor")
+    named = (
+        ("connectors", ConnectorConfig, raw.get("connectors")),
+        ("consumers", ConsumerConfig, raw.get("consumers")),
+        ("relays", RelayConfig, raw.get("relays")),
+        ("reactor.rules", ReactorRule, reactor.get("rules") if isinstance(reactor, dict) else None),
+    )
+    for section, cls, tables in named:
         for name, table in tables.items() if isinstance(tables, dict) else ():
             try:
                 msgspec.convert(table, cls, strict=True)
@@ -479,8 +484,13 @@ def _check_transports(config: Config, origin: str) -> None:
 
 
 def _check_formats(config: Config, origin: str) -> None:
-    """Each connector's and consumer's format exists, and its options are the format's."""
-    for section, tables in (("connectors", config.connectors), ("consumers", config.consumers)):
+    """Each connector's, consumer's and relay's format exists, and its options are the format's."""
+    sections: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("connectors", config.connectors),
+        ("consumers", config.consumers),
+        ("relays", config.relays),
+    )
+    for section, tables in sections:
         for name, table in tables.items():
             where = f"{origin}: [{section}.{name}]"
             try:

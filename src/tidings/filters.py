@@ -30,10 +30,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
-
 from tidings.errors import ConfigError, InvalidTopic
-from tidings.event import Event
+from tidings.event import Event, dumps
 from tidings.topics import topic_matches, validate_pattern
 
 Predicate = Callable[[Event], bool]
@@ -103,7 +101,7 @@ def lookup(event: Event, path: str) -> Any:
 
 def as_text(value: Any) -> str:
     """A value as text, the way ReactOBus shows it: strings as they are, everything else as JSON."""
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+    return value if isinstance(value, str) else dumps(value).decode()  # InvalidEvent if it cannot be
 
 
 # -- the parts -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ def load_yaml(text: str) -> dict[str, Any]:
         import yaml
     except ImportError:
         raise ConfigError("reading a ReactOBus file needs PyYAML: pip install 'tidings[reactobus]'") from None
+
     class NoAliases(yaml.SafeLoader):
         """ReactOBus files need no anchors; refusing aliases refuses 'billion laughs' files."""
 

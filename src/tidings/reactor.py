@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidings.config import ReactorRule
 from tidings.consumer import App
+from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event
 from tidings.filters import MISSING, Predicate, as_text, compile_filter, lookup
 from tidings.handling import Reject
@@ -106,7 +107,7 @@ def firing(bus: Bus, events: Iterable[Event]) -> Iterable[tuple[Event, Rule, lis
             if any(_bound(pattern, event.topic) for pattern in rule.config.bindings) and rule.matches(event):
                 try:
                     yield event, rule, rule.argv(event) if rule.config.command else rule.config.call
-                except Reject as exc:
+                except (Reject, InvalidEvent) as exc:
                     yield event, rule, f"(would be dead-lettered: {exc})"
 
 
@@ -189,7 +190,7 @@ async def _call(target: Callable[[Event], Any], event: Event) -> None:
 def _callable(rule: Rule) -> Callable[[Event], Any]:
     found = import_object(rule.config.call, f"[reactor.rules.{rule.name}] call")
     if not callable(found):
-        raise TypeError(f"[reactor.rules.{rule.name}] call {rule.config.call!r} is not callable")
+        raise ConfigError(f"[reactor.rules.{rule.name}] call {rule.config.call!r} is not callable")
     return found  # type: ignore[no-any-return]
 
 

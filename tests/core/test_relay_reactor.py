@@ -481,3 +481,59 @@ async def test_verify_missing_lists_what_passed_but_never_arrived(tmp_path: Path
     await transport.close()
     relaying.sightings.close()
     bus.close()
+
+
+# -- bad input, one line each ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "code", "said"),
+    [
+        ('[reactor.rules.r]\ncall = "os:sep"\n', ["reactor"], 3, "call 'os:sep' is not callable"),
+        (
+            '[reactor.rules.r]\ncommand = ["true"]\ntimeout = "x"\n',
+            ["config", "check"],
+            3,
+            "[reactor.rules.r] timeout",
+        ),
+        ("[relays.x]\nformat_options = {frob = 1}\n", ["config", "check"], 3, "[relays.x] format_options"),
+        ("[relays.x]\n", ["relay", "x", "--verify-missing", "nan"], 2, "not a number of seconds"),
+        ("[relays.x]\n", ["relay", "x", "--grace", "-5"], 2, "not a number of seconds"),
+    ],
+)
+def test_bad_relay_and_reactor_input_is_one_line(
+    tmp_path: Path, config: str, args: list[str], code: int, said: str
+) -> None:
+    (tmp_path / "tidings.toml").write_text(config)
+    done = tidings(tmp_path, *args)
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_dry_run_shows_events_whose_values_cannot_be_arguments(tmp_path: Path) -> None:
+    rule = '[reactor.rules.r]\nbindings = ["#"]\ncommand = ["echo", "$data.a"]\n'
+    (tmp_path / "tidings.toml").write_text(rule)
+    deep: Any = 1
+    for _ in range(300):
+        deep = {"x": deep}
+    events = [Event.create("a.b", {"a": 10**30}), Event.create("a.b", {"a": deep})]
+    lines = [json.dumps({**e.to_dict(), "time": "2026-12-01T00:00:00Z"}) for e in events]  # json: any depth
+    (tmp_path / "events.jsonl").write_text("\n".join(lines))
+    done = tidings(tmp_path, "reactor", "--dry-run", "events.jsonl")
+    assert done.returncode == 0, done.stderr
+    wide, nested = done.stdout.splitlines()
+    assert wide.endswith("echo 1000000000000000000000000000000")  # exact, however wide
+    assert "(would be dead-lettered: event cannot be written as JSON" in nested
+
+
+def test_migration_status_of_a_file_that_is_no_migration_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    (tmp_path / "tidings.toml").write_text("[relays.x]\n")
+    assert "nothing seen yet" in tidings(tmp_path, "migration", "status").stdout
+    assert not (tmp_path / ".tidings").exists()  # asking made nothing
+    (tmp_path / ".tidings").mkdir()
+    with sqlite3.connect(tmp_path / ".tidings" / "migration.db") as db:
+        db.execute("CREATE TABLE sightings (a)")
+    done = tidings(tmp_path, "migration", "status")
+    assert done.returncode == 3 and "is not a migration database tidings can read" in done.stderr

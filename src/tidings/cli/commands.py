@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 from pathlib import Path
@@ -48,6 +49,13 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also one line
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line, for programs.")]
+
+
+def seconds(value: float) -> float:
+    """An option's callback: a number of seconds, 0 or more (nan and inf are neither)."""
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value} is not a number of seconds, 0 or more")
+    return value
 
 
 def load_bus(config: Path | None, log_level: str | None = "WARNING", *, verbose: bool = False) -> Bus:

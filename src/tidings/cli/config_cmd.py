@@ -65,7 +65,8 @@ def check_plugins(bus: Bus) -> None:
     )
     for section, tables in sections:
         for name, table in tables.items():
-            bus.make_format(table.format, table.format_options, f"[{section}.{name}]")
+            where = f"{bus.config.origin}: [{section}.{name}] format_options"
+            bus.make_format(table.format, table.format_options, where)
 
 
 def effective(config: Config) -> dict[str, Any]:

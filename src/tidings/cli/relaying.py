@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,16 @@ import typer
 
 from tidings.bus import Bus
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, JsonOpt, LogOpt, VerboseOpt, load_bus, out, until_signalled
+from tidings.cli.commands import (
+    ConfigOpt,
+    JsonOpt,
+    LogOpt,
+    VerboseOpt,
+    load_bus,
+    out,
+    seconds,
+    until_signalled,
+)
 from tidings.consumer import App
 from tidings.errors import ConfigError
 from tidings.relay import Relay
@@ -23,6 +33,7 @@ def relay(
         float,
         typer.Option(
             "--verify-missing",
+            callback=seconds,
             metavar="SECONDS",
             help="Do not relay: watch both buses (the input and watch = {...}) this long and list the "
             "ids that passed the filter but never arrived, and copies never seen at the input "
@@ -30,7 +41,7 @@ def relay(
         ),
     ] = 0.0,
     grace: Annotated[
-        float, typer.Option(metavar="SECONDS", help="How long an event may take to cross.")
+        float, typer.Option(metavar="SECONDS", help="How long an event may take to cross.", callback=seconds)
     ] = 30.0,
     config: ConfigOpt = None,
     log_level: LogOpt = None,
@@ -186,15 +197,21 @@ def migration_status(
     from datetime import UTC, datetime
 
     from tidings.cli.output import print_rows
-    from tidings.migration import Sightings
+    from tidings.migration import Row, Sightings
 
     bus = load_bus(config)
     for name in relays or []:
         if name not in bus.config.relays:
             raise ConfigError(f"no relay named {name!r} is configured")
-    sightings = Sightings(bus.config.home_path() / "migration.db")
-    table = sightings.table(relays or None)
-    sightings.close()
+    path = bus.config.home_path() / "migration.db"
+    table: list[tuple[str, Row]] = []
+    if path.exists():  # nothing counted yet: say so, and make no folder or file for it
+        try:
+            sightings = Sightings(path)
+            table = sightings.table(relays or None)
+            sightings.close()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{str(path)!r} is not a migration database tidings can read: {exc}") from None
 
     def when(moment: float) -> str:
         return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")

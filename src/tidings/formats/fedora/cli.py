@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, LogOpt, load_bus, out, until_signalled
+from tidings.cli.commands import ConfigOpt, LogOpt, load_bus, out, seconds, until_signalled
 
 
 @app.command()
@@ -18,12 +18,16 @@ def bridge(
         float,
         typer.Option(
             "--verify-missing",
+            callback=seconds,
             help="Do not bridge: watch both buses for this many seconds and report every message "
             "id seen on one side only (exit 6 if any).",
         ),
     ] = 0.0,
     grace: Annotated[
-        float, typer.Option(help="Seconds a message may take to cross before it counts as missing.")
+        float,
+        typer.Option(
+            help="Seconds a message may take to cross before it counts as missing.", callback=seconds
+        ),
     ] = 30.0,
     config: ConfigOpt = None,
     log_level: LogOpt = None,
