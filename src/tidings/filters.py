@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from re import _constants as re_constants  # the parsed form of a pattern, to look for nested repeats
+from re import _parser as re_parser
 from typing import Any
 
 from tidings.errors import ConfigError, InvalidTopic
@@ -135,9 +137,41 @@ def _regex(expression: Any, where: str) -> re.Pattern[str]:
     if not isinstance(expression, str):
         raise ConfigError(f"{where}: a regular expression is text, not {type(expression).__name__}")
     try:
-        return re.compile(expression)
+        compiled = re.compile(expression)
     except re.error as exc:
         raise ConfigError(f"{where}: bad regular expression {expression!r}: {exc}") from None
+    if _nested_repeat(re_parser.parse(expression)):
+        raise ConfigError(
+            f"{where}: {expression!r} repeats a repetition, which can take exponential time on some "
+            "input and stop every event behind it; make the inner one possessive (a++) or atomic "
+            "((?>...)), or write it without the nesting"
+        )
+    return compiled
+
+
+_REPEATS = (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT)
+
+
+def _nested_repeat(parsed: Any, inside: bool = False) -> bool:
+    """Whether an unbounded repetition holds another repetition (``(a+)+``, ``(a*)*``, ``(\\d+x?)+``):
+    Python's backtracking can take exponential time on such a pattern (ReDoS). Possessive
+    repetitions and atomic groups do not backtrack, so they are not looked into."""
+    for op, av in parsed:
+        if op in _REPEATS:
+            _, most, body = av
+            if (inside and most > 1) or _nested_repeat(body, inside or most == re_constants.MAXREPEAT):
+                return True
+        elif op is re_constants.SUBPATTERN:
+            parts = [av[3]]
+        elif op is re_constants.BRANCH:
+            parts = av[1]
+        elif op in (re_constants.ASSERT, re_constants.ASSERT_NOT):
+            parts = [av[1]]
+        else:
+            continue
+        if op not in _REPEATS and any(_nested_repeat(part, inside) for part in parts):
+            return True
+    return False
 
 
 def _field_test(spec: Mapping[str, Any], where: str) -> Predicate:

@@ -131,3 +131,25 @@ def test_any_path_on_any_body_answers_without_raising(body: dict[str, Any], path
             continue  # a TOML-impossible value (None) refused when compiled, never when matching
         assert isinstance(verdict, bool)
     assert compile_filter({"not": {"field": f"data.{path}", "exists": True}})(event) is not exists
+
+
+@pytest.mark.parametrize("regex", [r"^(a+)+$", "(a*)*", r"(\d+x?)+", r"(\w+\s?)*$", "(?=(a+)+)b", "x|(a+)+"])
+def test_a_regex_that_can_take_exponential_time_is_refused(regex: str) -> None:
+    with pytest.raises(ConfigError, match="repeats a repetition"):
+        compile_filter({"field": "data.a", "regex": regex}, "[relays.x] filter")
+
+
+@pytest.mark.parametrize(
+    ("regex", "value", "passes"),
+    [
+        ("^(ab|cd)+$", "abcdab", True),
+        (r"^org\.linaro\..*$", "org.linaro.validation", True),
+        ("^(a++)+$", "a" * 40 + "!", False),  # possessive: no backtracking, answered at once
+        ("^(?>a+)+!", "a" * 40 + "!", True),
+        ("(ab){2,}", "xababy", True),
+        ("^(a+){2}$", "a", False),
+    ],
+)
+def test_regexes_without_nested_repetition_are_taken(regex: str, value: str, passes: bool) -> None:
+    test = compile_filter({"field": "data.a", "regex": regex}, "[relays.x] filter")
+    assert test(Event.create("a.b", {"a": value})) is passes
