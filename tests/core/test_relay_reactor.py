@@ -516,12 +516,18 @@ def test_dry_run_shows_events_whose_values_cannot_be_arguments(tmp_path: Path) -
     deep: Any = 1
     for _ in range(300):
         deep = {"x": deep}
-    events = [Event.create("a.b", {"a": 10**30}), Event.create("a.b", {"a": deep})]
+    hostile = "\x1b[2J\nrm -rf /"  # clears a terminal, and would look like a line of its own
+    events = [
+        Event.create("a.b", {"a": 10**30}),
+        Event.create("a.b", {"a": deep}),
+        Event.create("a.b", {"a": hostile}),
+    ]
     lines = [json.dumps({**e.to_dict(), "time": "2026-12-01T00:00:00Z"}) for e in events]  # json: any depth
     (tmp_path / "events.jsonl").write_text("\n".join(lines))
     done = tidings(tmp_path, "reactor", "--dry-run", "events.jsonl")
     assert done.returncode == 0, done.stderr
-    wide, nested = done.stdout.splitlines()
+    wide, nested, escaped = done.stdout.splitlines()
+    assert escaped.endswith(f"echo {hostile!r}")
     assert wide.endswith("echo 1000000000000000000000000000000")  # exact, however wide
     assert "(would be dead-lettered: event cannot be written as JSON" in nested
 

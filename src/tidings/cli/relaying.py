@@ -117,13 +117,21 @@ def reactor(
         fired = 0
         for event, rule, action in firing(bus, read_jsonl(dry_run)):
             fired += 1
-            shown = " ".join(action) if isinstance(action, list) else action
+            shown = " ".join(map(_printable, action)) if isinstance(action, list) else action
             out.print(f"{event.id} {event.topic} → {rule.name}: {shown}", highlight=False, markup=False)
         err.print(f"{fired} rule run(s) would fire", highlight=False)
         return
     apps = reactor_apps(bus)
     err.print(f"reactor: {', '.join(a.name for a in apps)} — Ctrl-C to stop", highlight=False)
     asyncio.run(until_signalled(lambda stop: _run_all(bus, apps, stop)))
+
+
+def _printable(argument: str) -> str:
+    """An argument as one readable item: control characters escaped (an event's value must not
+    move the cursor or start a new line), and quoted when it holds spaces or escapes."""
+    if argument.isprintable() and " " not in argument:
+        return argument
+    return repr(argument)
 
 
 async def _run_all(bus: Bus, apps: list[App], stop: asyncio.Event) -> None:
