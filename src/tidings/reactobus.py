@@ -59,7 +59,9 @@ def convert(reactobus: dict[str, Any]) -> Converted:
     for n, item in enumerate(_list(reactobus, "outputs")):
         _output(converted, item, f"outputs[{n}]")
     reactor = reactobus.get("reactor")
-    if isinstance(reactor, dict):
+    if reactor is not None and not isinstance(reactor, dict):
+        raise ConfigError("reactor: a mapping (rules, workers)")
+    if reactor:
         _reactor(converted, reactor)
     if "db" in reactobus:
         converted.notes.append(
@@ -76,6 +78,8 @@ def matcher(field_name: str, patterns: Any, where: str) -> dict[str, Any]:
     """A ReactOBus field match as a tidings filter (``re.match`` is a search anchored at the start)."""
     path = _path(field_name, where)
     listed = patterns if isinstance(patterns, list) else [patterns]
+    if not listed or not all(isinstance(pattern, str | int | float) for pattern in listed):
+        raise ConfigError(f"{where}: patterns: a regular expression or a list of them")
     tests = [{"field": path, "regex": f"^(?:{pattern})"} for pattern in listed]
     return tests[0] if len(tests) == 1 else {"any": tests}
 
@@ -96,6 +100,7 @@ def _input(converted: Converted, item: Any, where: str) -> None:
         converted.notes.append(f"{where} {name}: {kind} has no tidings equivalent (only ZMQSub inputs)")
         return
     _no_encryption(converted, options, where, name)
+    _unused(converted, name, where)
     converted.config["transports"][name] = {"kind": "zeromq", "endpoint": options["url"]}
     relay: dict[str, Any] = {"transport": name, "format": "lava", "bindings": ["#"]}
     filters = _filters(options, where)
@@ -110,6 +115,7 @@ def _output(converted: Converted, item: Any, where: str) -> None:
         converted.notes.append(f"{where} {name}: {kind} has no tidings equivalent (only ZMQPub outputs)")
         return
     _no_encryption(converted, options, where, name)
+    _unused(converted, name, where)
     converted.config["transports"][name] = {"kind": "zeromq", "endpoint": options["url"]}
     converted.config["connectors"][name] = {"transport": name, "format": "lava"}
     if options.get("filters"):
@@ -123,13 +129,22 @@ def _output(converted: Converted, item: Any, where: str) -> None:
 
 def _reactor(converted: Converted, reactor: dict[str, Any]) -> None:
     rules: dict[str, Any] = {}
-    for n, rule in enumerate(reactor.get("rules") or []):
+    listed = reactor.get("rules") or []
+    if not isinstance(listed, list):
+        raise ConfigError("reactor.rules: a list")
+    for n, rule in enumerate(listed):
         where = f"reactor.rules[{n}]"
-        if not isinstance(rule, dict) or "name" not in rule or "exec" not in rule:
-            raise ConfigError(f"{where}: a rule has a name, match and exec")
+        if not (isinstance(rule, dict) and _text(rule.get("name")) and isinstance(rule.get("exec"), dict)):
+            raise ConfigError(f"{where}: a rule has a name, a match and an exec (a mapping with a path)")
+        if str(rule["name"]) in rules:
+            raise ConfigError(f"{where}: the name {rule['name']!r} is used twice")
         match = rule.get("match") or {}
+        if not isinstance(match, dict):
+            raise ConfigError(f"{where}: match: a mapping (field, patterns)")
         patterns = match.get("patterns", match.get("pattern"))
         executing = rule["exec"]
+        if not _text(executing.get("path")) or not isinstance(executing.get("args") or [], list):
+            raise ConfigError(f"{where}: exec: a path, and args as a list")
         args = [str(arg) for arg in executing.get("args") or []]
         if any(arg.startswith("stdin:") for arg in args):
             converted.notes.append(
@@ -142,21 +157,25 @@ def _reactor(converted: Converted, reactor: dict[str, Any]) -> None:
             "timeout": float(executing.get("timeout", 60)),
         }
     if rules:
-        # the rules' queues (retries, dead letters) live on the embedded broker
-        converted.config["transports"].setdefault("local", {"kind": "embedded"})
-        converted.config["connectors"].setdefault("local", {"transport": "local"})
+        # the rules' queues (retries, dead letters) live on the embedded broker, under a name
+        # no input or output took
+        local = "local" if "local" not in converted.config["transports"] else "reactor-local"
+        converted.config["transports"][local] = {"kind": "embedded"}
+        converted.config["connectors"].setdefault(local, {"transport": local})
         converted.config["reactor"] = {
-            "transport": "local",
+            "transport": local,
             "workers": int(reactor.get("workers") or 4),
             "rules": rules,
         }
 
 
 def _pipe(item: Any, where: str) -> tuple[str, str, dict[str, Any]]:
-    if not isinstance(item, dict) or not {"class", "name"} <= set(item):
+    if not isinstance(item, dict) or not _text(item.get("class")) or not _text(item.get("name")):
         raise ConfigError(f"{where}: an input or output has a class, a name and options")
     options = item.get("options") or {}
-    if "url" not in options:
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where} {item['name']}: options: a mapping (url, filters ...)")
+    if not _text(options.get("url")):
         raise ConfigError(f"{where} {item['name']}: options.url is missing")
     return str(item["name"]), str(item["class"]), options
 
@@ -182,6 +201,16 @@ def _path(name: str, where: str) -> str:
             f"{where}: unknown ReactOBus field {name!r} (topic, uuid, datetime, username, data.KEY)"
         )
     return FIELDS[head] + (f".{rest}" if dot else "")
+
+
+def _text(value: Any) -> bool:
+    """Whether a name or path is given: text, not empty (YAML's null is no name)."""
+    return isinstance(value, str) and bool(value)
+
+
+def _unused(converted: Converted, name: str, where: str) -> None:
+    if name in converted.config["transports"]:
+        raise ConfigError(f"{where}: the name {name!r} is used twice (inputs and outputs share names)")
 
 
 def _list(reactobus: dict[str, Any], key: str) -> list[Any]:

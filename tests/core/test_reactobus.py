@@ -116,7 +116,17 @@ def test_a_file_that_is_not_reactobus_is_one_line(tmp_path: Path) -> None:
     ("content", "said"),
     [
         (b"a: &a [1, 2]\nb: &b [*a, *a]\ninputs: *b\n", "YAML aliases (*name) are not accepted"),
-        (b"reactor:\n  rules:\n    - name: x\n      exec: /bin/true\n", "is not a ReactOBus configuration"),
+        (b"reactor:\n  rules:\n    - name: x\n      exec: /bin/true\n", "an exec (a mapping with a path)"),
+        (b"reactor: [1]\n", "reactor: a mapping"),
+        (b"reactor:\n  rules:\n    - {name: x, match: {field: topic}, exec: {path: x}}\n", "patterns"),
+        (b"reactor:\n  rules:\n    - {name: x, match: {patterns: a}, exec: {path: x, args: abc}}\n", "args"),
+        (b"reactor:\n  rules:\n    - {name: null, exec: {path: x}}\n", "a rule has a name"),
+        (
+            b"inputs:\n  - {class: ZMQSub, name: a, options: {url: 'tcp://h:1'}}\n"
+            b"outputs:\n  - {class: ZMQPub, name: a, options: {url: 'tcp://*:2'}}\n",
+            "the name 'a' is used twice",
+        ),
+        (b"inputs:\n  - {class: ZMQSub, name: a, options: 5}\n", "options: a mapping"),
         (b"\xff\xfeinputs: []\n", "is not UTF-8 text"),
         (b"inputs: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
     ],
@@ -126,3 +136,15 @@ def test_hostile_or_odd_files_get_one_line_and_exit_3(tmp_path: Path, content: b
     done = tidings(tmp_path, "import-reactobus", "odd.yaml")
     assert done.returncode == 3, done.stderr
     assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_input_named_local_leaves_the_reactor_its_own_broker() -> None:
+    converted = convert(
+        {
+            "inputs": [{"class": "ZMQSub", "name": "local", "options": {"url": "tcp://lab:5500"}}],
+            "reactor": {"rules": [{"name": "r", "match": {"patterns": "x"}, "exec": {"path": "/bin/true"}}]},
+        }
+    )
+    assert converted.config["transports"]["local"]["kind"] == "zeromq"
+    assert converted.config["reactor"]["transport"] == "reactor-local"
+    assert converted.config["transports"]["reactor-local"] == {"kind": "embedded"}
