@@ -170,7 +170,8 @@ class ReactorRule(_Strict):
     call: str = ""
     #: what the command reads on stdin: the event as JSON, its body as JSON, or nothing
     stdin: Literal["event", "body", "none"] = "event"
-    timeout: Positive = 60.0
+    #: seconds, at most a day (a stop waits for a running command)
+    timeout: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
     #: topics the rule's queue is bound by (the filter then decides)
     bindings: list[str] = msgspec.field(default_factory=lambda: ["#"])
     max_attempts: Count = 5
@@ -585,10 +586,16 @@ def _check_relays_and_rules(config: Config, origin: str) -> None:
     reactor = config.reactor
     if reactor.rules:
         _check_known(config, f"{origin}: [reactor]", reactor.transport)
+        try:
+            format_plugin(reactor.format)
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: [reactor] format: {exc}") from None
     for name, rule in reactor.rules.items():
         where = f"{origin}: [reactor.rules.{name}]"
         if bool(rule.command) == bool(rule.call):
             raise ConfigError(f'{where}: give either command = [...] or call = "module:function"')
+        if rule.command and not rule.command[0]:
+            raise ConfigError(f"{where} command: the first item is the program to run, not empty")
         if rule.match is not None:
             compile_filter(rule.match, f"{where} match")
         _check_bindings(rule.bindings, f"{where} bindings")

@@ -234,6 +234,11 @@ def test_what_config_show_prints_for_a_bridge_loads_again(tmp_path: Path) -> Non
     [
         ({"username": ""}, "username"),
         ({"verify": True, "ca_file": "not-a-cert.pem"}, "is not a PEM certificate"),
+        (
+            {"verify": True, "ca_file": "missing.pem"},
+            r"\[bridges.fedmsg\] ca_file: 'missing.pem' is not a file",
+        ),
+        ({"zmq_endpoints": []}, r"\[bridges.fedmsg\] zmq_endpoints"),
     ],
 )
 def test_a_bridge_that_could_not_work_is_refused_before_it_runs(

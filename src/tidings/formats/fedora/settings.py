@@ -45,7 +45,7 @@ class BridgeConfig(Settings):
     """A two-way fedmsg (ZeroMQ) ⇄ AMQP bridge: ``[bridges.NAME]`` (``tidings bridge NAME``)."""
 
     #: fedmsg publishers to subscribe to
-    zmq_endpoints: list[str]
+    zmq_endpoints: Annotated[list[str], msgspec.Meta(min_length=1)]
     #: the connector that carries fedmsg messages into AMQP, through the outbox; its exchange
     #: must be the bridge's own (e.g. "zmq.topic"), never the one the other direction reads
     connector: str
@@ -93,6 +93,8 @@ def bridge_config(config: Config, name: str, table: dict[str, Any], where: str) 
         raise ConfigError(
             f"{where}: verify = true needs ca_file, the CA that issues fedmsg signers' certificates"
         )
+    if bridge.verify and not Path(config.base_dir, bridge.ca_file).is_file():
+        raise ConfigError(f"{where} ca_file: {bridge.ca_file!r} is not a file")
     if connector.exchange == bridge.exchange and connector.transport == bridge.transport:
         raise ConfigError(
             f"{where}: connector {bridge.connector!r} publishes to {bridge.exchange!r}, the exchange the "
