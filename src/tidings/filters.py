@@ -54,6 +54,8 @@ _ENVELOPE = ("topic", "id", "source", "type", "time", "username")
 def compile_filter(spec: Any, where: str = "filter") -> Predicate:
     """A predicate for ``spec`` (a table or a list of tables, as read from TOML)."""
     if isinstance(spec, list):
+        if not spec:  # as {all = []}: an empty list says nothing (pass everything? nothing?)
+            raise ConfigError(f"{where}: a non-empty list of filters (leave the filter out to pass all)")
         return _all([compile_filter(item, f"{where}[{n}]") for n, item in enumerate(spec)])
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where}: a filter is a table or a list of tables, not {type(spec).__name__}")

@@ -153,3 +153,9 @@ def test_a_regex_that_can_take_exponential_time_is_refused(regex: str) -> None:
 def test_regexes_without_nested_repetition_are_taken(regex: str, value: str, passes: bool) -> None:
     test = compile_filter({"field": "data.a", "regex": regex}, "[relays.x] filter")
     assert test(Event.create("a.b", {"a": value})) is passes
+
+
+@pytest.mark.parametrize("spec", [[], {"not": []}, {"all": []}, {"any": []}])
+def test_an_empty_list_says_nothing_and_is_refused(spec: Any) -> None:
+    with pytest.raises(ConfigError, match="a non-empty list of filters"):
+        compile_filter(spec, "[relays.x] filter")
