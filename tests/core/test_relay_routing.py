@@ -234,10 +234,7 @@ def test_what_config_show_prints_for_a_bridge_loads_again(tmp_path: Path) -> Non
     [
         ({"username": ""}, "username"),
         ({"verify": True, "ca_file": "not-a-cert.pem"}, "is not a PEM certificate"),
-        (
-            {"verify": True, "ca_file": "missing.pem"},
-            r"\[bridges.fedmsg\] ca_file: 'missing.pem' is not a file",
-        ),
+        ({"verify": True, "ca_file": "missing.pem"}, r"missing.pem' \(a bridge's ca_file\) cannot be read"),
         ({"zmq_endpoints": []}, r"\[bridges.fedmsg\] zmq_endpoints"),
     ],
 )

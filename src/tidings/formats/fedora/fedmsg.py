@@ -130,10 +130,10 @@ def _msg_id(event: Event) -> str:
 def _read_ca(value: bytes | str) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(_read(value))
-    except InvalidEvent:
-        raise ConfigError(f"fedmsg trusted_ca {value!r} cannot be read") from None
+    except InvalidEvent:  # checked when the relay starts and by `tidings config check`
+        raise ConfigError(f"the trusted CA {value!r} (a bridge's ca_file) cannot be read") from None
     except ValueError:
-        raise ConfigError(f"fedmsg trusted_ca {value!r} is not a PEM certificate") from None
+        raise ConfigError(f"the trusted CA {value!r} (a bridge's ca_file) is not a PEM certificate") from None
 
 
 def _read(value: bytes | str | None) -> bytes:

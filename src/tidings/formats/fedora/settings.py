@@ -93,8 +93,6 @@ def bridge_config(config: Config, name: str, table: dict[str, Any], where: str) 
         raise ConfigError(
             f"{where}: verify = true needs ca_file, the CA that issues fedmsg signers' certificates"
         )
-    if bridge.verify and not Path(config.base_dir, bridge.ca_file).is_file():
-        raise ConfigError(f"{where} ca_file: {bridge.ca_file!r} is not a file")
     if connector.exchange == bridge.exchange and connector.transport == bridge.transport:
         raise ConfigError(
             f"{where}: connector {bridge.connector!r} publishes to {bridge.exchange!r}, the exchange the "
