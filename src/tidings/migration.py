@@ -18,6 +18,7 @@ first word.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterable
@@ -143,6 +144,16 @@ class MissingCheck:
             "a": sorted(i for i, t in a.items() if i not in b and now - t > self.grace),
             "b": sorted(i for i, t in b.items() if i not in a and now - t > self.grace),
         }
+
+    async def watch(self, duration: float, stopped: asyncio.Event | None = None) -> float:
+        """Wait ``duration`` seconds, or until ``stopped`` is set (SIGTERM, Ctrl-C); the moment
+        to pass to :meth:`missing` then: after the whole time every id counts as past its grace,
+        after an early stop only those really past it (the others may still be on their way)."""
+        try:
+            await asyncio.wait_for((stopped or asyncio.Event()).wait(), duration)
+        except TimeoutError:
+            return time.monotonic() + self.grace
+        return time.monotonic()
 
     def saw_all(self, side: str, ids: Iterable[str], at: float) -> None:
         for event_id in ids:

@@ -182,7 +182,9 @@ def _all(event: Any) -> bool:
     return True
 
 
-async def verify_missing(relay: Relay, duration: float, grace: float) -> dict[str, list[str]]:
+async def verify_missing(
+    relay: Relay, duration: float, grace: float, stopped: asyncio.Event | None = None
+) -> dict[str, list[str]]:
     """Watch both sides of ``relay`` for ``duration`` seconds: the ids that passed its filter on
     the old bus but never arrived on the new one (``"old"``), and the copies on the new bus never
     seen on the old one (``"new"``), once ``grace`` seconds have passed for each.
@@ -200,10 +202,10 @@ async def verify_missing(relay: Relay, duration: float, grace: float) -> dict[st
     for app in (old, new):
         await app.declare(relay.bus)
     tasks = [asyncio.create_task(app.run(relay.bus, stop)) for app in (old, new)]
-    await asyncio.sleep(duration)
+    moment = await check.watch(duration, stopped)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    missing = check.missing(time.monotonic() + grace)  # everything watched has had its grace
+    missing = check.missing(moment)
     return {"old": missing["a"], "new": missing["b"]}
 
 
@@ -219,7 +221,7 @@ def _watcher(relay: Relay, section: dict[str, Any], suffix: str, saw: Any) -> Ap
 
 def _old_side(relay: Relay, check: MissingCheck, event: Event) -> None:
     if relay.name not in hops_of(event) and relay.passes(event):
-        check.saw("a", event.id, time.monotonic())
+        check.saw("a", relay.id_for(event), time.monotonic())  # the id its copy carries
 
 
 def _new_side(relay: Relay, check: MissingCheck, event: Event) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from tests.clirun import tidings
+from tests.clirun import ROOT, tidings
 from tidings import Bus
 from tidings.config import parse_config
 from tidings.errors import ConfigError
@@ -481,6 +485,29 @@ async def test_verify_missing_lists_what_passed_but_never_arrived(tmp_path: Path
     await transport.close()
     relaying.sightings.close()
     bus.close()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_verify_missing_stopped_early_still_says_what_it_found(tmp_path: Path, sig: int, code: int) -> None:
+    (tmp_path / "tidings.toml").write_text('[relays.up]\nexchange = "old"\nwatch = { exchange = "new" }\n')
+    checking = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "relay", "up", "--verify-missing", "600"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(3)  # its queues are declared, nothing arrives
+        checking.send_signal(sig)
+        out, err = checking.communicate(timeout=30)
+    finally:
+        checking.kill()
+    assert checking.returncode == code, err
+    assert out.decode().splitlines() == [
+        "passed the filter, never arrived: 0",
+        "arrived, never seen at the input: 0",
+    ]
 
 
 # -- bad input, one line each ------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import math
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -186,6 +187,26 @@ async def until_signalled(run: Any, *args: Any) -> None:
     await run(*args, stop)
     if signal.SIGINT in received:
         raise typer.Exit(INTERRUPTED)
+
+
+def checked(
+    check: Callable[[asyncio.Event], Awaitable[dict[str, list[str]]]], said: dict[str, str]
+) -> dict[str, list[str]]:
+    """Run a ``--verify-missing`` check until its time is up or SIGTERM/Ctrl-C stops it early,
+    and print what it found either way: per side ``said[side]: N`` and the ids."""
+    found: dict[str, list[str]] = {}
+
+    async def run(stop: asyncio.Event) -> None:
+        found.update(await check(stop))
+
+    try:
+        asyncio.run(until_signalled(run))
+    finally:  # after Ctrl-C too (exit 130): what was seen by then is the answer
+        for side, ids in found.items():
+            out.print(f"{said[side]}: {len(ids)}", highlight=False)
+            for event_id in ids:
+                out.print(f"  {event_id}", highlight=False)
+    return found
 
 
 def _stopper(stop: asyncio.Event, received: list[int], sig: int) -> Any:

@@ -16,6 +16,7 @@ from tidings.cli.commands import (
     JsonOpt,
     LogOpt,
     VerboseOpt,
+    checked,
     load_bus,
     out,
     seconds,
@@ -79,12 +80,8 @@ def relay(
 def _verify(relaying: Relay, duration: float, grace: float) -> None:
     from tidings.relay import verify_missing
 
-    missing = asyncio.run(verify_missing(relaying, duration, grace))
     said = {"old": "passed the filter, never arrived", "new": "arrived, never seen at the input"}
-    for side, ids in missing.items():
-        out.print(f"{said[side]}: {len(ids)}", highlight=False)
-        for event_id in ids:
-            out.print(f"  {event_id}", highlight=False)
+    missing = checked(lambda stop: verify_missing(relaying, duration, grace, stop), said)
     if any(missing.values()):
         raise typer.Exit(6)
 

@@ -121,7 +121,9 @@ def same_message(event_id: str) -> str:
     return event_id[5:] if year_prefixed(event_id) else event_id
 
 
-async def verify_missing(bridge: Bridge, duration: float, grace: float) -> dict[str, list[str]]:
+async def verify_missing(
+    bridge: Bridge, duration: float, grace: float, stopped: asyncio.Event | None = None
+) -> dict[str, list[str]]:
     """Watch both buses for ``duration`` seconds; the ids seen on one side only for longer than
     ``grace`` seconds, as ``{"fedmsg": [...], "amqp": [...]}`` (empty lists: nothing missing).
 
@@ -158,8 +160,8 @@ async def verify_missing(bridge: Bridge, duration: float, grace: float) -> dict[
         await watcher.declare(bridge.bus)
     tasks = [asyncio.create_task(watch_fedmsg(e)) for e in endpoints]
     tasks += [asyncio.create_task(w.run(bridge.bus, stop)) for w in watchers]
-    await asyncio.sleep(duration)
+    moment = await check.watch(duration, stopped)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    missing = check.missing(time.monotonic() + grace)  # everything watched has had its grace
+    missing = check.missing(moment)
     return {"fedmsg": missing["a"], "amqp": missing["b"]}

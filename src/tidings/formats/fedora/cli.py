@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, LogOpt, load_bus, out, seconds, until_signalled
+from tidings.cli.commands import ConfigOpt, LogOpt, checked, load_bus, seconds, until_signalled
 
 
 @app.command()
@@ -53,11 +53,8 @@ def bridge(
     bus = load_bus(config, log_level)
     running = Bridge(bus, name)
     if verify_missing > 0:
-        missing = asyncio.run(verify(running, verify_missing, grace))
-        for side, ids in missing.items():
-            out.print(f"seen on {'AMQP' if side == 'amqp' else 'fedmsg'} only: {len(ids)}", highlight=False)
-            for message_id in ids:
-                out.print(f"  {message_id}", highlight=False)
+        said = {"fedmsg": "seen on fedmsg only", "amqp": "seen on AMQP only"}
+        missing = checked(lambda stop: verify(running, verify_missing, grace, stop), said)
         if any(missing.values()):
             raise typer.Exit(6)
         return
