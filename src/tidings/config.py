@@ -11,7 +11,6 @@ is worse than an error.
 from __future__ import annotations
 
 import os
-import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,12 +18,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tidings.errors import ConfigError, InvalidTopic
-from tidings.format import format_plugin
+from tidings.errors import ConfigError
 from tidings.plugins import Registry, explain
 from tidings.retry import CONNECTOR_SCHEDULE, CONSUMER_SCHEDULE
-from tidings.topics import validate_pattern, validate_topic
-from tidings.transport import transport_plugin
 
 CONFIG_ENV = "TIDINGS_CONFIG"
 DEFAULT_FILE = "tidings.toml"
@@ -414,12 +410,9 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
         raise ConfigError(f"{origin}: {_in_table(exc)}") from None
     config = _with_defaults(msgspec.structs.replace(config, base_dir=str(base_dir)))
     config = _expand_sections(config, origin)
-    _check_transports(config, origin)
-    _check_formats(config, origin)
-    _check_patterns(config, origin)
-    _check_references(config, origin)
-    _check_relays_and_rules(config, origin)
-    _check_archive(config, origin)
+    from tidings.config_checks import check_config  # it needs this module's sections: imported late
+
+    check_config(config, origin)
     return config
 
 
@@ -472,170 +465,3 @@ def _in_table(exc: msgspec.ValidationError, table: str = "") -> str:
         return said if " in [" in said else f"{said} in [top level]"
     section, _, leaf = key.rpartition(".")
     return f"[{section}] {leaf}: {message}" if section else f"{key}: {message}"
-
-
-def _check_transports(config: Config, origin: str) -> None:
-    """Each transport's options, checked by its plug-in (without importing its broker library)."""
-    for name, table in config.transports.items():
-        options = dict(table)
-        kind = options.pop("kind", None)
-        if not isinstance(kind, str):
-            raise ConfigError(f'{origin}: [transports.{name}] needs kind = "embedded" | "amqp" | ...')
-        transport_plugin(kind).parse(options, f"{origin}: [transports.{name}]")
-
-
-def _check_formats(config: Config, origin: str) -> None:
-    """Each connector's, consumer's and relay's format exists, and its options are the format's."""
-    sections: tuple[tuple[str, dict[str, Any]], ...] = (
-        ("connectors", config.connectors),
-        ("consumers", config.consumers),
-        ("relays", config.relays),
-    )
-    for section, tables in sections:
-        for name, table in tables.items():
-            where = f"{origin}: [{section}.{name}]"
-            try:
-                plugin = format_plugin(table.format)
-            except ConfigError as exc:
-                raise ConfigError(f"{where} format: {exc}") from None
-            plugin.parse(table.format_options, f"{where} format_options")
-
-
-def _check_patterns(config: Config, origin: str) -> None:
-    def check(where: str, key: str, patterns: list[str]) -> None:
-        for pattern in patterns:
-            try:
-                validate_pattern(pattern)
-            except InvalidTopic as exc:
-                raise ConfigError(f"{origin}: {where} {key}: {exc}") from None
-
-    for name, connector in config.connectors.items():
-        check(f"[connectors.{name}]", "topics", connector.topics)
-        if connector.filter is not None:
-            from tidings.filters import compile_filter
-
-            compile_filter(connector.filter, f"{origin}: [connectors.{name}] filter")
-    for name, consumer in config.consumers.items():
-        check(f"[consumers.{name}]", "bindings", consumer.bindings)
-
-
-def _check_archive(config: Config, origin: str) -> None:
-    section = config.archive
-    if section is None:
-        return
-    if section.store == "postgresql" and not section.url:
-        raise ConfigError(f'{origin}: [archive] store = "postgresql" needs url = "postgresql://..."')
-    for pattern, name in section.fields.items():
-        try:
-            validate_pattern(pattern)
-            format_plugin(name)
-        except (ConfigError, InvalidTopic) as exc:
-            raise ConfigError(f"{origin}: [archive] fields: {exc}") from None
-    for number, source in enumerate([] if section.from_outbox() else section.sources, 1):
-        where = f"{origin}: [archive] from, source {number}"
-        if source.transport not in config.transports:
-            raise ConfigError(f"{where} names transport {source.transport!r}, which is not configured")
-        try:
-            format_plugin(source.format).parse(source.format_options, f"{where} format_options")
-            for pattern in source.bindings:
-                validate_pattern(pattern)
-        except InvalidTopic as exc:
-            raise ConfigError(f"{where} bindings: {exc}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-
-
-def _check_references(config: Config, origin: str) -> None:
-    for section, tables in (("connectors", config.connectors), ("consumers", config.consumers)):
-        for name, table in tables.items():
-            if section == "connectors" and archives_outbox(config, name):
-                continue
-            if table.transport not in config.transports:
-                raise ConfigError(
-                    f"{origin}: [{section}.{name}] names transport {table.transport!r}, "
-                    "which is not configured"
-                )
-
-
-def _check_relays_and_rules(config: Config, origin: str) -> None:
-    """Filters compile, commands are commands, and what they name is configured."""
-    from tidings.filters import compile_filter
-
-    for name, relay in config.relays.items():
-        where = f"{origin}: [relays.{name}]"
-        if relay.app:
-            raise ConfigError(f"{where} app: a relay's handler is the relay itself; remove app")
-        if relay.filter is not None:
-            compile_filter(relay.filter, f"{where} filter")
-        _check_known(config, where, relay.transport)
-        check_topic_template(relay.topic, f"{where} topic")
-        _check_bindings(relay.bindings, f"{where} bindings")
-        for connector in relay.connectors:
-            if connector not in config.connectors:
-                known = ", ".join(sorted(config.connectors)) or "none"
-                raise ConfigError(
-                    f"{where} connectors: {connector!r} is not configured (configured: {known})"
-                )
-        if relay.watch:
-            try:
-                watched = msgspec.convert(relay.watch, ConsumerConfig, strict=True)
-            except msgspec.ValidationError as exc:
-                raise ConfigError(f"{where} watch: {explain(exc)}") from None
-            _check_known(config, f"{where} watch", watched.transport)
-            _check_bindings(watched.bindings, f"{where} watch bindings")
-    reactor = config.reactor
-    if reactor.rules:
-        _check_known(config, f"{origin}: [reactor]", reactor.transport)
-        try:
-            format_plugin(reactor.format)
-        except ConfigError as exc:
-            raise ConfigError(f"{origin}: [reactor] format: {exc}") from None
-    for name, rule in reactor.rules.items():
-        where = f"{origin}: [reactor.rules.{name}]"
-        if bool(rule.command) == bool(rule.call):
-            raise ConfigError(f'{where}: give either command = [...] or call = "module:function"')
-        if rule.command and not rule.command[0]:
-            raise ConfigError(f"{where} command: the first item is the program to run, not empty")
-        if rule.match is not None:
-            compile_filter(rule.match, f"{where} match")
-        _check_bindings(rule.bindings, f"{where} bindings")
-
-
-def _check_bindings(patterns: list[str], where: str) -> None:
-    for pattern in patterns:
-        try:
-            validate_pattern(pattern)
-        except InvalidTopic as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-
-
-def check_topic_template(template: str, where: str) -> str:
-    """A relay's topic template: it names only ``{topic}`` or word numbers ``{0}``, ``{1}`` ...
-    (no conversions or format specs), and what it makes is a topic (with ``x`` for each)."""
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    sample = ""
-    for literal, name, spec, conversion in parts:
-        sample += literal
-        if name is None:
-            continue
-        if name != "topic" and not name.isdigit():
-            raise ConfigError(f"{where}: {{{name}}} is neither {{topic}} nor a word number like {{0}}")
-        if spec or conversion:
-            raise ConfigError(f"{where}: {{{name}}} takes no conversion or format spec")
-        sample += "x"
-    try:
-        validate_topic(sample)
-    except InvalidTopic as exc:
-        raise ConfigError(f"{where}: {template!r} makes no valid topic: {exc}") from None
-    return template
-
-
-def _check_known(config: Config, where: str, transport: str) -> None:
-    if transport not in config.transports:
-        known = ", ".join(sorted(config.transports))
-        raise ConfigError(
-            f"{where} names transport {transport!r}, which is not configured (configured: {known})"
-        )

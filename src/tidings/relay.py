@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from tidings.config import Config, archives_outbox, check_topic_template
+from tidings.config import Config, archives_outbox
+from tidings.config_checks import check_topic_template
 from tidings.consumer import App
 from tidings.errors import ConfigError, InvalidTopic
 from tidings.event import Event, year_prefixed

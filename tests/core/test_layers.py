@@ -16,6 +16,7 @@ CORE = [
     "tidings.batching",
     "tidings.bus",
     "tidings.config",
+    "tidings.config_checks",
     "tidings.consumer",
     "tidings.dispatcher",
     "tidings.errors",
