@@ -144,7 +144,8 @@ def _regex(expression: Any, where: str) -> re.Pattern[str]:
         raise ConfigError(f"{where}: bad regular expression {expression!r}: {exc}") from None
     if _nested_repeat(re_parser.parse(expression)):
         raise ConfigError(
-            f"{where}: {expression!r} repeats a repetition, which can take exponential time on some "
+            f"{where}: {expression!r} repeats a repetition with nothing fixed beside it, which can "
+            "take exponential time on some "
             "input and stop every event behind it; make the inner one possessive (a++) or atomic "
             "((?>...)), or write it without the nesting"
         )
@@ -152,18 +153,26 @@ def _regex(expression: Any, where: str) -> re.Pattern[str]:
 
 
 _REPEATS = (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT)
+#: what matches one character of a known set: a required one splits a repeated body unambiguously
+_ONE_CHARACTER = (re_constants.LITERAL, re_constants.NOT_LITERAL, re_constants.IN)
 
 
 def _nested_repeat(parsed: Any, inside: bool = False) -> bool:
-    """Whether an unbounded repetition holds another repetition (``(a+)+``, ``(a*)*``, ``(\\d+x?)+``):
-    Python's backtracking can take exponential time on such a pattern (ReDoS). Possessive
-    repetitions and atomic groups do not backtrack, so they are not looked into."""
+    """Whether an unbounded repetition holds a variable repetition with nothing required beside
+    it (``(a+)+``, ``(a*)*``, ``(\\d+x?)+``, ``(\\w+\\s?)*``): Python's backtracking can take
+    exponential time on such a pattern (ReDoS). A body with a required character, as in
+    ``(\\w+\\.)+`` or ``[a-z]+(\\.[a-z]+)*``, is taken: the heuristic catches the classic forms, not
+    every slow pattern. Possessive repetitions and atomic groups do not backtrack."""
     for op, av in parsed:
         if op in _REPEATS:
-            _, most, body = av
-            if (inside and most > 1) or _nested_repeat(body, inside or most == re_constants.MAXREPEAT):
+            least, most, body = av
+            if inside and least != most and most > 1:
                 return True
-        elif op is re_constants.SUBPATTERN:
+            unbounded = most == re_constants.MAXREPEAT
+            if _nested_repeat(body, inside or (unbounded and not _has_required_character(body))):
+                return True
+            continue
+        if op is re_constants.SUBPATTERN:
             parts = [av[3]]
         elif op is re_constants.BRANCH:
             parts = av[1]
@@ -171,7 +180,22 @@ def _nested_repeat(parsed: Any, inside: bool = False) -> bool:
             parts = [av[1]]
         else:
             continue
-        if op not in _REPEATS and any(_nested_repeat(part, inside) for part in parts):
+        if any(_nested_repeat(part, inside) for part in parts):
+            return True
+    return False
+
+
+def _has_required_character(parsed: Any) -> bool:
+    """Whether every match of ``parsed`` holds a character of a set (a literal, a class) at a
+    place no variable repetition moves."""
+    for op, av in parsed:
+        if op in _ONE_CHARACTER:
+            return True
+        if op is re_constants.SUBPATTERN and _has_required_character(av[3]):
+            return True
+        if op in _REPEATS and av[0] == av[1] >= 1 and _has_required_character(av[2]):
+            return True
+        if op is re_constants.BRANCH and all(_has_required_character(branch) for branch in av[1]):
             return True
     return False
 

@@ -156,8 +156,15 @@ async def run_command(rule: Rule, argv: list[str], stdin: bytes) -> None:
     try:
         output, _ = await asyncio.wait_for(process.communicate(stdin), rule.config.timeout)
     except TimeoutError:
+        exited = process.returncode  # the command may be done, and what it started holds its output
         await _kill_group(process)
-        raise CommandFailed(f"{argv[0]} did not finish within {rule.config.timeout:g} s; killed") from None
+        if exited is None:
+            late = f"{argv[0]} did not finish within {rule.config.timeout:g} s; killed"
+            raise CommandFailed(late) from None
+        log.info("reactor %s: %s exited %d; what it left running was killed", rule.name, argv[0], exited)
+        if exited != 0:
+            raise CommandFailed(f"{argv[0]} exited {exited}") from None
+        return
     except asyncio.CancelledError:  # the reactor stops: leave nothing running behind
         await _kill_group(process)
         raise

@@ -165,7 +165,9 @@ def connector_test(config: Config, name: str) -> Predicate | None:
         if settings.connectors and name not in settings.connectors
     }
     if archives_outbox(config, name):
-        elsewhere = set()  # the archive keeps every event, relayed ones too
+        # the archive keeps every event, relayed ones too, but not a copy made under a new id
+        # (the bridge's AMQP → fedmsg direction): it has the original, or it is another bus's
+        elsewhere = {relay for relay, settings in config.relays.items() if settings.id != "{id}"}
     if elsewhere:
         # the last hop is the relay that put the event into this outbox
         tests.append(lambda event: not (hops := hops_of(event)) or hops[-1] not in elsewhere)

@@ -148,6 +148,11 @@ def test_a_regex_that_can_take_exponential_time_is_refused(regex: str) -> None:
         ("^(?>a+)+!", "a" * 40 + "!", True),
         ("(ab){2,}", "xababy", True),
         ("^(a+){2}$", "a", False),
+        (r"^org\.linaro\.(\w+\.)+testjob$", "org.linaro." + "a." * 30 + "x", False),  # linear: a '.' splits
+        (r"[a-z]+(\.[a-z]+)*$", "a.b" * 20 + "!", False),
+        ("(?:[^,]+,)*end", "a," * 30 + "x", False),
+        (r"(\d{4}-\d{2}-\d{2} ?)+", "2026-12-01 2026-12-02", True),
+        ("^(x{2})+$", "xxxx", True),
     ],
 )
 def test_regexes_without_nested_repetition_are_taken(regex: str, value: str, passes: bool) -> None:

@@ -292,6 +292,17 @@ async def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_pat
     assert not running(int(pids.read_text()))  # gone with the shell, not left running
 
 
+async def test_a_command_done_in_time_is_done_though_what_it_started_runs_on(tmp_path: Path) -> None:
+    from tidings.config import ReactorRule
+    from tidings.reactor import Rule, run_command
+
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $! > {pids}; exit 0"  # the shell is done; its job holds the output
+    rule = Rule("quick", ReactorRule(command=["sh", "-c", script], timeout=0.5), lambda event: True)
+    await asyncio.wait_for(run_command(rule, ["sh", "-c", script], b""), 20)  # no CommandFailed
+    assert not running(int(pids.read_text()))
+
+
 def running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
     try:

@@ -134,9 +134,12 @@ async def verify_missing(
     stop = asyncio.Event()
     config = bridge.config
     endpoints = [*config.zmq_endpoints, *([config.zmq_publish] if config.zmq_publish else [])]
+    # what the relay subscribes to: its bindings (short topics) as the frames' topics
+    short = bridge.relays["from_fedmsg"].config.bindings
+    topics = [bridge.fedmsg.wire_pattern(pattern) for pattern in short]
 
     async def watch_fedmsg(endpoint: str) -> None:
-        async for message in _subscribe(endpoint, config.zmq_topics, stop):
+        async for message in _subscribe(endpoint, topics, stop):
             try:
                 check.saw("a", same_message(bridge.fedmsg.decode(message).id), time.monotonic())
             except TidingsError:

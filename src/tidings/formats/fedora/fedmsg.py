@@ -61,7 +61,10 @@ class FedmsgFormat:
 
     def wire_pattern(self, pattern: str) -> str:
         """A subscription on ``bodhi.#`` is to ``org.fedoraproject.prod.bodhi.#``: decoded events'
-        topics are without the prefix, the frames' topics with it."""
+        topics are without the prefix, the frames' topics with it. ``#`` stays everything (other
+        environments' messages too, as always), and a pattern that has the prefix keeps it."""
+        if pattern == "#" or pattern.startswith(f"{self.prefix}."):
+            return pattern
         return f"{self.prefix}.{pattern}"
 
     def envelope(self, event: Event) -> dict[str, Any]:
@@ -128,12 +131,13 @@ def _msg_id(event: Event) -> str:
 
 
 def _read_ca(value: bytes | str) -> x509.Certificate:
+    named = f"the trusted CA {value!r} (trusted_ca; a bridge's ca_file)"
     try:
         return x509.load_pem_x509_certificate(_read(value))
     except InvalidEvent:  # checked when the relay starts and by `tidings config check`
-        raise ConfigError(f"the trusted CA {value!r} (a bridge's ca_file) cannot be read") from None
+        raise ConfigError(f"{named} cannot be read") from None
     except ValueError:
-        raise ConfigError(f"the trusted CA {value!r} (a bridge's ca_file) is not a PEM certificate") from None
+        raise ConfigError(f"{named} is not a PEM certificate") from None
 
 
 def _read(value: bytes | str | None) -> bytes:

@@ -211,9 +211,6 @@ class KafkaTransport:
 
     # -- topics -------------------------------------------------------------------------
 
-    def topic_of(self, exchange: str, message: WireMessage) -> str:
-        return self.template.topic(message.exchange or exchange, message.routing_key)
-
     def retry_topic(self, queue: str, delay: float) -> tuple[str, int]:
         """The retry topic for a wish to wait ``delay`` s: the smallest delay at least that long."""
         chosen = next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])

@@ -15,7 +15,7 @@ from tidings.plugins import Plugin, Settings
 
 class ZeroMQSettings(Settings):
     #: ``tcp://host:port`` (``tcp://*:port`` to bind every interface), or a list: a subscriber
-    #: hears every publisher in it (fedmsg's endpoints), a publisher binds them all
+    #: hears every publisher in it (fedmsg's endpoints); a socket binds or connects each
     endpoint: str | list[str]
     #: ``bind``: the publisher binds, subscribers connect; ``connect``: the other way round
     mode: Literal["bind", "connect"] = "bind"

@@ -85,10 +85,10 @@ class ZeroMQTransport:
                     f"zeromq transport: endpoint must look like tcp://host:port, not {address!r}"
                 )
             port = address.rpartition(":")[2]
-            valid_port = port == "*" or (port.isdigit() and 0 < int(port) < 65536)
+            valid_port = port == "*" or (port.isdigit() and int(port) < 65536)  # 0, as *: any free port
             if address.startswith("tcp://") and not valid_port:
                 # libzmq takes tcp://*:99999 without a word, and listens somewhere else
-                raise ConfigError(f"zeromq transport: endpoint {address!r} needs a port from 1 to 65535")
+                raise ConfigError(f"zeromq transport: endpoint {address!r} needs a port from 0 to 65535")
         self.endpoint, self.mode, self.hwm = ", ".join(self.endpoints), mode, int(hwm)
         self.settle = float(settle)
         self._context: zmq.asyncio.Context | None = None
