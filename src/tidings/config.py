@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -257,6 +258,16 @@ class Config(_Strict):
     #: the tables a plug-in section stands for, as ``(section, name)`` (not keys of the file:
     #: `tidings config show` leaves them out, so what it prints loads again)
     expanded: list[tuple[str, str]] = []
+
+    def formatted(self) -> Iterator[tuple[str, str, ConnectorConfig | ConsumerConfig]]:
+        """``(section, name, table)`` of every table that names a format and its options."""
+        for section, tables in (
+            ("connectors", self.connectors),
+            ("consumers", self.consumers),
+            ("relays", self.relays),
+        ):
+            for name, table in tables.items():
+                yield section, name, table
 
     def home_path(self) -> Path:
         return Path(self.base_dir, self.bus.home)

@@ -9,12 +9,12 @@ template makes topics. Every failure is a one-line :class:`ConfigError` naming t
 from __future__ import annotations
 
 import string
-from typing import Any
 
 import msgspec
 
 from tidings.config import Config, ConsumerConfig, archives_outbox
 from tidings.errors import ConfigError, InvalidTopic
+from tidings.filters import compile_filter
 from tidings.format import format_plugin
 from tidings.plugins import explain
 from tidings.topics import validate_pattern, validate_topic
@@ -43,37 +43,22 @@ def _check_transports(config: Config, origin: str) -> None:
 
 def _check_formats(config: Config, origin: str) -> None:
     """Each connector's, consumer's and relay's format exists, and its options are the format's."""
-    sections: tuple[tuple[str, dict[str, Any]], ...] = (
-        ("connectors", config.connectors),
-        ("consumers", config.consumers),
-        ("relays", config.relays),
-    )
-    for section, tables in sections:
-        for name, table in tables.items():
-            where = f"{origin}: [{section}.{name}]"
-            try:
-                plugin = format_plugin(table.format)
-            except ConfigError as exc:
-                raise ConfigError(f"{where} format: {exc}") from None
-            plugin.parse(table.format_options, f"{where} format_options")
+    for section, name, table in config.formatted():
+        where = f"{origin}: [{section}.{name}]"
+        try:
+            plugin = format_plugin(table.format)
+        except ConfigError as exc:
+            raise ConfigError(f"{where} format: {exc}") from None
+        plugin.parse(table.format_options, f"{where} format_options")
 
 
 def _check_patterns(config: Config, origin: str) -> None:
-    def check(where: str, key: str, patterns: list[str]) -> None:
-        for pattern in patterns:
-            try:
-                validate_pattern(pattern)
-            except InvalidTopic as exc:
-                raise ConfigError(f"{origin}: {where} {key}: {exc}") from None
-
     for name, connector in config.connectors.items():
-        check(f"[connectors.{name}]", "topics", connector.topics)
+        _check_bindings(connector.topics, f"{origin}: [connectors.{name}] topics")
         if connector.filter is not None:
-            from tidings.filters import compile_filter
-
             compile_filter(connector.filter, f"{origin}: [connectors.{name}] filter")
     for name, consumer in config.consumers.items():
-        check(f"[consumers.{name}]", "bindings", consumer.bindings)
+        _check_bindings(consumer.bindings, f"{origin}: [consumers.{name}] bindings")
 
 
 def _check_archive(config: Config, origin: str) -> None:
@@ -116,8 +101,6 @@ def _check_references(config: Config, origin: str) -> None:
 
 def _check_relays_and_rules(config: Config, origin: str) -> None:
     """Filters compile, commands are commands, and what they name is configured."""
-    from tidings.filters import compile_filter
-
     for name, relay in config.relays.items():
         where = f"{origin}: [relays.{name}]"
         if relay.app:

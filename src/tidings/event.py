@@ -23,6 +23,8 @@ JSONScalar = str | int | float | bool | None
 UNTYPED = "tidings.untyped"
 #: header names the native format uses for the envelope (CloudEvents binary mode)
 RESERVED_HEADER_PREFIX = "ce_"
+#: the relays an event went through, comma-separated, oldest first (tidings.relay)
+HOPS_HEADER = "x-tidings-relays"
 
 
 class _Uuid7:

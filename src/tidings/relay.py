@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from tidings.config import Config, archives_outbox
+from tidings.config import Config, ConsumerConfig, RelayConfig, archives_outbox
 from tidings.config_checks import check_topic_template
 from tidings.consumer import App
 from tidings.errors import ConfigError, InvalidTopic
-from tidings.event import Event, year_prefixed
+from tidings.event import HOPS_HEADER, Event, year_prefixed
 from tidings.filters import Predicate, compile_filter
 from tidings.handling import Reject
 from tidings.migration import MissingCheck, Sightings
@@ -37,23 +37,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the relays an event went through, comma-separated, oldest first
-HOPS_HEADER = "x-tidings-relays"
 
-
-#: what a relay's section holds besides its input consumer's settings
-_NOT_CONSUMER_SETTINGS = (
-    "filter",
-    "topic",
-    "max_hops",
+#: what a relay's section holds besides the settings its input App takes: its own options, and
+#: the consumer options the relay decides itself (its handler, bindings and queue)
+_NOT_CONSUMER_SETTINGS = {
+    *(set(RelayConfig.__struct_fields__) - set(ConsumerConfig.__struct_fields__)),
     "app",
     "bindings",
     "queue",
-    "watch",
-    "connectors",
-    "mark",
-    "id",
-)
+}
 
 
 @dataclasses.dataclass
@@ -159,15 +151,16 @@ def connector_test(config: Config, name: str) -> Predicate | None:
     section = config.connectors[name]
     if section.filter is not None:
         tests.append(compile_filter(section.filter, f"[connectors.{name}] filter"))
-    elsewhere = {
-        relay
-        for relay, settings in config.relays.items()
-        if settings.connectors and name not in settings.connectors
-    }
     if archives_outbox(config, name):
         # the archive keeps every event, relayed ones too, but not a copy made under a new id
         # (the bridge's AMQP → fedmsg direction): it has the original, or it is another bus's
         elsewhere = {relay for relay, settings in config.relays.items() if settings.id != "{id}"}
+    else:
+        elsewhere = {
+            relay
+            for relay, settings in config.relays.items()
+            if settings.connectors and name not in settings.connectors
+        }
     if elsewhere:
         # the last hop is the relay that put the event into this outbox
         tests.append(lambda event: not (hops := hops_of(event)) or hops[-1] not in elsewhere)

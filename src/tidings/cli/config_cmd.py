@@ -58,15 +58,9 @@ def check_plugins(bus: Bus) -> None:
     """Import what each transport and format needs; a missing extra is a ConfigError naming it."""
     for name in bus.config.transports:
         bus.make_transport(name)
-    sections = (
-        ("connectors", bus.config.connectors),
-        ("consumers", bus.config.consumers),
-        ("relays", bus.config.relays),
-    )
-    for section, tables in sections:
-        for name, table in tables.items():
-            where = f"{bus.config.origin}: [{section}.{name}] format_options"
-            bus.make_format(table.format, table.format_options, where)
+    for section, name, table in bus.config.formatted():
+        where = f"{bus.config.origin}: [{section}.{name}] format_options"
+        bus.make_format(table.format, table.format_options, where)
 
 
 def effective(config: Config) -> dict[str, Any]:

@@ -37,25 +37,8 @@ def to_text(headers: Mapping[str, Any]) -> dict[str, str]:
 
 
 def to_bytes(headers: Mapping[str, Any]) -> list[tuple[str, bytes]]:
-    """What :func:`to_text` gives, as (name, UTF-8 bytes) pairs as Kafka records carry them, in
-    one pass (it runs once per message sent)."""
-    pairs: list[tuple[str, bytes]] = []
-    typed: list[str] = []
-    for name, value in headers.items():
-        if isinstance(value, str):
-            pairs.append((name, value.encode()))
-        else:
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
-            pairs.append((name, dumps(value, default=str)))
-            typed.append(name)
-    if typed:
-        listed = (JSON_HEADERS, dumps(typed))
-        if JSON_HEADERS in headers:  # replaced where it stood, as a dict would
-            pairs = [listed if name == JSON_HEADERS else (name, raw) for name, raw in pairs]
-        else:
-            pairs.append(listed)
-    return pairs
+    """What :func:`to_text` gives, as (name, UTF-8 bytes) pairs as Kafka records carry them."""
+    return [(name, value.encode()) for name, value in to_text(headers).items()]
 
 
 def from_text(headers: Mapping[str, str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import msgspec
 
 from tidings.config import Config
 from tidings.errors import ConfigError, InvalidTopic
+from tidings.event import HOPS_HEADER
 from tidings.plugins import Settings, explain
 from tidings.topics import validate_pattern
 
@@ -101,11 +102,6 @@ def bridge_config(config: Config, name: str, table: dict[str, Any], where: str) 
     return bridge
 
 
-#: the header a relay writes the relays an event went through into (tidings.relay.HOPS_HEADER;
-#: not imported: the relay module needs the consumer runtime, and config checks import nothing heavy)
-_HOPS_HEADER = "x-tidings-relays"
-
-
 def bridge_parts(name: str) -> dict[str, str]:
     """The names of what ``[bridges.NAME]`` stands for in the config."""
     return {
@@ -131,8 +127,11 @@ def expand_bridge(config: Config, name: str, table: dict[str, Any], where: str) 
     """
     bridge = bridge_config(config, name, table, where)
     parts = bridge_parts(name)
-    fedmsg = {"topic_prefix": bridge.topic_prefix, "environment": bridge.environment}
-    fedmsg["username"] = bridge.username
+    fedmsg = {
+        "topic_prefix": bridge.topic_prefix,
+        "environment": bridge.environment,
+        "username": bridge.username,
+    }
     mark = {BRIDGED_HEADER: bridge.username}
     reading = dict(fedmsg, trusted_ca=str(Path(config.base_dir, bridge.ca_file))) if bridge.verify else fedmsg
     expansion: dict[str, Any] = {
@@ -156,7 +155,7 @@ def expand_bridge(config: Config, name: str, table: dict[str, Any], where: str) 
                 "format": "fedmsg",
                 "format_options": fedmsg,
                 # only what the bridge took from AMQP: never this bus's own events
-                "filter": {"field": f"headers.{_HOPS_HEADER}", "regex": _last_hop(parts["to_fedmsg"])},
+                "filter": {"field": f"headers.{HOPS_HEADER}", "regex": _last_hop(parts["to_fedmsg"])},
             }
         }
         expansion["relays"][parts["to_fedmsg"]] = {
