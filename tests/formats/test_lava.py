@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.transports.test_zeromq import free_port
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, SchemaError
 from tidings.formats.lava import FieldFilter, LavaFormat, lava_event, parse_lava_time
 from tidings.schemas import SchemaRegistry
 from tidings.transport import Binding, QueueSpec, WireMessage
@@ -87,6 +87,48 @@ def test_schemas_accept_the_seed_extract() -> None:
     registry = SchemaRegistry.default()
     registry.validate("lava.testjob.v1", TESTJOB)
     registry.validate("lava.device.v1", DEVICE)
+
+
+# what LAVA servers since 2018.1 send: 'state' and 'health' in place of 'status'
+# (lava_scheduler_app/signals.py, testjob_post_handler, device_post_handler and worker_post_handler)
+MODERN = {
+    "testjob": {
+        "health": "Complete",
+        "state": "Finished",
+        "job": 1318796,
+        "description": "lab-health-aa9",
+        "priority": 50,
+        "submit_time": "2024-01-19T13:31:17.995716+00:00",
+        "submitter": "lava-health",
+        "health_check": True,
+        "device": "aa9-01",
+        "worker": "worker-3",
+        "device_type": "aa9",
+        "start_time": "2024-01-19T13:32:00+00:00",
+        "end_time": "2024-01-19T13:40:00+00:00",
+    },
+    "device": {"health": "Good", "state": "Idle", "device": "x15-01", "device_type": "x15", "worker": None},
+    "worker": {"hostname": "worker-3", "health": "Active", "state": "Online"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODERN))
+def test_schemas_accept_what_current_lava_servers_send(kind: str) -> None:
+    SchemaRegistry.default().validate(f"lava.{kind}.v1", MODERN[kind])
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "missing"),
+    [
+        ("testjob", {"job": 1, "health": "Complete"}, "state"),
+        ("testjob", {"state": "Finished"}, "job"),
+        ("device", {"device": "x15-01", "health": "Good"}, "state"),
+        ("device", {"state": "Idle"}, "device"),
+    ],
+)
+def test_schemas_refuse_a_body_with_neither_state_nor_status(kind: str, body: dict, missing: str) -> None:
+    with pytest.raises(SchemaError, match=missing):
+        SchemaRegistry.default().validate(f"lava.{kind}.v1", body)
 
 
 @pytest.mark.parametrize(
