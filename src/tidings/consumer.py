@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import signal
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from tidings.handling import Context, Counters, Drop, Halt, Handler, Reject, Ret
 from tidings.plugins import explain, import_object
 from tidings.retry import scheduled
 from tidings.runner import Runner
+from tidings.stopping import run_until_signalled
 from tidings.topics import TopicMatcher, validate_pattern
 from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology
 
@@ -192,16 +192,9 @@ class App:
         await Runner(self, bus).run(stop or asyncio.Event())
 
     def run_forever(self, bus: Bus) -> None:
-        """Blocking entry point: consume until SIGTERM or SIGINT, finishing in-flight handlers."""
-        asyncio.run(_run_until_signalled(self, bus))
-
-
-async def _run_until_signalled(app: App, bus: Bus) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await app.run(bus, stop)
+        """Blocking entry point: consume until SIGTERM or SIGINT, finishing in-flight handlers
+        (a second signal stops at once: :mod:`tidings.stopping`)."""
+        asyncio.run(run_until_signalled(self.run, bus))
 
 
 _DEFAULTS = ConsumerConfig()

@@ -269,7 +269,13 @@ class Runner:
                 await self._dead_after_deaths(delivery, event, attempt, deaths)
                 return None
             self.journal.started(queue, event.id)
-            return event, attempt, deaths, await self._call_handlers(delivery, event, attempt)
+            try:
+                outcome = await self._call_handlers(delivery, event, attempt)
+            except asyncio.CancelledError:
+                # stopped at once (a second Ctrl-C): not a death; the message comes back unsettled
+                self.journal.finished(queue, event.id)
+                raise
+            return event, attempt, deaths, outcome
         finally:
             self._alone.leave_exclusive() if deaths else self._alone.leave_shared()
 

@@ -19,6 +19,7 @@ from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
 from tidings.plugins import import_object
+from tidings.stopping import run_until_signalled
 from tidings.topics import validate_pattern
 
 out = Console(soft_wrap=True)  # see err
@@ -177,14 +178,10 @@ async def until_signalled(run: Any, *args: Any) -> None:
     """Run ``run(*args, stop)`` until SIGTERM or SIGINT sets ``stop``; after Ctrl-C, exit 130.
 
     SIGTERM is how a service manager stops a service: a clean stop, exit 0. Ctrl-C is an
-    interruption (exit 130, as shells expect), but only after the same clean stop.
+    interruption (exit 130, as shells expect), but only after the same clean stop. A second
+    signal stops at once (:mod:`tidings.stopping`).
     """
-    stop = asyncio.Event()
-    received: list[int] = []
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _stopper(stop, received, sig))
-    await run(*args, stop)
+    received = await run_until_signalled(run, *args)
     if signal.SIGINT in received:
         raise typer.Exit(INTERRUPTED)
 
@@ -207,14 +204,6 @@ def checked(
             for event_id in ids:
                 out.print(f"  {event_id}", highlight=False)
     return found
-
-
-def _stopper(stop: asyncio.Event, received: list[int], sig: int) -> Any:
-    def handle() -> None:
-        received.append(sig)
-        stop.set()
-
-    return handle
 
 
 def import_target(target: str) -> Any:
