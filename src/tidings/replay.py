@@ -37,14 +37,32 @@ BATCH = 500
 TRANSFORMS = Registry("tidings.transforms", {"same": "tidings.replay:same_again"}, "replay transform")
 
 
-def read_jsonl(path: Path) -> Iterator[Event]:
-    """Events from a JSON-lines file; a bad line is an error naming its number."""
+#: room for an event's envelope (id, topic, headers) around its body on a JSON line
+ENVELOPE_ROOM = 64 * 1024
+
+
+def line_limit(bus: Bus) -> int:
+    """The longest JSON line worth reading for this bus: its largest body, twice over (JSON escapes
+    can double a body's bytes), and the envelope. A longer line is refused before it is read whole."""
+    return 2 * bus.config.bus.max_body_bytes + ENVELOPE_ROOM
+
+
+def read_jsonl(path: Path, max_line: int) -> Iterator[Event]:
+    """Events from a JSON-lines file; a bad line, or one longer than ``max_line`` bytes, is an
+    error naming its number."""
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise InvalidEvent(f"cannot read {str(path)!r}: {exc.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, 1):
+        number = 0
+        while line := handle.readline(max_line + 1):
+            number += 1
+            if len(line) > max_line:
+                raise InvalidEvent(
+                    f"{path.name} line {number} is longer than {max_line} bytes "
+                    "(twice [bus] max_body_bytes and the envelope)"
+                )
             if not line.strip():
                 continue
             try:

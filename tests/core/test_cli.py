@@ -294,6 +294,21 @@ def test_replay_from_a_file_and_from_the_outbox(tmp_path: Path) -> None:
     assert "bad.jsonl line 1" in bad.stderr
 
 
+@pytest.mark.parametrize("command", [["replay", "--from"], ["reactor", "--dry-run"]])
+def test_a_line_far_past_the_body_limit_is_refused_unread(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[bus]\nmax_body_bytes = 1000\n\n[reactor.rules.r]\ncommand = ["true"]\n'
+    )
+    # 1,000 bytes of body at most: 2 x 1,000 + 64 KiB of envelope is the longest line worth reading
+    (tmp_path / "huge.jsonl").write_bytes(b'{"id": "' + b"x" * 200_000 + b'"}\n')
+    done = tidings(tmp_path, *command, "huge.jsonl")
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "tidings: error: huge.jsonl line 1 is longer than 67536 bytes "
+        "(twice [bus] max_body_bytes and the envelope)"
+    ]
+
+
 def test_replay_says_when_the_window_is_longer_than_the_outbox_keeps(tmp_path: Path) -> None:
     done = tidings(tmp_path, "replay", "--days", "14", "--dry-run")
     assert done.returncode == 0, done.stderr

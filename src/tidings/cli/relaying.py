@@ -109,10 +109,10 @@ def reactor(
     if not bus.config.reactor.rules:
         raise ConfigError("no [reactor.rules.NAME] is configured")
     if dry_run is not None:
-        from tidings.replay import read_jsonl
+        from tidings.replay import line_limit, read_jsonl
 
         fired = 0
-        for event, rule, action in firing(bus, read_jsonl(dry_run)):
+        for event, rule, action in firing(bus, read_jsonl(dry_run, line_limit(bus))):
             fired += 1
             shown = " ".join(map(_printable, action)) if isinstance(action, list) else action
             out.print(f"{event.id} {event.topic} → {rule.name}: {shown}", highlight=False, markup=False)

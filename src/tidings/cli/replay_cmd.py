@@ -114,7 +114,11 @@ def replay(
             "--to, --user and --package are for replays from the archive (--from-archive)"
         )
     _warn_retention(bus, source, days)
-    history = replaying.read_jsonl(source) if source else bus.outbox.history(since=since.timestamp())
+    history = (
+        replaying.read_jsonl(source, replaying.line_limit(bus))
+        if source
+        else bus.outbox.history(since=since.timestamp())
+    )
     chosen = list(replaying.window(history, since=since, pattern=topic))
     events = list(make(chosen))
     with bar(len(events), "checking" if dry_run else "publishing") as advance:
