@@ -28,6 +28,7 @@ from tidings.activity import Activity, BacklogNotices, events_log
 from tidings.config import ConnectorConfig
 from tidings.errors import DispatcherBusy, TidingsError, TransportError
 from tidings.event import Event
+from tidings.filters import FilterTimeout
 from tidings.format import Format
 from tidings.outbox import Outbox, Row, Settlement
 from tidings.retry import backoff, scheduled
@@ -480,6 +481,9 @@ class ConnectorWorker:
                 if not from_backlog and connector.accepts is not None and not connector.accepts(event):
                     continue
                 messages.append(connector.format.encode(event))
+            except FilterTimeout as exc:  # it would take as long every time
+                settlements.append(self._dead(row, str(exc)))
+                continue
             except TidingsError as exc:  # this connector can never carry it
                 settlements.append(self._dead(row, f"cannot encode for {connector.format.name}: {exc}"))
                 continue

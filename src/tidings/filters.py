@@ -32,7 +32,9 @@ from re import _constants as re_constants  # the parsed form of a pattern, to lo
 from re import _parser as re_parser
 from typing import Any
 
-from tidings.errors import ConfigError, InvalidTopic
+import regex
+
+from tidings.errors import ConfigError, InvalidEvent, InvalidTopic
 from tidings.event import Event, dumps
 from tidings.topics import topic_matches, validate_pattern
 
@@ -47,6 +49,15 @@ _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b,
 }
+#: seconds one regular expression may take on one value; past it the event is refused (a backstop
+#: for slow patterns the check at load does not see, such as ``(a|aa)+``)
+REGEX_TIMEOUT = 0.25
+
+
+class FilterTimeout(InvalidEvent):
+    """A filter's regular expression took longer than :data:`REGEX_TIMEOUT` on an event."""
+
+
 _FIELD_TESTS = ("equals", "not_equals", "in", "not_in", "regex", "exists", *_COMPARISONS)
 _ENVELOPE = ("topic", "id", "source", "type", "time", "username")
 
@@ -77,8 +88,8 @@ def compile_filter(spec: Any, where: str = "filter") -> Predicate:
         return _topic_pattern(spec["topic"], where)
     if "topic_regex" in keys:
         _only(spec, where, {"topic_regex"})
-        pattern = _regex(spec["topic_regex"], f"{where}.topic_regex")
-        return lambda event: pattern.search(event.topic) is not None
+        search = _regex(spec["topic_regex"], f"{where}.topic_regex")
+        return lambda event: search(event.topic)
     if "field" in keys:
         return _field_test(spec, where)
     raise ConfigError(
@@ -135,11 +146,15 @@ def _topic_pattern(pattern: Any, where: str) -> Predicate:
     return lambda event: topic_matches(pattern, event.topic)
 
 
-def _regex(expression: Any, where: str) -> re.Pattern[str]:
+def _regex(expression: Any, where: str) -> Callable[[str], bool]:
+    """A test that ``expression`` is found in a text, bounded by :data:`REGEX_TIMEOUT`.
+
+    The pattern is checked with Python's ``re`` (its error messages, and the look for nested
+    repetitions) and run with the ``regex`` package, which can stop a search that runs too long."""
     if not isinstance(expression, str):
         raise ConfigError(f"{where}: a regular expression is text, not {type(expression).__name__}")
     try:
-        compiled = re.compile(expression)
+        re.compile(expression)
     except re.error as exc:
         raise ConfigError(f"{where}: bad regular expression {expression!r}: {exc}") from None
     if _nested_repeat(re_parser.parse(expression)):
@@ -149,7 +164,20 @@ def _regex(expression: Any, where: str) -> re.Pattern[str]:
             "input and stop every event behind it; make the inner one possessive (a++) or atomic "
             "((?>...)), or write it without the nesting"
         )
-    return compiled
+    try:
+        bounded = regex.compile(expression)
+    except regex.error as exc:
+        raise ConfigError(f"{where}: bad regular expression {expression!r}: {exc}") from None
+
+    def search(text: str) -> bool:
+        try:
+            return bounded.search(text, timeout=REGEX_TIMEOUT) is not None
+        except TimeoutError:
+            raise FilterTimeout(
+                f"{where}: {expression!r} took longer than {REGEX_TIMEOUT:g} s on this event"
+            ) from None
+
+    return search
 
 
 _REPEATS = (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT)
@@ -232,8 +260,8 @@ def _value_test(test: str, expected: Any, where: str) -> Callable[[Any], bool]:
 
         return inside if test == "in" else (lambda value: not inside(value))
     if test == "regex":
-        pattern = _regex(expected, where)
-        return lambda value: value is not MISSING and pattern.search(as_text(value)) is not None
+        search = _regex(expected, where)
+        return lambda value: value is not MISSING and search(as_text(value))
     if test == "exists":
         if not isinstance(expected, bool):
             raise ConfigError(f"{where}: true or false")

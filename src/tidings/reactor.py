@@ -30,7 +30,7 @@ from tidings.config import ReactorRule
 from tidings.consumer import App
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event
-from tidings.filters import MISSING, Predicate, as_text, compile_filter, lookup
+from tidings.filters import MISSING, FilterTimeout, Predicate, as_text, compile_filter, lookup
 from tidings.handling import Reject
 from tidings.plugins import import_object
 
@@ -129,8 +129,11 @@ def _rule_app(bus: Bus, rule: Rule, slots: asyncio.Semaphore) -> App:
     target = _callable(rule) if rule.config.call else None
 
     async def react(event: Event) -> None:
-        if not rule.matches(event):
-            return  # not for this rule: acked, nothing runs
+        try:
+            if not rule.matches(event):
+                return  # not for this rule: acked, nothing runs
+        except FilterTimeout as exc:  # it would take as long every time
+            raise Reject(str(exc)) from None
         async with slots:
             if target is not None:
                 await _call(target, event)

@@ -27,7 +27,7 @@ from tidings.config_checks import check_topic_template
 from tidings.consumer import App
 from tidings.errors import ConfigError, InvalidTopic
 from tidings.event import HOPS_HEADER, Event, year_prefixed
-from tidings.filters import Predicate, compile_filter
+from tidings.filters import FilterTimeout, Predicate, compile_filter
 from tidings.handling import Reject
 from tidings.migration import MissingCheck, Sightings
 from tidings.topics import validate_topic
@@ -99,7 +99,10 @@ class Relay:
     async def relay(self, event: Event) -> None:
         """Publish ``event`` if it passes (returns once it is committed to the outbox)."""
         self.sightings.seen(self.name, "old", event)
-        outgoing = self.outgoing(event)
+        try:
+            outgoing = self.outgoing(event)
+        except FilterTimeout as exc:  # it would take as long every time
+            raise Reject(str(exc)) from None
         if outgoing is not None:
             await self.bus.apublish(outgoing)
 

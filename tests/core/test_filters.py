@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from tidings.errors import ConfigError
 from tidings.event import Event
-from tidings.filters import MISSING, compile_filter, lookup
+from tidings.filters import MISSING, REGEX_TIMEOUT, FilterTimeout, compile_filter, lookup
 from tidings.topics import topic_matches
 
 JOB = Event.create(
@@ -164,3 +165,22 @@ def test_regexes_without_nested_repetition_are_taken(regex: str, value: str, pas
 def test_an_empty_list_says_nothing_and_is_refused(spec: Any) -> None:
     with pytest.raises(ConfigError, match="a non-empty list of filters"):
         compile_filter(spec, "[relays.x] filter")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"field": "data.a", "regex": "^(a|aa)+$"},  # overlapping alternatives: the check at load misses it
+        {"topic_regex": "^(a|aa)+$"},
+    ],
+)
+def test_a_regex_that_runs_too_long_refuses_that_event_in_bounded_time(spec: dict[str, str]) -> None:
+    test = compile_filter(spec, "[relays.x] filter")
+    slow = Event.create("a" * 60 + ".b", {"a": "a" * 60 + "!"})
+    started = time.monotonic()
+    with pytest.raises(
+        FilterTimeout, match=r"\[relays.x\] filter\.(regex|topic_regex): .* took longer than 0.25 s"
+    ):
+        test(slow)
+    assert time.monotonic() - started < REGEX_TIMEOUT + 2
+    assert test(Event.create("aaaa", {"a": "aaaa"})) is True  # the next event is tested as usual

@@ -14,6 +14,7 @@ from tidings.cli.config_cmd import check_plugins
 from tidings.config import parse_config
 from tidings.errors import ConfigError
 from tidings.event import Event
+from tidings.handling import Reject
 from tidings.relay import HOPS_HEADER, Relay
 
 
@@ -67,6 +68,35 @@ async def test_a_connector_filter_decides_per_event_and_the_rest_still_arrive(tm
         bus.close()
     assert delivered(tmp_path, "a") == ["0", "1", "2", "3"]
     assert delivered(tmp_path, "b") == ["0", "2"]
+
+
+async def test_a_filter_regex_that_runs_too_long_dead_letters_that_event_alone(tmp_path: Path) -> None:
+    config = two_files(tmp_path)
+    config["connectors"]["b"]["filter"] = {"field": "data.n", "regex": "^(a|aa)+$"}  # slow on "aaa...!"
+    bus = bus_of(tmp_path, config)
+    try:
+        for n in ["aa", "a" * 60 + "!", "aaa"]:
+            await bus.apublish("bug.modify", {"n": n})
+        await deliver(bus)
+        dead = bus.outbox.entries("b", "dead")
+    finally:
+        bus.close()
+    assert delivered(tmp_path, "a") == ["aa", "a" * 60 + "!", "aaa"]
+    assert delivered(tmp_path, "b") == ["aa", "aaa"]
+    assert [entry["seq"] for entry in dead] == [2]
+    assert "filter.regex: '^(a|aa)+$' took longer than 0.25 s" in str(dead[0]["reason"])
+
+
+async def test_a_relay_whose_filter_runs_too_long_dead_letters_that_event(tmp_path: Path) -> None:
+    bus = bus_of(tmp_path, {"relays": {"x": {"filter": {"topic_regex": "^(a|aa)+$"}}}})
+    relay = Relay(bus, "x")
+    try:
+        with pytest.raises(Reject, match=r"\[relays.x\] filter.topic_regex: .* took longer than"):
+            await relay.relay(Event.create("a" * 60 + ".b", {}))  # the runner dead-letters on Reject
+        await relay.relay(Event.create("aaaa", {}))
+        assert relay.counters.relayed == 1
+    finally:
+        bus.close()
 
 
 def test_an_event_carrying_the_mark_is_a_loop_and_what_passes_carries_it(tmp_path: Path) -> None:
