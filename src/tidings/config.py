@@ -289,9 +289,11 @@ class Config(_Strict):
             raise ConfigError(f'[transports.{name}] needs kind = "embedded" | "amqp" | ...')
         if kind == "embedded":  # its file is under home, beside the outbox, wherever the command runs
             options.setdefault("path", "broker.db")
-        for key in ("path", "ca_file", "cert_file", "key_file"):
-            if isinstance(options.get(key), str):
-                options[key] = str(self._resolve(options[key]))
+        if isinstance(options.get("path"), str):
+            options["path"] = str(self._resolve(options["path"]))
+        for key in ("ca_file", "cert_file", "key_file"):  # beside the config, never under home
+            if isinstance(options.get(key), str) and options[key]:
+                options[key] = str(Path(self.base_dir, options[key]))
         return kind, options
 
     def _resolve(self, path: str) -> Path:
@@ -421,10 +423,32 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
         raise ConfigError(f"{origin}: {_in_table(exc)}") from None
     config = _with_defaults(msgspec.structs.replace(config, base_dir=str(base_dir)))
     config = _expand_sections(config, origin)
+    _resolve_format_files(config)
     from tidings.config_checks import check_config  # it needs this module's sections: imported late
 
     check_config(config, origin)
     return config
+
+
+def _resolve_format_files(config: Config) -> None:
+    """Files named in format options (a format plug-in's ``paths``, such as fedmsg's signing key)
+    are relative to the config file's folder, as a transport's ``ca_file`` is, not to wherever the
+    command runs. PEM text given in place of a file name stays as it is."""
+    from tidings.format import format_plugin  # formats are plug-ins: found when a config names one
+
+    sources = config.archive.sources if config.archive and not config.archive.from_outbox() else []
+    tables = [table for _, _, table in config.formatted()] + list(sources)
+    for table in tables:
+        if not table.format_options:
+            continue
+        try:
+            paths = format_plugin(table.format).paths
+        except ConfigError:
+            continue  # an unknown format: the checks below say so, naming the table
+        for key in paths:
+            value = table.format_options.get(key)
+            if isinstance(value, str) and value and "-----BEGIN" not in value:
+                table.format_options[key] = str(Path(config.base_dir, value))
 
 
 #: sections of the config file that a plug-in owns, from the ``tidings.sections`` entry points:

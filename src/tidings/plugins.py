@@ -44,6 +44,8 @@ class Plugin:
     extra: str = ""
     #: top-level modules it imports, checked without importing them (``missing()``)
     requires: tuple[str, ...] = ()
+    #: options that name a file: a relative one is taken from the config file's folder
+    paths: tuple[str, ...] = ()
 
     def parse(self, options: Mapping[str, Any], where: str) -> dict[str, Any]:
         """The options, checked against ``settings``: a one-line ConfigError naming the key if wrong."""

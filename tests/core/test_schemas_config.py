@@ -95,12 +95,20 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "sub" / "t.toml").write_text(
         '[bus]\nhome = "state"\n[transports.b]\nkind = "embedded"\n'
         'path = "broker.db"\n[transports.c]\nkind = "amqp"\n'
-        'ca_file = "certs/ca.pem"\n'
+        'ca_file = "certs/ca.pem"\n[transports.d]\nkind = "kafka"\nca_file = "ca.pem"\n'
+        '[connectors.f]\ntransport = "b"\nformat = "fedmsg"\n'
+        'format_options = { key_pem = "keys/signer.key", cert_pem = "/abs/signer.crt" }\n'
     )
     config = load_config(tmp_path / "sub" / "t.toml")
     assert config.outbox_path() == tmp_path / "sub" / "state" / "outbox.db"
     assert config.transport_options("b")[1]["path"] == str(tmp_path / "sub" / "state" / "broker.db")
     assert config.transport_options("c")[1]["ca_file"] == str(tmp_path / "sub" / "certs" / "ca.pem")
+    # a bare file name is beside the config too (only the embedded broker's file lives under home)
+    assert config.transport_options("d")[1]["ca_file"] == str(tmp_path / "sub" / "ca.pem")
+    # a format's file options (fedmsg's signing key) as well, wherever the command runs
+    options = config.connectors["f"].format_options
+    assert options["key_pem"] == str(tmp_path / "sub" / "keys" / "signer.key")
+    assert options["cert_pem"] == "/abs/signer.crt"
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ FEDMSG_PLUGIN = Plugin(
     FedmsgOptions,
     extra="fedmsg",
     requires=("cryptography",),
+    paths=("key_pem", "cert_pem", "trusted_ca"),  # each PEM text or the file holding it
 )
 
 __all__ = [
