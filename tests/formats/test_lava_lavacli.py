@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -80,22 +81,40 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         api.server_close()
 
 
-def lavacli(uri: str, *args: str) -> subprocess.Popen[str]:
-    assert LAVACLI is not None, "lavacli is not installed (pip install -e '.[peers]')"
-    return subprocess.Popen(
-        [LAVACLI, "--uri", uri, "events", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class Lavacli:
+    """lavacli in its own process, its output read line by line by one thread (a read given up
+    after a timeout must not lose the line it was about to get)."""
 
+    def __init__(self, uri: str, *args: str) -> None:
+        assert LAVACLI is not None, "lavacli is not installed (pip install -e '.[peers]')"
+        self.process = subprocess.Popen(
+            [LAVACLI, "--uri", uri, "events", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
 
-async def read_line(process: subprocess.Popen[str], timeout: float = 10.0) -> str:
-    assert process.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout)
-    if not line:
-        raise AssertionError(f"lavacli ended: {process.wait()} {process.stderr.read()}")  # type: ignore[union-attr]
-    return line.rstrip("\n")
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put("")  # it ended
+
+    async def line(self, timeout: float = 10.0) -> str:
+        """Its next line; TimeoutError if none comes in time."""
+        try:
+            line = await asyncio.to_thread(self._lines.get, timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError from None
+        if not line:
+            raise AssertionError(f"lavacli ended: {self.process.wait()} {self.process.stderr.read()}")  # type: ignore[union-attr]
+        return line
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 TESTJOB = {"job": 4242, "device": "x15-01", "state": "Finished", "health": "Complete", "description": "boot"}
@@ -106,15 +125,15 @@ LOG = {"job": 4242, "message": "kernel booted"}
 
 async def test_lavacli_listen_prints_what_the_dispatcher_sends(lab: Lab) -> None:
     bus = lab.bus
-    listener = lavacli(lab.uri, "listen")
+    listener = Lavacli(lab.uri, "listen")
     try:
-        assert await read_line(listener) == f"Listening to tcp://127.0.0.1:{lab.port}"
+        assert await listener.line() == f"Listening to tcp://127.0.0.1:{lab.port}"
         # ZeroMQ's slow joiner: lavacli's SUB may not be attached yet; send until it prints one
         probe = None
         for _ in range(100):
             bus.publish(lava_event("device", DEVICE, username="lavaserver"))
             try:
-                probe = await read_line(listener, timeout=0.2)
+                probe = await listener.line(timeout=0.2)
                 break
             except TimeoutError:
                 continue
@@ -130,7 +149,7 @@ async def test_lavacli_listen_prints_what_the_dispatcher_sends(lab: Lab) -> None
             bus.publish(event)
         lines = []
         while len(lines) < 3:
-            line = await read_line(listener)
+            line = await listener.line()
             if ".device " not in line:  # probes still on their way
                 lines.append(line)
         stamps = [line.split(" ", 1)[0] for line in lines]
@@ -143,15 +162,14 @@ async def test_lavacli_listen_prints_what_the_dispatcher_sends(lab: Lab) -> None
         # the second frame lavacli prints is the event's own time, as LAVA writes it
         assert stamps == [event.time.isoformat() for event in events]
     finally:
-        listener.kill()
-        listener.wait()
+        listener.stop()
 
 
 async def test_lavacli_wait_returns_on_the_job_it_waits_for(lab: Lab) -> None:
     bus = lab.bus
-    waiter = lavacli(lab.uri, "wait", "job", "4242", "--state", "FINISHED", "--health", "COMPLETE")
+    waiter = Lavacli(lab.uri, "wait", "job", "4242", "--state", "FINISHED", "--health", "COMPLETE")
     try:
-        assert (await read_line(waiter)).startswith("Listening to ")
+        assert (await waiter.line()).startswith("Listening to ")
         # lavacli compares the job as the string given on its command line: the display id, as
         # older servers and multinode sub-jobs send it ("4242", "4242.1")
         finished = dict(TESTJOB, job="4242")
@@ -161,13 +179,12 @@ async def test_lavacli_wait_returns_on_the_job_it_waits_for(lab: Lab) -> None:
             for data in (running, other_job):
                 bus.publish(lava_event("testjob", data, username="lavaserver"))
             await asyncio.sleep(0.05)
-        assert waiter.poll() is None, "lavacli stopped waiting on an event it does not wait for"
+        assert waiter.process.poll() is None, "lavacli stopped waiting on an event it does not wait for"
         for _ in range(100):  # the one it waits for, until it returns
             bus.publish(lava_event("testjob", finished, username="lavaserver"))
-            if await asyncio.to_thread(waiter.poll) is not None:
+            if waiter.process.poll() is not None:
                 break
             await asyncio.sleep(0.1)
-        assert waiter.wait(timeout=5) == 0
+        assert waiter.process.wait(timeout=5) == 0
     finally:
-        waiter.kill()
-        waiter.wait()
+        waiter.stop()
