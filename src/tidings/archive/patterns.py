@@ -32,7 +32,8 @@ class TopicPattern:
 
 @lru_cache(maxsize=1024)
 def compile_pattern(pattern: str) -> TopicPattern:
-    words = pattern.split(".")
+    words = _without_repeated_any(pattern.split("."))
+    pattern = ".".join(words)
     if ONE not in words and ANY not in words:
         return TopicPattern(pattern, pattern, None)
     literal = []
@@ -46,6 +47,12 @@ def compile_pattern(pattern: str) -> TopicPattern:
         return TopicPattern(None, ".".join(literal), None)
     prefix = ".".join(literal) + "." if literal else ""
     return TopicPattern(None, prefix, to_regex(pattern))
+
+
+def _without_repeated_any(words: list[str]) -> list[str]:
+    """``#.#`` matches what ``#`` matches: one of a run is enough (and a run of them makes a
+    backtracking matcher take exponential time)."""
+    return [w for i, w in enumerate(words) if not (w == ANY and i > 0 and words[i - 1] == ANY)]
 
 
 def to_regex(pattern: str) -> str:

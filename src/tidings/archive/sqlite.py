@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from tidings.archive import Archived, NumberedPage, Order, Page, Query
-from tidings.archive.patterns import category_hint, compile_pattern, prefix_upper, python_regex
+from tidings.archive.patterns import category_hint, compile_pattern, prefix_upper
 from tidings.archive.rows import (
     PURGE_BATCH,
     category_of,
@@ -38,6 +38,7 @@ from tidings.archive.rows import (
 from tidings.errors import StorageError
 from tidings.event import Event, dumps, loads
 from tidings.sqlite import connect, explain, rollback
+from tidings.topics import topic_matches
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -83,7 +84,9 @@ class SqliteArchive:
             # five indexes take a row each per event: with SQLite's 2 MB default cache a big
             # archive reads index pages back from disk on every batch
             self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-            self._db.create_function("regexp", 2, _regexp, deterministic=True)
+            # tidings' own matcher (linear in the topic): a regular expression for a pattern of
+            # many '#' backtracks for minutes, with the store's lock held
+            self._db.create_function("topic_matches", 2, topic_matches, deterministic=True)
         except sqlite3.Error as exc:
             raise StorageError(f"archive {str(self.path)!r}: {explain(exc)}") from None
         self._lock = threading.Lock()  # one connection, shared by the threads of a web server
@@ -281,10 +284,6 @@ def _archived(row: tuple[Any, ...]) -> Archived:
     return Archived(seq, event, fields_of(*lists, agent))
 
 
-def _regexp(expression: str, text: str) -> bool:
-    return python_regex(expression).match(text) is not None
-
-
 # -- the WHERE clause of a Query ------------------------------------------------------------
 
 
@@ -351,8 +350,8 @@ def _topics(patterns: Sequence[str]) -> tuple[str, list[Any]]:
             if compiled.prefix:
                 found.append(f"{column} >= ? AND {column} < ?")
                 values += [compiled.prefix, prefix_upper(compiled.prefix)]
-            found.append("regexp(?, '.' || topic)")
-            values.append(compiled.regex)
+            found.append("topic_matches(?, topic)")
+            values.append(pattern)
         ors.append("(" + " AND ".join(found) + ")")
         params += values
     return "(" + " OR ".join(ors) + ")", params
