@@ -32,8 +32,8 @@ from pathlib import Path
 
 from tidings.batching import AsyncBatcher
 from tidings.doorbell import Doorbell
-from tidings.errors import OutboxError
-from tidings.event import Event
+from tidings.errors import InvalidEvent, OutboxError
+from tidings.event import Event, loads
 from tidings.groupcommit import GroupCommit
 from tidings.sqlite import LogSync, WriterLock, connect, explain, rollback
 
@@ -76,6 +76,14 @@ def _insert_sql(rows: int) -> str:
 
 def _flatten(rows: list[tuple[str, str, float, bytes]]) -> list[object]:
     return [value for row in rows for value in row]
+
+
+def _is_private(data: bytes) -> bool:
+    try:
+        stored = loads(data)
+    except InvalidEvent:
+        return True  # unreadable: shown to nobody who could not see a private event
+    return not isinstance(stored, dict) or stored.get("visibility", "public") != "public"
 
 
 @dataclass(slots=True)
@@ -424,12 +432,13 @@ class Outbox:
             raise ValueError(table)
         detail = "b.next_at, b.last_error" if table == "backlog" else "b.failed_at, b.reason"
         rows = self._read(
-            f"SELECT b.seq, b.attempts, {detail}, e.id, e.topic FROM {table} b "
+            f"SELECT b.seq, b.attempts, {detail}, e.id, e.topic, e.data FROM {table} b "
             "JOIN events e ON e.seq = b.seq WHERE b.connector = ? ORDER BY b.seq LIMIT ?",
             (connector, limit),
         )
         keys = ("seq", "attempts", "when", "reason", "id", "topic")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        # "private": whether the event is (a page shows those entries to readers only)
+        return [dict(zip(keys, row[:-1], strict=True), private=_is_private(row[-1])) for row in rows]
 
     def retry_dead(
         self, connector: str, seqs: Sequence[int] | None = None, *, now: float | None = None

@@ -37,9 +37,11 @@ def event(
     return Archived(0, made, SearchFields(users=users, packages=packages))
 
 
-def dead_letter(bus: Bus, connector: str = "local", topic: str = "demo.dead.letter") -> int:
+def dead_letter(
+    bus: Bus, connector: str = "local", topic: str = "demo.dead.letter", *, private: bool = False
+) -> int:
     """Publish an event and record it as the connector's dead letter, as the dispatcher would."""
-    published = bus.publish(topic, {"why": "refused"})
+    published = bus.publish(topic, {"why": "refused"}, visibility="private" if private else "public")
     seq = bus.outbox.last_seq()
     bus.outbox.ensure_connector(connector)
     bus.outbox.settle(

@@ -234,6 +234,30 @@ def test_retry_needs_the_admin_token_and_the_csrf_token(client: TestClient, web_
     assert web_bus.outbox.status(["local"])[0].backlog == 0
 
 
+def test_a_form_with_a_seq_that_is_none_acts_on_nothing(client: TestClient, web_bus: Bus) -> None:
+    dead_letter(web_bus)
+    dead_letter(web_bus)
+    client.get("/connectors")
+    csrf = client.cookies["tidings_csrf"]
+    for bad in ("301x", "-1", "abc", "99999999999999999999999", "²"):
+        for action in ("retry", "drop"):
+            done = client.post(
+                f"/connectors/local/{action}",
+                data={"csrf": csrf, "table": "dead", "seq": bad},
+                headers=bearer(ADMIN_TOKEN),
+            )
+            assert done.status_code == 400, (bad, action)
+    assert web_bus.outbox.status(["local"])[0].dead == 2  # neither retried nor dropped
+
+
+def test_private_entries_are_listed_to_readers_only(client: TestClient, web_bus: Bus) -> None:
+    dead_letter(web_bus, topic="public.refused")
+    dead_letter(web_bus, topic="secret.refused", private=True)
+    anonymous = client.get("/connectors").text
+    assert "public.refused" in anonymous and "secret.refused" not in anonymous
+    assert "secret.refused" in client.get("/connectors", headers=bearer(READ_TOKEN)).text
+
+
 def test_every_response_has_a_csp(client: TestClient) -> None:
     for path in ("/", "/raw", "/search", "/connectors", "/consumers", "/login", "/static/app.js"):
         response = client.get(path)

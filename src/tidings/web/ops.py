@@ -43,7 +43,9 @@ class ConnectorView:
     backlog: list[dict[str, object]]
 
 
-def connectors(bus: Bus) -> list[ConnectorView]:
+def connectors(bus: Bus, *, include_private: bool) -> list[ConnectorView]:
+    """Each connector's counts and first entries; those of private events only if ``include_private``
+    (the counts take every event: they say how much waits, not what)."""
     names = list(bus.config.connectors)
     views = []
     for status in bus.outbox.status(names):
@@ -53,18 +55,19 @@ def connectors(bus: Bus) -> list[ConnectorView]:
                 status,
                 config.format,
                 config.transport,
-                _dated(bus.outbox.entries(status.connector, "dead", ENTRIES)),
-                _dated(bus.outbox.entries(status.connector, "backlog", ENTRIES)),
+                _shown(bus.outbox.entries(status.connector, "dead", ENTRIES), include_private),
+                _shown(bus.outbox.entries(status.connector, "backlog", ENTRIES), include_private),
             )
         )
     return views
 
 
-def _dated(entries: list[dict[str, object]]) -> list[dict[str, object]]:
-    for entry in entries:
+def _shown(entries: list[dict[str, object]], include_private: bool) -> list[dict[str, object]]:
+    shown = [entry for entry in entries if include_private or not entry["private"]]
+    for entry in shown:
         moment = entry.get("when")
         entry["when"] = when(float(moment)) if isinstance(moment, int | float) else ""
-    return entries
+    return shown
 
 
 @dataclass(slots=True)

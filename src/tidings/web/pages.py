@@ -93,7 +93,8 @@ async def event(request: Request) -> Response:
 
 
 async def connectors(request: Request) -> Response:
-    views = await run_in_threadpool(lambda: ops.connectors(_bus(request)))
+    private = role_of(request) >= Role.READER
+    views = await run_in_threadpool(lambda: ops.connectors(_bus(request), include_private=private))
     return render(request, "connectors.html", connectors=views, when=ops.when)
 
 
@@ -124,10 +125,18 @@ async def admin_form(request: Request) -> dict[str, list[str]] | Response:
     return fields
 
 
-def _seqs(fields: dict[str, list[str]]) -> list[int] | None:
-    """The entries a form names, or None for all of them."""
+#: the largest seq SQLite stores (a signed 64-bit integer)
+MAX_SEQ = 2**63 - 1
+
+
+def _seqs(fields: dict[str, list[str]]) -> list[int] | str | None:
+    """The entries a form names; None for all of them (no seq given); the bad value as text if
+    one is not a seq (a mistyped seq must not act on every entry)."""
     values = fields.get("seq", [])
-    return [int(v) for v in values if v.isdigit()] or None
+    for value in values:
+        if not (value.isascii() and value.isdigit() and 0 < int(value) <= MAX_SEQ):
+            return value
+    return [int(v) for v in values] or None
 
 
 async def connector_action(request: Request) -> Response:
@@ -138,6 +147,8 @@ async def connector_action(request: Request) -> Response:
     if name not in bus.config.connectors or action not in ("retry", "drop"):
         return render(request, "error.html", 404, message=f"No connector {name} or action {action}.")
     seqs = _seqs(fields)
+    if isinstance(seqs, str):
+        return render(request, "error.html", 400, message=f"{seqs[:40]!r} is not an entry's seq.")
     if action == "retry":
         await run_in_threadpool(lambda: bus.outbox.retry_dead(name, seqs))
     else:
