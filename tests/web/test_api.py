@@ -319,3 +319,53 @@ async def test_replay_from_the_event_page_needs_the_admin_token(
     assert done.status_code == 200 and "local: sent 1 of 1" in done.text
     assert await transport.queue_depth("watch") == 1  # type: ignore[attr-defined]
     await transport.close()
+
+
+def _cursor(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+BAD_PARAMETERS = [
+    *({name: value} for name in ("start", "end") for value in ("nan", "inf", "-inf", "1e400", "1e20")),
+    {"start": "253402300800"},
+    {"end": "-99999999999"},
+    {"start": "0001-01-01T00:00:00+14:00"},
+    *({"delta": value} for value in ("nan", "inf")),
+    {"page": "99999999999999999"},
+    {"user": "a\x00b"},
+    {"contains": "a\x00b"},
+    {"topic": [f"t{n}.*" for n in range(101)]},
+    {"contains": [f"v{n}" for n in range(101)]},
+]
+
+
+@pytest.mark.parametrize("params", BAD_PARAMETERS)
+@pytest.mark.parametrize("path", ["/raw", "/v2/search", "/stream"])
+def test_parameters_out_of_range_are_400_never_500(client: TestClient, path: str, params: dict) -> None:
+    if "page" in params and path != "/raw":  # each path's own way to name a place too far
+        far = "99999999999999999999"
+        params = {"cursor": _cursor(f"1:{far}")} if path == "/v2/search" else {"last_event_id": far}
+    response = client.get(path, params=params)
+    assert response.status_code == 400, (path, params, response.text[:200])
+    assert "error" in response.json()
+
+
+def test_windows_reaching_past_what_a_time_can_be_are_cut_there(client: TestClient, archive: Archive) -> None:
+    archive.ingest([event(BODHI, {"n": 1}, at=NOW - 10)])
+    for params in ({"delta": "99999999999"}, {"delta": "1e300"}, {"end": "1000", "delta": "1e15"}):
+        response = client.get("/v2/search", params=params)
+        assert response.status_code == 200, (params, response.text[:200])
+    assert len(client.get("/v2/search", params={"delta": "99999999999"}).json()["items"]) == 1
+
+
+@pytest.mark.parametrize("value", ["²", "99999999999999999999999"])
+def test_a_last_event_id_that_is_no_seq_is_400(client: TestClient, value: str) -> None:
+    assert client.get("/stream", params={"last_event_id": value}).status_code == 400
+    if value.isascii():
+        assert client.get("/stream", headers={"Last-Event-ID": value}).status_code == 400
+
+
+def test_an_id_with_a_nul_is_not_found(client: TestClient) -> None:
+    assert client.get("/id", params={"id": "a\x00b"}).status_code == 404

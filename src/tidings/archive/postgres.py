@@ -160,6 +160,8 @@ class PostgresArchive:
     # -- reading ------------------------------------------------------------------------
 
     def get(self, event_id: str, *, include_private: bool = False) -> Archived | None:
+        if "\x00" in event_id:
+            return None  # no id holds one (PostgreSQL's text cannot), and asking would be an error
         rows = self._read(
             f"SELECT {_COLUMNS} FROM events WHERE seq = (SELECT seq FROM event_ids WHERE id = %s)", [event_id]
         )

@@ -42,8 +42,10 @@ def encode_cursor(time_us: int, seq: int) -> str:
 def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        time_us, seq = text.split(":")
-        return int(time_us), int(seq)
+        time_us, seq = (int(part) for part in text.split(":"))
+        if not (abs(time_us) < 2**63 and 0 <= seq < 2**63):  # what a store's integers hold
+            raise ValueError(text)
+        return time_us, seq
     except (ValueError, UnicodeDecodeError):
         raise InvalidQuery(f"cursor {cursor[:40]!r} is not one this archive gave out") from None
 

@@ -42,7 +42,7 @@ async def raw(request: Request) -> Response:
     try:
         q.refuse_unsupported(params)
         window = q.time_range(params)
-        page = q.integer(params, "page", 1, 1)
+        page = q.integer(params, "page", 1, 1, q.MAX_PAGE)
         rows = q.integer(params, "rows_per_page", q.ROWS_PER_PAGE, 1, q.MAX_ROWS_PER_PAGE)
         order = q.order_of(params)
         query = q.query_of(params, window, include_private=_private(request))
@@ -107,7 +107,8 @@ async def search(request: Request) -> Response:
         return bad(f"cursor: {exc}")
     following = None
     if page.next_cursor:
-        following = str(request.url.include_query_params(cursor=page.next_cursor))
+        # relative: the Host header is the client's to say, not a place to send the next request
+        following = f"{request.url.path}?{request.url.include_query_params(cursor=page.next_cursor).query}"
     return Json(
         {
             "items": [q.envelope(item) for item in page.items],
@@ -123,8 +124,8 @@ def resume_point(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or ""
     if not raw:
         return None
-    if not raw.isdigit():
-        raise q.BadRequest(f"Last-Event-ID must be an event's seq, not {raw!r}")
+    if not (raw.isascii() and raw.isdigit() and int(raw) < 2**63):
+        raise q.BadRequest(f"Last-Event-ID must be an event's seq, not {raw[:40]!r}")
     return int(raw)
 
 

@@ -72,7 +72,7 @@ async def search(request: Request) -> Response:
             problem = str(exc)
     following = ""
     if page is not None and page.next_cursor:
-        following = str(request.url.include_query_params(cursor=page.next_cursor))
+        following = f"{request.url.path}?{request.url.include_query_params(cursor=page.next_cursor).query}"
     return render(request, "search.html", values=values, page=page, problem=problem, following=following)
 
 

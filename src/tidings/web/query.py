@@ -8,6 +8,7 @@ at most 100, ``order`` asc or desc.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,14 @@ END_ONLY_WINDOW = 600.0
 #: /v2/search
 SEARCH_LIMIT = 50
 MAX_SEARCH_LIMIT = 500
+#: the times a query may name: from the first day of year 1 to the last of year 9999 (what a
+#: datetime holds, a day kept free at each end for time zones)
+FIRST_TIME = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+LAST_TIME = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+#: values one filter parameter may repeat (each is a term of the store's query)
+MAX_VALUES = 100
+#: the largest page number (its offset must stay within a store's 64-bit integers)
+MAX_PAGE = 10**9
 #: datagrepper parameters that only shape its HTML or JSONP output: accepted, without effect here
 IGNORED = frozenset({"size", "chrome", "meta", "is_raw", "grouped"})
 #: datagrepper parameters tidings cannot honour: refused rather than silently widening a search
@@ -50,9 +59,12 @@ def number(params: QueryParams, name: str) -> float | None:
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         raise BadRequest(f"{name} must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(seconds):
+        raise BadRequest(f"{name} must be a number of seconds, not {value!r}")
+    return seconds
 
 
 def moment(params: QueryParams, name: str) -> float | None:
@@ -61,16 +73,25 @@ def moment(params: QueryParams, name: str) -> float | None:
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = _iso_seconds(name, value)
+    if not FIRST_TIME <= seconds <= LAST_TIME:  # nan fails this too
+        raise BadRequest(f"{name} {value!r} is not a time between the years 1 and 9999")
+    return seconds
+
+
+def _iso_seconds(name: str, value: str) -> float:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise BadRequest(f"{name} must be UNIX seconds or an ISO 8601 time, not {value!r}") from None
     if parsed.tzinfo is None:
         raise BadRequest(f"{name} {value!r} has no time zone")
-    return parsed.timestamp()
+    try:
+        return parsed.timestamp()
+    except (OverflowError, ValueError):  # year 1 in a zone east of UTC
+        raise BadRequest(f"{name} {value!r} is not a time between the years 1 and 9999") from None
 
 
 def time_range(params: QueryParams, now: float | None = None) -> TimeRange:
@@ -87,11 +108,25 @@ def time_range(params: QueryParams, now: float | None = None) -> TimeRange:
         start = end - (delta if delta is not None else END_ONLY_WINDOW)
     elif delta is not None:
         start, end = now - delta, now
+    # a window reaching past what a time can be is the same window cut there ("the last 10^12 s")
+    start = None if start is None else max(start, FIRST_TIME)
+    end = None if end is None else min(end, LAST_TIME)
     return TimeRange(start, end, delta)
 
 
-def patterns(params: QueryParams, name: str) -> list[str]:
+def values_of(params: QueryParams, name: str) -> list[str]:
+    """A filter's values (it may repeat): not too many, and text a store can compare (no NUL)."""
     values = [v for v in params.getlist(name) if v]
+    if len(values) > MAX_VALUES:
+        raise BadRequest(f"{name} is given {len(values)} times; at most {MAX_VALUES} values per filter")
+    for value in values:
+        if "\x00" in value:
+            raise BadRequest(f"{name}: a value cannot hold a NUL character")
+    return values
+
+
+def patterns(params: QueryParams, name: str) -> list[str]:
+    values = values_of(params, name)
     for value in values:
         try:
             validate_pattern(value)
@@ -101,8 +136,7 @@ def patterns(params: QueryParams, name: str) -> list[str]:
 
 
 def query_of(params: QueryParams, window: TimeRange, *, include_private: bool) -> Query:
-    def listed(name: str) -> list[str]:
-        return [v for v in params.getlist(name) if v]
+    listed = lambda name: values_of(params, name)  # noqa: E731
 
     return Query(
         topics=patterns(params, "topic"),
