@@ -11,6 +11,7 @@ side in one process (tests do exactly that).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from typing import Any
 from tidings.config import Config, archives_outbox, load_config
 from tidings.consumer import App
 from tidings.dispatcher import Connector, Dispatcher
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, TidingsError
 from tidings.event import Event, JSONScalar, Visibility, dumps, json_depth
 from tidings.format import Format, load_format
 from tidings.inbox import Inbox
@@ -28,6 +29,8 @@ from tidings.journal import HandlingJournal
 from tidings.outbox import Outbox
 from tidings.schemas import SchemaRegistry
 from tidings.transport import Transport, load_transport
+
+log = logging.getLogger(__name__)
 
 
 class Bus:
@@ -257,6 +260,7 @@ class Bus:
         ``[web]`` is configured); the core does not import them.
         """
         consumers = self.served_consumers() if apps is None else list(apps)
+        await self._declare_before_dispatching(consumers)
         tasks = [asyncio.create_task(app.run(self, stop), name=f"consumer-{app.name}") for app in consumers]
         tasks.append(asyncio.create_task(self.dispatcher().run(stop), name="dispatcher"))
         tasks += [asyncio.create_task(run(stop), name=f"beside-{n}") for n, run in enumerate(beside)]
@@ -271,6 +275,16 @@ class Bus:
             for task in tasks:  # one failed: the others must not outlive the call
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _declare_before_dispatching(self, consumers: Sequence[App]) -> None:
+        """Each consumer's queue and bindings exist before the dispatcher sends: what it sends
+        first must find them (RabbitMQ drops a message no queue is bound for; a new Kafka group
+        starts at the end). A broker that is down now is the consumer's own run to report."""
+        for app in consumers:
+            try:
+                await app.declare(self)
+            except TidingsError as exc:
+                log.warning("consumer %s: could not declare its queue before dispatching: %s", app.name, exc)
 
     def dispatcher(self, names: Sequence[str] | None = None) -> Dispatcher:
         # its own connection: reads and settlements never wait behind this process's publishers
