@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,3 +36,39 @@ def test_a_string_that_looks_like_a_number_stays_a_string() -> None:
         "n": 3,
         "s": "3",
     }
+
+
+# -- what other clients may put on a record or frame: never an exception, at worst plain text ------
+
+HOSTILE_HEADERS = [
+    {"x-tidings-json-headers": "[{}]"},
+    {"x-tidings-json-headers": '[["a"]]', "a": "1"},
+    {"x-tidings-json-headers": '["x-tidings-cc"]', "x-tidings-cc": "5"},
+    {"x-tidings-json-headers": '["x-tidings-attempts"]', "x-tidings-attempts": '"²"'},
+    {"x-tidings-attempts": "²"},
+    {"x-delivery-count": "²"},
+    {"x-delivery-count": "9" * 40},
+    {"timestamp": "99999999999999"},
+    {"timestamp": "9" * 40},
+    {"priority": "²"},
+    {"priority": "99999"},
+]
+
+
+@pytest.mark.parametrize("headers", HOSTILE_HEADERS)
+def test_a_stomp_frame_with_odd_headers_is_still_a_message(headers: dict[str, str]) -> None:
+    from tidings.transports.stomp.frames import received
+
+    message, attempt, _ = received({"destination": "/queue/q", **headers}, b"{}", dead_letters=False)
+    assert attempt >= 1 and message.body == b"{}"
+
+
+@pytest.mark.parametrize("headers", HOSTILE_HEADERS)
+@pytest.mark.parametrize("timestamp_ms", [0, 2**62, -(2**62)])
+def test_a_kafka_record_with_odd_headers_is_still_a_message(
+    headers: dict[str, str], timestamp_ms: int
+) -> None:
+    from tidings.transports.kafka.records import from_record
+
+    message, _ = from_record([(k, v.encode()) for k, v in headers.items()], b"{}", timestamp_ms)
+    assert message.body == b"{}" and all(isinstance(key, str) for key in message.cc)

@@ -10,6 +10,7 @@ stays a string. A reader that knows nothing of tidings still sees readable text.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from tidings.errors import InvalidEvent
@@ -52,10 +53,26 @@ def from_text(headers: Mapping[str, str]) -> dict[str, Any]:
     except InvalidEvent:
         return found  # not ours after all: keep the text as it is
     for name in names if isinstance(names, list) else ():
-        raw = found.get(name)
-        if isinstance(name, str) and isinstance(raw, str):
+        raw = found.get(name) if isinstance(name, str) else None  # [{}] is no list of names
+        if isinstance(raw, str):
             try:
                 found[name] = loads(raw)
             except InvalidEvent:
                 pass
     return found
+
+
+def whole_number(text: str) -> int | None:
+    """A header's whole number >= 0 as another client wrote it, or None: ASCII digits only
+    (``"²".isdigit()`` is true, and ``int("²")`` fails) and within 64 bits."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    return int(text)
+
+
+def utc_moment(seconds: float) -> datetime | None:
+    """A header's UNIX time as a datetime, or None when no datetime can hold it."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

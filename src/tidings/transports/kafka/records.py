@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -26,7 +25,7 @@ from tidings.errors import InvalidEvent
 from tidings.event import dumps, loads
 from tidings.redact import mask_url
 from tidings.transport import WireMessage
-from tidings.transports.textheaders import from_text, to_bytes
+from tidings.transports.textheaders import from_text, to_bytes, utc_moment
 
 ROUTING_KEY_HEADER = "x-tidings-routing-key"
 MESSAGE_ID_HEADER = "x-tidings-message-id"
@@ -225,13 +224,17 @@ def from_record(
         message_id=_text_or_none(own.get(MESSAGE_ID_HEADER)),
         content_type=_text_or_none(own.get(CONTENT_TYPE_HEADER)),
         content_encoding=_text_or_none(own.get(CONTENT_ENCODING_HEADER)),
-        timestamp=datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms else None,
+        timestamp=utc_moment(timestamp_ms / 1000) if timestamp_ms else None,
         priority=priority if isinstance(priority, int) else None,
         exchange=_text_or_none(own.get(EXCHANGE_HEADER)),
-        cc=[str(key) for key in own.get(CC_HEADER) or () if isinstance(key, str)],
+        cc=[key for key in _list(own.get(CC_HEADER)) if isinstance(key, str)],
         properties=properties,
     )
     return message, own
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _text_or_none(value: Any) -> str | None:

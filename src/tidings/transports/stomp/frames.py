@@ -12,11 +12,10 @@ through a retry queue, no longer shows it in its destination).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from tidings.transport import ATTEMPTS_HEADER, LAST_ERROR_HEADER, REASON_HEADER, WireMessage
-from tidings.transports.textheaders import from_text, to_text
+from tidings.transports.textheaders import from_text, to_text, utc_moment, whole_number
 
 ROUTING_KEY_HEADER = "x-tidings-routing-key"
 #: STOMP headers of a SEND frame that say how to send it, not what is sent
@@ -93,17 +92,17 @@ def received(headers: dict[str, str], body: bytes, *, dead_letters: bool) -> tup
     """
     own = from_text({k: v for k, v in headers.items() if k not in _ADDED and not k.startswith(_DEATH)})
     tries = own.get(ATTEMPTS_HEADER)
-    if isinstance(tries, str) and tries.isdigit():  # written by a client that sends text only
-        tries = int(tries)
+    if isinstance(tries, str):  # written by a client that sends text only
+        tries = whole_number(tries)
     if not dead_letters or REASON_HEADER not in own:
         own.pop(ATTEMPTS_HEADER, None)
         own.pop(LAST_ERROR_HEADER, None)
     elif isinstance(tries, int):
         own[ATTEMPTS_HEADER] = tries
-    count = headers.get("x-delivery-count", "0")
-    came_back = headers.get("redelivered") == "true" or (count.isdigit() and int(count) > 0)
-    stamp = headers.get("timestamp", "")
-    priority = headers.get("priority", "")
+    count = whole_number(headers.get("x-delivery-count", "0"))
+    came_back = headers.get("redelivered") == "true" or bool(count)
+    stamp = whole_number(headers.get("timestamp", ""))
+    priority = whole_number(headers.get("priority", ""))
     message = WireMessage(
         routing_key=headers.get(ROUTING_KEY_HEADER) or _routing_key_of(headers.get("destination", "")),
         body=body,
@@ -111,8 +110,8 @@ def received(headers: dict[str, str], body: bytes, *, dead_letters: bool) -> tup
         message_id=headers.get("amqp-message-id") or None,
         content_type=headers.get("content-type") or None,
         content_encoding=headers.get("content-encoding") or None,
-        timestamp=datetime.fromtimestamp(int(stamp), UTC) if stamp.isdigit() else None,
-        priority=int(priority) if priority.isdigit() else None,
+        timestamp=utc_moment(stamp) if stamp is not None else None,
+        priority=priority if priority is not None and priority <= 255 else None,
         properties={name: headers[h] for name, h in PROPERTY_HEADERS.items() if h in headers},
     )
     attempt = tries + 1 if isinstance(tries, int) and not isinstance(tries, bool) and tries >= 0 else 1
