@@ -32,9 +32,12 @@ EMBEDDED_DEFAULT = "the embedded default (no config file found)"
 
 #: the types options are checked with: each says what is allowed, and an error names the key
 Positive = Annotated[float, Meta(gt=0)]
-Seconds = Annotated[float, Meta(ge=0)]
+#: up to ten years: a finite number of seconds (inf and nan are refused)
+Seconds = Annotated[float, Meta(ge=0, le=10 * 365 * 86_400)]
 Count = Annotated[int, Meta(ge=1)]
-Schedule = Annotated[list[Seconds], Meta(min_length=1)]
+#: a retry waits a week at most: an entry never due would hold its event (and an ordered connector)
+RetryDelay = Annotated[float, Meta(ge=0, le=7 * 86_400)]
+Schedule = Annotated[list[RetryDelay], Meta(min_length=1)]
 Name = Annotated[str, Meta(min_length=1)]
 
 

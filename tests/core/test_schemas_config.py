@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,30 @@ def test_a_config_nested_too_deeply_or_not_a_file_is_one_line(tmp_path: Path) ->
     for endless in (Path("/dev/zero"), tmp_path):
         with pytest.raises(ConfigError, match="is a directory or a device, not a file"):
             load_config(endless)
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        (
+            '[connectors.local]\ntransport = "local"\nretry_schedule = [inf]\n',
+            "retry_schedule[0]: expected float <= 604800",
+        ),
+        ('[connectors.local]\ntransport = "local"\nretry_schedule = [1e300]\n', "retry_schedule[0]"),
+        ("[outbox]\nretention = nan\n", "[outbox] retention"),
+        ("[outbox]\nretention = inf\n", "[outbox] retention"),
+    ],
+)
+def test_delays_that_never_come_are_refused_at_load(tmp_path: Path, toml: str, said: str) -> None:
+    (tmp_path / "t.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config(tmp_path / "t.toml")
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), -1.0, 86_401.0])
+def test_a_retry_no_broker_can_wait_is_the_handlers_error(delay: float) -> None:
+    from tidings.handling import Retry
+
+    with pytest.raises(ValueError, match="Retry delay must be between 0 and 86400 seconds"):
+        Retry(delay)
+    assert Retry(86_400.0).delay == 86_400.0
