@@ -118,14 +118,18 @@ class Runner:
                     await asyncio.gather(pump, return_exceptions=True)
                 await stream.aclose()  # type: ignore[attr-defined]
         finally:
-            self.close()
+            task = asyncio.current_task()
+            # stopped at once (cancelled): a sync handler's thread cannot be interrupted, and
+            # waiting for it here would hold the event loop until it returns
+            self.close(wait=not (task is not None and task.cancelling()))
             await transport.close()
         if self.halted:
             raise HaltedError(f"app {self.app.name} halted by its handler")
 
-    def close(self) -> None:
-        """Stop the sync handlers' threads (after they finished): run() does it on every way out."""
-        self._threads.shutdown(wait=True)
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the sync handlers' threads (after they finished, with ``wait``): run() does it on
+        every way out."""
+        self._threads.shutdown(wait=wait, cancel_futures=not wait)
 
     async def _purge_inbox(self) -> None:
         """Keep the inbox bounded: forget what was handled longer ago than the retention."""

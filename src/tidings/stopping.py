@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +60,21 @@ async def run_until_signalled(run: Callable[..., Awaitable[Any]], *args: Any) ->
     if not task.cancelled():
         task.result()  # what it raised, it raises here
     return received
+
+
+def forced(received: list[int]) -> bool:
+    """Whether the signals received asked to stop at once (a second one came)."""
+    return len(received) >= 2
+
+
+def leave_now(code: int) -> NoReturn:
+    """End the process now, after a forced stop. A sync handler runs in a thread that cannot be
+    interrupted, and Python waits for such threads at exit: the process would live on until the
+    handler returned. Its message stays unsettled and comes back, as after a crash."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -79,6 +79,44 @@ def test_a_second_ctrl_c_kills_a_long_reactor_command_and_its_event_comes_back(t
     assert ended(int(pids.read_text().split()[1]))
 
 
+def test_a_second_ctrl_c_stops_a_consumer_whose_sync_handler_runs_on(tmp_path: Path) -> None:
+    """A plain (not async) handler runs in a thread nothing can interrupt: the second signal
+    ends the process anyway, and the message comes back to the next run."""
+    started = tmp_path / "started"
+    (tmp_path / "slow.py").write_text(
+        "import time\n"
+        "def handle(event):\n"
+        f"    open({str(started)!r}, 'a').write(event.id + '\\n')\n"
+        "    time.sleep(600)\n"
+    )
+    (tmp_path / "tidings.toml").write_text('[bus]\nhome = "home"\n')
+    command = [sys.executable, "-m", "tidings", "consume", "--callback", "slow:handle", "--bind", "a.#"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"}
+    consumer = subprocess.Popen(
+        [*command, "--queue", "slowq"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    try:
+        time.sleep(1.5)  # its queue is bound
+        event = bus.publish("a.b", {})
+        subprocess.run(
+            [sys.executable, "-m", "tidings", "dispatch", "--once"], cwd=tmp_path, env=env, check=True
+        )
+        wait_for(lambda: started.exists())
+        consumer.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert consumer.poll() is None  # the first waits for the handler
+        consumer.send_signal(signal.SIGINT)
+        stopped_at = time.monotonic()
+        _, err = consumer.communicate(timeout=20)
+        assert time.monotonic() - stopped_at < 10
+    finally:
+        consumer.kill()
+        bus.close()
+    assert consumer.returncode == 130, err
+    assert started.read_text().split() == [event.id]
+
+
 async def _until(seen: list[str], stop: asyncio.Event) -> None:
     await stop.wait()
     seen.append("stopped cleanly")

@@ -19,7 +19,7 @@ from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
 from tidings.plugins import import_object
-from tidings.stopping import run_until_signalled
+from tidings.stopping import forced, leave_now, run_until_signalled
 from tidings.topics import validate_pattern
 
 out = Console(soft_wrap=True)  # see err
@@ -182,8 +182,11 @@ async def until_signalled(run: Any, *args: Any) -> None:
     signal stops at once (:mod:`tidings.stopping`).
     """
     received = await run_until_signalled(run, *args)
-    if signal.SIGINT in received:
-        raise typer.Exit(INTERRUPTED)
+    code = INTERRUPTED if signal.SIGINT in received else 0
+    if forced(received):
+        leave_now(code)
+    if code:
+        raise typer.Exit(code)
 
 
 def checked(
