@@ -208,7 +208,8 @@ class Bus:
     def connectors(self, names: Sequence[str] | None = None) -> list[Connector]:
         from tidings.relay import connector_test  # relays are built on consumers, which need the bus
 
-        chosen = names or list(self.config.connectors)
+        # a name given twice is one connector (two would deliver every event twice)
+        chosen = list(dict.fromkeys(names)) if names else list(self.config.connectors)
         shared: dict[str, Transport] = {}
         connectors = []
         for name in chosen:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.core.fakes import ScriptedTransport
+from tidings.bus import Bus
 from tidings.config import ConnectorConfig
 from tidings.dispatcher import Connector, Dispatcher
 from tidings.errors import DispatcherBusy
@@ -218,3 +219,7 @@ async def test_an_event_the_format_cannot_encode_is_dead_lettered(outbox: Outbox
     await dispatcher.drain()
     assert transport.delivered_topics() == ["t.0", "t.2"]
     assert "route not allowed" in str(outbox.entries("c", "dead")[0]["reason"])
+
+
+def test_a_connector_named_twice_is_one_connector(bus: Bus) -> None:
+    assert [c.name for c in bus.dispatcher(["local", "local"]).connectors] == ["local"]
