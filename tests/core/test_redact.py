@@ -72,3 +72,33 @@ def test_a_stomp_passcode_in_a_logged_frame_is_masked() -> None:
     logged = "sending frame: [b'STOMP', b'login:guest\\n', b'passcode:s3cret-Value\\n', b'\\n', b'\\x00']"
     masked = redact(logged)
     assert "s3cret-Value" not in masked and "passcode:***" in masked and "login:guest" in masked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://user:CANARY#1@127.0.0.1:9092",
+        "kafka://user:CAN?ARY1@127.0.0.1:9092",
+        "stomp://guest:CAN/ARY1@127.0.0.1:61613/",
+        "stomp://guest:CAN'ARY1@127.0.0.1:61613/",
+        "stomp://guest:CAN ARY1@127.0.0.1:61613/",
+        "stomp://guest:CAN<ARY1@127.0.0.1:61613/",
+    ],
+)
+def test_a_password_typed_with_url_punctuation_is_masked(url: str) -> None:
+    assert "ARY1" not in mask_url(url)
+    assert mask_url(url).endswith("@127.0.0.1:9092") or "@127.0.0.1:61613" in mask_url(url)
+    if not any(c in url for c in "' <"):  # in running text a quote or a space ends a URL
+        assert "ARY1" not in redact(f"cannot connect to {url}: refused")
+
+
+@pytest.mark.parametrize("passcode", ["CANA RYX1", "CAN'RYX1", 'CAN"RYX1', "CAN\\\\RYX1"])
+def test_a_stomp_passcode_with_spaces_quotes_or_backslashes_is_masked(passcode: str) -> None:
+    logged = repr(["CONNECT", "\n", f"passcode:{passcode}\n", "login:guest\n"])
+    assert "RYX1" not in redact(f"Sending frame: {logged}")
+    assert "login:guest" in redact(f"Sending frame: {logged}")
+
+
+def test_an_at_sign_in_a_path_or_query_is_no_password() -> None:
+    for text in ("https://host/path?x=a@b", "see https://example.org/a@b now"):
+        assert redact(text) == text
