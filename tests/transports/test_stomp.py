@@ -99,6 +99,31 @@ async def test_an_error_frame_mid_stream_fails_the_batch_and_the_next_send_recon
         await transport.close()
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"expiration": "0"}, {"expiration": "abc"}, {"Priority": "high"}, {"reply-to": "x"}, {"type": "t"},
+     {"back\\slash": "1"}, {"a\nb": "1"}, {"c:d": "1"}, {"persistent": "false"}],
+)  # fmt: skip
+async def test_headers_the_broker_would_read_or_a_frame_cannot_hold_are_refused_alone(
+    stomp: str, headers: dict[str, str]
+) -> None:
+    """Each would have expired, lost or blocked the event (RabbitMQ reads them as properties, or
+    drops the connection on a broken frame): refused with the reason, and the batch goes on."""
+    transport = StompTransport(url=stomp, connect_timeout=3, receipt_timeout=5)
+    try:
+        bad, good = message("odd.header", headers=headers), message("plain.one")
+        slash = message("a/b")
+        started = asyncio.get_running_loop().time()
+        results = await transport.send("amq.topic", [bad, good, slash])
+        assert [r.outcome for r in results] == [Outcome.REFUSED, Outcome.DELIVERED, Outcome.REFUSED]
+        assert "cannot travel in a STOMP frame" in results[0].reason
+        assert "a '/' cannot be in a STOMP destination" in results[2].reason
+        assert asyncio.get_running_loop().time() - started < 4  # no receipt was waited for in vain
+        assert [r.outcome for r in await transport.send("amq.topic", [good])] == [Outcome.DELIVERED]
+    finally:
+        await transport.close()
+
+
 async def test_a_connection_cut_mid_frame_loses_nothing_it_confirmed(stomp: str, rabbitmq: str) -> None:
     proxy = await FaultProxy(61613).start()
     exchange, queue = f"cut.{uuid.uuid4().hex[:6]}", f"cut-{uuid.uuid4().hex[:6]}"

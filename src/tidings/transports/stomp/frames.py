@@ -58,9 +58,20 @@ _ADDED = frozenset(
 _DEATH = ("x-death", "x-first-death-", "x-last-death-")
 
 
+#: what a header name cannot hold: STOMP escapes values only (stomp.py writes names as they are),
+#: and a name with a line break or a colon breaks the frame (RabbitMQ drops the connection)
+_UNSAFE_IN_NAMES = (":", "\\", "\n", "\r")
+
+
 def reserved_headers(message: WireMessage) -> list[str]:
-    """Headers of the message that a STOMP frame cannot carry under their own name."""
-    return sorted(name for name in message.headers if name.lower() in RESERVED or ":" in name)
+    """Headers of the message that a STOMP frame cannot carry under their own name: those that
+    say how to send the frame, those RabbitMQ reads as message properties (``expiration`` would
+    expire the message, ``priority=high`` refuse it) or writes itself, and names a frame cannot hold."""
+    return sorted(
+        name
+        for name in message.headers
+        if name.lower() in RESERVED or name.lower() in _ADDED or any(c in name for c in _UNSAFE_IN_NAMES)
+    )
 
 
 def send_headers(message: WireMessage, extra: dict[str, Any] | None = None) -> dict[str, str]:

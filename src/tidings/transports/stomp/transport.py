@@ -433,7 +433,12 @@ def _refusal(message: WireMessage) -> SendResult | None:
     """Why a message can never travel as a STOMP frame, or None."""
     reserved = reserved_headers(message)
     if reserved:
-        return SendResult(Outcome.REFUSED, f"header(s) {', '.join(reserved)} cannot travel in a STOMP frame")
+        shown = ", ".join(repr(name) for name in reserved)
+        return SendResult(Outcome.REFUSED, f"header(s) {shown} cannot travel in a STOMP frame")
+    if "/" in message.routing_key:  # RabbitMQ answers an ERROR without the receipt: refused now
+        return SendResult(
+            Outcome.REFUSED, f"routing key {message.routing_key!r}: a '/' cannot be in a STOMP destination"
+        )
     if message.cc:
         return SendResult(
             Outcome.REFUSED, "CC routing keys cannot travel over STOMP (use the amqp transport)"
