@@ -14,7 +14,7 @@ from tidings.archive import Query
 from tidings.archive.sink import ArchiveSink
 from tidings.archive.sqlite import SqliteArchive
 from tidings.config import ArchiveSection, Config
-from tidings.errors import TransportError
+from tidings.errors import StorageError, TransportError
 from tidings.event import Event
 from tidings.format import load_format
 from tidings.formats.bugzilla import bugzilla_event
@@ -51,3 +51,47 @@ def test_an_archive_that_cannot_be_opened_is_a_transport_error(tmp_path: Path) -
     sink = ArchiveSink(config(tmp_path))
     with pytest.raises(TransportError, match="archive"):
         asyncio.run(sink.connect())
+
+
+def test_an_event_the_store_can_never_hold_is_a_dead_letter_not_a_stall(
+    tmp_path: Path, pg_schema: str
+) -> None:
+    """PostgreSQL holds no NUL character in text: such an event is refused with the store's reason,
+    alone in its batch or not, and what comes after it is archived."""
+    from tests.archive.conftest import PG_URL
+    from tidings.archive.postgres import PostgresArchive
+
+    sink = ArchiveSink(config(tmp_path))
+    sink.archive = PostgresArchive(PG_URL, schema=pg_schema)
+    native = load_format("tidings")
+    nul, after = Event.create("nul.body", {"s": "a\u0000b"}), Event.create("after", {"ok": 1})
+
+    async def run() -> list[list[Outcome]]:
+        alone = await sink.send("tidings", [native.encode(nul)])
+        mixed = await sink.send("tidings", [native.encode(nul), native.encode(after)])
+        return [[r.outcome for r in alone], [r.outcome for r in mixed]]
+
+    assert asyncio.run(run()) == [[Outcome.REFUSED], [Outcome.REFUSED, Outcome.DELIVERED]]
+    assert [a.event.id for a in sink.archive.search(Query()).items] == [after.id]
+    asyncio.run(sink.close())
+
+
+class AwayStore:
+    """A store that answers nothing (its server is down)."""
+
+    def ingest(self, items: object) -> None:
+        raise StorageError("server closed the connection")
+
+    def search(self, *args: object, **kwargs: object) -> None:
+        raise StorageError("server closed the connection")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_store_that_answers_nothing_keeps_the_batch_for_later(tmp_path: Path) -> None:
+    sink = ArchiveSink(config(tmp_path))
+    sink.archive = AwayStore()  # type: ignore[assignment]
+    message = load_format("tidings").encode(Event.create("a.b", {}))
+    with pytest.raises(TransportError, match="server closed"):
+        asyncio.run(sink.send("tidings", [message]))

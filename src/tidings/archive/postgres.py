@@ -121,16 +121,19 @@ class PostgresArchive:
                 "INSERT INTO event_ids (id, seq) SELECT * FROM unnest(%s::text[], %s::int8[])",
                 (list(seqs), list(seqs.values())),
             )
-            self._partitions(cur, {(a.event.time.year, a.event.time.month) for a in new})
+            months = self._partitions(cur, {(a.event.time.year, a.event.time.month) for a in new})
             with cur.copy(_COPY) as copy:
                 copy.set_types(_TYPES)
                 for archived in new:
                     copy.write_row(_row(seqs[archived.event.id], archived))
             cur.execute("UPDATE archive_meta SET value = %s WHERE key = 'seq'", (last + len(new),))
+        # known to exist once committed: a batch that failed rolled its partitions back too
+        self._months |= months
         return len(new)
 
-    def _partitions(self, cur: psycopg.Cursor[Any], months: set[tuple[int, int]]) -> None:
-        """Create the monthly partitions these events go to (once per process and month)."""
+    def _partitions(self, cur: psycopg.Cursor[Any], months: set[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Create the monthly partitions these events go to (once per process and month); the
+        months, to remember once the transaction is committed."""
         for year, month in sorted(months - self._months):
             start = datetime(year, month, 1, tzinfo=UTC)
             end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
@@ -140,7 +143,7 @@ class PostgresArchive:
                     "CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES FROM ({}) TO ({})"
                 ).format(name, sql.Literal(start), sql.Literal(end))
             )
-        self._months |= months
+        return months
 
     def purge(self, older_than: datetime) -> int:
         total = 0
