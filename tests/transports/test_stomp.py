@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from tests.clirun import tidings
 from tests.conftest import delete_amqp_topology
 from tests.faultproxy import FaultProxy
 from tests.transports.conformance import hold, message
@@ -86,6 +90,33 @@ async def test_nothing_listening_names_the_plugin() -> None:
     transport = StompTransport(url="stomp://guest:guest@127.0.0.1:1/", connect_timeout=2)
     with pytest.raises(TransportError, match="rabbitmq-plugins enable rabbitmq_stomp"):
         await transport.connect()
+
+
+def test_a_port_that_never_speaks_stomp_is_one_line_and_no_hang(tmp_path: Path) -> None:
+    """A listener that accepts and says nothing (another service's port): doctor and dispatch
+    --once say so and exit; stomp.py's wait for CONNECTED no longer holds the process for ever."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    threading.Thread(
+        target=lambda: accepted.extend(iter(lambda: listener.accept()[0], None)), daemon=True
+    ).start()
+    (tmp_path / "tidings.toml").write_text(
+        f'[transports.s]\nkind = "stomp"\nurl = "stomp://guest:guest@127.0.0.1:{port}/"\n'
+        'connect_timeout = 2\n\n[connectors.s]\ntransport = "s"\n'
+    )
+    try:
+        for command in (["doctor"], ["publish", "a.b", "--body", "{}"], ["dispatch", "--once"]):
+            done = tidings(tmp_path, *command, timeout=30)
+            if command[0] != "publish":
+                assert done.returncode == 6, (command, done.stderr)
+                assert "no STOMP CONNECTED frame came within 2 s" in done.stdout + done.stderr
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
 
 
 async def test_an_error_frame_mid_stream_fails_the_batch_and_the_next_send_reconnects(stomp: str) -> None:

@@ -102,19 +102,34 @@ class Link(stomp.ConnectionListener):
         self.refusal = ""
         try:
             await asyncio.wait_for(
-                self.write(connection.connect, address.username, address.password, wait=True),
+                self.write(
+                    _connect_and_wait, connection, address.username, address.password, t.connect_timeout
+                ),
                 t.connect_timeout + 1,
             )
-        except (ConnectFailedException, NotConnectedException, OSError, TimeoutError):
+        except (ConnectFailedException, NotConnectedException, OSError, TimeoutError) as exc:
             connection.remove_listener("tidings")
-            if self.refusal:
-                raise TransportError(f"STOMP broker at {t.url} refused to connect: {self.refusal}") from None
-            raise TransportError(
-                f"no STOMP broker answered at {t.url} "
-                "(on RabbitMQ the plugin must be on: rabbitmq-plugins enable rabbitmq_stomp)"
-            ) from None
+            # ends stomp.py's wait for CONNECTED on our writer thread (else it waits for ever,
+            # and the process with it) and its socket
+            connection.transport.disconnect_socket()
+            raise self._not_connected(exc) from None
         self.connection = connection
         self.generation += 1
+
+    def _not_connected(self, exc: BaseException) -> TransportError:
+        url = self.transport.url
+        if self.refusal:
+            return TransportError(f"STOMP broker at {url} refused to connect: {self.refusal}")
+        if isinstance(exc, TimeoutError) or self.transport.address.port == 5672:
+            return TransportError(
+                f"something answered at {url} but no STOMP CONNECTED frame came within "
+                f"{self.transport.connect_timeout:g} s: is it STOMP's port "
+                "(RabbitMQ's plugin listens on 61613)?"
+            )
+        return TransportError(
+            f"no STOMP broker answered at {url} "
+            "(on RabbitMQ the plugin must be on: rabbitmq-plugins enable rabbitmq_stomp)"
+        )
 
     async def close(self) -> None:
         connection, self.connection = self.connection, None
@@ -419,6 +434,13 @@ class StompTransport:
             return found
         finally:
             await amqp.close()
+
+
+def _connect_and_wait(connection: stomp.Connection12, username: str, password: str, timeout: float) -> None:
+    """Connect and wait for CONNECTED. stomp.py's own ``wait=True`` waits without end; its
+    ``wait_for_connection(timeout)`` looks every tenth of it whether it should stop waiting."""
+    connection.connect(username, password, wait=False)
+    connection.transport.wait_for_connection(timeout)
 
 
 def _result(answer: str | None, timeout: float) -> SendResult:
