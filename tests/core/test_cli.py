@@ -334,3 +334,24 @@ def test_publish_refuses_a_number_no_json_reader_takes(tmp_path: Path) -> None:
     assert done.returncode == 4
     assert done.stderr.startswith("tidings: error: malformed JSON") and "4,300 digits" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (["publish", "a.b", "--body", "@/dev/zero"], 4, "body file '/dev/zero' is larger than"),
+        (["publish", "a.b", "--body", "@"], 4, "--body @ needs a file name"),
+        (["schemas", "validate", "base.message", "/dev/zero"], 4, "file '/dev/zero' is larger than"),
+        (["import-reactobus", "/dev/urandom"], 3, "'/dev/urandom' is larger than"),
+        (["demo", "--rate", "nan", "--duration", "1"], 2, "nan is not a number above 0"),
+        (["demo", "--rate", "0"], 2, "is not a number above 0"),
+        (["replay", "--days", "nan", "--dry-run"], 2, "nan is not a number of days"),
+        (["replay", "--days", "inf", "--dry-run"], 2, "inf is not a number of days"),
+    ],
+)
+def test_endless_files_and_impossible_numbers_are_one_line(
+    tmp_path: Path, args: list[str], code: int, said: str
+) -> None:
+    done = tidings(tmp_path, *args, timeout=30)
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1

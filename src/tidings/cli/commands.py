@@ -60,6 +60,33 @@ def seconds(value: float) -> float:
     return value
 
 
+def positive(value: float) -> float:
+    """An option's callback: a finite number above 0 (a rate)."""
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"{value} is not a number above 0")
+    return value
+
+
+#: the most a command reads from one file or standard input: an endless source (/dev/zero) or a
+#: file far past any event is refused rather than read until memory runs out
+READ_LIMIT = 64 * 1024 * 1024
+
+
+def read_capped(name: str, what: str, limit: int = READ_LIMIT) -> bytes:
+    """The bytes of file ``name`` (``-``: standard input), at most ``limit`` of them."""
+    try:
+        if name == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as handle:
+                raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise InvalidEvent(f"cannot read {what} {name!r}: {exc.strerror}") from None
+    if len(raw) > limit:
+        raise InvalidEvent(f"{what} {name!r} is larger than {limit:,} bytes")
+    return raw
+
+
 def load_bus(config: Path | None, log_level: str | None = "WARNING", *, verbose: bool = False) -> Bus:
     """The bus of ``config``; logging at ``log_level``, or the config's ``[bus] log_level`` if None."""
     setup_logging(log_level or "WARNING")  # until the config is read: its errors are ours to print
@@ -75,10 +102,9 @@ def read_body(body: str) -> dict[str, Any]:
     """A JSON object given inline, as ``@FILE``, or ``@-`` for standard input."""
     if body.startswith("@"):
         name = body[1:]
-        try:
-            raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        except OSError as exc:
-            raise InvalidEvent(f"cannot read body file {name!r}: {exc.strerror}") from None
+        if not name:
+            raise InvalidEvent("--body @ needs a file name (@FILE, or @- for standard input)")
+        raw = read_capped(name, "body file")
     else:
         raw = body.encode()
     value = loads(raw)
@@ -333,8 +359,10 @@ def print_event(event: Event, console: Console) -> None:
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds the producer runs.")] = 15.0,
-    rate: Annotated[float, typer.Option(help="Events per second the producer emits.")] = 40.0,
+    duration: Annotated[float, typer.Option(help="Seconds the producer runs.", callback=seconds)] = 15.0,
+    rate: Annotated[
+        float, typer.Option(help="Events per second the producer emits.", callback=positive)
+    ] = 40.0,
     home: Annotated[Path, typer.Option(help="Folder for the demo's outbox and broker files.")] = Path(
         ".tidings-demo"
     ),

@@ -12,7 +12,7 @@ import typer
 
 from tidings.bus import Bus
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out
+from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out, read_capped
 from tidings.cli.output import print_rows
 from tidings.errors import ConfigError, InvalidEvent, TidingsError
 from tidings.event import loads
@@ -145,13 +145,9 @@ def schemas_validate(
     config: ConfigOpt = None,
 ) -> None:
     """Check event bodies against a type's schema; exit 4 on the first invalid one."""
-    import sys
 
     bus = load_bus(config)
-    try:
-        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-    except OSError as exc:
-        raise InvalidEvent(f"cannot read {str(file)!r}: {exc.strerror}") from None
+    raw = read_capped(str(file), "file")
     try:
         bodies = [loads(raw)]
     except InvalidEvent:

@@ -19,11 +19,12 @@ from tidings.cli.commands import (
     checked,
     load_bus,
     out,
+    read_capped,
     seconds,
     until_signalled,
 )
 from tidings.consumer import App
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, InvalidEvent
 from tidings.relay import Relay
 
 
@@ -155,9 +156,9 @@ def import_reactobus(
     from tidings.reactobus import convert, load_yaml
 
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {str(file)!r}: {exc.strerror}") from None
+        text = read_capped(str(file), "ReactOBus configuration", 16 * 1024 * 1024).decode("utf-8")
+    except InvalidEvent as exc:
+        raise ConfigError(str(exc)) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{str(file)!r} is not UTF-8 text") from None
     try:

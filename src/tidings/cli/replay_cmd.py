@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,13 @@ from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, load_bus, out
 from tidings.errors import ConfigError, TransportError
 from tidings.event import Event
+
+
+def _days(value: float) -> float:
+    """--days: from 0 to a hundred years of days (nan, inf and what no date reaches are refused)."""
+    if not math.isfinite(value) or not 0 <= value <= 36_500:
+        raise typer.BadParameter(f"{value} is not a number of days from 0 to 36500")
+    return value
 
 
 @app.command()
@@ -32,7 +40,9 @@ def replay(
     ids: Annotated[
         list[str], typer.Option("--id", metavar="ID", help="These archived events (repeatable).")
     ] = [],  # noqa: B006
-    days: Annotated[float, typer.Option(metavar="DAYS", help="Only events of the last DAYS days.")] = 14.0,
+    days: Annotated[
+        float, typer.Option(metavar="DAYS", help="Only events of the last DAYS days.", callback=_days)
+    ] = 14.0,
     topic: Annotated[str, typer.Option(metavar="PATTERN", help="Only topics matching this pattern.")] = "#",
     user: Annotated[
         list[str], typer.Option("--user", metavar="USER", help="Archive: only events naming this user.")
