@@ -21,15 +21,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from tidings.errors import ConfigError
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of a plug-in's options: unknown keys are refused, every value is checked."""
+
+
+#: a plug-in's timeout or interval: above 0 and at most a day (inf and nan are refused at load,
+#: rather than overflowing a client library's milliseconds later)
+Timeout = Annotated[float, Meta(gt=0, le=86_400)]
 
 
 @dataclass(frozen=True, slots=True)

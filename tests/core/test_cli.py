@@ -355,3 +355,22 @@ def test_endless_files_and_impossible_numbers_are_one_line(
     done = tidings(tmp_path, *args, timeout=30)
     assert done.returncode == code, done.stderr
     assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("transport", "said"),
+    [
+        ('kind = "kafka"\nmax_message_bytes = 1', "max_message_bytes: expected int >= 1000"),
+        ('kind = "kafka"\ndelivery_timeout = inf', "delivery_timeout: expected float <= 86400"),
+        ('kind = "kafka"\nlinger = 1e9', "linger: expected float <= 900"),
+        ('kind = "kafka"\npartitions = 100000000', "partitions: expected int <= 100000"),
+        ('kind = "stomp"\nheartbeat = inf', "heartbeat: expected float <= 86400"),
+        ('kind = "amqp"\nconfirm_timeout = nan', "confirm_timeout"),
+    ],
+)
+def test_settings_a_client_library_cannot_take_are_refused_at_load(
+    tmp_path: Path, transport: str, said: str
+) -> None:
+    (tmp_path / "tidings.toml").write_text(f'[transports.t]\n{transport}\n[connectors.t]\ntransport = "t"\n')
+    done = tidings(tmp_path, "config", "check")
+    assert done.returncode == 3 and said in done.stderr, done.stderr

@@ -13,22 +13,21 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tidings.plugins import Plugin, Settings
+from tidings.plugins import Plugin, Settings, Timeout
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 #: RabbitMQ's default max_message_size (128 MiB); larger messages close the channel
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-Seconds = Annotated[float, Meta(gt=0)]
 
 
 class AmqpSettings(Settings):
     #: ``amqp[s]://user:password@host:port/vhost``
     url: str = DEFAULT_URL
     #: seconds within which a dead connection is noticed
-    heartbeat: Seconds = 15.0
+    heartbeat: Timeout = 15.0
     #: seconds a batch waits for the broker's confirms before it is sent again
-    confirm_timeout: Seconds = 30.0
-    connect_timeout: Seconds = 10.0
+    confirm_timeout: Timeout = 30.0
+    connect_timeout: Timeout = 10.0
     #: whole seconds of the retry queues (``<queue>.retry.<n>s``) consumers retry through
     retry_delays: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [1, 5, 25, 125, 625]

@@ -14,11 +14,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tidings.plugins import Plugin, Settings
+from tidings.plugins import Plugin, Settings, Timeout
 from tidings.transports.kafka.records import Servers, TopicTemplate, key_problem
 
 DEFAULT_URL = "kafka://127.0.0.1:9092"
-Seconds = Annotated[float, Meta(gt=0)]
 Count = Annotated[int, Meta(ge=1)]
 
 
@@ -32,21 +31,21 @@ class KafkaSettings(Settings):
     #: ``id``, ``none``, ``header:NAME`` or ``body:PATH`` (``body:event.bug_id``)
     key: str = "subject"
     #: partitions and replicas of the topics tidings creates (production: replication_factor >= 3)
-    partitions: Count = 4
+    partitions: Annotated[int, Meta(ge=1, le=100_000)] = 4
     replication_factor: Count = 1
     #: whole seconds of the retry topics (``<queue>.retry.<n>s``) consumers retry through
     retry_delays: Annotated[list[Count], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [1, 5, 25, 125, 625]
     )
     #: the largest record (Kafka's own default ``message.max.bytes``); larger ones are dead letters
-    max_message_bytes: Count = 1_000_000
+    max_message_bytes: Annotated[int, Meta(ge=1000, le=1_000_000_000)] = 1_000_000  # librdkafka's range
     #: how long the producer keeps trying one record before it counts as not delivered
-    delivery_timeout: Seconds = 30.0
+    delivery_timeout: Timeout = 30.0
     #: how long the producer waits to fill a batch
-    linger: Annotated[float, Meta(ge=0)] = 0.005
+    linger: Annotated[float, Meta(ge=0, le=900)] = 0.005  # librdkafka's linger.ms goes to 900 s
     #: how soon a dead consumer's partitions go to another member of its group
-    session_timeout: Seconds = 10.0
-    connect_timeout: Seconds = 10.0
+    session_timeout: Timeout = 10.0
+    connect_timeout: Timeout = 10.0
     #: SASL mechanism, when the URL has a user
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     #: TLS (kafkas://): the CA, a client certificate and key

@@ -15,11 +15,10 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 from msgspec import Meta
 
-from tidings.plugins import Plugin, Settings
+from tidings.plugins import Plugin, Settings, Timeout
 from tidings.redact import mask_url
 
 DEFAULT_URL = "stomp://guest:guest@127.0.0.1:61613/"
-Seconds = Annotated[float, Meta(gt=0)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +73,10 @@ class StompSettings(Settings):
     #: exchanges) or ``topic`` (``/topic/<routing key>``, as ActiveMQ-style brokers name topics)
     destination: Literal["exchange", "topic"] = "exchange"
     #: seconds between heart-beats both ways; a silent connection is dropped after 1.5 of them
-    heartbeat: Seconds = 10.0
+    heartbeat: Timeout = 10.0
     #: seconds a batch waits for its receipts before it is sent again
-    receipt_timeout: Seconds = 30.0
-    connect_timeout: Seconds = 10.0
+    receipt_timeout: Timeout = 30.0
+    connect_timeout: Timeout = 10.0
     #: whole seconds of the retry queues (``<queue>.retry.<n>s``): the same as the AMQP transport's
     retry_delays: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [1, 5, 25, 125, 625]
