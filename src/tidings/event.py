@@ -308,6 +308,11 @@ def pretty(value: Any) -> bytes:
     return msgspec.json.format(dumps(value), indent=2)
 
 
+#: the longest header name: RabbitMQ cuts longer ones (two names alike in their first 128
+#: characters would become one)
+MAX_HEADER_NAME = 128
+
+
 def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
     if not isinstance(body, dict):
         raise InvalidEvent(f"event body must be a JSON object, not {type(body).__name__}")
@@ -316,6 +321,8 @@ def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
     for key, value in headers.items():
         if not isinstance(key, str) or not isinstance(value, str | int | float | bool | None):
             raise InvalidEvent(f"header {key!r} must map a string to a JSON scalar")
+        if len(key) > MAX_HEADER_NAME:
+            raise InvalidEvent(f"header name {key[:40]!r}... is longer than {MAX_HEADER_NAME} characters")
         if key.startswith(RESERVED_HEADER_PREFIX):
             raise InvalidEvent(
                 f"header {key!r}: the prefix {RESERVED_HEADER_PREFIX!r} is reserved for "

@@ -308,7 +308,9 @@ class Runner:
                     await asyncio.get_running_loop().run_in_executor(
                         self._threads, lambda a=args, s=sub: s.handler(*a)
                     )
-        except Exception as exc:  # handler outcome: decided in _settle
+        except (Exception, SystemExit) as exc:  # handler outcome: decided in _settle
+            # (a sys.exit() in a handler is its failure: the message is retried, and the
+            # consumer goes on rather than ending with exit status 0 as if all were well)
             return exc
         return None
 

@@ -243,3 +243,9 @@ async def test_a_wide_integer_published_arrives_exactly(bus) -> None:  # type: i
     stop.set()
     await running
     assert got[0].body == sent.body == {"f": 123456789012345678901234567890, "g": 2**64, "h": -(2**100)}
+
+
+def test_a_header_name_longer_than_rabbitmq_keeps_is_refused() -> None:
+    with pytest.raises(InvalidEvent, match="longer than 128 characters"):
+        Event.create("a.b", {}, headers={"k" * 129: "v"})
+    assert Event.create("a.b", {}, headers={"k" * 128: "v"}).headers == {"k" * 128: "v"}

@@ -116,6 +116,27 @@ async def test_settling_follows_the_runtime_s_rules(bus: Bus, app: App) -> None:
     assert (app.counters.retried, app.counters.dropped, app.counters.rejected) == (3, 1, 1)
 
 
+@pytest.mark.parametrize("asynchronous", [True, False])
+async def test_a_handler_calling_sys_exit_fails_that_message_and_the_consumer_goes_on(
+    bus: Bus, app: App, asynchronous: bool
+) -> None:
+    import sys
+
+    def leave(event: Event) -> None:
+        if event.body.get("exit"):
+            sys.exit(0)
+
+    async def leave_async(event: Event) -> None:
+        leave(event)
+
+    app.add_handler(["#"], leave_async if asynchronous else leave)
+    bus.publish("a.b", {"exit": True})
+    bus.publish("a.c", {})
+    report = await deliver(bus, app)
+    assert [o.state for o in report] == ["retry", "acked"]
+    assert isinstance(report[0].error, SystemExit)
+
+
 async def test_retries_come_back_one_attempt_later_until_the_limit(bus: Bus, app: App) -> None:
     attempts: list[int] = []
 
