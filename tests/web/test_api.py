@@ -369,3 +369,10 @@ def test_a_last_event_id_that_is_no_seq_is_400(client: TestClient, value: str) -
 
 def test_an_id_with_a_nul_is_not_found(client: TestClient) -> None:
     assert client.get("/id", params={"id": "a\x00b"}).status_code == 404
+
+
+def test_a_form_past_its_limit_is_refused_before_it_is_read_whole(client: TestClient) -> None:
+    client.get("/login")
+    big = b"csrf=x&token=" + b"a" * (200 * 1024)
+    response = client.post("/login", content=big, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -106,9 +107,19 @@ async def consumers(request: Request) -> Response:
 # -- forms ---------------------------------------------------------------------------------
 
 
+#: the largest form our pages send is a token and a few seqs
+FORM_LIMIT = 64 * 1024
+
+
 async def form(request: Request) -> dict[str, list[str]]:
-    """An urlencoded form (the only kind our pages send), without a multipart parser."""
-    return parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    """An urlencoded form (the only kind our pages send), without a multipart parser; read up to
+    :data:`FORM_LIMIT` bytes (anyone may post: a 400 MB body was read whole before any check)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            raise HTTPException(413, f"a form is at most {FORM_LIMIT} bytes")
+    return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
 def refused(request: Request, message: str) -> Response:
