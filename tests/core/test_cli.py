@@ -374,3 +374,15 @@ def test_settings_a_client_library_cannot_take_are_refused_at_load(
     (tmp_path / "tidings.toml").write_text(f'[transports.t]\n{transport}\n[connectors.t]\ntransport = "t"\n')
     done = tidings(tmp_path, "config", "check")
     assert done.returncode == 3 and said in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", [["config", "check"], ["dispatch", "--once"], ["serve"]])
+def test_an_exchange_that_can_be_no_kafka_topic_is_refused_before_anything_runs(
+    tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.k]\nkind = "kafka"\n[connectors.k]\ntransport = "k"\nexchange = "bad exchange"\n'
+    )
+    done = tidings(tmp_path, *command, timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert "[connectors.k] exchange 'bad exchange': 'bad exchange' is not a Kafka topic name" in done.stderr

@@ -87,6 +87,14 @@ def read_capped(name: str, what: str, limit: int = READ_LIMIT) -> bytes:
     return raw
 
 
+def checked_plugins(bus: Bus) -> None:
+    """What ``config check`` checks of the plug-ins (a connector's exchange that can be no Kafka
+    topic...), before a long-running command starts rather than when one connector first sends."""
+    from tidings.cli.config_cmd import check_plugins  # it imports this module
+
+    check_plugins(bus)
+
+
 def load_bus(config: Path | None, log_level: str | None = "WARNING", *, verbose: bool = False) -> Bus:
     """The bus of ``config``; logging at ``log_level``, or the config's ``[bus] log_level`` if None."""
     setup_logging(log_level or "WARNING")  # until the config is read: its errors are ours to print
@@ -178,6 +186,7 @@ def dispatch(
 ) -> None:
     """Deliver outbox events to the connectors until stopped (SIGTERM/Ctrl-C finish the batch in flight)."""
     bus = load_bus(config, log_level, verbose=verbose)
+    checked_plugins(bus)
     names = connector or None
     for name in names or []:
         if name not in bus.config.connectors:
@@ -336,6 +345,7 @@ def serve(
     """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app) together,
     and the web page when [web] is configured."""
     bus = load_bus(config, log_level, verbose=verbose)
+    checked_plugins(bus)
     apps = bus.served_consumers()
     beside, page = [], ""
     if bus.config.web is not None:  # the page too: imported only when configured (the web extra)

@@ -220,6 +220,15 @@ class KafkaTransport:
         """The topics a queue owns: its retry topics and its dead letters."""
         return [f"{queue}.retry.{d}s" for d in self.retry_delays] + [f"{queue}.dead"]
 
+    def exchange_problem(self, exchange: str) -> str | None:
+        """Why a connector's ``exchange`` can make no Kafka topic here, or None (``config check``)."""
+        if self.template.uses_words:
+            return None  # the topic comes from each routing key: checked per message
+        try:
+            return topic_problem(self.template.topic(exchange, ""))
+        except InvalidEvent as exc:
+            return str(exc)
+
     async def declare(self, topology: Topology) -> None:
         """Create the exchanges' topics (or check them, when passive) and each queue's own topics,
         and start each new queue's group at the current end of what it reads."""
