@@ -208,13 +208,31 @@ class Dispatcher:
             await self.close_transports()
 
     async def drain(self, timeout: float = 30.0) -> None:
-        """Step every connector until none has anything due (tests, one-shot CLI runs)."""
+        """Step every connector until none has anything due (tests, one-shot CLI runs).
+
+        A connector whose broker is away does not keep the others from delivering: they drain,
+        then its error is raised (its events wait for the next run)."""
         deadline = time.monotonic() + timeout
+        failures: list[TransportError] = []
+        busy = []
         for worker in self.workers:
-            await worker.ensure_connected()
-        while any([await w.step() for w in self.workers]):
-            if time.monotonic() > deadline:
+            try:
+                await worker.ensure_connected()
+                busy.append(worker)
+            except TransportError as exc:
+                failures.append(exc)
+        while busy:
+            stepping, busy = busy, []
+            for worker in stepping:
+                try:
+                    if await worker.step():
+                        busy.append(worker)
+                except TransportError as exc:
+                    failures.append(exc)
+            if busy and time.monotonic() > deadline:
                 raise TimeoutError("dispatcher did not drain in time")
+        if failures:
+            raise failures[0]
 
 
 class ConnectorWorker:

@@ -386,3 +386,17 @@ def test_an_exchange_that_can_be_no_kafka_topic_is_refused_before_anything_runs(
     done = tidings(tmp_path, *command, timeout=30)
     assert done.returncode == 3, done.stderr
     assert "[connectors.k] exchange 'bad exchange': 'bad exchange' is not a Kafka topic name" in done.stderr
+
+
+def test_dispatch_once_delivers_to_the_connectors_that_are_up_before_reporting_the_one_down(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.away]\nkind = "amqp"\nurl = "amqp://guest:guest@127.0.0.1:1/"\nconnect_timeout = 2\n'
+        '[transports.file]\nkind = "file"\npath = "out/events.jsonl"\n'
+        '[connectors.away]\ntransport = "away"\n[connectors.file]\ntransport = "file"\n'
+    )
+    assert tidings(tmp_path, "publish", "a.b", "--body", "{}").returncode == 0
+    done = tidings(tmp_path, "dispatch", "--once", timeout=60)
+    assert done.returncode == 6, done.stderr
+    assert len((tmp_path / "out" / "events.jsonl").read_text().splitlines()) == 1
