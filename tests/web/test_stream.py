@@ -136,3 +136,29 @@ def test_a_bad_resume_point_is_refused(server: str) -> None:
 def test_stream_and_page_carry_the_csp(server: str, path: str) -> None:
     with httpx.stream("GET", f"{server}{path}", timeout=5) as response:
         assert "script-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_a_stream_of_the_last_hour_goes_on_with_what_comes(server: str, archive: Archive, app: Any) -> None:
+    archive.ingest([event("demo.recent", {"n": 0})])
+    thread = publish_later(archive, app, [event("demo.recent", {"n": 1})])
+    got = take(server, 2, params={"delta": 3600, "topic": "demo.recent", "backlog": 5})
+    thread.join()
+    assert [data["body"]["n"] for _, data in got] == [0, 1]  # the window's end is not "when it began"
+
+
+def test_a_stream_whose_filter_rarely_matches_looks_only_at_what_is_new(
+    server: str, archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.ingest([event("demo.noise", {"n": n}) for n in range(50)])
+    head = archive.last_seq()
+    looked_after: list[int] = []
+    since = archive.since
+
+    def recording(after: int, *args: Any, **kwargs: Any) -> Any:
+        looked_after.append(after)
+        return since(after, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "since", recording)
+    with pytest.raises(httpx.ReadTimeout):
+        take(server, 1, timeout=1.0, params={"contains": "never-there", "last_event_id": 0})
+    assert looked_after[0] == 0 and looked_after[-1] >= head  # not from 0 again on every look

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -134,7 +135,10 @@ async def stream(request: Request) -> Response:
     (else the last ``backlog`` events, default 0, then what comes)."""
     params = request.query_params
     try:
-        query = q.query_of(params, q.time_range(params), include_private=_private(request))
+        window = q.time_range(params)
+        if not params.get("end"):  # "the last hour" on a live stream: from then on, and what comes
+            window = dataclasses.replace(window, end=None)
+        query = q.query_of(params, window, include_private=_private(request))
         after = resume_point(request)
         count = q.integer(params, "backlog", 0, 0, q.MAX_SEARCH_LIMIT)
     except q.BadRequest as exc:

@@ -94,10 +94,16 @@ async def sse(
             yield b"".join(frame(item) for item in first)
     quiet_since = time.monotonic()
     while not live.closed:
+        # read before the look: every event up to it was archived when the look began
+        head = await run_in_threadpool(archive.last_seq)
         batch = await run_in_threadpool(lambda seq=after: archive.since(seq, query, limit=BATCH))
+        if len(batch) < BATCH:
+            # nothing more matched up to head: the next look starts there, not where the last
+            # match was (a filter that rarely matches would scan ever more events each time)
+            after = max(after, head)
         if batch:
             yield b"".join(frame(item) for item in batch)
-            after, quiet_since = batch[-1].seq, time.monotonic()
+            after, quiet_since = max(after, batch[-1].seq), time.monotonic()
             continue
         if time.monotonic() - quiet_since > KEEPALIVE:
             yield b": keepalive\n\n"
