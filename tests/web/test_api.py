@@ -374,5 +374,6 @@ def test_an_id_with_a_nul_is_not_found(client: TestClient) -> None:
 def test_a_form_past_its_limit_is_refused_before_it_is_read_whole(client: TestClient) -> None:
     client.get("/login")
     big = b"csrf=x&token=" + b"a" * (200 * 1024)
-    response = client.post("/login", content=big, headers={"content-type": "application/x-www-form-urlencoded"})
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    response = client.post("/login", content=big, headers=form)
     assert response.status_code == 413
