@@ -70,9 +70,14 @@ def shoot(driver: Any, name: str) -> None:
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        result = check()
+        try:
+            result = check()
+        except StaleElementReferenceException:  # the page was replaced between two looks at it
+            result = None
         if result:
             return result
         if time.monotonic() > deadline:
