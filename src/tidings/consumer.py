@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import signal
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from tidings.handling import Context, Counters, Drop, Halt, Handler, Reject, Ret
 from tidings.plugins import explain, import_object
 from tidings.retry import scheduled
 from tidings.runner import Runner
-from tidings.stopping import forced, leave_now, run_until_signalled
+from tidings.stopping import leave_now_if_forced, run_until_signalled
 from tidings.topics import TopicMatcher, validate_pattern
 from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology
 
@@ -195,9 +194,7 @@ class App:
     def run_forever(self, bus: Bus) -> None:
         """Blocking entry point: consume until SIGTERM or SIGINT, finishing in-flight handlers
         (a second signal stops at once: :mod:`tidings.stopping`)."""
-        received = asyncio.run(run_until_signalled(self.run, bus))
-        if forced(received):
-            leave_now(130 if signal.SIGINT in received else 0)
+        leave_now_if_forced(asyncio.run(run_until_signalled(self.run, bus)))
 
 
 _DEFAULTS = ConsumerConfig()

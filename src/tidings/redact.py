@@ -31,28 +31,27 @@ _SECRET_PARAMETER = re.compile(
 _STOMP_PASSCODE = re.compile(r"(?P<name>\b(?i:passcode):)(?P<value>(?:(?!\\[nr])[^\r\n])*)")
 
 
+def _masked_userinfo(rest: str) -> str | None:
+    """``rest`` (what follows ``scheme://``) with its password masked, or None when it holds no
+    userinfo: no '@', or the last '@' is in a path or a query (``host/a@b``). The last '@' counts:
+    an unencoded one may sit in a password."""
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or any(c in user for c in "/?#") or (not colon and "/" in userinfo):
+        return None
+    return f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"  # "token@host": all of it secret
+
+
 def _mask_authority(match: re.Match[str]) -> str:
     rest = match["authority"]
-    userinfo, at, host = rest.rpartition("@")  # the last '@': an unencoded one may sit in a password
-    user, colon, _ = userinfo.partition(":")
-    # no userinfo, or an '@' further on in a path or a query ("host/a@b") when no ':' comes first
-    if not at or ("/" in user or "?" in user or "#" in user) or (not colon and "/" in userinfo):
-        return _mask_authority_before_path(match)
-    masked = f"{user}:{MASK}" if colon else MASK  # "token@host": the whole userinfo is the secret
-    return f"{match['scheme']}{masked}@{host}"
-
-
-def _mask_authority_before_path(match: re.Match[str]) -> str:
-    """The plain case: the userinfo is in the authority proper, before any path or query."""
-    rest = match["authority"]
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority, tail = rest[:end], rest[end:]
-    userinfo, at, host = authority.rpartition("@")
-    if not at:
-        return match[0]
-    user, colon, _ = userinfo.partition(":")
-    masked = f"{user}:{MASK}" if colon else MASK
-    return f"{match['scheme']}{masked}@{host}{tail}"
+    masked = _masked_userinfo(rest)
+    if masked is None:  # then only the authority proper, before any path or query, may hold one
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        masked = _masked_userinfo(rest[:end])
+        if masked is None:
+            return match[0]
+        masked += rest[end:]
+    return f"{match['scheme']}{masked}"
 
 
 def redact(text: str) -> str:
@@ -70,11 +69,8 @@ def mask_url(url: object) -> str:
     and spaces too, which end a URL found in running text)."""
     text = str(url)
     scheme, sep, rest = text.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if sep and at and not any(c in user for c in "/?#"):
-        text = f"{scheme}://{f'{user}:{MASK}' if colon else MASK}@{host}"
-    return redact(text)
+    masked = _masked_userinfo(rest) if sep else None
+    return redact(f"{scheme}://{masked}" if masked is not None else text)
 
 
 class RedactingFilter(logging.Filter):

@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: exit status after Ctrl-C (128 + SIGINT), as shells report an interrupted command
+INTERRUPTED = 130
 
 
 async def run_until_signalled(run: Callable[..., Awaitable[Any]], *args: Any) -> list[int]:
@@ -62,9 +64,15 @@ async def run_until_signalled(run: Callable[..., Awaitable[Any]], *args: Any) ->
     return received
 
 
-def forced(received: list[int]) -> bool:
-    """Whether the signals received asked to stop at once (a second one came)."""
-    return len(received) >= 2
+def exit_status(received: list[int]) -> int:
+    """The status to end with: 130 after a Ctrl-C, 0 after SIGTERM (a service manager's stop)."""
+    return INTERRUPTED if signal.SIGINT in received else 0
+
+
+def leave_now_if_forced(received: list[int]) -> None:
+    """After a second signal (a forced stop), end the process now: :func:`leave_now`."""
+    if len(received) >= 2:
+        leave_now(exit_status(received))
 
 
 def leave_now(code: int) -> NoReturn:

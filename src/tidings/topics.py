@@ -138,15 +138,16 @@ def _compile(pattern: str) -> Callable[[str], bool]:
         return _always
     if _ANY not in words:
         return _fixed_length_matcher(tuple(words))
-    return _hash_matcher(_collapse(words))
+    return _hash_matcher(collapse_any_runs(words))
 
 
 def _always(topic: str) -> bool:
     return True
 
 
-def _collapse(words: list[str]) -> tuple[str, ...]:
-    # "#.#" matches exactly what "#" matches; fewer '#' means fewer NFA states.
+def collapse_any_runs(words: list[str]) -> tuple[str, ...]:
+    """A pattern's words with each run of ``#`` as one: ``#.#`` matches exactly what ``#``
+    matches, and every '#' more is more work for a matcher (exponential for a backtracking one)."""
     out: list[str] = []
     for word in words:
         if not (word == _ANY and out and out[-1] == _ANY):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tidings import Bus
-from tidings.cli.config_cmd import check_plugins
+from tidings.cli.commands import check_plugins
 from tidings.config import parse_config
 from tidings.errors import ConfigError
 from tidings.event import Event

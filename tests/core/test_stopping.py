@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.core.test_relay_reactor import ended, running
-from tidings import Bus
+from tidings import App, Bus
 from tidings.config import load_config
 from tidings.stopping import run_until_signalled
 
@@ -96,8 +96,10 @@ def test_a_second_ctrl_c_stops_a_consumer_whose_sync_handler_runs_on(tmp_path: P
         [*command, "--queue", "slowq"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
     )
     bus = Bus(load_config(tmp_path / "tidings.toml"))
+    queue = App("slowq", queue="slowq")  # the queue the consumer binds, there before the event is sent
+    queue.add_handler(["a.#"], lambda event: None)
+    asyncio.run(queue.declare(bus))
     try:
-        time.sleep(1.5)  # its queue is bound
         event = bus.publish("a.b", {})
         subprocess.run(
             [sys.executable, "-m", "tidings", "dispatch", "--once"], cwd=tmp_path, env=env, check=True

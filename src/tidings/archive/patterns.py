@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tidings.topics import collapse_any_runs
+
 ONE, ANY = "*", "#"
 
 
@@ -32,7 +34,7 @@ class TopicPattern:
 
 @lru_cache(maxsize=1024)
 def compile_pattern(pattern: str) -> TopicPattern:
-    words = _without_repeated_any(pattern.split("."))
+    words = list(collapse_any_runs(pattern.split(".")))
     pattern = ".".join(words)
     if ONE not in words and ANY not in words:
         return TopicPattern(pattern, pattern, None)
@@ -47,12 +49,6 @@ def compile_pattern(pattern: str) -> TopicPattern:
         return TopicPattern(None, ".".join(literal), None)
     prefix = ".".join(literal) + "." if literal else ""
     return TopicPattern(None, prefix, to_regex(pattern))
-
-
-def _without_repeated_any(words: list[str]) -> list[str]:
-    """``#.#`` matches what ``#`` matches: one of a run is enough (and a run of them makes a
-    backtracking matcher take exponential time)."""
-    return [w for i, w in enumerate(words) if not (w == ANY and i > 0 and words[i - 1] == ANY)]
 
 
 def to_regex(pattern: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,12 +18,10 @@ from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
 from tidings.plugins import import_object
-from tidings.stopping import forced, leave_now, run_until_signalled
+from tidings.stopping import exit_status, leave_now_if_forced, run_until_signalled
 from tidings.topics import validate_pattern
 
 out = Console(soft_wrap=True)  # see err
-#: exit code after Ctrl-C (128 + SIGINT), as shells report an interrupted command
-INTERRUPTED = 130
 
 ConfigOpt = Annotated[
     Path | None,
@@ -87,12 +84,22 @@ def read_capped(name: str, what: str, limit: int = READ_LIMIT) -> bytes:
     return raw
 
 
-def checked_plugins(bus: Bus) -> None:
-    """What ``config check`` checks of the plug-ins (a connector's exchange that can be no Kafka
-    topic...), before a long-running command starts rather than when one connector first sends."""
-    from tidings.cli.config_cmd import check_plugins  # it imports this module
-
-    check_plugins(bus)
+def check_plugins(bus: Bus) -> None:
+    """Import what each transport and format needs; a missing extra is a ConfigError naming it.
+    (``config check`` and ``doctor``, and dispatch and serve before they start.)
+    A transport may also say why a connector's exchange cannot be one of its own (a Kafka topic
+    name), with an optional ``exchange_problem(exchange)``."""
+    transports = {name: bus.make_transport(name) for name in bus.config.transports}
+    for name, connector in bus.config.connectors.items():
+        check = getattr(transports.get(connector.transport), "exchange_problem", None)
+        problem = check(connector.exchange) if check is not None else None
+        if problem:
+            raise ConfigError(
+                f"{bus.config.origin}: [connectors.{name}] exchange {connector.exchange!r}: {problem}"
+            )
+    for section, name, table in bus.config.formatted():
+        where = f"{bus.config.origin}: [{section}.{name}] format_options"
+        bus.make_format(table.format, table.format_options, where)
 
 
 def load_bus(config: Path | None, log_level: str | None = "WARNING", *, verbose: bool = False) -> Bus:
@@ -186,7 +193,7 @@ def dispatch(
 ) -> None:
     """Deliver outbox events to the connectors until stopped (SIGTERM/Ctrl-C finish the batch in flight)."""
     bus = load_bus(config, log_level, verbose=verbose)
-    checked_plugins(bus)
+    check_plugins(bus)
     names = connector or None
     for name in names or []:
         if name not in bus.config.connectors:
@@ -217,11 +224,9 @@ async def until_signalled(run: Any, *args: Any) -> None:
     signal stops at once (:mod:`tidings.stopping`).
     """
     received = await run_until_signalled(run, *args)
-    code = INTERRUPTED if signal.SIGINT in received else 0
-    if forced(received):
-        leave_now(code)
-    if code:
-        raise typer.Exit(code)
+    leave_now_if_forced(received)
+    if exit_status(received):
+        raise typer.Exit(exit_status(received))
 
 
 def checked(
@@ -345,7 +350,7 @@ def serve(
     """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app) together,
     and the web page when [web] is configured."""
     bus = load_bus(config, log_level, verbose=verbose)
-    checked_plugins(bus)
+    check_plugins(bus)
     apps = bus.served_consumers()
     beside, page = [], ""
     if bus.config.web is not None:  # the page too: imported only when configured (the web extra)

@@ -12,9 +12,8 @@ import typer
 
 from tidings.bus import Bus
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out
+from tidings.cli.commands import ConfigOpt, JsonOpt, check_plugins, load_bus, out
 from tidings.config import Config
-from tidings.errors import ConfigError
 from tidings.redact import MASK, redact
 
 config_app = typer.Typer(help="Show the configuration in force and check it.", no_args_is_help=True)
@@ -53,23 +52,6 @@ def summary(bus: Bus) -> str:
         f"{len(config.transports)} transport(s), {len(config.connectors)} connector(s), "
         f"{len(config.consumers)} consumer(s), {len(bus.schemas.types())} schema(s)"
     )
-
-
-def check_plugins(bus: Bus) -> None:
-    """Import what each transport and format needs; a missing extra is a ConfigError naming it.
-    A transport may also say why a connector's exchange cannot be one of its own (a Kafka topic
-    name), with an optional ``exchange_problem(exchange)``."""
-    transports = {name: bus.make_transport(name) for name in bus.config.transports}
-    for name, connector in bus.config.connectors.items():
-        check = getattr(transports.get(connector.transport), "exchange_problem", None)
-        problem = check(connector.exchange) if check is not None else None
-        if problem:
-            raise ConfigError(
-                f"{bus.config.origin}: [connectors.{name}] exchange {connector.exchange!r}: {problem}"
-            )
-    for section, name, table in bus.config.formatted():
-        where = f"{bus.config.origin}: [{section}.{name}] format_options"
-        bus.make_format(table.format, table.format_options, where)
 
 
 def effective(config: Config) -> dict[str, Any]:

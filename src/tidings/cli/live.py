@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from tidings.bus import Bus
+from tidings.stopping import exit_status
 from tidings.topics import topic_matches
 
 POLL = 0.1
@@ -43,7 +44,7 @@ def follow_outbox(bus: Bus, pattern: str, last: int, *, as_json: bool, console: 
             if not rows:
                 time.sleep(POLL)
     except _Signalled as stopped:
-        raise typer.Exit(130 if stopped.signum == signal.SIGINT else 0) from None
+        raise typer.Exit(exit_status([stopped.signum])) from None
     finally:
         bus.close()
 

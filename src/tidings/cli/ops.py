@@ -12,7 +12,7 @@ import typer
 
 from tidings.bus import Bus
 from tidings.cli import app, err
-from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out, read_capped
+from tidings.cli.commands import ConfigOpt, JsonOpt, check_plugins, load_bus, out, read_capped
 from tidings.cli.output import print_rows
 from tidings.errors import ConfigError, InvalidEvent, TidingsError
 from tidings.event import loads
@@ -170,7 +170,7 @@ def doctor(config: ConfigOpt = None) -> None:
     and, on RabbitMQ, that the user may publish, consume and declare what the config needs
     (bindings and permissions through the management API when it answers).
     """
-    from tidings.cli.config_cmd import check_plugins, summary
+    from tidings.cli.config_cmd import summary
 
     bus = load_bus(config)
     check_plugins(bus)  # a missing extra is a config error (exit 3) before anything says "ok"
