@@ -86,6 +86,65 @@ async def test_a_record_over_the_size_limit_is_refused_alone(kafka: str) -> None
         await transport.close()
 
 
+async def test_a_record_just_within_the_limit_can_still_be_retried_and_dead_lettered(kafka: str) -> None:
+    """A retry's and a dead letter's copy carry more headers than the record sent: a record the
+    dispatcher sent within ``max_message_bytes`` must never become one that cannot be settled
+    (its partition would stand still)."""
+    transport = KafkaTransport(url=kafka, max_message_bytes=10_000)
+    exchange = unique("edge")
+    queue = QueueSpec(unique("edge-q"), [Binding(exchange, "#")])
+    error = "é" * 2000  # cut to 1,000 characters: 2,000 bytes in each copy's headers
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        body = b'"' + b"x" * 9_000 + b'"'
+        too_big = message("a.over", body=body + b" " * 1_000)
+        sent = await transport.send(exchange, [message("a.edge", body=body), too_big])
+        assert [r.outcome for r in sent] == [Outcome.DELIVERED, Outcome.REFUSED]
+        stream = transport.consume(queue, prefetch=10)
+        (first,) = await hold(stream, 1)
+        await first.retry(0, error)
+        (again,) = await hold(stream, 1)
+        assert again.attempt == 2 and again.message.body == body
+        await again.reject(error)
+        await stream.aclose()  # type: ignore[attr-defined]
+        dead = transport.consume(QueueSpec(f"{queue.name}.dead"), prefetch=10)
+        (letter,) = await hold(dead, 1)
+        await dead.aclose()  # type: ignore[attr-defined]
+        assert letter.message.body == body
+        assert letter.message.headers["x-tidings-reason"] == error[:1000]
+    finally:
+        await transport.close()
+
+
+async def test_a_long_retry_never_holds_up_a_shorter_one_behind_it(kafka: str) -> None:
+    """Both go to the one retry topic (1 s); the wish for 3 s goes round it again instead of
+    pausing its partition, so the later, shorter retry comes back first."""
+    transport = KafkaTransport(url=kafka, retry_delays=[1], partitions=1)
+    exchange = unique("wait")
+    queue = QueueSpec(unique("wait-q"), [Binding(exchange, "#")])
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        await transport.send(exchange, [message("a.same"), message("a.same")])
+        stream = transport.consume(queue, prefetch=10)
+        long, short = await hold(stream, 2)
+        start = asyncio.get_running_loop().time()
+        await long.retry(3.0, "later")
+        await short.retry(0.5, "soon")
+        first, second = [], []
+        for arrived in (first, second):
+            (delivery,) = await hold(stream, 1)
+            arrived.extend([delivery, asyncio.get_running_loop().time() - start])
+            await delivery.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+    assert first[0].message.message_id == short.message.message_id and 0.8 <= first[1] < 2.5
+    assert second[0].message.message_id == long.message.message_id and second[1] >= 2.9
+    assert second[0].attempt == 2  # going round again is not another attempt
+
+
 async def test_topics_from_routing_key_words_and_a_key_from_the_body(kafka: str) -> None:
     """``bugzilla.{0}``: one topic per target; ``body:event.bug_id``: one bug's events in order."""
     prefix = unique("bz").replace("-", "_")

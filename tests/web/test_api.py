@@ -185,7 +185,15 @@ def test_private_events_need_the_read_token(client: TestClient, archive: Archive
 
     assert bodies("/raw", "raw_messages") == [{"secret": False}]
     assert bodies("/v2/search", "items") == [{"secret": False}]
-    assert bodies("/raw", "raw_messages", bearer("wrong")) == [{"secret": False}]
+    for path in ("/raw", "/v2/search", "/stream", "/"):
+        refused = client.get(path, headers=bearer("wrong"))  # a mistyped token fails loudly
+        assert refused.status_code == 401, path
+        assert refused.json() == {"error": "the Bearer token is not one of this server's tokens"}
+        assert refused.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    client.cookies.set("tidings_token", "rotated")  # a stale cookie: the page offers its login
+    stale = client.get("/raw")
+    client.cookies.clear()
+    assert [m["msg"] for m in stale.json()["raw_messages"]] == [{"secret": False}]
     assert client.get("/id", params={"id": secret.event.id}).status_code == 404
     for token in (READ_TOKEN, ADMIN_TOKEN):
         assert {"secret": True} in bodies("/raw", "raw_messages", bearer(token))
@@ -296,6 +304,25 @@ def test_pages_render(client: TestClient, archive: Archive, web_bus: Bus) -> Non
     assert client.get("/v2/search", params={"cursor": "garbage"}).status_code == 400
 
 
+def test_an_id_with_slashes_opens_its_page_and_its_replay(
+    client: TestClient, archive: Archive, web_bus: Bus
+) -> None:
+    """Ids come from other systems (a LAVA job URL, a path): a '/' in one is part of the id."""
+    import dataclasses
+
+    item = event(BODHI, {"n": 7})
+    item = dataclasses.replace(item, event=dataclasses.replace(item.event, id="lava/jobs/42"))
+    archive.ingest([item])
+    assert "lava/jobs/42" in client.get("/event/lava/jobs/42").text
+    assert "lava/jobs/42" in client.get("/event/lava%2Fjobs%2F42").text  # as the live page links it
+    assert client.get("/event/lava/jobs/43").status_code == 404
+    client.get("/event/lava/jobs/42")
+    replay = client.post(
+        "/event/lava/jobs/42/replay", data={"csrf": client.cookies["tidings_csrf"]}, headers=bearer(ADMIN_TOKEN)
+    )
+    assert replay.status_code == 200 and "Replayed lava/jobs/42 (id kept)" in replay.text
+
+
 async def test_replay_from_the_event_page_needs_the_admin_token(
     client: TestClient, web_bus: Bus, archive: Archive
 ) -> None:
@@ -350,6 +377,14 @@ def test_parameters_out_of_range_are_400_never_500(client: TestClient, path: str
     response = client.get(path, params=params)
     assert response.status_code == 400, (path, params, response.text[:200])
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize("path", ["/v2/search", "/stream"])
+def test_a_mistyped_parameter_of_our_own_api_is_400_not_a_wider_search(client: TestClient, path: str) -> None:
+    response = client.get(path, params={"topics": "bodhi.#"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("unknown parameter 'topics'; known: ")
+    assert "topic" in response.json()["error"]
 
 
 def test_windows_reaching_past_what_a_time_can_be_are_cut_there(client: TestClient, archive: Archive) -> None:

@@ -14,7 +14,7 @@ from tidings.archive import Archive
 from tidings.bus import Bus
 from tidings.config import WebSection
 from tidings.web import api, pages
-from tidings.web.access import SecurityHeaders, Tokens
+from tidings.web.access import RefuseUnknownBearer, SecurityHeaders, Tokens
 from tidings.web.stream import Live
 
 __all__ = ["Live", "create_app"]
@@ -22,7 +22,10 @@ __all__ = ["Live", "create_app"]
 
 def create_app(bus: Bus, archive: Archive, settings: WebSection | None = None) -> Starlette:
     """The app; ``app.state.live.wake()`` after an ingest shows the new events at once."""
-    app = Starlette(routes=[*api.ROUTES, *pages.ROUTES], middleware=[Middleware(SecurityHeaders)])
+    app = Starlette(
+        routes=[*api.ROUTES, *pages.ROUTES],
+        middleware=[Middleware(SecurityHeaders), Middleware(RefuseUnknownBearer)],
+    )
     app.state.bus = bus
     app.state.archive = archive
     app.state.tokens = Tokens.of(settings or WebSection())

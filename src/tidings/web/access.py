@@ -16,7 +16,9 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.config import WebSection
@@ -70,12 +72,14 @@ class Tokens:
         return Role.PUBLIC
 
 
+def bearer_token(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer TOKEN`` header's value, or ""."""
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
 def given_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(TOKEN_COOKIE, "")
+    return bearer_token(request.headers.get("authorization", "")) or request.cookies.get(TOKEN_COOKIE, "")
 
 
 def role_of(request: Request) -> Role:
@@ -95,6 +99,29 @@ def csrf_token(request: Request) -> str:
 def csrf_ok(request: Request, submitted: str) -> bool:
     cookie = request.cookies.get(CSRF_COOKIE, "")
     return bool(cookie) and hmac.compare_digest(cookie.encode(), submitted.encode())
+
+
+class RefuseUnknownBearer:
+    """A program that sends a Bearer token none of ours matches gets 401, not the public view:
+    a mistyped or rotated token should fail loudly, not quietly hide the private events. (A
+    stale cookie stays a public visit: the page offers its login.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = bearer_token(Headers(scope=scope).get("authorization", ""))
+            tokens: Tokens = scope["app"].state.tokens
+            if given and tokens.role(given) == Role.PUBLIC:
+                refusal = JSONResponse(
+                    {"error": "the Bearer token is not one of this server's tokens"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:

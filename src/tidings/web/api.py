@@ -33,6 +33,10 @@ def _private(request: Request) -> bool:
     return role_of(request) >= Role.READER
 
 
+SEARCH_PARAMETERS = q.FILTERS | {"limit", "order", "cursor"}
+STREAM_PARAMETERS = q.FILTERS | {"backlog", "last_event_id"}
+
+
 def bad(message: str, **extra: Any) -> Json:
     return Json({"error": message, **extra}, status_code=400)
 
@@ -94,6 +98,7 @@ async def search(request: Request) -> Response:
     """Keyset pages (``cursor`` from the previous page's ``next_cursor``), no OFFSET, no count."""
     params = request.query_params
     try:
+        q.refuse_unknown(params, SEARCH_PARAMETERS)
         limit = q.integer(params, "limit", q.SEARCH_LIMIT, 1, q.MAX_SEARCH_LIMIT)
         order = q.order_of(params)
         query = q.query_of(params, q.time_range(params), include_private=_private(request))
@@ -135,6 +140,7 @@ async def stream(request: Request) -> Response:
     (else the last ``backlog`` events, default 0, then what comes)."""
     params = request.query_params
     try:
+        q.refuse_unknown(params, STREAM_PARAMETERS)
         window = q.time_range(params)
         if not params.get("end"):  # "the last hour" on a live stream: from then on, and what comes
             window = dataclasses.replace(window, end=None)

@@ -221,10 +221,11 @@ async def logout(request: Request) -> Response:
 ROUTES = [
     Route("/", live),
     Route("/search", search),
-    Route("/event/{event_id}", event),
+    # ids from other systems may hold a '/' (a path, a URL): the whole rest of the path is the id
+    Route("/event/{event_id:path}/replay", replay_event, methods=["POST"]),
+    Route("/event/{event_id:path}", event),
     Route("/connectors", connectors),
     Route("/connectors/{name}/{action:str}", connector_action, methods=["POST"]),
-    Route("/event/{event_id}/replay", replay_event, methods=["POST"]),
     Route("/consumers", consumers),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),

@@ -43,6 +43,13 @@ IGNORED = frozenset({"size", "chrome", "meta", "is_raw", "grouped"})
 UNSUPPORTED = frozenset({"not_user", "not_package", "not_category", "callback"})
 
 
+#: the filters query_of and time_range read
+FILTERS = frozenset(
+    {"topic", "not_topic", "category", "user", "package", "container", "agent", "source", "contains"}
+    | {"start", "end", "delta"}
+)
+
+
 class BadRequest(ValueError):
     """A parameter that cannot be meant: a 400 with this message."""
 
@@ -175,6 +182,14 @@ def integer(params: QueryParams, name: str, default: int, low: int, high: int | 
         limit = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise BadRequest(f"{name} must be {limit}")
     return value
+
+
+def refuse_unknown(params: QueryParams, known: frozenset[str]) -> None:
+    """Our own endpoints name every parameter they read: a mistyped one (``topics=``) would
+    otherwise widen the search without a word."""
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0][:40]!r}; known: {', '.join(sorted(known))}")
 
 
 def refuse_unsupported(params: QueryParams) -> None:

@@ -10,7 +10,9 @@ Retries do not block a partition: a retried message is written to the queue's re
 that delay (``<queue>.retry.<n>s``, with ``x-tidings-attempts``, ``x-tidings-last-error`` and
 the time it is due) and its original counts as finished. The group reads its retry topics too;
 a message read before it is due pauses its partition until then (every message of one retry
-topic waits equally long, so the first is always due first). Dead letters go to
+topic waits equally long, its topic's delay, so the first is always due first). A wish to wait
+longer than the longest retry topic goes round that topic again until the time it names
+(``x-tidings-not-before``), so it never holds up the messages behind it. Dead letters go to
 ``<queue>.dead`` with the reason, the attempts and the queue.
 
 When partitions move to another member (a rebalance), the member giving them up waits a
@@ -50,7 +52,13 @@ from tidings.transport import (
     death_headers,
 )
 from tidings.transports.kafka.offsets import Offsets
-from tidings.transports.kafka.records import DUE_HEADER, from_record, key_of, to_record
+from tidings.transports.kafka.records import (
+    DUE_HEADER,
+    NOT_BEFORE_HEADER,
+    from_record,
+    key_of,
+    to_record,
+)
 from tidings.transports.kafka.transport import KafkaTransport, end_offsets
 
 log = logging.getLogger(__name__)
@@ -75,7 +83,11 @@ async def consume(transport: KafkaTransport, queue: QueueSpec, prefetch: int) ->
             if want <= 0 and group.prefetch - group.in_flight <= 0:
                 await group.wait_for_a_settle(0.2)  # stay in the group meanwhile: poll again after
             for item in ready:
-                yield group.delivery(item)
+                delivery = group.delivery(item)
+                if item.not_before is None:
+                    yield delivery
+                else:
+                    await delivery.wait_longer(item.not_before)
     finally:
         await group.stop()
 
@@ -156,6 +168,9 @@ class Ready:
     message: WireMessage
     attempt: int
     redelivered: bool
+    #: a retry due again on its topic that wished to wait longer (epoch ms): round again
+    not_before: int | None = None
+    last_error: str = ""
 
 
 @dataclass
@@ -169,19 +184,36 @@ class KafkaDelivery:
     offset: int
     group: GroupConsumer = field(repr=False)
     settled: bool = False
+    last_error: str = ""
 
     async def ack(self) -> None:
         self._mark_settled()
         self.group.settled(self)
 
     async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
-        transport = self.group.transport
-        target, _ = transport.retry_topic(self.queue, delay)
         tries = self.attempt if attempts is None else attempts
-        due = transport.now_ms() + int(max(delay, 0) * 1000)
-        await self._forward(
-            target, {ATTEMPTS_HEADER: tries, LAST_ERROR_HEADER: reason[:1000], DUE_HEADER: due}
-        )
+        await self._retry_in(max(delay, 0.0), tries, reason[:1000])
+
+    async def wait_longer(self, not_before: int) -> None:
+        """Round the longest retry topic again, uncounted: its handler has not seen it yet."""
+        try:
+            remaining = (not_before - self.group.transport.now_ms()) / 1000
+            await self._retry_in(max(remaining, 0.0), self.attempt - 1, self.last_error)
+        except TransportError as exc:  # it stays where it is; the next reader of it goes on
+            log.warning("Kafka consumer of %r: cannot park a retry again (%s)", self.queue, exc)
+            if not self.settled:
+                await self.release()
+
+    async def _retry_in(self, delay: float, tries: int, error: str) -> None:
+        transport = self.group.transport
+        target, waits = transport.retry_topic(self.queue, delay)
+        now = transport.now_ms()
+        # due after the topic's own delay, whatever was wished: then a retry topic's partition is
+        # in the order its messages fall due, and none waits behind a later one
+        headers = {ATTEMPTS_HEADER: tries, LAST_ERROR_HEADER: error, DUE_HEADER: now + waits * 1000}
+        if delay > waits:
+            headers[NOT_BEFORE_HEADER] = now + int(delay * 1000)
+        await self._forward(target, headers)
 
     async def reject(self, reason: str, *, attempts: int | None = None) -> None:
         tries = self.attempt if attempts is None else attempts
@@ -360,13 +392,17 @@ class GroupConsumer:
             with self.lock:
                 self.offsets.skipped(topic, partition, offset)
             return False
-        tries = 0
+        tries, error = 0, None
         if not self.reads_dead_letters:  # a dead letter keeps its count and error for its reader
             raw = message.headers.pop(ATTEMPTS_HEADER, 0)
-            message.headers.pop(LAST_ERROR_HEADER, None)
+            error = message.headers.pop(LAST_ERROR_HEADER, None)
             tries = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0
         seen_until = self._maybe_seen.get((topic, partition), -1)
-        return Ready(topic, partition, offset, message, tries + 1, offset < seen_until)
+        found = Ready(topic, partition, offset, message, tries + 1, offset < seen_until)
+        later = own.get(NOT_BEFORE_HEADER)
+        if retried and isinstance(later, int) and later > now_ms:
+            found.not_before, found.last_error = later, str(error or "")
+        return found
 
     def _selected(self, topic: str, message: WireMessage) -> bool:
         keys = [message.routing_key, *message.cc]
@@ -483,6 +519,7 @@ class GroupConsumer:
             ready.partition,
             ready.offset,
             self,
+            last_error=ready.last_error,
         )
 
     def settled(self, delivery: KafkaDelivery) -> None:

@@ -36,6 +36,8 @@ CONTENT_ENCODING_HEADER = "content-encoding"
 PROPERTIES_HEADER = "x-tidings-properties"
 #: when a retried message is due again (epoch milliseconds), on a retry topic
 DUE_HEADER = "x-tidings-due"
+#: a retry wished for later than the longest retry topic waits goes round it again until then
+NOT_BEFORE_HEADER = "x-tidings-not-before"
 _OWN = (
     ROUTING_KEY_HEADER,
     MESSAGE_ID_HEADER,
@@ -45,6 +47,7 @@ _OWN = (
     CONTENT_ENCODING_HEADER,
     PROPERTIES_HEADER,
     DUE_HEADER,
+    NOT_BEFORE_HEADER,
 )
 
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
@@ -182,6 +185,12 @@ class Record:
     headers: list[tuple[str, bytes]]
     #: CreateTime in epoch milliseconds (0: let the client stamp it)
     timestamp: int
+
+    def size(self) -> int:
+        """Its size as librdkafka measures it against ``message.max.bytes`` (value, key, and each
+        header's name and value with their two length prefixes, at most 5 bytes each)."""
+        headers = sum(len(name) + len(value) + 10 for name, value in self.headers)
+        return len(self.value) + len(self.key or b"") + headers
 
 
 def to_record(

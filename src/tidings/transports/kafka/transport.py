@@ -71,6 +71,9 @@ _NEVER = {
 _UNREACHED = {KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 #: librdkafka's queue was full: try the same record again once reports have drained it
 _QUEUE_FULL = SendResult(Outcome.RETRY, "librdkafka's queue is full")
+#: what a retry's or a dead letter's copy may add to a record sent within the limit: the last
+#: error and the reason (1,000 characters each, up to 4 bytes a character) and the counts
+FORWARD_ROOM = 16_384
 
 
 class KafkaTransport:
@@ -113,6 +116,9 @@ class KafkaTransport:
         self.partitions, self.replication_factor = partitions, replication_factor
         self.retry_delays = sorted({int(d) for d in retry_delays}) or [1]
         self.max_message_bytes = max_message_bytes
+        self._too_large = SendResult(
+            Outcome.REFUSED, f"larger than Kafka's message.max.bytes ({max_message_bytes})"
+        )
         self.delivery_timeout = delivery_timeout
         self.session_timeout = session_timeout
         self.connect_timeout = connect_timeout
@@ -160,7 +166,9 @@ class KafkaTransport:
                     "acks": "all",
                     "linger.ms": self._linger * 1000,
                     "message.timeout.ms": int(self.delivery_timeout * 1000),
-                    "message.max.bytes": self.max_message_bytes,
+                    # the room a retry's or a dead letter's headers take: what was sent within
+                    # the limit can always be forwarded (the limit itself is checked in _record)
+                    "message.max.bytes": self.max_message_bytes + FORWARD_ROOM,
                 }
             )
         )
@@ -260,7 +268,9 @@ class KafkaTransport:
         if not missing:
             return
         admin = self.admin()
-        new = [NewTopic(t, self.partitions, self.replication_factor) for t in sorted(missing)]
+        # a topic's own limit leaves the room forwarded copies need (Kafka's default is 1 MiB)
+        room = {"max.message.bytes": str(max(self.max_message_bytes + FORWARD_ROOM, 1_048_588))}
+        new = [NewTopic(t, self.partitions, self.replication_factor, config=room) for t in sorted(missing)]
 
         def create() -> list[str]:
             failed = []
@@ -313,7 +323,10 @@ class KafkaTransport:
             topic = self.template.topic(message.exchange or exchange, message.routing_key)
         except InvalidEvent as exc:
             return SendResult(Outcome.REFUSED, f"no Kafka topic for it: {exc}")
-        return to_record(message, topic, key_of(message, self.key))
+        record = to_record(message, topic, key_of(message, self.key))
+        if record.size() > self.max_message_bytes:
+            return self._too_large
+        return record
 
     async def _topics_for(self, records: Sequence[Record | SendResult]) -> None:
         """Topics named by routing key words come into being with their first message."""
@@ -372,9 +385,7 @@ class KafkaTransport:
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                return SendResult(
-                    Outcome.REFUSED, f"larger than Kafka's message.max.bytes ({self.max_message_bytes})"
-                )
+                return self._too_large
             outcome = Outcome.REFUSED if error.code() in _NEVER else Outcome.RETRY
             return SendResult(outcome, _reason(exc))
 
