@@ -84,6 +84,8 @@ class Plugin:
             return cls(**self.parse(options, where))
         except TypeError as exc:  # an entry point's class without settings: its own signature decides
             raise ConfigError(f"{where}: {exc}") from None
+        except ConfigError as exc:  # what only the class itself can check (a library's own settings)
+            raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
 
 
 def explain(exc: msgspec.ValidationError, table: str = "") -> str:

@@ -127,7 +127,17 @@ def test_urls() -> None:
         "sasl.username": "app",
         "sasl.password": "s@cret",
     }
-    for bad in ("amqp://h:1", "kafka://", "kafka://nohostport", "kafka://user:secret@"):
+    assert Servers.parse("kafka://h:9092/").hosts == ("h:9092",)
+    for bad in (
+        "amqp://h:1",
+        "kafka://",
+        "kafka://nohostport",
+        "kafka://user:secret@",
+        "kafka://user:secret@h:0",
+        "kafka://user:secret@h:9092,h2:99999",
+        "kafka://user:secret@h:9092/?security.protocol=SSL",
+        "kafka://user:secret@h:9092/topic",
+    ):
         with pytest.raises(ValueError) as refused:
             Servers.parse(bad)
         assert "secret" not in str(refused.value)

@@ -52,6 +52,14 @@ def test_urls_and_options_are_checked_when_the_config_is_read() -> None:
     assert "topsecret" not in str(refused.value)
     with pytest.raises(ConfigError, match="destination"):
         plugin.parse({"destination": "queue"}, "transports.s")
+    for url, problem in (
+        ("stomp://u:topsecret@h:0/", "port from 1 to 65535"),
+        ("stomp://u:topsecret@h:70000/", "port from 1 to 65535"),
+        ("stomp://u:topsecret@h:61613/?heartbeat=5", r"takes no \?options"),
+    ):
+        with pytest.raises(ConfigError, match=problem) as refused:
+            plugin.parse({"url": url}, "transports.s")
+        assert "topsecret" not in str(refused.value)
 
 
 def test_a_message_keeps_its_typed_headers_through_frame_headers() -> None:

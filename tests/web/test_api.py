@@ -317,9 +317,8 @@ def test_an_id_with_slashes_opens_its_page_and_its_replay(
     assert "lava/jobs/42" in client.get("/event/lava%2Fjobs%2F42").text  # as the live page links it
     assert client.get("/event/lava/jobs/43").status_code == 404
     client.get("/event/lava/jobs/42")
-    replay = client.post(
-        "/event/lava/jobs/42/replay", data={"csrf": client.cookies["tidings_csrf"]}, headers=bearer(ADMIN_TOKEN)
-    )
+    csrf = {"csrf": client.cookies["tidings_csrf"]}
+    replay = client.post("/event/lava/jobs/42/replay", data=csrf, headers=bearer(ADMIN_TOKEN))
     assert replay.status_code == 200 and "Replayed lava/jobs/42 (id kept)" in replay.text
 
 

@@ -269,11 +269,17 @@ class Servers:
             raise ValueError(
                 f"url must be kafka://host:port[,host:port...] (or kafkas:// for TLS), not {mask_url(url)!r}"
             )
-        authority = rest.split("/", 1)[0]
+        authority, _, tail = rest.partition("/")
+        if tail or "?" in authority or "#" in authority:
+            raise ValueError(
+                f"url {mask_url(url)!r} takes no path or ?options: set them as the transport's options"
+            )
         userinfo, at, hostlist = authority.rpartition("@")
         hosts = tuple(h for h in hostlist.split(",") if h)
         if not hosts or any(not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", h) for h in hosts):
             raise ValueError("url must name at least one host:port (kafka://host:port[,host:port...])")
+        if any(not 0 < int(h.rpartition(":")[2]) < 65536 for h in hosts):
+            raise ValueError(f"url {mask_url(url)!r} needs ports from 1 to 65535")
         user, colon, password = userinfo.partition(":") if at else ("", "", "")
         return cls(hosts, unquote(user) or None, unquote(password) if colon else None, scheme == "kafkas")
 

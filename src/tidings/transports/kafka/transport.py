@@ -131,7 +131,7 @@ class KafkaTransport:
         ):
             if value is not None:
                 self._client[name] = value
-        self._client.update(librdkafka or {})
+        self._client.update(check_librdkafka(librdkafka or {}))
         self._linger = linger
         self._producer: Producer | None = None
         self._producer_broken = False
@@ -428,6 +428,17 @@ class KafkaTransport:
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+
+def check_librdkafka(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` if librdkafka knows each one and takes its value, else a ConfigError naming it
+    (asked of a client with no broker to reach: it connects nowhere)."""
+    if settings:
+        try:
+            Producer({**settings, "log_level": 0})
+        except KafkaException as exc:
+            raise ConfigError(f"librdkafka: {exc.args[0].str()}") from None
+    return settings
 
 
 def _serve_reports(producer: Producer, stop: threading.Event) -> None:

@@ -38,9 +38,16 @@ class Address:
         if parts.scheme not in ("stomp", "stomp+ssl") or not parts.hostname:
             raise ValueError(f"url must be stomp://user:password@host:port/vhost, not {mask_url(url)!r}")
         try:
-            port = parts.port or (61614 if parts.scheme == "stomp+ssl" else 61613)
+            port = parts.port
         except ValueError:
-            raise ValueError(f"url {mask_url(url)!r} has a port that is not a number") from None
+            raise ValueError(f"url {mask_url(url)!r} needs a port from 1 to 65535") from None
+        if port == 0:
+            raise ValueError(f"url {mask_url(url)!r} needs a port from 1 to 65535")
+        if parts.query or parts.fragment:
+            raise ValueError(
+                f"url {mask_url(url)!r} takes no ?options or #fragment: set them as the transport's options"
+            )
+        port = port or (61614 if parts.scheme == "stomp+ssl" else 61613)
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         return cls(
             parts.hostname,
