@@ -11,6 +11,7 @@ is worse than an error.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,8 @@ Count = Annotated[int, Meta(ge=1)]
 RetryDelay = Annotated[float, Meta(ge=0, le=7 * 86_400)]
 Schedule = Annotated[list[RetryDelay], Meta(min_length=1)]
 Name = Annotated[str, Meta(min_length=1)]
+#: ``module:attribute`` (``myservice:app``, ``pkg.handlers:on_build``)
+APP_TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -128,6 +131,10 @@ class ConsumerConfig(_Strict):
     #: broker-specific queue arguments (e.g. RabbitMQ's x-expires), passed through untouched
     queue_arguments: dict[str, Any] = {}
 
+    def __post_init__(self) -> None:
+        if self.app and not APP_TARGET.fullmatch(self.app):
+            raise ValueError(f"app must be MODULE:ATTRIBUTE (myservice:app), not {self.app!r}")
+
 
 class RelayConfig(ConsumerConfig):
     """``[relays.NAME]``: a consumer of any transport whose events go out again through the outbox.
@@ -192,11 +199,30 @@ class WebSection(_Strict):
     """``tidings web`` and the page ``tidings serve`` adds when this section is present."""
 
     #: HOST:PORT the page and the query API listen on
-    listen: Annotated[str, Meta(pattern=r"^\[?[^\s\]]*\]?:\d{1,5}$")] = "127.0.0.1:8080"
+    listen: str = "127.0.0.1:8080"
     #: shows private events (also $TIDINGS_WEB_READ_TOKEN); "" : nobody but the admin sees them
     read_token: str = ""
     #: retry, drop and replay, and everything read_token allows (also $TIDINGS_WEB_ADMIN_TOKEN)
     admin_token: str = ""
+
+    def __post_init__(self) -> None:
+        problem = listen_problem(self.listen)
+        if problem:
+            raise ValueError(f"listen {problem}")
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why ``listen`` is no address to listen on, or None."""
+    host, colon, port = listen.rpartition(":")
+    if (
+        colon
+        and port.isascii()
+        and port.isdigit()
+        and 0 < int(port) < 65536
+        and not any(c.isspace() for c in host)
+    ):
+        return None
+    return f"{listen[:80]!r} is not HOST:PORT with a port from 1 to 65535 (127.0.0.1:8080)"
 
 
 class ArchiveSource(_Strict):

@@ -376,6 +376,25 @@ def test_settings_a_client_library_cannot_take_are_refused_at_load(
     assert done.returncode == 3 and said in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ('[transports.e]\nkind = "embedded"\npath = ""', "path: expected str of length >= 1"),
+        ('[web]\nlisten = "127.0.0.1:99999"', "'127.0.0.1:99999' is not HOST:PORT with a port from 1 to"),
+        ('[web]\nlisten = "8080"', "listen '8080' is not HOST:PORT"),
+        ('[consumers.c]\napp = "justaname"', "app must be MODULE:ATTRIBUTE (myservice:app), not 'justaname'"),
+        ('[consumers.c]\napp = "my-service:app"', "app must be MODULE:ATTRIBUTE"),
+    ],
+)
+def test_a_setting_that_can_never_work_is_refused_by_config_check(
+    tmp_path: Path, config: str, said: str
+) -> None:
+    (tmp_path / "tidings.toml").write_text(config + "\n")
+    done = tidings(tmp_path, "config", "check")
+    assert done.returncode == 3 and said in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("command", [["config", "check"], ["dispatch", "--once"], ["serve"]])
 def test_an_exchange_that_can_be_no_kafka_topic_is_refused_before_anything_runs(
     tmp_path: Path, command: list[str]

@@ -89,7 +89,8 @@ def test_serve_adds_the_page_when_web_is_configured(tmp_path: Path) -> None:
 def test_bad_listen_addresses_and_keys_are_one_line_errors(tmp_path: Path) -> None:
     result = tidings(tmp_path, "web", "--listen", "nowhere")
     assert result.returncode == 3
-    assert result.stderr.strip() == "tidings: error: listen address 'nowhere' is not HOST:PORT"
+    said = "'nowhere' is not HOST:PORT with a port from 1 to 65535 (127.0.0.1:8080)"
+    assert result.stderr.strip() == f"tidings: error: --listen {said}"
     (tmp_path / "tidings.toml").write_text('[web]\nlisten = "127.0.0.1:1"\nadmin_tokn = "x"\n')
     result = tidings(tmp_path, "web")
     assert result.returncode == 3

@@ -12,7 +12,7 @@ import typer
 from tidings.bus import Bus
 from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, LogOpt, load_bus, until_signalled
-from tidings.config import WebSection
+from tidings.config import WebSection, listen_problem
 from tidings.errors import ConfigError
 
 ListenOpt = Annotated[
@@ -28,7 +28,12 @@ ListenOpt = Annotated[
 
 def web_settings(bus: Bus, listen: str | None = None) -> WebSection:
     settings = bus.config.web or WebSection()
-    return msgspec.structs.replace(settings, listen=listen) if listen else settings
+    if listen is None:
+        return settings
+    problem = listen_problem(listen)
+    if problem:
+        raise ConfigError(f"--listen {problem}")
+    return msgspec.structs.replace(settings, listen=listen)
 
 
 def web_runner(bus: Bus, settings: WebSection) -> Callable[[asyncio.Event], Awaitable[None]]:

@@ -13,7 +13,7 @@ import uvicorn
 
 from tidings.archive import Archive
 from tidings.bus import Bus
-from tidings.config import WebSection
+from tidings.config import WebSection, listen_problem
 from tidings.errors import ConfigError
 from tidings.web import create_app
 
@@ -23,9 +23,10 @@ GRACE = 2
 
 def split_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) as host and port; a ConfigError if it is neither."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen address {listen!r} is not HOST:PORT")
+    problem = listen_problem(listen)
+    if problem:
+        raise ConfigError(f"listen {problem}")
+    host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

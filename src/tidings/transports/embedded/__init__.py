@@ -16,7 +16,7 @@ from tidings.plugins import Plugin, Settings
 
 class EmbeddedSettings(Settings):
     #: the broker file; a bare name lives under ``[bus] home``
-    path: str = ".tidings/broker.db"
+    path: Annotated[str, Meta(min_length=1)] = ".tidings/broker.db"
     #: seconds a consumer holds a message before it comes back (renewed while its handler runs)
     lease: Annotated[float, Meta(gt=0)] = 30.0
     #: seconds between looks for messages sent by other processes
