@@ -347,6 +347,7 @@ def test_publish_refuses_a_number_no_json_reader_takes(tmp_path: Path) -> None:
         (["demo", "--rate", "0"], 2, "is not a number above 0"),
         (["replay", "--days", "nan", "--dry-run"], 2, "nan is not a number of days"),
         (["replay", "--days", "inf", "--dry-run"], 2, "inf is not a number of days"),
+        (["dispatch", "--once", "--log-level", "LOUD"], 2, "DEBUG, INFO, WARNING or ERROR, not 'LOUD'"),
     ],
 )
 def test_endless_files_and_impossible_numbers_are_one_line(

@@ -35,6 +35,16 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(value: str | None) -> str | None:
+    """A level the logging module knows by that name, checked as the option is read (a usage error)."""
+    if value is not None and value.upper() not in LOG_LEVELS:
+        raise typer.BadParameter(f"must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
+    return value.upper() if value is not None else None
+
+
 LogOpt = Annotated[
     str | None,
     typer.Option(
@@ -42,6 +52,7 @@ LogOpt = Annotated[
         metavar="LEVEL",
         help="DEBUG, INFO, WARNING or ERROR (default: [bus] log_level of the config, INFO).",
         show_default=False,
+        callback=_log_level,
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also one line per event.")]
