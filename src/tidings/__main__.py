@@ -1,5 +1,5 @@
 """``python -m tidings`` runs the command line."""
 
-from tidings.cli import main
+from tidings._entry import main
 
 main()

@@ -420,3 +420,30 @@ def test_dispatch_once_delivers_to_the_connectors_that_are_up_before_reporting_t
     done = tidings(tmp_path, "dispatch", "--once", timeout=60)
     assert done.returncode == 6, done.stderr
     assert len((tmp_path / "out" / "events.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_that_cannot_be_written_is_one_line_and_publish_says_the_event_is_stored(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TIDINGS_CONFIG", None)
+    for args, said in (
+        (["publish", "a.full", "--body", "{}"], "was stored, but cannot write to standard output"),
+        (["schemas", "list"], "cannot write to standard output: No space left on device"),
+        (["config", "show"], "cannot write to standard output: No space left on device"),
+    ):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "tidings", *args],
+                cwd=tmp_path,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+        assert done.returncode == 1, done.stderr
+        assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    delivered = tidings(tmp_path, "dispatch", "--once")  # the event publish could not name is there
+    assert "local: delivered 0, to backlog 1," in delivered.stdout, delivered.stderr  # no queue bound

@@ -158,3 +158,24 @@ async def test_being_cancelled_cancels_what_runs() -> None:
     with pytest.raises(asyncio.CancelledError):
         await outer
     assert cancelled.is_set()
+
+
+@pytest.mark.parametrize("after", [0.15, 0.3, 0.45])
+def test_ctrl_c_while_the_command_line_is_still_loading_is_one_line(tmp_path: Path, after: float) -> None:
+    """Half a second of imports comes before the command runs: Ctrl-C then is no traceback either."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "demo", "--duration", "5"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's would be
+    )
+    time.sleep(after)
+    command.send_signal(signal.SIGINT)
+    _, errors = command.communicate(timeout=30)
+    assert "Traceback" not in errors, errors
+    # before Python's own handler is in place the signal ends it as it would any program
+    assert command.returncode in (130, -signal.SIGINT), (command.returncode, errors)
+    if command.returncode == 130:
+        assert errors.strip().splitlines()[-1] == "tidings: interrupted"

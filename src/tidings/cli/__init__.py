@@ -26,6 +26,39 @@ from tidings.redact import RedactingFilter, redact
 # soft_wrap: a line is printed whole (a terminal wraps it itself; a pipe or a log keeps it one line)
 err = Console(stderr=True, soft_wrap=True)
 
+
+class OutputError(TidingsError):
+    """Standard output could not be written (a full disk, an I/O error)."""
+
+
+class GuardedStdout:
+    """Standard output whose failed write (a full disk, an I/O error) is one line, exit 1.
+
+    A reader that went away (a broken pipe) stays rich's and Python's to handle as before."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: the stream's own
+        return getattr(self.stream, name)
+
+
 app = typer.Typer(
     name="tidings",
     help="A reliable event bus: publish events durably, deliver them to every connector, consume them "
@@ -123,10 +156,11 @@ def register_commands() -> None:
 
 def main() -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
-    register_commands()
-    command = typer.main.get_command(app)
-    plain_help(command)
+    sys.stdout = GuardedStdout(sys.stdout)  # type: ignore[assignment]
     try:
+        register_commands()
+        command = typer.main.get_command(app)
+        plain_help(command)
         code = command.main(
             args=config_after_command(sys.argv[1:]), prog_name="tidings", standalone_mode=False
         )

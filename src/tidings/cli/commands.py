@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from tidings.bus import Bus
-from tidings.cli import app, err, setup_logging
+from tidings.cli import OutputError, app, err, setup_logging
 from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
@@ -186,7 +186,10 @@ def publish(
         headers=parse_headers(header),
         visibility="private" if private else "public",
     )
-    out.print(event.id, highlight=False)
+    try:
+        out.print(event.id, highlight=False)
+    except OutputError as exc:  # it is stored and will be delivered: say so, and which it was
+        raise OutputError(f"event {event.id} was stored, but {exc}") from None
 
 
 @app.command()
