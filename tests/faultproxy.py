@@ -51,8 +51,9 @@ class FaultProxy:
         self._healed = asyncio.Event()
         self._healed.set()
 
-    async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> FaultProxy:
+        """Listen on ``port`` (0: any free one); a broker "appears" when its proxy starts."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

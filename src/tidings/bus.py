@@ -262,7 +262,12 @@ class Bus:
         """
         consumers = self.served_consumers() if apps is None else list(apps)
         await self._declare_before_dispatching(consumers)
-        tasks = [asyncio.create_task(app.run(self, stop), name=f"consumer-{app.name}") for app in consumers]
+        # a broker away now is waited for, by the consumers as by the dispatcher: a service
+        # started before its broker (a machine booting) begins when the broker does
+        tasks = [
+            asyncio.create_task(app.run(self, stop, wait_for_broker=True), name=f"consumer-{app.name}")
+            for app in consumers
+        ]
         tasks.append(asyncio.create_task(self.dispatcher().run(stop), name="dispatcher"))
         tasks += [asyncio.create_task(run(stop), name=f"beside-{n}") for n, run in enumerate(beside)]
         archive = self.config.archive

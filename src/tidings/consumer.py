@@ -187,9 +187,12 @@ class App:
         finally:
             await transport.close()
 
-    async def run(self, bus: Bus, stop: asyncio.Event | None = None) -> None:
-        """Consume until ``stop`` is set (or a handler raises Halt)."""
-        await Runner(self, bus).run(stop or asyncio.Event())
+    async def run(
+        self, bus: Bus, stop: asyncio.Event | None = None, *, wait_for_broker: bool = False
+    ) -> None:
+        """Consume until ``stop`` is set (or a handler raises Halt). A broker away at the start
+        raises TransportError, or with ``wait_for_broker`` is tried again until it answers."""
+        await Runner(self, bus).run(stop or asyncio.Event(), wait_for_broker=wait_for_broker)
 
     def run_forever(self, bus: Bus) -> None:
         """Blocking entry point: consume until SIGTERM or SIGINT, finishing in-flight handlers

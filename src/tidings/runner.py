@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings.activity import Activity, events_log
-from tidings.errors import HaltedError, InvalidEvent, TidingsError
+from tidings.errors import HaltedError, InvalidEvent, TidingsError, TransportError
 from tidings.event import Event
 from tidings.format import Format
 from tidings.handling import Context, Counters, Drop, Halt, Reject, Retry, Subscription
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 REPORT_EVERY = 1.0
 #: seconds between purges of the inbox's old records (by a consumer that uses the inbox)
 INBOX_PURGE_EVERY = 300.0
+#: seconds between tries to reach a broker that is away at the start (doubling up to the last)
+FIRST_CONNECT_WAIT = 1.0
+LAST_CONNECT_WAIT = 30.0
 
 
 class Consuming(Protocol):
@@ -91,12 +94,16 @@ class Runner:
             latency_label="published→settled",
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, wait_for_broker: bool = False) -> None:
+        """Consume until ``stop``. A broker away at the start is an error (TransportError), or
+        with ``wait_for_broker`` (``tidings serve``, like its dispatcher) a wait for it."""
         settings = self.app.settings
         transport = self.transport = self.bus.make_transport(settings.transport)
         # a transport that can only guess whether a message came back (Kafka) says so
         self._guesses_redelivery = bool(getattr(transport, "guesses_redelivery", False))
-        await transport.connect()
+        if not await self._connect(transport, stop, keep_trying=wait_for_broker):
+            await transport.close()
+            return
         try:
             await transport.declare(self.app.topology())
             stream = transport.consume(self.app.queue_spec(), prefetch=settings.prefetch)
@@ -125,6 +132,23 @@ class Runner:
             await transport.close()
         if self.halted:
             raise HaltedError(f"app {self.app.name} halted by its handler")
+
+    async def _connect(self, transport: Transport, stop: asyncio.Event, *, keep_trying: bool) -> bool:
+        """Connected (True), or stopped while waiting for the broker (False)."""
+        delay = FIRST_CONNECT_WAIT
+        while True:
+            try:
+                await transport.connect()
+                return True
+            except TransportError as exc:
+                if not keep_trying:
+                    raise
+                log.warning("%s: %s; trying again in %gs", self.app.name, exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return False
+            except TimeoutError:
+                delay = min(delay * 2, LAST_CONNECT_WAIT)
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the sync handlers' threads (after they finished, with ``wait``): run() does it on

@@ -177,5 +177,4 @@ def test_ctrl_c_while_the_command_line_is_still_loading_is_one_line(tmp_path: Pa
     assert "Traceback" not in errors, errors
     # before Python's own handler is in place the signal ends it as it would any program
     assert command.returncode in (130, -signal.SIGINT), (command.returncode, errors)
-    if command.returncode == 130:
-        assert errors.strip().splitlines()[-1] == "tidings: interrupted"
+    assert "KeyboardInterrupt" not in errors
