@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
 from tests.web.conftest import ADMIN_TOKEN, READ_TOKEN
 from tests.web.events import HOSTILE_BODY, HOSTILE_TOPIC, dead_letter, event
-from tidings.archive import Archive
+from tidings.archive import Archive, Query
 from tidings.bus import Bus
 
 NOW = time.time()
@@ -411,3 +412,29 @@ def test_a_form_past_its_limit_is_refused_before_it_is_read_whole(client: TestCl
     form = {"content-type": "application/x-www-form-urlencoded"}
     response = client.post("/login", content=big, headers=form)
     assert response.status_code == 413
+
+
+async def test_large_events_make_shorter_pages_and_streams_never_more_bytes_than_the_budget(
+    client: TestClient, archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What one request holds is bounded by bytes: 40 events of 20 KB against a 100 KB budget
+    come in pages of four or five, every one exactly once and in order, by their cursors."""
+    from tidings.web import query, stream
+
+    monkeypatch.setattr(query, "PAGE_BYTES", 100_000)
+    archive.ingest([event(BODHI, {"n": n, "pad": "x" * 20_000}, at=NOW - 100 + n) for n in range(40)])
+    seen: list[int] = []
+    url: str | None = "/v2/search?limit=500&order=asc"
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200 and len(response.content) <= 100_000 + 21_000
+        page = response.json()
+        assert 1 <= len(page["items"]) <= 5
+        seen += [item["body"]["n"] for item in page["items"]]
+        url = page["next"]
+    assert seen == list(range(40))
+    _, frames = await stream.backlog(archive, Query(), 40)  # the newest that fit, oldest first
+    assert 1 <= len(frames) <= 5 and sum(map(len, frames)) <= 100_000 + 21_000
+    assert [orjson.loads(f.split(b"data: ", 1)[1])["body"]["n"] for f in frames] == list(
+        range(40 - len(frames), 40)
+    )

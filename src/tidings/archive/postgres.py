@@ -28,11 +28,10 @@ from tidings.archive.patterns import category_hint, compile_pattern, prefix_uppe
 from tidings.archive.rows import (
     PURGE_BATCH,
     check_page,
+    cursor_after,
     decode_cursor,
-    encode_cursor,
     fields_of,
     from_micros,
-    micros,
     unique_new,
 )
 from tidings.errors import StorageError
@@ -191,7 +190,7 @@ class PostgresArchive:
         more = len(items) > limit
         items = items[:limit]
         last = items[-1] if items else None
-        next_cursor = encode_cursor(micros(last.event.time), last.seq) if more and last else None
+        next_cursor = cursor_after(last) if more and last else None
         return Page(items, next_cursor, estimate)
 
     def _estimate(self, where: str, params: list[Any]) -> int | None:

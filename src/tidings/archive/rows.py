@@ -39,6 +39,11 @@ def encode_cursor(time_us: int, seq: int) -> str:
     return base64.urlsafe_b64encode(f"{time_us}:{seq}".encode()).decode().rstrip("=")
 
 
+def cursor_after(item: Archived) -> str:
+    """The cursor of the page that goes on after ``item``."""
+    return encode_cursor(micros(item.event.time), item.seq)
+
+
 def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()

@@ -28,8 +28,8 @@ from tidings.archive.rows import (
     PURGE_BATCH,
     category_of,
     check_page,
+    cursor_after,
     decode_cursor,
-    encode_cursor,
     fields_of,
     from_micros,
     micros,
@@ -177,7 +177,7 @@ class SqliteArchive:
         more = len(items) > limit
         items = items[:limit]
         last = items[-1] if items else None
-        next_cursor = encode_cursor(micros(last.event.time), last.seq) if more and last else None
+        next_cursor = cursor_after(last) if more and last else None
         return Page(items, next_cursor, None)
 
     def numbered(

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tidings.archive import Archive
+from tidings.archive import Archive, Archived
 from tidings.event import dumps
 from tidings.web import query as q
 from tidings.web.access import Role, role_of
@@ -106,23 +106,23 @@ async def search(request: Request) -> Response:
         return bad(str(exc))
     cursor = params.get("cursor") or None
     try:
-        page = await run_in_threadpool(
-            lambda: _archive(request).search(query, limit=limit, cursor=cursor, order=order)
+        kept, next_cursor, estimate = await q.budgeted_page(
+            _archive(request), query, _encoded, limit=limit, cursor=cursor, order=order
         )
     except ValueError as exc:  # a cursor the store cannot read
         return bad(f"cursor: {exc}")
     following = None
-    if page.next_cursor:
+    if next_cursor:
         # relative: the Host header is the client's to say, not a place to send the next request
-        following = f"{request.url.path}?{request.url.include_query_params(cursor=page.next_cursor).query}"
-    return Json(
-        {
-            "items": [q.envelope(item) for item in page.items],
-            "next_cursor": page.next_cursor,
-            "next": following,
-            "estimated_total": page.estimated_total,
-        }
-    )
+        following = f"{request.url.path}?{request.url.include_query_params(cursor=next_cursor).query}"
+    rest = dumps({"next_cursor": next_cursor, "next": following, "estimated_total": estimate})
+    # the items as encoded while counting their bytes, not a second time
+    body = b'{"items":[' + b",".join(data for _, data in kept) + b"]," + rest[1:]
+    return Response(body, media_type="application/json")
+
+
+def _encoded(item: Archived) -> bytes:
+    return dumps(q.envelope(item))
 
 
 def resume_point(request: Request) -> int | None:

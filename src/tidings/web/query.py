@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 
-from tidings.archive import Archived, Order, Query
+from tidings.archive import Archive, Archived, Order, Query
+from tidings.archive.rows import cursor_after
 from tidings.errors import InvalidTopic
 from tidings.event import format_time
 from tidings.topics import validate_pattern
@@ -33,6 +36,11 @@ MAX_SEARCH_LIMIT = 500
 #: datetime holds, a day kept free at each end for time zones)
 FIRST_TIME = datetime(1, 1, 2, tzinfo=UTC).timestamp()
 LAST_TIME = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+#: the most bytes of events one response or one stream batch carries: a page of large events
+#: ends early (its next cursor goes on from there), so a client costs memory by bytes, not count
+PAGE_BYTES = 8 * 1024 * 1024
+#: events read from the store at a time while a page is put together
+SEARCH_CHUNK = 50
 #: values one filter parameter may repeat (each is a term of the store's query)
 MAX_VALUES = 100
 #: the largest page number (its offset must stay within a store's 64-bit integers)
@@ -234,3 +242,34 @@ def raw_message(item: Archived) -> dict[str, Any]:
         "users": list(item.fields.users),
         "packages": list(item.fields.packages),
     }
+
+
+async def budgeted_page(
+    archive: Archive,
+    query: Query,
+    encode: Callable[[Archived], bytes],
+    *,
+    limit: int,
+    cursor: str | None = None,
+    order: Order = "desc",
+) -> tuple[list[tuple[Archived, bytes]], str | None, int | None]:
+    """Up to ``limit`` matching events with their encoding: read SEARCH_CHUNK at a time and no
+    more than PAGE_BYTES in all (at least one); the cursor that goes on after them; the store's
+    estimate. A client asking for 500 events of a megabyte each costs megabytes, not 500."""
+    kept: list[tuple[Archived, bytes]] = []
+    size, estimate = 0, None
+    while True:
+        want = min(SEARCH_CHUNK, limit - len(kept))
+        page = await run_in_threadpool(
+            lambda c=cursor, n=want: archive.search(query, limit=n, cursor=c, order=order)
+        )
+        estimate = page.estimated_total if estimate is None else estimate
+        for item in page.items:
+            data = encode(item)
+            if kept and size + len(data) > PAGE_BYTES:
+                return kept, cursor_after(kept[-1][0]), estimate
+            kept.append((item, data))
+            size += len(data)
+        cursor = page.next_cursor
+        if cursor is None or len(kept) >= limit:
+            return kept, cursor, estimate

@@ -20,11 +20,12 @@ from starlette.concurrency import run_in_threadpool
 
 from tidings.archive import Archive, Archived, Query
 from tidings.event import dumps
-from tidings.web.query import envelope
+from tidings.web.query import PAGE_BYTES, budgeted_page, envelope
 
 #: seconds between looks at the archive when nothing woke the stream
 POLL = 0.2
-#: events read (and sent) at a time
+#: events read (and sent) at a time: at first, and at most once their size is known (PAGE_BYTES)
+FIRST_BATCH = 50
 BATCH = 500
 #: seconds of silence before a comment line keeps proxies from closing the connection
 KEEPALIVE = 15.0
@@ -71,16 +72,18 @@ def frame(item: Archived) -> bytes:
     return b"id: %d\ndata: %s\n\n" % (item.seq, dumps(envelope(item)))
 
 
-async def backlog(archive: Archive, query: Query, count: int) -> tuple[int, list[Archived]]:
-    """The newest ``count`` matching events in seq order, and the seq the tail starts after.
+async def backlog(archive: Archive, query: Query, count: int) -> tuple[int, list[bytes]]:
+    """The frames of the newest ``count`` matching events (as many as PAGE_BYTES holds) in seq
+    order, and the seq the tail starts after.
 
     The seq is read first: an event archived meanwhile is left to the tail, not sent twice.
     """
     start = await run_in_threadpool(archive.last_seq)
     if count <= 0:
         return start, []
-    page = await run_in_threadpool(lambda: archive.search(query, limit=count, order="desc"))
-    return start, sorted((i for i in page.items if i.seq <= start), key=lambda i: i.seq)
+    newest, _, _ = await budgeted_page(archive, query, frame, limit=count)
+    in_order = sorted((item.seq, data) for item, data in newest if item.seq <= start)
+    return start, [data for _, data in in_order]
 
 
 async def sse(
@@ -91,19 +94,24 @@ async def sse(
     if after is None:
         after, first = await backlog(archive, query, count)
         if first:
-            yield b"".join(frame(item) for item in first)
+            yield b"".join(first)
     quiet_since = time.monotonic()
+    limit = FIRST_BATCH
     while not live.closed:
         # read before the look: every event up to it was archived when the look began
         head = await run_in_threadpool(archive.last_seq)
-        batch = await run_in_threadpool(lambda seq=after: archive.since(seq, query, limit=BATCH))
-        if len(batch) < BATCH:
+        batch = await run_in_threadpool(lambda seq=after, n=limit: archive.since(seq, query, limit=n))
+        if len(batch) < limit:
             # nothing more matched up to head: the next look starts there, not where the last
             # match was (a filter that rarely matches would scan ever more events each time)
             after = max(after, head)
         if batch:
-            yield b"".join(frame(item) for item in batch)
+            frames = [frame(item) for item in batch]
+            yield b"".join(frames)
             after, quiet_since = max(after, batch[-1].seq), time.monotonic()
+            # large events, fewer at a time: what a stream holds is bounded by bytes
+            each = max(1, sum(map(len, frames)) // len(frames))
+            limit = max(1, min(BATCH, PAGE_BYTES // each))
             continue
         if time.monotonic() - quiet_since > KEEPALIVE:
             yield b": keepalive\n\n"
