@@ -261,6 +261,11 @@ class DeadLetters(Protocol):
     ``requeue``/``drop`` raise it, changing nothing, when an id names no dead letter.
     """
 
+    async def count(self, queue: str, limit: int) -> int:
+        """How many dead letters there are (up to ``limit``), without handing any out: a page
+        anyone may open calls it (on RabbitMQ, even a look that gives a message back counts as a
+        delivery of it against a quorum queue's delivery limit)."""
+
     async def list(self, queue: str, limit: int) -> list[DeadLetter]:
         """The oldest ``limit`` dead letters, oldest first; nothing is taken from them."""
 

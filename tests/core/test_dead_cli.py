@@ -313,3 +313,38 @@ def test_every_transport_that_keeps_dead_letters_lets_an_operator_see_them() -> 
         cls = transport_plugin(kind).load("transport")
         if kind in RUNS_THE_SUITE:  # it acknowledges and consumes: it has dead letters
             assert hasattr(cls, "dead_letters"), f"transport {kind!r}: implement dead_letters()"
+
+
+@pytest.mark.rabbitmq
+async def test_counting_rabbitmq_dead_letters_hands_none_out(rabbitmq: str) -> None:
+    """The consumers page counts dead letters on every view, for anyone: a look that took them
+    and gave them back would count as a delivery of each (a quorum queue's delivery limit drops
+    them), so the count is the queue's own and the messages stay as they were."""
+    import aiormq
+
+    from tests.transports.conformance import hold, message
+    from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology
+    from tidings.transports.amqp import AmqpTransport
+
+    tag = uuid.uuid4().hex[:8]
+    exchange, queue = f"count-{tag}", QueueSpec(f"count-{tag}.q", [Binding(f"count-{tag}", "#")])
+    transport = AmqpTransport(rabbitmq)
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        await transport.send(exchange, [message("c.1"), message("c.2")])
+        stream = transport.consume(queue, prefetch=2)
+        for delivery in await hold(stream, 2):
+            await delivery.reject("for the count")
+        await stream.aclose()  # type: ignore[attr-defined]
+        dead = transport.dead_letters()
+        assert [await dead.count(queue.name, 100) for _ in range(3)] == [2, 2, 2]
+        assert await dead.count(queue.name, 1) == 1
+        connection = await aiormq.connect(rabbitmq)
+        channel = await connection.channel()
+        first = await channel.basic_get(queue.dead_letter_queue, no_ack=True)
+        await connection.close()
+        assert first.delivery.redelivered is False  # never handed out before
+    finally:
+        await transport.close()
+        await delete_amqp_topology(rabbitmq, [queue.name], [exchange])

@@ -117,10 +117,9 @@ async def _inspect(transport: Transport, queues: list[QueueView]) -> None:
 
 async def _count_dead(dead: Any, queue: str) -> str:
     try:
-        letters = await dead.list(queue, DEAD_COUNT_LIMIT)
+        count = await dead.count(queue, DEAD_COUNT_LIMIT)  # never hands a dead letter out
     except TidingsError:  # NotFound: the queue has no dead letters queue (yet)
         return "0"
-    count = len(letters)
     return f"{count}+" if count >= DEAD_COUNT_LIMIT else str(count)
 
 

@@ -56,6 +56,12 @@ class AmqpDeadLetters:
     def __init__(self, transport: AmqpTransport) -> None:
         self.transport = transport
 
+    async def count(self, queue: str, limit: int) -> int:
+        """The queue's own count (a passive declare): no message is taken, so none is counted as
+        delivered again."""
+        async with self._look(queue) as look:
+            return min(look.count, limit)
+
     async def list(self, queue: str, limit: int) -> list[DeadLetter]:
         async with self._look(queue) as look:
             return [letter for letter, _ in await look.take(limit)]

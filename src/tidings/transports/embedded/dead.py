@@ -29,6 +29,13 @@ class EmbeddedDeadLetters:
     def __init__(self, broker: EmbeddedTransport) -> None:
         self.broker = broker
 
+    async def count(self, queue: str, limit: int) -> int:
+        def look(db: sqlite3.Connection) -> int:
+            return len(store.rows(db, self._dead(db, queue), limit, bodies=False))
+
+        found: int = await self.broker.read(look)
+        return found
+
     async def list(self, queue: str, limit: int) -> list[DeadLetter]:
         def look(db: sqlite3.Connection) -> list[DeadLetter]:
             return [_letter(row) for row in store.rows(db, self._dead(db, queue), limit)]

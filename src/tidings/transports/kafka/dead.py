@@ -119,6 +119,9 @@ class KafkaDeadLetters:
         scan = await self._scan(queue)
         return [letter for _, letter in scan.letters[:limit]]
 
+    async def count(self, queue: str, limit: int) -> int:
+        return len(await self.list(queue, limit))  # a topic is read, never taken from
+
     async def get(self, queue: str, id: str) -> DeadLetter | None:  # noqa: A002
         scan = await self._scan(queue)
         return next((letter for _, letter in scan.letters if letter.matches(id)), None)

@@ -22,6 +22,10 @@ class StompDeadLetters:
     def __init__(self, amqp_url: str, retry_delays: Sequence[int], connect_timeout: float) -> None:
         self.amqp_url, self.retry_delays, self.connect_timeout = amqp_url, retry_delays, connect_timeout
 
+    async def count(self, queue: str, limit: int) -> int:
+        async with self._amqp() as dead:
+            return await dead.count(queue, limit)
+
     async def list(self, queue: str, limit: int) -> list[DeadLetter]:
         async with self._amqp() as dead:
             return await dead.list(queue, limit)
