@@ -299,5 +299,7 @@ class Bus:
             self.connectors(names),
             retention=self.config.outbox.retention,
             wake_source=self.outbox,
-            holders=[name for name, c in self.config.connectors.items() if c.enabled],
+            # a disabled connector too: its events wait for it (enabled = false is a pause, not
+            # a farewell; a connector taken out of the config lets them go)
+            holders=list(self.config.connectors),
         )

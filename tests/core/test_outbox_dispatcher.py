@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.core.fakes import ScriptedTransport
@@ -223,3 +224,33 @@ async def test_an_event_the_format_cannot_encode_is_dead_lettered(outbox: Outbox
 
 def test_a_connector_named_twice_is_one_connector(bus: Bus) -> None:
     assert [c.name for c in bus.dispatcher(["local", "local"]).connectors] == ["local"]
+
+
+async def test_a_disabled_connector_keeps_its_events_from_the_purge(tmp_path: Path) -> None:
+    """``enabled = false`` is a pause: what was published meanwhile is delivered once it is on
+    again, however long the pause outlasted the outbox's retention."""
+    from tidings.bus import Bus
+    from tidings.config import load_config
+
+    def bus(enabled: bool) -> Bus:
+        (tmp_path / "tidings.toml").write_text(
+            '[bus]\nhome = "home"\n[outbox]\nretention = 0\n'
+            '[transports.now]\nkind = "file"\npath = "now.jsonl"\n'
+            '[transports.later]\nkind = "file"\npath = "later.jsonl"\n'
+            '[connectors.now]\ntransport = "now"\n'
+            f'[connectors.later]\ntransport = "later"\nenabled = {str(enabled).lower()}\n'
+        )
+        return Bus(load_config(tmp_path / "tidings.toml"))
+
+    paused = bus(enabled=False)
+    sent = [paused.publish("lab.job", {"n": n}).id for n in range(4)]
+    dispatcher = paused.dispatcher()
+    await dispatcher.drain()
+    assert dispatcher.purge() == 0  # "now" has them all; "later" has none yet
+    await dispatcher.close_transports()
+    paused.close()
+    resumed = bus(enabled=True)
+    await resumed.dispatcher().deliver_due()
+    resumed.close()
+    lines = (tmp_path / "home" / "later.jsonl").read_text().splitlines()  # bare names live in home
+    assert [orjson.loads(line)["message_id"] for line in lines] == sent
