@@ -24,7 +24,7 @@ from tidings.errors import TidingsError
 from tidings.event import pretty
 from tidings.web import ops
 from tidings.web import query as q
-from tidings.web.access import TOKEN_COOKIE, Role, csrf_ok, csrf_token, role_of
+from tidings.web.access import TOKEN_COOKIE, Role, bearer_token, csrf_ok, csrf_token, role_of
 
 HERE = Path(__file__).parent
 TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
@@ -127,9 +127,12 @@ def refused(request: Request, message: str) -> Response:
 
 
 async def admin_form(request: Request) -> dict[str, list[str]] | Response:
-    """The form, if it carries our CSRF token and the request the admin token; else a 403."""
+    """The form, if the request has the admin token and, when that came in the cookie, our CSRF
+    token; else a 403. (A browser sends a cookie to any site's form, never an Authorization
+    header: a program with ``Authorization: Bearer`` needs no CSRF token.)"""
     fields = await form(request)
-    if not csrf_ok(request, (fields.get("csrf") or [""])[0]):
+    by_header = bool(bearer_token(request.headers.get("authorization", "")))
+    if not by_header and not csrf_ok(request, (fields.get("csrf") or [""])[0]):
         return refused(request, "This form is stale or came from another site (CSRF check failed).")
     if role_of(request) < Role.ADMIN:
         return refused(request, "Retrying, dropping and replaying need the admin token: log in first.")
