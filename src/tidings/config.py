@@ -412,8 +412,9 @@ def load_config(path: str | Path | None = None) -> Config:
     file, why = find_config(path)
     if file is None:
         return default_config()
-    if file.is_dir() or file.is_char_device() or file.is_block_device():  # /dev/urandom never ends
-        raise ConfigError(f"config file {str(file)!r} ({why}) is a directory or a device, not a file")
+    # /dev/urandom never ends; a named pipe waits for a writer that may never come
+    if file.is_dir() or file.is_char_device() or file.is_block_device() or file.is_fifo():
+        raise ConfigError(f"config file {str(file)!r} ({why}) is a directory, a device or a pipe, not a file")
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
         config = parse_config(raw, base_dir=file.resolve().parent, origin=str(file))

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from tidings.activity import Activity, BacklogNotices, events_log
 from tidings.config import ConnectorConfig
-from tidings.errors import DispatcherBusy, TidingsError, TransportError
+from tidings.errors import DispatcherBusy, StorageError, TidingsError, TransportError
 from tidings.event import Event
 from tidings.filters import FilterTimeout
 from tidings.format import Format
@@ -125,7 +125,10 @@ class Dispatcher:
     def acquire(self) -> None:
         """Take the outbox's dispatcher lock; two dispatchers would send everything twice."""
         path = Path(f"{self.outbox.path}.dispatch.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a folder in its place, a read-only home
+            raise StorageError(f"cannot open the dispatcher's lock {path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -348,6 +348,10 @@ def test_publish_refuses_a_number_no_json_reader_takes(tmp_path: Path) -> None:
         (["replay", "--days", "nan", "--dry-run"], 2, "nan is not a number of days"),
         (["replay", "--days", "inf", "--dry-run"], 2, "inf is not a number of days"),
         (["dispatch", "--once", "--log-level", "LOUD"], 2, "DEBUG, INFO, WARNING or ERROR, not 'LOUD'"),
+        (["backlog", "retry", "local", "--seq", "9" * 23], 2, "less than or equal to 9223372036854775807"),
+        (["backlog", "list", "local", "--limit", "9" * 23], 2, "less than or equal to 1000000"),
+        (["backlog", "list", "local", "--limit", "-5"], 2, "greater than or equal to 1"),
+        (["backlog", "drop", "local", "--seq", "1", "--all"], 2, "or --all, one of the two"),
     ],
 )
 def test_endless_files_and_impossible_numbers_are_one_line(
@@ -447,3 +451,16 @@ def test_output_that_cannot_be_written_is_one_line_and_publish_says_the_event_is
         assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     delivered = tidings(tmp_path, "dispatch", "--once")  # the event publish could not name is there
     assert "local: delivered 0, to backlog 1," in delivered.stdout, delivered.stderr  # no queue bound
+
+
+def test_a_pipe_as_config_and_a_folder_as_the_lock_are_one_line_each(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.toml")  # reading it would wait for a writer forever
+    piped = tidings(tmp_path, "--config", "pipe.toml", "config", "check", timeout=20)
+    assert piped.returncode == 3 and "is a directory, a device or a pipe, not a file" in piped.stderr
+    assert tidings(tmp_path, "publish", "a.b", "--body", "{}").returncode == 0
+    (tmp_path / ".tidings" / "outbox.db.dispatch.lock").mkdir()
+    locked = tidings(tmp_path, "dispatch", "--once")
+    assert locked.returncode == 5, locked.stderr
+    assert locked.stderr.strip().splitlines() == [
+        "tidings: error: cannot open the dispatcher's lock .tidings/outbox.db.dispatch.lock: Is a directory"
+    ]

@@ -169,7 +169,7 @@ def test_a_config_nested_too_deeply_or_not_a_file_is_one_line(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="nests tables or lists too deeply"):
         load_config(tmp_path / "deep.toml")
     for endless in (Path("/dev/zero"), tmp_path):
-        with pytest.raises(ConfigError, match="is a directory or a device, not a file"):
+        with pytest.raises(ConfigError, match="is a directory, a device or a pipe, not a file"):
             load_config(endless)
 
 

@@ -39,6 +39,11 @@ def _ago(moment: float | None) -> str:
     return f"in {delta:.0f}s" if delta >= 0 else f"{-delta:.0f}s ago"
 
 
+#: an outbox seq is a SQLite integer (64 bits, signed); a listing is at most this long
+MAX_SEQ = 2**63 - 1
+MAX_LISTED = 1_000_000
+
+
 @backlog_app.command("list")
 def backlog_list(
     connector: Annotated[
@@ -47,7 +52,9 @@ def backlog_list(
     dead: Annotated[
         bool, typer.Option("--dead", help="With CONNECTOR: list dead letters, not the backlog.")
     ] = False,
-    limit: Annotated[int, typer.Option(metavar="N", help="At most this many entries.")] = 50,
+    limit: Annotated[
+        int, typer.Option(metavar="N", min=1, max=MAX_LISTED, help="At most this many entries.")
+    ] = 50,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -87,7 +94,8 @@ def backlog_list(
 def backlog_retry(
     connector: Annotated[str, typer.Argument(help="Connector name.")],
     seq: Annotated[
-        list[int], typer.Option("--seq", help="Only these entries (repeatable; default all).")
+        list[int],
+        typer.Option("--seq", min=1, max=MAX_SEQ, help="Only these entries (repeatable; default all)."),
     ] = [],  # noqa: B006
     config: ConfigOpt = None,
 ) -> None:
@@ -102,7 +110,9 @@ def backlog_retry(
 @backlog_app.command("drop")
 def backlog_drop(
     connector: Annotated[str, typer.Argument(help="Connector name.")],
-    seq: Annotated[list[int], typer.Option("--seq", help="Only these entries (repeatable).")] = [],  # noqa: B006
+    seq: Annotated[
+        list[int], typer.Option("--seq", min=1, max=MAX_SEQ, help="Only these entries (repeatable).")
+    ] = [],  # noqa: B006
     all_: Annotated[bool, typer.Option("--all", help="Drop every entry of that table.")] = False,
     backlog: Annotated[
         bool, typer.Option("--backlog", help="Drop from the backlog instead of the dead letters.")
@@ -110,8 +120,8 @@ def backlog_drop(
     config: ConfigOpt = None,
 ) -> None:
     """Forget entries for good: the connector will never get those events."""
-    if not seq and not all_:
-        raise typer.BadParameter("say which entries: --seq N (repeatable) or --all")
+    if bool(seq) == all_:
+        raise typer.BadParameter("say which entries: --seq N (repeatable) or --all, one of the two")
     bus = load_bus(config)
     name = _connector(bus, connector)
     count = bus.outbox.drop(name, "backlog" if backlog else "dead", seq or None)
