@@ -83,9 +83,10 @@ class BacklogNotices:
     topic and reason rather than once per event (at most ``limit`` topics are remembered).
     """
 
-    def __init__(self, connector: str, limit: int = 1000) -> None:
+    def __init__(self, connector: str, limit: int = 1000, exchange: str = "tidings") -> None:
         self.connector = connector
         self.limit = limit
+        self.exchange = exchange
         #: topic → the kinds of refusal (``unroutable``, ...) already told
         self._told: dict[str, set[str]] = {}
 
@@ -103,7 +104,7 @@ class BacklogNotices:
             topic,
             retry_in,
             reason,
-            _hint(self.connector, kind),
+            _hint(self.connector, kind, self.exchange),
         )
 
     def delivered(self, topic: str) -> None:
@@ -112,11 +113,12 @@ class BacklogNotices:
             self._told.pop(topic, None)
 
 
-def _hint(connector: str, kind: str) -> str:
+def _hint(connector: str, kind: str, exchange: str) -> str:
     if kind == "unroutable":
+        on = "" if exchange == "tidings" else f" --exchange {exchange}"  # the consumers' default
         return (
             " — start a consumer bound to it (e.g. tidings consume --callback MODULE:FUNC --bind "
-            f"PATTERN); see `tidings backlog list {connector}`"
+            f"PATTERN{on}); see `tidings backlog list {connector}`"
         )
     return f" — see `tidings backlog list {connector}`"
 

@@ -464,3 +464,48 @@ def test_a_pipe_as_config_and_a_folder_as_the_lock_are_one_line_each(tmp_path: P
     assert locked.stderr.strip().splitlines() == [
         "tidings: error: cannot open the dispatcher's lock .tidings/outbox.db.dispatch.lock: Is a directory"
     ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["consume", "svc:app"],  # its settings from [consumers.svc], as serve would give them
+        [
+            *("consume", "--callback", "svc:plain", "--bind", "job.#", "--queue", "svc"),
+            *("--transport", "lab", "--exchange", "jobs"),
+        ],
+    ],
+)
+def test_consume_runs_where_the_config_or_its_options_say(tmp_path: Path, command: list[str]) -> None:
+    """The README's tour with a transport that is not called "local": a consumer started by hand
+    finds its transport and exchange in [consumers.NAME], or in --transport and --exchange."""
+    (tmp_path / "svc.py").write_text(
+        "from tidings import App\n"
+        "app = App('svc')\n"
+        "@app.subscribe('job.#')\n"
+        "def plain(event):\n"
+        "    open('done.txt', 'a').write(event.topic + '\\n')\n"
+    )
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.lab]\nkind = "embedded"\n\n[connectors.lab]\ntransport = "lab"\nexchange = "jobs"\n\n'
+        '[consumers.svc]\ntransport = "lab"\nexchange = "jobs"\n'
+    )
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "tidings", *command],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_queue(tmp_path, "svc")
+        assert tidings(tmp_path, "publish", "job.done", "--body", "{}").returncode == 0
+        delivered = tidings(tmp_path, "dispatch", "--once")
+        assert "lab: delivered 1," in delivered.stdout, delivered.stderr
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (tmp_path / "done.txt").exists():
+            time.sleep(0.05)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.wait(20) == 0, consumer.stderr.read().decode()  # type: ignore[union-attr]
+    assert (tmp_path / "done.txt").read_text().split() == ["job.done"]

@@ -292,6 +292,12 @@ def consume(
     transport: Annotated[
         str | None, typer.Option("--transport", metavar="NAME", help="Configured transport name.")
     ] = None,
+    exchange: Annotated[
+        str | None,
+        typer.Option(
+            "--exchange", metavar="NAME", help="Exchange the queue is bound on (a connector's exchange)."
+        ),
+    ] = None,
     prefetch: Annotated[int | None, typer.Option(min=1, help="Messages held unsettled at once.")] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Handlers running at once (1 keeps the queue's order).")
@@ -306,6 +312,9 @@ def consume(
     Examples:
       tidings consume myservice:app
       tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue triage
+
+    An App named NAME takes the settings of [consumers.NAME] when the config has one (the options
+    given here go over them).
     """
     bus = load_bus(config, log_level, verbose=verbose)
     if (target is None) == (callback is None):
@@ -321,10 +330,15 @@ def consume(
         consumer_app = import_target(target)  # type: ignore[arg-type]
         if not isinstance(consumer_app, App):
             raise ConfigError(f"{target!r} is not a tidings App")
+        section = bus.config.consumers.get(consumer_app.name)
+        if section is not None:  # [consumers.NAME] says where it runs, as for `tidings serve`
+            consumer_app.configure(section)
         if queue:
             consumer_app.settings.queue = queue
     if transport:
         consumer_app.settings.transport = transport
+    if exchange:
+        consumer_app.settings.exchange = exchange
     if prefetch:
         consumer_app.settings.prefetch = prefetch
     if concurrency:
