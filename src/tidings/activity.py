@@ -83,10 +83,13 @@ class BacklogNotices:
     topic and reason rather than once per event (at most ``limit`` topics are remembered).
     """
 
-    def __init__(self, connector: str, limit: int = 1000, exchange: str = "tidings") -> None:
+    def __init__(
+        self, connector: str, limit: int = 1000, exchange: str = "tidings", ordered: bool = False
+    ) -> None:
         self.connector = connector
         self.limit = limit
         self.exchange = exchange
+        self.ordered = ordered
         #: topic → the kinds of refusal (``unroutable``, ...) already told
         self._told: dict[str, set[str]] = {}
 
@@ -99,10 +102,11 @@ class BacklogNotices:
             self._told = {topic: kinds}
         kinds.add(kind)
         log.warning(
-            "connector %s: an event of %r is kept in the backlog, next try in %.0fs: %s%s",
+            "connector %s: an event of %r is kept in the backlog, next try in %.0fs%s: %s%s",
             self.connector,
             topic,
             retry_in,
+            " (the connector keeps its order: the events after it wait too)" if self.ordered else "",
             reason,
             _hint(self.connector, kind, self.exchange),
         )

@@ -274,7 +274,8 @@ class ConnectorWorker:
             lambda: {"delivered": stats.delivered, "to backlog": stats.retried, "dead": stats.dead},
             latency_label="batches confirmed in",
         )
-        self.notices = BacklogNotices(connector.name, exchange=connector.config.exchange)
+        config = connector.config
+        self.notices = BacklogNotices(connector.name, exchange=config.exchange, ordered=config.ordered)
         #: the broker's routing version when an event was last found unroutable (None: none was)
         self._unroutable_at: int | None = None
         self._routes_checked = 0.0
