@@ -103,6 +103,9 @@ def replay(
     if from_archive or ids:
         if source is not None:
             raise typer.BadParameter("--from FILE and the archive (--from-archive, --id) exclude each other")
+        from tidings.cli.web import warn_if_nothing_archives
+
+        warn_if_nothing_archives(bus)
         _from_archive(
             bus,
             ids,

@@ -58,6 +58,17 @@ def web_runner(bus: Bus, settings: WebSection) -> Callable[[asyncio.Event], Awai
     return run
 
 
+def warn_if_nothing_archives(bus: Bus) -> None:
+    """Without [archive] nothing fills the archive: say so, rather than show an empty page."""
+    if bus.config.archive is None:
+        err.print(
+            "tidings: warning: no [archive] in the config: nothing archives events, so this shows "
+            "only what an earlier [archive] stored (docs/archive.md)",
+            highlight=False,
+            markup=False,
+        )
+
+
 @app.command()
 def web(listen: ListenOpt = None, config: ConfigOpt = None, log_level: LogOpt = None) -> None:
     """Serve the query API (datagrepper's /raw and /id, /v2/search, /stream) and the web page.
@@ -71,5 +82,6 @@ def web(listen: ListenOpt = None, config: ConfigOpt = None, log_level: LogOpt = 
     bus = load_bus(config, log_level)
     settings = web_settings(bus, listen)
     run: Any = web_runner(bus, settings)
+    warn_if_nothing_archives(bus)
     err.print(f"serving the page on http://{settings.listen}/ — Ctrl-C to stop", highlight=False)
     asyncio.run(until_signalled(run))
