@@ -25,6 +25,17 @@ UNTYPED = "tidings.untyped"
 RESERVED_HEADER_PREFIX = "ce_"
 #: the relays an event went through, comma-separated, oldest first (tidings.relay)
 HOPS_HEADER = "x-tidings-relays"
+#: a replayed event's header: when it was replayed (an event that comes back says so)
+REPLAY_HEADER = "x-tidings-replayed-at"
+#: the names transports and brokers use for their own bookkeeping (attempts, reasons, routing on
+#: Kafka, RabbitMQ's dead-lettering): an event's header of that name would be taken for theirs
+#: (``x-tidings-attempts: 99`` would dead-letter it at its first failure). tidings' own event
+#: headers, above, are the exceptions.
+TRANSPORT_HEADER_PREFIX = "x-tidings-"
+BROKER_HEADERS = frozenset(
+    {"x-death"}
+    | {f"x-{when}-death-{what}" for when in ("first", "last") for what in ("queue", "reason", "exchange")}
+)
 
 
 class _Uuid7:
@@ -328,8 +339,20 @@ def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
                 f"header {key!r}: the prefix {RESERVED_HEADER_PREFIX!r} is reserved for "
                 "the CloudEvents attributes"
             )
+        _refuse_bookkeeping_name(key)
     if visibility not in ("public", "private"):
         raise InvalidEvent(f"visibility must be 'public' or 'private', not {visibility!r}")
+
+
+def _refuse_bookkeeping_name(key: str) -> None:
+    name = key.lower()
+    if name.startswith(TRANSPORT_HEADER_PREFIX) and name not in (HOPS_HEADER, REPLAY_HEADER):
+        raise InvalidEvent(
+            f"header {key!r}: the prefix {TRANSPORT_HEADER_PREFIX!r} is reserved for tidings' "
+            "transports (attempts, dead-letter reasons, routing)"
+        )
+    if name in BROKER_HEADERS:
+        raise InvalidEvent(f"header {key!r} is RabbitMQ's own (its dead-lettering)")
 
 
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs

@@ -26,7 +26,7 @@ from tidings.archive import Archive, Query
 from tidings.bus import Bus
 from tidings.dispatcher import Connector
 from tidings.errors import ConfigError, InvalidEvent, NotFound
-from tidings.event import Event, utcnow
+from tidings.event import REPLAY_HEADER, Event, utcnow
 from tidings.plugins import Registry
 from tidings.topics import topic_matches
 from tidings.transport import Outcome
@@ -123,9 +123,6 @@ def since_days(days: float) -> datetime:
 
 
 # -- from the archive, keeping ids ---------------------------------------------------------------
-
-#: a replayed event's header: when it was replayed (an event that comes back says so)
-REPLAY_HEADER = "x-tidings-replayed-at"
 
 
 def from_archive(archive: Archive, query: Query, ids: Sequence[str] = ()) -> Iterator[Event]:

@@ -249,3 +249,23 @@ def test_a_header_name_longer_than_rabbitmq_keeps_is_refused() -> None:
     with pytest.raises(InvalidEvent, match="longer than 128 characters"):
         Event.create("a.b", {}, headers={"k" * 129: "v"})
     assert Event.create("a.b", {}, headers={"k" * 128: "v"}).headers == {"k" * 128: "v"}
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("x-tidings-attempts", "reserved for tidings' transports"),
+        ("X-Tidings-Routing-Key", "reserved for tidings' transports"),
+        ("x-death", "RabbitMQ's own"),
+        ("x-first-death-queue", "RabbitMQ's own"),
+    ],
+)
+def test_a_header_a_transport_would_take_for_its_own_is_refused(name: str, problem: str) -> None:
+    """``x-tidings-attempts: 99`` from a publisher would dead-letter the event at its first failure."""
+    with pytest.raises(InvalidEvent, match=problem):
+        Event.create("a.b", {}, headers={name: "99"})
+
+
+def test_tidings_own_event_headers_and_look_alikes_are_a_publisher_s_to_set() -> None:
+    for name in ("x-tidings-relays", "x-tidings-replayed-at", "x-deathstar", "x-death-count"):
+        assert Event.create("a.b", {}, headers={name: "1"}).headers == {name: "1"}

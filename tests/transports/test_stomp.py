@@ -66,7 +66,7 @@ def test_a_message_keeps_its_typed_headers_through_frame_headers() -> None:
     sent = WireMessage(
         routing_key="bug.modify",
         body=b"{}",
-        headers={"n": 3, "t": True, "s": "3", "z": None},
+        headers={"n": 3, "t": True, "s": "3", "z": None, "x-deathstar": "a publisher's own"},
         message_id="m-1",
         properties={"app_id": "bugzilla"},
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tidings.event import BROKER_HEADERS  # RabbitMQ writes them when it dead-letters (a retry coming back)
 from tidings.transport import ATTEMPTS_HEADER, LAST_ERROR_HEADER, REASON_HEADER, WireMessage
 from tidings.transports.textheaders import from_text, to_text, utc_moment, whole_number
 
@@ -52,10 +53,6 @@ _ADDED = frozenset(
         *PROPERTY_HEADERS.values(),
     }
 )
-
-
-#: headers RabbitMQ writes when it dead-letters (a retry queue's message coming back)
-_DEATH = ("x-death", "x-first-death-", "x-last-death-")
 
 
 #: what a header name cannot hold: STOMP escapes values only (stomp.py writes names as they are),
@@ -101,7 +98,7 @@ def received(headers: dict[str, str], body: bytes, *, dead_letters: bool) -> tup
 
     A dead letter keeps its attempts and last error in its headers, for whoever reads it.
     """
-    own = from_text({k: v for k, v in headers.items() if k not in _ADDED and not k.startswith(_DEATH)})
+    own = from_text({k: v for k, v in headers.items() if k not in _ADDED and k not in BROKER_HEADERS})
     tries = own.get(ATTEMPTS_HEADER)
     if isinstance(tries, str):  # written by a client that sends text only
         tries = whole_number(tries)
