@@ -22,7 +22,7 @@ from tidings.config import Config, archives_outbox, load_config
 from tidings.consumer import App
 from tidings.dispatcher import Connector, Dispatcher
 from tidings.errors import InvalidEvent, TidingsError
-from tidings.event import Event, JSONScalar, Visibility, dumps, json_depth
+from tidings.event import Event, JSONScalar, Visibility, check_publisher_headers, dumps, json_depth
 from tidings.format import Format, load_format
 from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
@@ -112,6 +112,7 @@ class Bus:
         id: str | None = None,  # noqa: A002
     ) -> Event:
         """Build an event from this bus's source; it is checked, not yet published."""
+        check_publisher_headers(headers)
         event = Event.create(
             topic,
             body,
@@ -192,6 +193,7 @@ class Bus:
             return topic_or_event, self.check(topic_or_event)
         if body is None:
             raise TypeError("publish(topic, body) needs a body")
+        check_publisher_headers(fields.get("headers"))
         event = Event.create(topic_or_event, body, source=self.config.bus.source, **fields)
         return event, self.check(event)
 

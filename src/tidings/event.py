@@ -339,20 +339,22 @@ def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
                 f"header {key!r}: the prefix {RESERVED_HEADER_PREFIX!r} is reserved for "
                 "the CloudEvents attributes"
             )
-        _refuse_bookkeeping_name(key)
     if visibility not in ("public", "private"):
         raise InvalidEvent(f"visibility must be 'public' or 'private', not {visibility!r}")
 
 
-def _refuse_bookkeeping_name(key: str) -> None:
-    name = key.lower()
-    if name.startswith(TRANSPORT_HEADER_PREFIX) and name not in (HOPS_HEADER, REPLAY_HEADER):
-        raise InvalidEvent(
-            f"header {key!r}: the prefix {TRANSPORT_HEADER_PREFIX!r} is reserved for tidings' "
-            "transports (attempts, dead-letter reasons, routing)"
-        )
-    if name in BROKER_HEADERS:
-        raise InvalidEvent(f"header {key!r} is RabbitMQ's own (its dead-lettering)")
+def check_publisher_headers(headers: dict[str, Any] | None) -> None:
+    """A publisher's headers, before its event is made: none a transport or a broker would take
+    for its own. (Not asked of events read from the wire: a dead letter carries such headers.)"""
+    for key in headers or ():
+        name = key.lower() if isinstance(key, str) else ""
+        if name.startswith(TRANSPORT_HEADER_PREFIX) and name not in (HOPS_HEADER, REPLAY_HEADER):
+            raise InvalidEvent(
+                f"header {key!r}: the prefix {TRANSPORT_HEADER_PREFIX!r} is reserved for tidings' "
+                "transports (attempts, dead-letter reasons, routing)"
+            )
+        if name in BROKER_HEADERS:
+            raise InvalidEvent(f"header {key!r} is RabbitMQ's own (its dead-lettering)")
 
 
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import embedded_config
+from tidings.bus import Bus
 from tidings.errors import DecodeError, InvalidEvent, InvalidTopic
 from tidings.event import Event, format_time, json_depth, new_id, parse_time
 from tidings.formats.native import NativeFormat, StructuredFormat
@@ -260,12 +263,19 @@ def test_a_header_name_longer_than_rabbitmq_keeps_is_refused() -> None:
         ("x-first-death-queue", "RabbitMQ's own"),
     ],
 )
-def test_a_header_a_transport_would_take_for_its_own_is_refused(name: str, problem: str) -> None:
-    """``x-tidings-attempts: 99`` from a publisher would dead-letter the event at its first failure."""
-    with pytest.raises(InvalidEvent, match=problem):
-        Event.create("a.b", {}, headers={name: "99"})
-
-
-def test_tidings_own_event_headers_and_look_alikes_are_a_publisher_s_to_set() -> None:
-    for name in ("x-tidings-relays", "x-tidings-replayed-at", "x-deathstar", "x-death-count"):
-        assert Event.create("a.b", {}, headers={name: "1"}).headers == {name: "1"}
+def test_a_header_a_transport_would_take_for_its_own_is_refused_at_publish(
+    name: str, problem: str, tmp_path: Path
+) -> None:
+    """``x-tidings-attempts: 99`` from a publisher would dead-letter the event at its first
+    failure; an event read from the wire (a dead letter) may carry it."""
+    bus = Bus(embedded_config(tmp_path / "home"))
+    try:
+        with pytest.raises(InvalidEvent, match=problem):
+            bus.publish("a.b", {}, headers={name: "99"})
+        with pytest.raises(InvalidEvent, match=problem):
+            bus.event("a.b", {}, headers={name: "99"})
+        for name_ok in ("x-tidings-relays", "x-tidings-replayed-at", "x-deathstar", "x-death-count"):
+            assert bus.publish("a.b", {}, headers={name_ok: "1"}).headers == {name_ok: "1"}
+    finally:
+        bus.close()
+    assert Event.create("a.b", {}, headers={name: "99"}).headers == {name: "99"}  # as decoded
