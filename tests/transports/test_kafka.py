@@ -84,7 +84,7 @@ async def test_a_record_over_the_size_limit_is_refused_alone(kafka: str) -> None
             [message("a.small"), message("a.huge", body=b'"' + b"x" * 20_000 + b'"'), message("a.b")],
         )
         assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.REFUSED, Outcome.DELIVERED]
-        assert "message.max.bytes" in results[1].reason
+        assert "max_message_bytes (10000)" in results[1].reason
     finally:
         await transport.close()
 

@@ -128,6 +128,7 @@ def test_urls() -> None:
         "sasl.password": "s@cret",
     }
     assert Servers.parse("kafka://h:9092/").hosts == ("h:9092",)
+    assert Servers.parse("kafka://[::1]:9092,h-2.example:9093").hosts == ("[::1]:9092", "h-2.example:9093")
     for bad in (
         "amqp://h:1",
         "kafka://",
@@ -137,6 +138,8 @@ def test_urls() -> None:
         "kafka://user:secret@h:9092,h2:99999",
         "kafka://user:secret@h:9092/?security.protocol=SSL",
         "kafka://user:secret@h:9092/topic",
+        "kafka://user:secret@[::1",
+        "kafka://user:secret@[::1:9092",
     ):
         with pytest.raises(ValueError) as refused:
             Servers.parse(bad)

@@ -51,6 +51,8 @@ _OWN = (
 )
 
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+#: host:port, an IPv6 address in brackets ([::1]:9092)
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}")
 _PLACEHOLDER = re.compile(r"\{(exchange|\d+)\}")
 KEYS = ("subject", "id", "none", "header:NAME", "body:PATH")
 
@@ -276,7 +278,7 @@ class Servers:
             )
         userinfo, at, hostlist = authority.rpartition("@")
         hosts = tuple(h for h in hostlist.split(",") if h)
-        if not hosts or any(not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", h) for h in hosts):
+        if not hosts or any(not _HOST_PORT.fullmatch(h) for h in hosts):
             raise ValueError("url must name at least one host:port (kafka://host:port[,host:port...])")
         if any(not 0 < int(h.rpartition(":")[2]) < 65536 for h in hosts):
             raise ValueError(f"url {mask_url(url)!r} needs ports from 1 to 65535")

@@ -117,7 +117,7 @@ class KafkaTransport:
         self.retry_delays = sorted({int(d) for d in retry_delays}) or [1]
         self.max_message_bytes = max_message_bytes
         self._too_large = SendResult(
-            Outcome.REFUSED, f"larger than Kafka's message.max.bytes ({max_message_bytes})"
+            Outcome.REFUSED, f"larger than the transport's max_message_bytes ({max_message_bytes})"
         )
         self.delivery_timeout = delivery_timeout
         self.session_timeout = session_timeout
