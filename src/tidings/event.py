@@ -348,6 +348,8 @@ def check_publisher_headers(headers: dict[str, Any] | None) -> None:
     for its own. (Not asked of events read from the wire: a dead letter carries such headers.)"""
     for key in headers or ():
         name = key.lower() if isinstance(key, str) else ""
+        if not name.isprintable():  # a line break in a name splits a STOMP frame's header line
+            raise InvalidEvent(f"header name {key!r} holds a control character")
         if name.startswith(TRANSPORT_HEADER_PREFIX) and name not in (HOPS_HEADER, REPLAY_HEADER):
             raise InvalidEvent(
                 f"header {key!r}: the prefix {TRANSPORT_HEADER_PREFIX!r} is reserved for tidings' "

@@ -342,6 +342,7 @@ def test_publish_refuses_a_number_no_json_reader_takes(tmp_path: Path) -> None:
         (["publish", "a.b", "--body", "@/dev/zero"], 4, "body file '/dev/zero' is larger than"),
         (["publish", "a.b", "--body", "@"], 4, "--body @ needs a file name"),
         (["schemas", "validate", "base.message", "/dev/zero"], 4, "file '/dev/zero' is larger than"),
+        (["schemas", "validate", "nope.v1", "/dev/null"], 4, "'/dev/null' holds no JSON document to check"),
         (["import-reactobus", "/dev/urandom"], 3, "'/dev/urandom' is larger than"),
         (["demo", "--rate", "nan", "--duration", "1"], 2, "nan is not a number above 0"),
         (["demo", "--rate", "0"], 2, "is not a number above 0"),

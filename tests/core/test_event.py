@@ -261,6 +261,7 @@ def test_a_header_name_longer_than_rabbitmq_keeps_is_refused() -> None:
         ("X-Tidings-Routing-Key", "reserved for tidings' transports"),
         ("x-death", "RabbitMQ's own"),
         ("x-first-death-queue", "RabbitMQ's own"),
+        ("k\n", "holds a control character"),
     ],
 )
 def test_a_header_a_transport_would_take_for_its_own_is_refused_at_publish(

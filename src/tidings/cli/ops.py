@@ -162,6 +162,8 @@ def schemas_validate(
         bodies = [loads(raw)]
     except InvalidEvent:
         bodies = [loads(line) for line in raw.splitlines() if line.strip()]
+    if not bodies:  # "0 document(s) valid" would pass for a check
+        raise InvalidEvent(f"{str(file)!r} holds no JSON document to check")
     for number, body in enumerate(bodies, 1):
         try:
             bus.schemas.validate(type_, body)
