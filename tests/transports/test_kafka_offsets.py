@@ -1,7 +1,11 @@
-"""Which offset a Kafka consumer may commit: never past a message not finished (hypothesis model)."""
+"""Which offset a Kafka consumer may commit: never past a message not finished (hypothesis model);
+what a member says about itself (no broker needed)."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,3 +78,19 @@ def test_released_messages_hold_the_position_but_nobody_waits_for_them() -> None
     offsets.settled("t", 0, 2)
     assert offsets.unsettled("t", 0) == 0  # a rebalance need not wait for it
     assert offsets.to_commit() == {}  # but the position stays before it
+
+
+async def test_a_member_with_no_partition_for_long_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Waiting looks the same as a group the broker no longer balances: after a while, a line."""
+    from tidings.transport import Binding, QueueSpec
+    from tidings.transports.kafka.consume import GroupConsumer
+    from tidings.transports.kafka.transport import KafkaTransport
+
+    member = GroupConsumer(KafkaTransport(session_timeout=2.0), QueueSpec("q", [Binding("x", "#")]), 10)
+    member._tell_if_idle_long()
+    assert "no partition" not in caplog.text  # just started: joining takes a while
+    member._idle_since = time.monotonic() - 61
+    for _ in range(3):
+        member._tell_if_idle_long()
+    assert caplog.text.count("has had no partition for 61s") == 1
+    assert "more members than its topics have partitions, or the broker does not balance it" in caplog.text

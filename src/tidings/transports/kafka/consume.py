@@ -68,6 +68,8 @@ Partition = tuple[str, int]
 POLL_WAIT = 0.05
 #: how often positions that moved are committed while running (always at revoke and stop)
 COMMIT_EVERY = 0.2
+#: seconds without a single partition before a member says so (at least 6 session timeouts)
+IDLE_WARNING = 60.0
 
 
 async def consume(transport: KafkaTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[KafkaDelivery]:
@@ -260,6 +262,9 @@ class GroupConsumer:
         self._due_paused: dict[Partition, int] = {}
         self._full_paused: set[Partition] = set()
         self._assigned: set[Partition] = set()
+        #: since when this member has had no partition at all (None: it has some)
+        self._idle_since: float | None = time.monotonic()
+        self._told_idle = False
         self._last_commit = 0.0
         self._settle_event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -337,6 +342,7 @@ class GroupConsumer:
         if consumer is None:
             return []
         now = time.time()
+        self._tell_if_idle_long()
         self._resume_due(consumer, now)
         if now - self._last_commit >= COMMIT_EVERY:
             self._commit(consumer, self.offsets_to_commit(), sync=False)
@@ -479,6 +485,8 @@ class GroupConsumer:
             self._assigned.add(where)
             self._maybe_seen[where] = ends.get(where, 0)
         log.debug("Kafka consumer of %r was assigned %s", self.queue.name, partitions)
+        if self._assigned:
+            self._idle_since, self._told_idle = None, False
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Give partitions up: wait a moment for their handlers, commit what they finished."""
@@ -505,6 +513,25 @@ class GroupConsumer:
             self._due_paused.pop(where, None)
             self._full_paused.discard(where)
             self._maybe_seen.pop(where, None)
+        if not self._assigned and self._idle_since is None:
+            self._idle_since = time.monotonic()
+
+    def _tell_if_idle_long(self) -> None:
+        """Once, when this member has had nothing to read for long: a consumer that only waits
+        looks the same as one whose group the broker no longer balances (seen on Tansu after
+        members left mid-join), and its messages wait meanwhile, committed nowhere."""
+        limit = max(IDLE_WARNING, 6 * self.transport.session_timeout)
+        if self._told_idle or self._idle_since is None or time.monotonic() - self._idle_since < limit:
+            return
+        self._told_idle = True
+        log.warning(
+            "Kafka consumer of %r has had no partition for %.0fs: the group %r has more members "
+            "than its topics have partitions, or the broker does not balance it (see its "
+            "consumer-group state); its messages wait in Kafka meanwhile",
+            self.queue.name,
+            time.monotonic() - self._idle_since,
+            self.queue.name,
+        )
 
     # -- the event loop's side ------------------------------------------------------------
 
