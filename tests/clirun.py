@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +27,17 @@ def tidings(
         check=False,
     )
     return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+
+
+def started(cwd: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """The command line as a running process (a consumer, serve, tail), its output piped."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TIDINGS_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tidings", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.clirun import ROOT, tidings
+from tests.clirun import ROOT, started, tidings
 
 
 def _count(path: Path) -> int:
@@ -103,25 +103,10 @@ def test_publish_dispatch_and_consume_with_a_callback(tmp_path: Path) -> None:
     )
     body = tmp_path / "body.json"
     body.write_text('{"message": "from a file"}')
-    consumer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tidings",
-            "consume",
-            "--callback",
-            "handler:handle",
-            "--bind",
-            "demo.#",
-            "--queue",
-            "demo-q",
-            "--concurrency",
-            "1",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    consumer = started(
+        tmp_path,
+        *("consume", "--callback", "handler:handle", "--bind", "demo.#", "--queue", "demo-q"),
+        *("--concurrency", "1"),
     )
     try:
         _wait_for_queue(tmp_path, "demo-q")
@@ -213,13 +198,7 @@ def test_serve_runs_the_dispatcher_and_configured_consumers(tmp_path: Path) -> N
         '[consumers.svc]\napp = "svc:app"\n\n'
         '[consumers.plain]\napp = "svc:plain"\nbindings = ["job.finished"]\n'
     )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "serve"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    server = started(tmp_path, "serve")
     try:
         _wait_for_queue(tmp_path, "plain")
         for topic in ("job.started", "job.finished"):
@@ -239,13 +218,7 @@ def test_serve_runs_the_dispatcher_and_configured_consumers(tmp_path: Path) -> N
 def test_tail_shows_published_events(tmp_path: Path) -> None:
     for n in range(3):
         assert tidings(tmp_path, "publish", f"tail.t{n}", "--body", f'{{"n": {n}}}').returncode == 0
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "tail", "tail.#", "--json", "--last", "2"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    follower = started(tmp_path, "tail", "tail.#", "--json", "--last", "2")
     try:
         lines = [follower.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
         assert tidings(tmp_path, "publish", "tail.live", "--body", "{}").returncode == 0
@@ -260,13 +233,8 @@ def test_tail_shows_published_events(tmp_path: Path) -> None:
 def test_tail_stops_on_a_signal_even_started_with_ctrl_c_ignored(tmp_path: Path, sig: int, code: int) -> None:
     # a non-interactive shell starts background jobs with SIGINT ignored; Python then has no Ctrl-C
     assert tidings(tmp_path, "publish", "tail.one", "--body", "{}").returncode == 0
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "tail", "--json"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    follower = started(
+        tmp_path, "tail", "--json", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
     )
     try:
         assert b"tail.one" in follower.stdout.readline()  # type: ignore[union-attr]
@@ -491,13 +459,7 @@ def test_consume_runs_where_the_config_or_its_options_say(tmp_path: Path, comman
         '[transports.lab]\nkind = "embedded"\n\n[connectors.lab]\ntransport = "lab"\nexchange = "jobs"\n\n'
         '[consumers.svc]\ntransport = "lab"\nexchange = "jobs"\n'
     )
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "tidings", *command],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    consumer = started(tmp_path, *command)
     try:
         _wait_for_queue(tmp_path, "svc")
         assert tidings(tmp_path, "publish", "job.done", "--body", "{}").returncode == 0

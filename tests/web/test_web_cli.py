@@ -5,11 +5,9 @@ The processes read the real SQLite archive under the folder's .tidings/.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,20 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clirun import ROOT, tidings
+from tests.clirun import started, tidings
 from tests.web.conftest import free_port
-
-
-def start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("TIDINGS_CONFIG", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "tidings", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -64,7 +50,7 @@ def hold_a_stream(url: str) -> None:
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
 def test_web_serves_until_signalled(tmp_path: Path, sig: int, code: int) -> None:
     port = free_port()
-    process = start(tmp_path, "web", "--listen", f"127.0.0.1:{port}")
+    process = started(tmp_path, "web", "--listen", f"127.0.0.1:{port}")
     try:
         wait_up(f"http://127.0.0.1:{port}/raw", process)
         assert "Live" in httpx.get(f"http://127.0.0.1:{port}/").text
@@ -79,7 +65,7 @@ def test_web_serves_until_signalled(tmp_path: Path, sig: int, code: int) -> None
 def test_serve_adds_the_page_when_web_is_configured(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "tidings.toml").write_text(f'[web]\nlisten = "127.0.0.1:{port}"\nadmin_token = "a"\n')
-    process = start(tmp_path, "serve")
+    process = started(tmp_path, "serve")
     try:
         wait_up(f"http://127.0.0.1:{port}/connectors", process)
         assert "local" in httpx.get(f"http://127.0.0.1:{port}/connectors").text
@@ -104,7 +90,7 @@ def test_a_taken_port_is_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = start(tmp_path, "web", "--listen", f"127.0.0.1:{port}")
+        process = started(tmp_path, "web", "--listen", f"127.0.0.1:{port}")
         assert process.wait(30) == 3
         error = process.stderr.read().decode().strip()  # type: ignore[union-attr]
     assert error.startswith(f"tidings: error: cannot listen on 127.0.0.1:{port}")
