@@ -350,13 +350,20 @@ def check_publisher_headers(headers: dict[str, Any] | None) -> None:
         name = key.lower() if isinstance(key, str) else ""
         if not name.isprintable():  # a line break in a name splits a STOMP frame's header line
             raise InvalidEvent(f"header name {key!r} holds a control character")
-        if name.startswith(TRANSPORT_HEADER_PREFIX) and name not in (HOPS_HEADER, REPLAY_HEADER):
+        if name in BROKER_HEADERS:
+            raise InvalidEvent(f"header {key!r} is RabbitMQ's own (its dead-lettering)")
+        if is_bookkeeping(name):
             raise InvalidEvent(
                 f"header {key!r}: the prefix {TRANSPORT_HEADER_PREFIX!r} is reserved for tidings' "
                 "transports (attempts, dead-letter reasons, routing)"
             )
-        if name in BROKER_HEADERS:
-            raise InvalidEvent(f"header {key!r} is RabbitMQ's own (its dead-lettering)")
+
+
+def is_bookkeeping(header: str) -> bool:
+    """Whether a header is a transport's or a broker's, not the event's (a relay drops them)."""
+    name = header.lower()
+    own = name.startswith(TRANSPORT_HEADER_PREFIX) and name not in (HOPS_HEADER, REPLAY_HEADER)
+    return own or name in BROKER_HEADERS
 
 
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs

@@ -26,7 +26,7 @@ from tidings.config import Config, ConsumerConfig, RelayConfig, archives_outbox
 from tidings.config_checks import check_topic_template
 from tidings.consumer import App
 from tidings.errors import ConfigError, InvalidTopic
-from tidings.event import HOPS_HEADER, Event, year_prefixed
+from tidings.event import HOPS_HEADER, Event, is_bookkeeping, year_prefixed
 from tidings.filters import FilterTimeout, Predicate, compile_filter
 from tidings.handling import Reject
 from tidings.migration import MissingCheck, Sightings
@@ -117,7 +117,10 @@ class Relay:
             self.counters.filtered += 1
             return None
         self.counters.relayed += 1
-        headers = {**event.headers, **self.config.mark, HOPS_HEADER: ",".join([*hops, self.name])}
+        # what the source bus's transports wrote (a dead letter's attempts and reason) is not the
+        # event's: on this bus a consumer would take it for its own count
+        carried = {k: v for k, v in event.headers.items() if not is_bookkeeping(k)}
+        headers = {**carried, **self.config.mark, HOPS_HEADER: ",".join([*hops, self.name])}
         return dataclasses.replace(event, id=self.id_for(event), topic=self.topic_for(event), headers=headers)
 
     def _marked(self, event: Event) -> bool:

@@ -111,6 +111,31 @@ def test_an_event_carrying_the_mark_is_a_loop_and_what_passes_carries_it(tmp_pat
     assert relay.outgoing(Event.create("a.b", {}, headers={"crossed_by": ""})) is not None
 
 
+def test_a_relayed_event_leaves_the_source_bus_bookkeeping_behind(tmp_path: Path) -> None:
+    """A relay reading a dead-letter queue gets events that carry its transport's counts: on the
+    next bus a consumer would take ``x-tidings-attempts`` for its own and give up early."""
+    relay = Relay(bus_of(tmp_path, {"relays": {"x": {}}}), "x")
+    dead = Event.create(
+        "a.b",
+        {},
+        headers={
+            "x-tidings-attempts": 5,
+            "x-tidings-reason": "failed 5 times",
+            "x-death": "[]",
+            "x-tidings-relays": "earlier",
+            "x-tidings-replayed-at": "2026-12-01T00:00:00Z",
+            "lab": "kept",
+        },
+    )
+    out = relay.outgoing(dead)
+    assert out is not None
+    assert out.headers == {
+        "x-tidings-relays": "earlier,x",
+        "x-tidings-replayed-at": "2026-12-01T00:00:00Z",
+        "lab": "kept",
+    }
+
+
 def test_an_id_template_gives_the_same_new_id_for_the_same_event(tmp_path: Path) -> None:
     bus = bus_of(tmp_path, {"relays": {"x": {"id": "{year}-{id}"}}})
     relay = Relay(bus, "x")
