@@ -108,9 +108,15 @@ def test_a_port_that_never_speaks_stomp_is_one_line_and_no_hang(tmp_path: Path) 
     listener.listen(8)
     port = listener.getsockname()[1]
     accepted: list[socket.socket] = []
-    threading.Thread(
-        target=lambda: accepted.extend(iter(lambda: listener.accept()[0], None)), daemon=True
-    ).start()
+
+    def accept_until_closed() -> None:
+        try:
+            while True:
+                accepted.append(listener.accept()[0])
+        except OSError:  # the test closed the listener: done
+            pass
+
+    threading.Thread(target=accept_until_closed, daemon=True).start()
     (tmp_path / "tidings.toml").write_text(
         f'[transports.s]\nkind = "stomp"\nurl = "stomp://guest:guest@127.0.0.1:{port}/"\n'
         'connect_timeout = 2\n\n[connectors.s]\ntransport = "s"\n'
