@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS dead (
 
 #: rows per INSERT statement: 4 parameters a row stays under the oldest SQLite's limit of 999
 ROWS_PER_STATEMENT = 200
+#: the largest seq SQLite stores (a signed 64-bit integer): what an operator may name
+MAX_SEQ = 2**63 - 1
 #: a loop-side commit of at least this many events fsyncs on the loop; a smaller one in a thread
 #: (measured: 64 coroutines publish a third faster with the fsync inline, and a lone publisher's event
 #: reaches its consumer twice as fast with it in a thread, where the loop meanwhile runs the rest)

@@ -40,16 +40,15 @@ class GuardedStdout:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        try:
-            return int(self.stream.write(text))
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+        return int(self._guarded(self.stream.write, text))
 
     def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    @staticmethod
+    def _guarded(call: Any, *args: Any) -> Any:
         try:
-            self.stream.flush()
+            return call(*args)
         except BrokenPipeError:
             raise
         except OSError as exc:

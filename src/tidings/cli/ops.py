@@ -16,6 +16,7 @@ from tidings.cli.commands import ConfigOpt, JsonOpt, check_plugins, load_bus, ou
 from tidings.cli.output import print_rows
 from tidings.errors import ConfigError, InvalidEvent, TidingsError
 from tidings.event import loads
+from tidings.outbox import MAX_SEQ
 from tidings.transport import ExchangeSpec, Findings, Topology
 
 backlog_app = typer.Typer(
@@ -39,8 +40,7 @@ def _ago(moment: float | None) -> str:
     return f"in {delta:.0f}s" if delta >= 0 else f"{-delta:.0f}s ago"
 
 
-#: an outbox seq is a SQLite integer (64 bits, signed); a listing is at most this long
-MAX_SEQ = 2**63 - 1
+#: a listing is at most this long
 MAX_LISTED = 1_000_000
 
 

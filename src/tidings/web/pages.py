@@ -22,6 +22,7 @@ from tidings.archive import Archive
 from tidings.bus import Bus
 from tidings.errors import TidingsError
 from tidings.event import pretty
+from tidings.outbox import MAX_SEQ
 from tidings.web import ops
 from tidings.web import query as q
 from tidings.web.access import TOKEN_COOKIE, Role, bearer_token, csrf_ok, csrf_token, role_of
@@ -137,10 +138,6 @@ async def admin_form(request: Request) -> dict[str, list[str]] | Response:
     if role_of(request) < Role.ADMIN:
         return refused(request, "Retrying, dropping and replaying need the admin token: log in first.")
     return fields
-
-
-#: the largest seq SQLite stores (a signed 64-bit integer)
-MAX_SEQ = 2**63 - 1
 
 
 def _seqs(fields: dict[str, list[str]]) -> list[int] | str | None:
