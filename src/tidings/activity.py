@@ -106,7 +106,10 @@ class BacklogNotices:
             self.connector,
             topic,
             retry_in,
-            " (the connector keeps its order: the events after it wait too)" if self.ordered else "",
+            # one no queue took reached nobody whose order could break: the rest goes on
+            " (the connector keeps its order: the events after it wait too)"
+            if self.ordered and kind != "unroutable"
+            else "",
             reason,
             _hint(self.connector, kind, self.exchange),
         )

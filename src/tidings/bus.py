@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tidings.config import Config, archives_outbox, load_config
+from tidings.connector import Connector
 from tidings.consumer import App
-from tidings.dispatcher import Connector, Dispatcher
+from tidings.dispatcher import Dispatcher
 from tidings.errors import InvalidEvent, TidingsError
 from tidings.event import Event, JSONScalar, Visibility, check_publisher_headers, dumps, json_depth
 from tidings.format import Format, load_format

@@ -20,20 +20,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.activity import Activity, BacklogNotices, events_log
-from tidings.config import ConnectorConfig
+from tidings.connector import Connector
 from tidings.errors import DispatcherBusy, StorageError, TidingsError, TransportError
-from tidings.event import Event
 from tidings.filters import FilterTimeout
-from tidings.format import Format
 from tidings.outbox import Outbox, Row, Settlement
-from tidings.retry import backoff, scheduled
-from tidings.topics import TopicMatcher
-from tidings.transport import ExchangeSpec, Outcome, SendResult, Topology, Transport
+from tidings.retry import backoff
+from tidings.transport import ExchangeSpec, Outcome, SendResult, Topology
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,45 +45,6 @@ PURGE_EVERY = 60.0
 REPORT_EVERY = 1.0
 #: how often a connector holding unroutable events asks its broker whether a queue was bound since
 ROUTES_POLL = 0.5
-
-
-@dataclass(slots=True)
-class ConnectorStats:
-    delivered: int = 0
-    retried: int = 0
-    dead: int = 0
-    down_since: float | None = None
-    last_error: str = ""
-
-
-@dataclass
-class Connector:
-    """A dispatcher destination: where (transport, exchange), how (format), and its policy."""
-
-    name: str
-    transport: Transport
-    format: Format
-    config: ConnectorConfig
-    stats: ConnectorStats = field(default_factory=ConnectorStats)
-    #: what an event must pass besides the topics (the connector's filter, the relays that send
-    #: elsewhere: see Bus.connectors); None: the topics decide alone
-    accepts: Callable[[Event], bool] | None = None
-
-    def __post_init__(self) -> None:
-        self._topics: TopicMatcher[bool] = TopicMatcher()
-        for pattern in self.config.topics:
-            self._topics.add(pattern, True)
-
-    def wants(self, topic: str) -> bool:
-        return bool(self._topics.match(topic))
-
-    def takes_event(self, event: Event) -> bool:
-        """Whether an event is this connector's to carry."""
-        return self.wants(event.topic) and (self.accepts is None or self.accepts(event))
-
-    def retry_delay(self, attempts: int, rng: Callable[[], float] = random.random) -> float:
-        """Delay before retry number ``attempts``: the schedule's entry with ±20 % jitter."""
-        return scheduled(self.config.retry_schedule, attempts, rng)
 
 
 class Dispatcher:
@@ -257,6 +214,8 @@ class ConnectorWorker:
         self.wake = asyncio.Event()
         self.connected = False
         self.next_due: float | None = None
+        #: an ordered connector's backlog holds an entry its new events wait behind
+        self.holding = False
         #: batches sent and not yet settled, oldest first; each settles after its predecessor
         self._in_flight: deque[asyncio.Task[None]] = deque()
         #: the last seq handed to a batch in flight (the cursor when none is)
@@ -376,7 +335,7 @@ class ConnectorWorker:
             return True
         if not self._in_flight:
             return False
-        may_send = self.next_due is None or not config.ordered
+        may_send = not self.holding
         if may_send and window_open:
             # nothing new yet: settle the oldest batch when it is confirmed, unless a publish comes first
             await self._first_of(self._in_flight[0], self.wake.wait())
@@ -387,22 +346,21 @@ class ConnectorWorker:
     def _look(self, after: int, want_new: bool) -> tuple[list[Row], list[Row]]:
         """In the I/O thread, in one go: (due backlog rows, new rows after ``after``).
 
-        Sets :attr:`next_due` when the backlog waits; an ordered connector with a waiting
-        backlog gets no new rows, so new events queue behind it.
+        Sets :attr:`next_due` when the backlog waits; an ordered connector whose backlog holds
+        its order gets no new rows, so new events queue behind it.
         """
         name, config = self.connector.name, self.connector.config
         started = time.monotonic()
         self._caught_up_at = None
-        self.next_due = self.outbox.backlog_next_at(name)
-        if self.next_due is not None:
-            due = self.outbox.backlog_due(
-                name, self.dispatcher.clock(), config.batch_size, contiguous=config.ordered
-            )
+        now = self.dispatcher.clock()
+        self.next_due, self.holding = self.outbox.backlog_next_at(name, ordered=config.ordered)
+        if self.next_due is not None and self.next_due <= now:
+            due = self.outbox.backlog_due(name, now, config.batch_size, ordered=config.ordered)
             if due:
                 self.next_due = None
                 return due, []
-            if config.ordered:
-                return [], []
+        if self.holding:
+            return [], []
         if not want_new:
             return [], []
         new = self.outbox.read_after(after, config.batch_size)

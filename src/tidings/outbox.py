@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS backlog (
     next_at REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (connector, seq)
 ) WITHOUT ROWID;
+-- an ordered connector's later events wait behind every backlog entry but an unroutable one: no
+-- queue was bound for it, so it reached nobody whose order could break (Outbox.backlog_next_at)
+CREATE INDEX IF NOT EXISTS backlog_holding ON backlog (connector, seq)
+    WHERE last_error NOT LIKE 'unroutable%';
+CREATE INDEX IF NOT EXISTS backlog_unroutable ON backlog (connector, next_at)
+    WHERE last_error LIKE 'unroutable%';
+CREATE INDEX IF NOT EXISTS backlog_next ON backlog (connector, next_at);
 CREATE TABLE IF NOT EXISTS dead (
     connector TEXT NOT NULL, seq INTEGER NOT NULL, attempts INTEGER NOT NULL,
     reason TEXT NOT NULL, failed_at REAL NOT NULL,
@@ -59,6 +66,11 @@ CREATE TABLE IF NOT EXISTS dead (
 """
 
 
+#: a backlog entry an ordered connector's later events wait behind, and one they do not (the very
+#: expressions of the partial indexes ``backlog_holding`` and ``backlog_unroutable``: SQLite
+#: uses a partial index only for a query that says the same)
+_HOLDS = "last_error NOT LIKE 'unroutable%'"
+_UNROUTABLE = "last_error LIKE 'unroutable%'"
 #: rows per INSERT statement: 4 parameters a row stays under the oldest SQLite's limit of 999
 ROWS_PER_STATEMENT = 200
 #: the largest seq SQLite stores (a signed 64-bit integer): what an operator may name
@@ -340,29 +352,48 @@ class Outbox:
         count, head_due = row[0]
         return (count, head_due) if count else None
 
-    def backlog_next_at(self, connector: str) -> float | None:
-        """When the oldest backlog entry of a connector is due; None if its backlog is empty.
+    def backlog_next_at(self, connector: str, *, ordered: bool = False) -> tuple[float | None, bool]:
+        """(When the connector's backlog next has an entry due — None if it is empty —, and
+        whether, ``ordered``, its new events must wait behind it.)
 
-        One index lookup, however long the backlog: the dispatcher asks before every batch.
+        Ordered, an entry waits behind the first one that holds the order and is not due (every
+        entry but an unroutable one holds it); so it is due when that first one or any unroutable
+        one is. A few index lookups, however long the backlog: the dispatcher asks before every batch.
         """
-        row = self._read("SELECT next_at FROM backlog WHERE connector = ? ORDER BY seq LIMIT 1", (connector,))
-        return row[0][0] if row else None
-
-    def backlog_due(self, connector: str, now: float, limit: int, *, contiguous: bool = True) -> list[Row]:
-        """Due backlog entries in order; with ``contiguous``, stop at the first one not yet due."""
-        rows = self._read(
-            "SELECT b.seq, e.topic, e.data, b.attempts, b.next_at FROM backlog b "
-            "JOIN events e ON e.seq = b.seq WHERE b.connector = ? ORDER BY b.seq LIMIT ?",
-            (connector, limit),
+        if not ordered:
+            row = self._read("SELECT min(next_at) FROM backlog WHERE connector = ?", (connector,))
+            return row[0][0], False
+        first = self._read(
+            f"SELECT next_at FROM backlog INDEXED BY backlog_holding WHERE connector = ? AND {_HOLDS} "
+            "ORDER BY seq LIMIT 1",
+            (connector,),
         )
-        due = []
-        for seq, topic, data, attempts, next_at in rows:
-            if next_at > now:
-                if contiguous:
-                    break
-                continue
-            due.append(Row(seq, topic, data, attempts))
-        return due
+        unroutable = self._read(
+            "SELECT next_at FROM backlog INDEXED BY backlog_unroutable "
+            f"WHERE connector = ? AND {_UNROUTABLE} ORDER BY next_at LIMIT 1",
+            (connector,),
+        )
+        times = [rows[0][0] for rows in (first, unroutable) if rows]
+        return (min(times) if times else None), bool(first)
+
+    def backlog_due(self, connector: str, now: float, limit: int, *, ordered: bool = False) -> list[Row]:
+        """Due backlog entries in seq order; ``ordered``, none after the first entry that holds
+        the order and is not yet due, but for unroutable ones (:meth:`backlog_next_at`)."""
+        before = MAX_SEQ
+        if ordered:
+            waiting = self._read(
+                f"SELECT min(seq) FROM backlog INDEXED BY backlog_holding WHERE connector = ? AND {_HOLDS} "
+                "AND next_at > ?",
+                (connector, now),
+            )[0][0]
+            before = MAX_SEQ if waiting is None else waiting
+        rows = self._read(
+            "SELECT b.seq, e.topic, e.data, b.attempts FROM backlog b JOIN events e ON e.seq = b.seq "
+            f"WHERE b.connector = ? AND b.next_at <= ? AND (b.seq < ? OR {_UNROUTABLE}) "
+            "ORDER BY b.seq LIMIT ?",
+            (connector, now, before, limit),
+        )
+        return [Row(*row) for row in rows]
 
     def settle(
         self,

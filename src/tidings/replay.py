@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tidings.archive import Archive, Query
 from tidings.bus import Bus
-from tidings.dispatcher import Connector
+from tidings.connector import Connector
 from tidings.errors import ConfigError, InvalidEvent, NotFound
 from tidings.event import REPLAY_HEADER, Event, utcnow
 from tidings.plugins import Registry

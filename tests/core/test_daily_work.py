@@ -61,6 +61,18 @@ def test_a_backlog_notice_is_given_once_per_topic_and_reason(caplog: pytest.LogC
     assert "next try in 25s" in said[3]
 
 
+def test_an_ordered_connector_says_its_events_wait_only_behind_what_holds_the_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notices = BacklogNotices("local", ordered=True)
+    caplog.set_level(logging.WARNING, logger="tidings.activity")
+    notices.kept("a.b", "unroutable: no queue bound for 'a.b'", 5)
+    notices.kept("a.b", "nacked: the broker refused it", 5)
+    unroutable, nacked = (r.getMessage() for r in caplog.records)
+    assert "wait too" not in unroutable  # it reached no queue: the events after it go on
+    assert "the connector keeps its order: the events after it wait too" in nacked
+
+
 def test_backlog_notices_remember_a_bounded_number_of_topics() -> None:
     notices = BacklogNotices("local", limit=10)
     for n in range(1000):

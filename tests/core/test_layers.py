@@ -17,6 +17,7 @@ CORE = [
     "tidings.bus",
     "tidings.config",
     "tidings.config_checks",
+    "tidings.connector",
     "tidings.consumer",
     "tidings.dispatcher",
     "tidings.errors",

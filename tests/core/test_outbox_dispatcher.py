@@ -11,7 +11,8 @@ import pytest
 from tests.core.fakes import ScriptedTransport
 from tidings.bus import Bus
 from tidings.config import ConnectorConfig
-from tidings.dispatcher import Connector, Dispatcher
+from tidings.connector import Connector
+from tidings.dispatcher import Dispatcher
 from tidings.errors import DispatcherBusy
 from tidings.event import Event
 from tidings.formats.native import NativeFormat
@@ -122,6 +123,36 @@ async def test_a_refused_event_waits_in_the_backlog_and_new_events_queue_behind(
     clock.now += 5
     await dispatcher.drain()
     assert transport.delivered_topics() == ["t.0", "t.2", "t.1", "later.0"]
+    assert outbox.status(["c"])[0].backlog == 0
+
+
+async def test_an_unroutable_event_does_not_hold_an_ordered_connector(outbox: Outbox) -> None:
+    clock = Clock()
+    answers = {"t.1": "unroutable: no queue bound for 't.1'", "nack.0": "nack"}
+    transport = ScriptedTransport(
+        lambda m: SendResult(Outcome.RETRY, answers[m.routing_key]) if m.routing_key in answers else DELIVERED
+    )
+    dispatcher = make(outbox, clock, c=transport)
+    outbox.append(events(3))
+    await dispatcher.drain()
+    outbox.append(events(2, "later"))
+    await dispatcher.drain()
+    # it reached no queue, so nobody's order breaks when what follows goes on
+    assert transport.delivered_topics() == ["t.0", "t.2", "later.0", "later.1"]
+    for event in events(1, "nack") + events(1, "after"):  # a batch each: a batch goes out whole
+        outbox.append([event])
+        await dispatcher.drain()
+    assert transport.delivered_topics()[-1] == "later.1", "a nacked event must still hold the order"
+    del answers["nack.0"]
+    clock.now += 5  # both are due; the unroutable one is refused again (its next try in 25 s)
+    await dispatcher.drain()
+    assert transport.delivered_topics()[-2:] == ["nack.0", "after.0"]
+    status = outbox.status(["c"])[0]
+    assert (status.backlog, status.next_retry) == (1, pytest.approx(clock.now + 25))
+    answers.clear()
+    clock.now += 25
+    await dispatcher.drain()
+    assert transport.delivered_topics()[-1] == "t.1"
     assert outbox.status(["c"])[0].backlog == 0
 
 

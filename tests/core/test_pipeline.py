@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from tests.core.fakes import ScriptedTransport
 from tests.waiting import until
 from tidings.config import ConnectorConfig
-from tidings.dispatcher import Connector, ConnectorWorker, Dispatcher
+from tidings.connector import Connector
+from tidings.dispatcher import ConnectorWorker, Dispatcher
 from tidings.errors import TransportError
 from tidings.event import Event
 from tidings.formats.native import NativeFormat
@@ -175,7 +176,10 @@ class RandomBroker(ScriptedTransport):
         if answer == "lost" and self.calls < 40:
             raise TransportError("connection lost")
         results = [
-            SendResult(Outcome.RETRY, "unroutable") if answer == "retry" and i % 3 == 0 else DELIVERED
+            # an unroutable refusal lets an ordered connector's later events pass; a nack holds them
+            SendResult(Outcome.RETRY, "unroutable" if i % 2 else "nack")
+            if answer == "retry" and i % 3 == 0
+            else DELIVERED
             for i in range(len(messages))
         ]
         self.sent.extend(m for m, r in zip(messages, results, strict=True) if r.outcome is Outcome.DELIVERED)

@@ -29,7 +29,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from tests.core.fakes import ScriptedTransport
 from tidings.config import ConnectorConfig
-from tidings.dispatcher import Connector, ConnectorWorker, Dispatcher
+from tidings.connector import Connector
+from tidings.dispatcher import ConnectorWorker, Dispatcher
 from tidings.errors import TransportError
 from tidings.event import Event
 from tidings.formats.native import NativeFormat
@@ -73,6 +74,11 @@ TOPIC_FILTERS = {"a": ["#"], "b": ["m.#"]}
 ANSWER = st.sampled_from([Outcome.DELIVERED, Outcome.DELIVERED, Outcome.RETRY, Outcome.REFUSED])
 
 
+def says_unroutable(seq: int) -> bool:
+    """A RETRY for an odd event says no queue was bound: it does not hold an ordered connector."""
+    return seq % 2 == 1
+
+
 @dataclass
 class Published:
     event: Event
@@ -88,6 +94,8 @@ class Lane:
     spec: LaneSpec
     cursor: int = 0
     backlog: dict[int, tuple[int, float]] = field(default_factory=dict)  # seq -> (attempts, next_at)
+    #: backlog entries last refused as unroutable: the ordered connector's new events pass them
+    aside: set[int] = field(default_factory=set)
     dead: dict[int, int] = field(default_factory=dict)  # seq -> attempts
     delivered: Counter[int] = field(default_factory=Counter)
     #: what the broker answers for an event (absent: DELIVERED)
@@ -234,11 +242,11 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
             seq = self.by_id[str(message.message_id)].seq
             outcome = lane.script.get(seq, Outcome.DELIVERED)
             lane.answers.setdefault(seq, []).append(outcome)
-            return (
-                DELIVERED
-                if outcome is Outcome.DELIVERED
-                else SendResult(outcome, f"scripted {outcome.value}")
-            )
+            if outcome is Outcome.DELIVERED:
+                return DELIVERED
+            if outcome is Outcome.RETRY and says_unroutable(seq):
+                return SendResult(outcome, "unroutable: scripted")
+            return SendResult(outcome, f"scripted {outcome.value}")
 
         return decide
 
@@ -349,6 +357,7 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
         for seq in chosen:
             del lane.dead[seq]
             lane.backlog[seq] = (0, self.clock.now)
+            lane.aside.discard(seq)  # its last error is forgotten: it holds the order again
             lane.answers.pop(seq, None)  # a fresh attempt count: the old answers no longer count
 
     # -- one dispatcher step, predicted and checked ------------------------------------------
@@ -378,16 +387,19 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
         """ConnectorWorker.step as the contract describes it (None: it finds nothing to do)."""
         now = self.clock.now
         if lane.backlog:
-            window = sorted(lane.backlog.items())[:BATCH]
-            due = []
-            for seq, (_, next_at) in window:
-                if next_at <= now:
-                    due.append(seq)
-                elif lane.spec.ordered:
-                    break  # ordered: only a due prefix, so the backlog keeps its order
+            holding = [seq for seq in sorted(lane.backlog) if seq not in lane.aside]
+            # ordered: nothing after the first entry that holds the order and is not due, but
+            # the unroutable ones (they reached nobody whose order could break)
+            first_waiting = next((s for s in holding if lane.backlog[s][1] > now), None)
+            blocked = first_waiting if lane.spec.ordered and first_waiting is not None else float("inf")
+            due = [
+                seq
+                for seq, (_, next_at) in sorted(lane.backlog.items())
+                if next_at <= now and (seq < blocked or seq in lane.aside)
+            ][:BATCH]
             if due:
                 return Plan(due, due, from_backlog=True)
-            if lane.spec.ordered:
+            if lane.spec.ordered and holding:
                 return None  # new events wait behind the backlog
         rows = [e for e in self.events if e.seq > lane.cursor][:BATCH]
         if not rows:
@@ -417,8 +429,9 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
 
         Every batch is in publish order. A batch is either all backlog or all new (past the
         cursor), and new events reach the broker in publish order across batches. With
-        ordered=True no new event is sent while an older one waits in that connector's backlog;
-        an event of the *same* batch may still overtake one the broker answered RETRY.
+        ordered=True no new event is sent while an older one waits in that connector's backlog,
+        unless the broker said it was unroutable; an event of the *same* batch may still overtake
+        one the broker answered RETRY.
         """
         cursor = before.cursors.get(lane.name, 0)
         for batch in batches:
@@ -430,7 +443,7 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
             assert new == seqs, f"a batch mixed backlog and new events: {seqs}"
             assert seqs[0] > lane.last_new_send, f"new event {seqs[0]} sent after {lane.last_new_send}"
             if lane.spec.ordered:
-                waiting = sorted(before.backlog[lane.name])
+                waiting = sorted(set(before.backlog[lane.name]) - lane.aside)
                 assert not waiting, f"new events {seqs} overtook backlog {waiting} of ordered {lane.name}"
             lane.last_new_send = seqs[-1]
 
@@ -455,6 +468,7 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
     def _settle(self, lane: Lane, seq: int, from_backlog: bool) -> None:
         attempts = lane.backlog[seq][0] if from_backlog else 0
         outcome = lane.script.get(seq, Outcome.DELIVERED)
+        lane.aside.discard(seq)
         if outcome is Outcome.DELIVERED:
             lane.backlog.pop(seq, None)
             lane.delivered[seq] += 1
@@ -463,6 +477,8 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
             lane.dead[seq] = attempts + 1
         else:
             lane.backlog[seq] = (attempts + 1, self._next_at(lane, seq, attempts + 1))
+            if says_unroutable(seq):
+                lane.aside.add(seq)
 
     def _next_at(self, lane: Lane, seq: int, attempts: int) -> float:
         """The retry time the outbox recorded, checked to lie within the jittered schedule."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.rig import Rig, rabbitmqctl
-from tidings import Event
+from tidings import App, Event
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -93,3 +93,24 @@ async def test_unroutable_event_waits_in_the_backlog(tmp_path: Path, rabbitmq: s
     assert "unroutable" in str(entry["reason"])
     assert dispatcher.connectors[0].stats.delivered == 0
     await rig.close()
+
+
+async def test_an_unroutable_event_holds_up_no_one(tmp_path: Path, rabbitmq: str) -> None:
+    """On an ordered connector, the events after one no queue is bound for go on while it waits."""
+    rig = Rig(tmp_path)
+    rig.bus.config.connectors["rabbit"].retry_schedule = [600]  # its next try: far beyond the test
+    rig.app = App(rig.queue, transport="rabbit", exchange=rig.exchange, prefetch=50)
+    rig.app.subscribe("fault.#")(rig._record)
+    await rig.start()
+    stray = rig.bus.publish("nobody.listens", {})
+    try:
+        await rig.publish(200)
+        await rig.wait_all_delivered(timeout=60)
+        (entry,) = rig.bus.outbox.entries("rabbit", "backlog")
+    finally:
+        await rig.close()
+    assert entry["id"] == stray.id
+    assert "unroutable" in str(entry["reason"])
+    verdict = rig.verdict()
+    print(verdict.line("an unroutable event first, 200 routable after it"))
+    assert verdict.ok
