@@ -31,6 +31,7 @@ from tidings.format import Format
 from tidings.handling import Context, Counters, Drop, Halt, Reject, Retry, Subscription
 from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
+from tidings.topics import TopicMatcher
 from tidings.transport import Delivery, QueueSpec, Topology, Transport
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ INBOX_PURGE_EVERY = 300.0
 #: seconds between tries to reach a broker that is away at the start (doubling up to the last)
 FIRST_CONNECT_WAIT = 1.0
 LAST_CONNECT_WAIT = 30.0
+#: topics a consumer remembers having warned about (no handler for them)
+UNHANDLED_TOLD_LIMIT = 1000
 
 
 class Consuming(Protocol):
@@ -87,6 +90,11 @@ class Runner:
         self._tasks: set[asyncio.Task[Any]] = set()
         # tasks whose handler still holds one of the concurrency slots
         self._holding: set[asyncio.Task[Any]] = set()
+        #: the patterns the app binds its queue by without a handler: acked in silence
+        self._bound_only: TopicMatcher[bool] = TopicMatcher()
+        for pattern in settings.bindings:
+            self._bound_only.add(pattern, True)
+        self._told_unhandled: set[str] = set()
         counters = app.counters
         self.activity = Activity(
             f"consumer {app.name}",
@@ -323,8 +331,11 @@ class Runner:
 
     async def _call_handlers(self, delivery: Delivery, event: Event, attempt: int) -> BaseException | None:
         context = Context(attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
+        handlers = self.app.handlers_for(event.topic)
+        if not handlers:
+            self._tell_unhandled(event.topic)
         try:
-            for sub in self.app.handlers_for(event.topic):
+            for sub in handlers:
                 args = (event, context) if sub.takes_context else (event,)
                 if sub.is_async:
                     await sub.handler(*args)
@@ -337,6 +348,26 @@ class Runner:
             # consumer goes on rather than ending with exit status 0 as if all were well)
             return exc
         return None
+
+    def _tell_unhandled(self, topic: str) -> None:
+        """Warn once per topic that a message no handler takes is acked without a call.
+
+        Its queue is bound for it by a binding of the app's settings (said on purpose: no warning),
+        by another member of the queue, or by an earlier version of the app. The second is a
+        rolling deploy that adds a subscription: what the old members take, they ack unhandled.
+        """
+        if topic in self._told_unhandled or self._bound_only.match(topic):
+            return
+        if len(self._told_unhandled) >= UNHANDLED_TOLD_LIMIT:
+            self._told_unhandled.clear()
+        self._told_unhandled.add(topic)
+        log.warning(
+            "%s: no handler here for %r: acked without a call (queue %s is bound for it by another "
+            "member, or by an earlier version of this one; see 'A queue's bindings' in docs/guide.md)",
+            self.app.name,
+            topic,
+            self.app.settings.queue,
+        )
 
     async def _settle(
         self, delivery: Delivery, event: Event, attempt: int, outcome: BaseException | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -75,6 +76,28 @@ async def test_sync_and_async_handlers_get_matching_events(bus: Bus, fast_app: A
         ("async", "test.done"),
         ("sync", "build.new"),
     ]
+
+
+async def test_a_member_acks_what_no_handler_of_its_own_takes_and_says_so_once_per_topic(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two members of one queue subscribed differently (a deploy under way): what the old member
+    takes of the new member's subscription, it acks without a call — and warns, once per topic."""
+    old, new = App("svc", prefetch=10), App("svc", prefetch=10)
+    seen: list[str] = []
+    old.subscribe("a.#")(lambda event: seen.append(event.topic))
+    new.subscribe("a.#", "b.#")(lambda event: None)
+    await new.declare(bus)  # binds b.# to the queue they share
+    for topic in ("a.1", "b.1", "b.1", "b.2"):
+        bus.publish(topic, {})
+    await bus.dispatcher().drain()
+    caplog.set_level(logging.WARNING, logger="tidings.runner")
+    async with Running(bus, old):
+        await until(lambda: old.counters.handled == 4)
+    assert seen == ["a.1"]
+    warned = [r.getMessage() for r in caplog.records if "no handler here" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert warned[0].startswith("svc: no handler here for 'b.1': acked without a call (queue svc is bound")
 
 
 async def test_flow_control_exceptions(bus: Bus, fast_app: App) -> None:

@@ -15,7 +15,9 @@ def app() -> App:
     return App("svc", max_attempts=3, retry_schedule=[7, 11])
 
 
-async def test_only_events_the_queue_is_bound_by_are_delivered(bus: Bus, app: App) -> None:
+async def test_only_events_the_queue_is_bound_by_are_delivered(
+    bus: Bus, app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     seen: list[str] = []
     app.subscribe("build.*")(lambda event: seen.append(event.topic))
     app.settings.bindings = ["audit.#"]  # bound, with no handler: acked without a call
@@ -29,6 +31,7 @@ async def test_only_events_the_queue_is_bound_by_are_delivered(bus: Bus, app: Ap
     ]
     assert seen == ["build.new", "build.done"]
     assert app.counters.handled == 3
+    assert "no handler here" not in caplog.text  # bound by its own settings: acked on purpose
 
 
 async def test_delivering_twice_hands_over_only_what_came_since(bus: Bus, app: App) -> None:
