@@ -32,7 +32,7 @@ from tidings.handling import Context, Counters, Drop, Halt, Reject, Retry, Subsc
 from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
 from tidings.topics import TopicMatcher
-from tidings.transport import Delivery, QueueSpec, Topology, Transport
+from tidings.transport import Delivery, QueueSpec, Topology, Transport, WireMessage
 
 if TYPE_CHECKING:
     from tidings.bus import Bus
@@ -46,8 +46,14 @@ INBOX_PURGE_EVERY = 300.0
 #: seconds between tries to reach a broker that is away at the start (doubling up to the last)
 FIRST_CONNECT_WAIT = 1.0
 LAST_CONNECT_WAIT = 30.0
-#: topics a consumer remembers having warned about (no handler for them)
-UNHANDLED_TOLD_LIMIT = 1000
+#: topics a consumer remembers having warned about (none of its bindings selects them)
+NOT_OURS_TOLD_LIMIT = 1000
+
+
+class NotBoundHere(Exception):
+    """The outcome of a message that none of this consumer's bindings selects: another member of
+    the queue bound it (a deploy under way) or an earlier version did. It goes back, counted, for
+    a member that takes it, and to the dead letters at the attempt limit — never acked unhandled."""
 
 
 class Consuming(Protocol):
@@ -90,11 +96,11 @@ class Runner:
         self._tasks: set[asyncio.Task[Any]] = set()
         # tasks whose handler still holds one of the concurrency slots
         self._holding: set[asyncio.Task[Any]] = set()
-        #: the patterns the app binds its queue by without a handler: acked in silence
-        self._bound_only: TopicMatcher[bool] = TopicMatcher()
-        for pattern in settings.bindings:
-            self._bound_only.add(pattern, True)
-        self._told_unhandled: set[str] = set()
+        #: the wire patterns this app binds its queue by (subscriptions and settings' bindings)
+        self._own: TopicMatcher[bool] = TopicMatcher()
+        for binding in app.queue_spec().bindings:
+            self._own.add(binding.pattern, True)
+        self._told_not_ours: set[str] = set()
         counters = app.counters
         self.activity = Activity(
             f"consumer {app.name}",
@@ -332,8 +338,9 @@ class Runner:
     async def _call_handlers(self, delivery: Delivery, event: Event, attempt: int) -> BaseException | None:
         context = Context(attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
         handlers = self.app.handlers_for(event.topic)
-        if not handlers:
-            self._tell_unhandled(event.topic)
+        if not handlers and not self._bound_here(delivery.message):
+            self._tell_not_ours(event.topic)
+            return NotBoundHere(f"none of the bindings of {self.app.name} selects {event.topic!r}")
         try:
             for sub in handlers:
                 args = (event, context) if sub.takes_context else (event,)
@@ -349,24 +356,29 @@ class Runner:
             return exc
         return None
 
-    def _tell_unhandled(self, topic: str) -> None:
-        """Warn once per topic that a message no handler takes is acked without a call.
+    def _bound_here(self, message: WireMessage) -> bool:
+        """Whether this app's own bindings brought the message (one with no handler: on purpose).
 
-        Its queue is bound for it by a binding of the app's settings (said on purpose: no warning),
-        by another member of the queue, or by an earlier version of the app. The second is a
-        rolling deploy that adds a subscription: what the old members take, they ack unhandled.
+        An app that binds nothing reads whatever its queue holds: all of it is its own.
         """
-        if topic in self._told_unhandled or self._bound_only.match(topic):
+        if not len(self._own):
+            return True
+        return any(self._own.match(key) for key in (message.routing_key, *message.cc))
+
+    def _tell_not_ours(self, topic: str) -> None:
+        if topic in self._told_not_ours:
             return
-        if len(self._told_unhandled) >= UNHANDLED_TOLD_LIMIT:
-            self._told_unhandled.clear()
-        self._told_unhandled.add(topic)
+        if len(self._told_not_ours) >= NOT_OURS_TOLD_LIMIT:
+            self._told_not_ours.clear()
+        self._told_not_ours.add(topic)
         log.warning(
-            "%s: no handler here for %r: acked without a call (queue %s is bound for it by another "
-            "member, or by an earlier version of this one; see 'A queue's bindings' in docs/guide.md)",
+            "%s: none of its bindings selects %r: handed back for the member of queue %s that bound "
+            "it, dead-lettered after %d tries (a binding no member needs any more, an earlier "
+            "version's, is to be removed: see 'A queue's bindings' in docs/guide.md)",
             self.app.name,
             topic,
             self.app.settings.queue,
+            self.app.settings.max_attempts,
         )
 
     async def _settle(
