@@ -179,6 +179,53 @@ async def test_topics_from_routing_key_words_and_a_key_from_the_body(kafka: str)
         await transport.close()
 
 
+async def test_a_topic_made_while_no_member_ran_is_read_from_its_beginning(kafka: str) -> None:
+    """A new queue starts at the end of what exists; declaring it again (every consumer's start)
+    must not skip a topic that a routing key word made meanwhile."""
+    prefix = unique("words").replace("-", "_")
+    transport = KafkaTransport(url=kafka, topic=prefix + ".{2}", partitions=2)
+    queue = QueueSpec(unique("svc"), [Binding("adv", "adv.x.*")])
+    topology = Topology([ExchangeSpec("adv")], [queue])
+    try:
+        await transport.connect()
+        before = [WireMessage(routing_key="adv.x.old", body=b"%d" % n) for n in range(5)]
+        assert all(r.outcome is Outcome.DELIVERED for r in await transport.send("adv", before))
+        await transport.declare(topology)  # a new queue: what was there before is not its own
+        later = [WireMessage(routing_key="adv.x.fresh", body=b"%d" % n) for n in range(10)]
+        assert all(r.outcome is Outcome.DELIVERED for r in await transport.send("adv", later))
+        await transport.declare(topology)  # a consumer starts: the queue is declared again
+        stream = transport.consume(queue, prefetch=100)
+        got = await hold(stream, 10)
+        for delivery in got:
+            await delivery.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+    assert sorted(int(d.message.body) for d in got) == list(range(10))
+    assert {d.message.routing_key for d in got} == {"adv.x.fresh"}
+
+
+async def test_bindings_that_read_the_same_topics_make_one_subscription(kafka: str) -> None:
+    """``*.create`` and ``*.modify`` under ``bugzilla.{0}`` both read every ``<prefix>.<word>``
+    topic: librdkafka refuses a subscription that names one pattern twice."""
+    prefix = unique("bz").replace("-", "_")
+    transport = KafkaTransport(url=kafka, topic=prefix + ".{0}")
+    queue = QueueSpec(unique("svc"), [Binding("bz", "*.create"), Binding("bz", "*.modify")])
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec("bz")], [queue]))
+        sent = [WireMessage(routing_key=key, body=b"{}") for key in ("bug.create", "bug.modify", "bug.x")]
+        assert all(r.outcome is Outcome.DELIVERED for r in await transport.send("bz", sent))
+        stream = transport.consume(queue, prefetch=10)
+        got = await hold(stream, 2)
+        for delivery in got:
+            await delivery.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+    assert sorted(d.message.routing_key for d in got) == ["bug.create", "bug.modify"]
+
+
 async def test_a_rebalance_loses_nothing_and_hands_nothing_out_twice_in_the_normal_case(kafka: str) -> None:
     """Two members share a queue; a third joins in the middle; every message is handled once."""
     exchange, name = unique("rebal"), unique("rebal-q")
