@@ -14,6 +14,7 @@ import pytest
 from tests.clirun import tidings
 from tests.conftest import delete_amqp_topology
 from tests.faultproxy import FaultProxy
+from tests.faults.rig import rabbitmqctl
 from tests.transports.conformance import hold, message
 from tidings.errors import ConfigError, TransportError
 from tidings.plugins import Plugin
@@ -255,3 +256,47 @@ async def test_stomp_and_amqp_consumers_share_a_queue_and_its_attempts(
     await dead.aclose()  # type: ignore[attr-defined]
     assert (letter.message.headers[REASON_HEADER], letter.message.headers[ATTEMPTS_HEADER]) == ("gave up", 4)
     assert letter.message.message_id == sent.message_id
+
+
+async def test_a_retry_or_dead_letter_into_a_queue_that_is_gone_fails_and_the_message_stays(
+    shared: tuple[StompTransport, AmqpTransport, QueueSpec, str],
+) -> None:
+    """RabbitMQ's STOMP adapter would confirm a SEND to a missing queue and drop it; the original,
+    acked after it, would be lost. The copy goes over AMQP, mandatory: the settle fails instead."""
+    over_stomp, _, queue, exchange = shared
+    sent = message("gone.one")
+    assert (await over_stomp.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
+    stream = over_stomp.consume(queue, prefetch=1)  # (declares the queue's own queues)
+    (delivery,) = await hold(stream, 1)
+    retry_queue, _ = over_stomp.retry_queue_for(queue.name, 1)
+    for gone in (retry_queue, queue.dead_letter_queue):
+        await asyncio.to_thread(rabbitmqctl, "delete_queue", gone)
+    with pytest.raises(TransportError, match="unroutable"):
+        await delivery.retry(1, "try 1")
+    with pytest.raises(TransportError, match="unroutable"):
+        await delivery.reject("gave up")
+    await stream.aclose()  # type: ignore[attr-defined]  # unacked: back on its queue
+    again = over_stomp.consume(queue, prefetch=1)
+    (back,) = await hold(again, 1)
+    await back.ack()
+    await again.aclose()  # type: ignore[attr-defined]
+    assert back.message.message_id == sent.message_id
+
+
+async def test_the_doctor_checks_what_was_declared_as_stomp_maps_it(stomp: str, rabbitmq: str) -> None:
+    """``/topic/`` destinations bind on amq.topic; ``declare = false`` still has its queues checked
+    (retries and dead letters go into them)."""
+    exchange, name = f"doc.{uuid.uuid4().hex[:6]}", f"doc-{uuid.uuid4().hex[:6]}"
+    topology = Topology([ExchangeSpec(exchange)], [QueueSpec(name, [Binding(exchange, "doc.#")])])
+    as_topics = StompTransport(url=stomp, destination="topic", retry_delays=[1])
+    try:
+        await as_topics.declare(topology)
+        assert (await as_topics.verify(topology)).problems == []
+        undeclared = Topology([ExchangeSpec(exchange)], [QueueSpec(f"{name}-never", [])])
+        not_declaring = StompTransport(url=stomp, declare=False, retry_delays=[1])
+        found = await not_declaring.verify(undeclared)
+        await not_declaring.close()
+        assert any(f"{name}-never" in problem for problem in found.problems), found
+    finally:
+        await as_topics.close()
+        await delete_amqp_topology(rabbitmq, [name], [])

@@ -25,6 +25,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import stomp
@@ -45,8 +46,10 @@ from tidings.transport import (
 )
 from tidings.transports.stomp import DEFAULT_URL, Address
 from tidings.transports.stomp.frames import reserved_headers, send_headers
+from tidings.transports.textheaders import to_text
 
 if TYPE_CHECKING:
+    from tidings.transports.amqp.transport import AmqpTransport
     from tidings.transports.stomp.dead import StompDeadLetters
 
 log = logging.getLogger(__name__)
@@ -283,6 +286,8 @@ class StompTransport:
         #: the consumers' connections, closed with the transport
         self.consumer_links: set[Link] = set()
         self.closed = False
+        #: the AMQP side's connection that puts retries and dead letters into their queues
+        self._forwarder: AmqpTransport | None = None
 
     # -- connection -------------------------------------------------------------------
 
@@ -306,6 +311,9 @@ class StompTransport:
         link, self._link = self._link, None
         if link is not None:
             await link.close()
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            await forwarder.close()
 
     # -- topology ----------------------------------------------------------------------
 
@@ -317,13 +325,18 @@ class StompTransport:
         chosen = next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
         return f"{queue}.retry.{chosen}s", chosen
 
-    async def declare(self, topology: Topology) -> None:
-        """Declare over AMQP 0-9-1 what the AMQP transport would: the same queues, shareable."""
-        if not self.declares:
-            return
+    def amqp_side(self) -> AmqpTransport:
+        """The same broker over AMQP 0-9-1 at ``amqp_url``: what STOMP cannot do (declare, check,
+        put a copy into a queue that must exist, read dead letters) is done there."""
         from tidings.transports.amqp.transport import AmqpTransport
 
-        mapped = Topology(
+        return AmqpTransport(
+            self._amqp_url, retry_delays=self.retry_delays, connect_timeout=self.connect_timeout
+        )
+
+    def _as_amqp(self, topology: Topology) -> Topology:
+        """The topology as the AMQP side sees it: exchanges named as STOMP destinations map them."""
+        return Topology(
             [
                 ExchangeSpec(
                     self.exchange_for(e.name), e.type, e.durable, e.passive or e.name.startswith("amq.")
@@ -341,12 +354,15 @@ class StompTransport:
                 for q in topology.queues
             ],
         )
-        amqp = AmqpTransport(
-            self._amqp_url, retry_delays=self.retry_delays, connect_timeout=self.connect_timeout
-        )
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare over AMQP 0-9-1 what the AMQP transport would: the same queues, shareable."""
+        if not self.declares:
+            return
+        amqp = self.amqp_side()
         try:
             await amqp.connect()
-            await amqp.declare(mapped)
+            await amqp.declare(self._as_amqp(topology))
         except TransportError as exc:
             raise TransportError(f"declaring for STOMP over AMQP: {exc}") from None
         finally:
@@ -390,10 +406,18 @@ class StompTransport:
         return [_result(answer, self.receipt_timeout) for answer in batch.answers]
 
     async def forward(self, queue: str, message: WireMessage, extra: dict[str, Any]) -> None:
-        """Send a copy straight into one of RabbitMQ's queues (a retry queue, the dead letters)."""
-        (result,) = await self.send_frames(
-            [(f"/amq/queue/{queue}", message.body, send_headers(message, extra))]
+        """Put a confirmed copy into one of RabbitMQ's queues (a retry queue, the dead letters).
+
+        Over the AMQP side, published ``mandatory``: RabbitMQ's STOMP adapter confirms a SEND to a
+        queue that does not exist and drops it — and the original, acked after it, would be lost.
+        A copy no queue takes fails here, and the original stays on its queue.
+        """
+        if self._forwarder is None:
+            self._forwarder = self.amqp_side()
+        copy = replace(
+            message, headers=to_text({**message.headers, **extra}), routing_key=queue, exchange="", cc=[]
         )
+        (result,) = await self._forwarder.send("", [copy])
         if result.outcome is not Outcome.DELIVERED:
             raise TransportError(f"moving message {message.message_id} to {queue} failed: {result.reason}")
 
@@ -418,17 +442,10 @@ class StompTransport:
         except TransportError as exc:
             found.problems.append(str(exc))
             return found
-        if not self.declares:
-            found.notes.append("declare = false: queues and bindings are not checked")
-            return found
-        from tidings.transports.amqp.transport import AmqpTransport
-
-        amqp = AmqpTransport(
-            self._amqp_url, retry_delays=self.retry_delays, connect_timeout=self.connect_timeout
-        )
+        amqp = self.amqp_side()
         try:
             await amqp.connect()
-            return await amqp.verify(topology)
+            return await amqp.verify(self._as_amqp(topology))
         except TransportError as exc:
             found.problems.append(f"declaring for STOMP over AMQP: {exc}")
             return found
