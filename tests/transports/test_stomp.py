@@ -63,6 +63,30 @@ def test_urls_and_options_are_checked_when_the_config_is_read() -> None:
         assert "topsecret" not in str(refused.value)
 
 
+def test_the_amqp_side_is_checked_when_the_config_is_read_and_keeps_an_ipv6_host() -> None:
+    plugin: Plugin = transport_plugin("stomp")
+    for url, problem in (("http://x", "must look like amqp://"), ("amqp://h:99999/", "not a URL")):
+        with pytest.raises(ConfigError, match=problem):
+            plugin.parse({"amqp_url": url}, "transports.s")
+    assert Address.parse("stomp://u:p@[::1]:61613/").amqp_url() == "amqp://u:p@[::1]:5672/%2F"
+
+
+async def test_a_queue_name_that_cannot_work_is_one_line_before_anything_is_declared(
+    stomp: str, rabbitmq: str
+) -> None:
+    transport = StompTransport(url=stomp, retry_delays=[1])
+    try:
+        for name, problem in (
+            ("svc/x", "a '/' cannot be in it"),
+            ("svc\\x", "only letters, digits"),
+            ("s" * 250, "over AMQP's 255"),  # its retry queue's name is longer still
+        ):
+            with pytest.raises(ConfigError, match=problem):
+                await transport.declare(Topology([], [QueueSpec(name, [Binding("x", "#")])]))
+    finally:
+        await transport.close()
+
+
 def test_a_message_keeps_its_typed_headers_through_frame_headers() -> None:
     sent = WireMessage(
         routing_key="bug.modify",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -190,6 +191,7 @@ class AmqpTransport:
 
     async def declare(self, topology: Topology) -> None:
         """Declare (or passively check) exchanges, queues with their retry and dead-letter queues."""
+        self.check_names(topology)
         channel = await self._publish_channel()
         try:
             for exchange in topology.exchanges:
@@ -216,6 +218,18 @@ class AmqpTransport:
         self.declared.queues.extend(
             q for q in topology.queues if q.name not in {d.name for d in self.declared.queues}
         )
+
+    def check_names(self, topology: Topology) -> None:
+        """Refuse, in one line, a name AMQP cannot carry — before the client library raises on it."""
+        named = [("exchange", e.name) for e in topology.exchanges]
+        for queue in topology.queues:
+            named += [("exchange", b.exchange) for b in queue.bindings]
+            owned = [queue.dead_letter_queue, *(retry_queue(queue.name, d) for d in self.retry_delays)]
+            named += [("queue", queue.name), *(("queue", name) for name in owned)]
+        for kind, name in named:
+            problem = amqp_name_problem(name)
+            if problem:
+                raise ConfigError(f"{kind} name {name!r} cannot be used on AMQP: {problem}")
 
     async def declare_queue(self, channel: aiormq.abc.AbstractChannel, queue: QueueSpec) -> None:
         arguments = dict(queue.arguments)
@@ -465,3 +479,17 @@ def _entity(exc: BaseException) -> str:
 def _retrieve_error(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+#: what an exchange or a queue name may hold (the AMQP client library's rule) and its length
+AMQP_NAME = re.compile(r"[a-zA-Z0-9-_.:@#,/+ ]*")
+AMQP_NAME_BYTES = 255
+
+
+def amqp_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an exchange or a queue over AMQP (None: it can)."""
+    if len(name.encode()) > AMQP_NAME_BYTES:
+        return f"{len(name.encode())} bytes, over AMQP's {AMQP_NAME_BYTES}"
+    if not AMQP_NAME.fullmatch(name):
+        return "only letters, digits, spaces and - _ . : @ # , / + can be in it"
+    return None

@@ -70,7 +70,8 @@ class Address:
             auth += "@"
         scheme = "amqps" if self.tls else "amqp"
         port = 5671 if self.tls else 5672
-        return f"{scheme}://{auth}{self.host}:{port}/{quote(self.vhost, safe='')}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"{scheme}://{auth}{host}:{port}/{quote(self.vhost, safe='')}"
 
 
 class StompSettings(Settings):
@@ -99,6 +100,14 @@ class StompSettings(Settings):
 
     def __post_init__(self) -> None:
         Address.parse(self.url)  # a ValueError names what is wrong
+        if self.amqp_url is not None:
+            try:
+                parts = urlsplit(self.amqp_url)
+                parts.port  # noqa: B018 (raises on a port that is no number or out of range)
+            except ValueError:
+                raise ValueError("amqp_url is not a URL") from None
+            if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+                raise ValueError("amqp_url must look like amqp://user:password@host:5672/vhost")
 
 
 PLUGIN = Plugin(

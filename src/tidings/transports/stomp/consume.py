@@ -34,7 +34,7 @@ from tidings.transport import (
     death_headers,
 )
 from tidings.transports.stomp.frames import ROUTING_KEY_HEADER, received
-from tidings.transports.stomp.transport import LOST, Link, StompTransport
+from tidings.transports.stomp.transport import LOST, Link, StompTransport, check_queue_name
 
 log = logging.getLogger(__name__)
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 10.0
@@ -147,6 +147,7 @@ async def consume(transport: StompTransport, queue: QueueSpec, prefetch: int) ->
 
 
 async def _subscribe(transport: StompTransport, link: Link, queue: QueueSpec, prefetch: int) -> None:
+    check_queue_name(queue.name)
     if queue.bindings:  # a reconnect finds the queue again, as the AMQP transport would make it
         await transport.declare(Topology(transport.declared.exchanges, [queue]))
     await link.open()

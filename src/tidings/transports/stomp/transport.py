@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import stomp
 from stomp.exception import ConnectFailedException, NotConnectedException
 
-from tidings.errors import ConnectionLost, TransportError
+from tidings.errors import ConfigError, ConnectionLost, TransportError
 from tidings.redact import mask_url
 from tidings.transport import (
     DELIVERED,
@@ -357,6 +357,8 @@ class StompTransport:
 
     async def declare(self, topology: Topology) -> None:
         """Declare over AMQP 0-9-1 what the AMQP transport would: the same queues, shareable."""
+        for queue in topology.queues:
+            check_queue_name(queue.name)
         if not self.declares:
             return
         amqp = self.amqp_side()
@@ -488,3 +490,10 @@ def _refusal(message: WireMessage) -> SendResult | None:
 def _text(body: Any) -> str:
     raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
     return " ".join(raw.split())
+
+
+def check_queue_name(name: str) -> None:
+    """A queue is subscribed as ``/amq/queue/<name>``: RabbitMQ would read what follows a '/' as
+    more of the path, and the subscription would never get a message."""
+    if "/" in name:
+        raise ConfigError(f"queue name {name!r} cannot be used over STOMP: a '/' cannot be in it")
