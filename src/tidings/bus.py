@@ -202,6 +202,7 @@ class Bus:
 
     def make_transport(self, name: str) -> Transport:
         """A new (unconnected) transport: each event loop needs its own connection."""
+        name = self.config.transport_name(name)
         kind, options = self.config.transport_options(name)
         return load_transport(kind, options, f"[transports.{name}]")
 

@@ -15,7 +15,7 @@ import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -307,7 +307,13 @@ class Config(_Strict):
     def archive_path(self) -> Path:
         return self._resolve(self.archive.path if self.archive else "archive.db")
 
+    def transport_name(self, name: str) -> str:
+        """The configured transport ``name`` means: ``"local"`` (what an App made in code uses when
+        it names none) is the only transport there is, when none has that name."""
+        return (only_transport(self.transports) or name) if name == "local" else name
+
     def transport_options(self, name: str) -> tuple[str, dict[str, Any]]:
+        name = self.transport_name(name)
         try:
             options = dict(self.transports[name])
         except KeyError:
@@ -347,7 +353,27 @@ def _with_defaults(config: Config) -> Config:
         connectors = {"local": ConnectorConfig(transport="local")}
     if config.archive is not None and config.archive.from_outbox():
         connectors = _archive_connector(config.archive, connectors)
-    return msgspec.structs.replace(config, transports=transports, connectors=connectors)
+    consumers, reactor = config.consumers, config.reactor
+    only = only_transport(transports)
+    if only is not None:  # a section that names no transport means the one there is
+        consumers = {name: _on(table, only) for name, table in consumers.items()}
+        reactor = _on(reactor, only)
+    return msgspec.structs.replace(
+        config, transports=transports, connectors=connectors, consumers=consumers, reactor=reactor
+    )
+
+
+def only_transport(transports: dict[str, Any]) -> str | None:
+    """The transport that ``"local"`` (what a consumer uses when it names none) stands for when no
+    transport has that name and exactly one is configured; None otherwise."""
+    return next(iter(transports)) if "local" not in transports and len(transports) == 1 else None
+
+
+S = TypeVar("S", ConsumerConfig, ReactorSection)
+
+
+def _on(table: S, only: str) -> S:
+    return msgspec.structs.replace(table, transport=only) if table.transport == "local" else table
 
 
 def _archive_connector(

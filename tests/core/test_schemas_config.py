@@ -91,6 +91,24 @@ def test_no_config_means_the_embedded_default(tmp_path: Path, monkeypatch: pytes
     assert config.outbox_path() == Path(".tidings") / "outbox.db"
 
 
+def test_a_consumer_that_names_no_transport_uses_the_only_one(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.broker]\nkind = "embedded"\n[connectors.out]\ntransport = "broker"\n'
+        '[consumers.svc]\nbindings = ["a.#"]\n[reactor]\nexchange = "tidings"\n'
+    )
+    bus = Bus.load(tmp_path / "tidings.toml")
+    assert bus.config.consumers["svc"].transport == "broker"
+    assert bus.config.reactor.transport == "broker"
+    assert type(bus.make_transport("local")).__name__ == "EmbeddedTransport"  # App("svc") in code
+    bus.close()
+    (tmp_path / "two.toml").write_text(
+        '[transports.a]\nkind = "embedded"\n[transports.b]\nkind = "embedded"\n'
+        '[connectors.out]\ntransport = "a"\n[consumers.svc]\nbindings = ["a.#"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"\[consumers.svc\] names transport 'local'"):
+        load_config(tmp_path / "two.toml")  # which one is meant: the config must say
+
+
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "t.toml").write_text(

@@ -85,10 +85,9 @@ def find_target(bus: Bus, name: str, transport: str | None) -> Target:
 
 def _default_transport(bus: Bus) -> str:
     names = list(bus.config.transports)
-    if "local" in names:  # what a consumer uses when its section names none
-        return "local"
-    if len(names) == 1:
-        return names[0]
+    name = bus.config.transport_name("local")  # what a consumer uses when it names none
+    if name in names:
+        return name
     raise ConfigError(
         f"QUEUE is not a configured consumer: say which transport it is on with --transport "
         f"(configured: {', '.join(names)})"
