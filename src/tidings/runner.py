@@ -356,6 +356,12 @@ class Runner:
             return exc
         return None
 
+    def _broker_wait(self, delay: float) -> float:
+        """How long a retry asked to wait ``delay`` s really waits on this transport (a broker
+        with fixed retry queues takes the nearest; others wait exactly)."""
+        wait = getattr(self.transport, "retry_wait", None)
+        return float(wait(delay)) if wait is not None else delay
+
     def _bound_here(self, message: WireMessage) -> bool:
         """Whether this app's own bindings brought the message (one with no handler: on purpose).
 
@@ -416,13 +422,15 @@ class Runner:
             else self.app.retry_delay(attempt)
         )
         counters.retried += 1
+        waits = self._broker_wait(delay)
         log.info(
-            "%s: event %s attempt %d failed (%r), retrying in %.1fs",
+            "%s: event %s attempt %d failed (%r), retrying in %.1fs%s",
             self.app.name,
             event.id,
             attempt,
             outcome,
-            delay,
+            waits,
+            "" if waits == delay else f" (asked {delay:g}s: the nearest of the broker's retry queues)",
         )
         await delivery.retry(delay, repr(outcome)[:1000], attempts=attempt)
 

@@ -255,8 +255,12 @@ class AmqpTransport:
 
     def retry_queue_for(self, queue: str, delay: float) -> tuple[str, int]:
         """The retry queue whose delay is the smallest at least ``delay`` (else the longest)."""
-        chosen = next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
+        chosen = self.retry_wait(delay)
         return retry_queue(queue, chosen), chosen
+
+    def retry_wait(self, delay: float) -> int:
+        """How long a retry asked to wait ``delay`` s really waits: its retry queue's delay."""
+        return next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
 
     # -- sending ----------------------------------------------------------------------
 

@@ -224,6 +224,11 @@ class KafkaTransport:
         chosen = next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
         return f"{queue}.retry.{chosen}s", chosen
 
+    def retry_wait(self, delay: float) -> float:
+        """How long a retry asked to wait ``delay`` s really waits: its retry topic's delay, or
+        ``delay`` itself past the longest (it goes round that topic until then)."""
+        return self.retry_topic("", delay)[1] if delay <= self.retry_delays[-1] else delay
+
     def queue_topics(self, queue: str) -> list[str]:
         """The topics a queue owns: its retry topics and its dead letters."""
         return [f"{queue}.retry.{d}s" for d in self.retry_delays] + [f"{queue}.dead"]

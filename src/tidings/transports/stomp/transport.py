@@ -322,8 +322,12 @@ class StompTransport:
         return "amq.topic" if self.destination == "topic" else exchange
 
     def retry_queue_for(self, queue: str, delay: float) -> tuple[str, int]:
-        chosen = next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
+        chosen = self.retry_wait(delay)
         return f"{queue}.retry.{chosen}s", chosen
+
+    def retry_wait(self, delay: float) -> int:
+        """How long a retry asked to wait ``delay`` s really waits: its retry queue's delay."""
+        return next((d for d in self.retry_delays if d >= delay), self.retry_delays[-1])
 
     def amqp_side(self) -> AmqpTransport:
         """The same broker over AMQP 0-9-1 at ``amqp_url``: what STOMP cannot do (declare, check,
