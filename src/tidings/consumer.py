@@ -112,7 +112,9 @@ class App:
             known = ", ".join(sorted(bus.config.consumers)) or "none"
             raise ConfigError(f"no consumer named {name!r} is configured (configured: {known})")
         where = f"[consumers.{name}]"
-        found = import_object(section.app, f"{where} app") if section.app else None
+        found = (
+            import_object(section.app, f"{where} app", beside=bus.config.base_dir) if section.app else None
+        )
         if isinstance(found, App):
             found.configure(section)
             return found

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -135,11 +136,12 @@ class Registry:
             raise ConfigError(f"{self.what} {name!r} cannot be loaded from {target}: {exc}") from None
 
 
-def import_object(target: str, what: str = "") -> Any:
+def import_object(target: str, what: str = "", *, beside: str | None = None) -> Any:
     """``module:attribute``, imported; every way that can fail is a ConfigError naming the module.
 
     The current folder's modules are importable, as with ``python -m``: a service's own code
-    (``myservice:app``) is found where the command runs.
+    (``myservice:app``) is found where the command runs — and, named in a config file (its
+    folder given as ``beside``), beside that file too, wherever the command runs.
     """
     import sys
 
@@ -149,6 +151,8 @@ def import_object(target: str, what: str = "") -> Any:
         raise ConfigError(f"{label}{target!r} is not MODULE:ATTRIBUTE")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
+    if beside is not None and str(Path(beside).resolve()) not in sys.path:
+        sys.path.insert(1, str(Path(beside).resolve()))  # after the current folder
     try:
         module = import_module(module_name)
     except SyntaxError as exc:

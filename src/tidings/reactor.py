@@ -126,7 +126,7 @@ def _rule_app(bus: Bus, rule: Rule, slots: asyncio.Semaphore) -> App:
         retry_schedule=rule.config.retry_schedule,
         concurrency=section.workers,
     )
-    target = _callable(rule) if rule.config.call else None
+    target = _callable(rule, bus.config.base_dir) if rule.config.call else None
 
     async def react(event: Event) -> None:
         try:
@@ -197,8 +197,8 @@ async def _call(target: Callable[[Event], Any], event: Event) -> None:
         await asyncio.to_thread(target, event)
 
 
-def _callable(rule: Rule) -> Callable[[Event], Any]:
-    found = import_object(rule.config.call, f"[reactor.rules.{rule.name}] call")
+def _callable(rule: Rule, config_dir: str) -> Callable[[Event], Any]:
+    found = import_object(rule.config.call, f"[reactor.rules.{rule.name}] call", beside=config_dir)
     if not callable(found):
         raise ConfigError(f"[reactor.rules.{rule.name}] call {rule.config.call!r} is not callable")
     return found  # type: ignore[no-any-return]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,24 @@ def test_a_consumer_that_names_no_transport_uses_the_only_one(tmp_path: Path) ->
     )
     with pytest.raises(ConfigError, match=r"\[consumers.svc\] names transport 'local'"):
         load_config(tmp_path / "two.toml")  # which one is meant: the config must say
+
+
+def test_a_consumers_app_is_found_beside_its_config_wherever_the_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings import App
+
+    here, elsewhere = tmp_path / "service", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    module = f"svc_{tmp_path.name.replace('-', '_')}"  # its own name: not one imported before
+    (here / f"{module}.py").write_text("from tidings import App\napp = App('svc')\n")
+    (here / "tidings.toml").write_text(f'[consumers.svc]\napp = "{module}:app"\nbindings = ["a.#"]\n')
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # what the import adds goes away after
+    bus = Bus.load(here / "tidings.toml")
+    assert isinstance(App.from_config(bus, "svc"), App)
+    bus.close()
 
 
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
