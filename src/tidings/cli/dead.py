@@ -110,8 +110,10 @@ def run(bus: Bus, target: Target, work: Callable[[DeadLetters], Awaitable[T]]) -
 
 
 def _which(ids: list[str], all_: bool) -> list[str] | None:
-    if bool(ids) == all_:
+    if ids and all_:
         raise UsageError("say which dead letters: --id ID (repeatable) or --all, not both")
+    if not ids and not all_:
+        raise UsageError("say which dead letters: --id ID (repeatable) or --all")
     return None if all_ else ids
 
 
