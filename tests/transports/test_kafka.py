@@ -11,7 +11,7 @@ import pytest
 
 from tests.clirun import tidings
 from tests.ledger import check
-from tests.transports.conformance import hold, message
+from tests.transports.conformance import hold, message, take
 from tidings.errors import TransportError
 from tidings.transport import Binding, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
 from tidings.transports.kafka import KafkaTransport
@@ -194,11 +194,7 @@ async def test_a_topic_made_while_no_member_ran_is_read_from_its_beginning(kafka
         later = [WireMessage(routing_key="adv.x.fresh", body=b"%d" % n) for n in range(10)]
         assert all(r.outcome is Outcome.DELIVERED for r in await transport.send("adv", later))
         await transport.declare(topology)  # a consumer starts: the queue is declared again
-        stream = transport.consume(queue, prefetch=100)
-        got = await hold(stream, 10)
-        for delivery in got:
-            await delivery.ack()
-        await stream.aclose()  # type: ignore[attr-defined]
+        got = await take(transport, queue, 10, prefetch=100)
     finally:
         await transport.close()
     assert sorted(int(d.message.body) for d in got) == list(range(10))
@@ -216,11 +212,7 @@ async def test_bindings_that_read_the_same_topics_make_one_subscription(kafka: s
         await transport.declare(Topology([ExchangeSpec("bz")], [queue]))
         sent = [WireMessage(routing_key=key, body=b"{}") for key in ("bug.create", "bug.modify", "bug.x")]
         assert all(r.outcome is Outcome.DELIVERED for r in await transport.send("bz", sent))
-        stream = transport.consume(queue, prefetch=10)
-        got = await hold(stream, 2)
-        for delivery in got:
-            await delivery.ack()
-        await stream.aclose()  # type: ignore[attr-defined]
+        got = await take(transport, queue, 2, prefetch=10)
     finally:
         await transport.close()
     assert sorted(d.message.routing_key for d in got) == ["bug.create", "bug.modify"]
