@@ -112,6 +112,8 @@ async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
         reader = Consumer(config)
         try:
             partitions = _partitions(reader, topics, retry_topics, transport.connect_timeout)
+            if not partitions:
+                return
             committed = reader.committed(partitions, timeout=transport.connect_timeout)
             if any(tp.offset >= 0 for tp in committed):
                 return  # a group declared before: its positions stand, the rest from the beginning
