@@ -357,41 +357,60 @@ class Outbox:
         whether, ``ordered``, its new events must wait behind it.)
 
         Ordered, an entry waits behind the first one that holds the order and is not due (every
-        entry but an unroutable one holds it); so it is due when that first one or any unroutable
-        one is. A few index lookups, however long the backlog: the dispatcher asks before every batch.
+        entry but an unroutable one holds it); so the next due is that first holding entry's, or
+        an unroutable one's before it. The dispatcher asks before every batch: index lookups, and
+        a range of the unroutable entries older than the first holding one.
         """
         if not ordered:
             row = self._read("SELECT min(next_at) FROM backlog WHERE connector = ?", (connector,))
             return row[0][0], False
         first = self._read(
-            f"SELECT next_at FROM backlog INDEXED BY backlog_holding WHERE connector = ? AND {_HOLDS} "
+            f"SELECT seq, next_at FROM backlog INDEXED BY backlog_holding WHERE connector = ? AND {_HOLDS} "
             "ORDER BY seq LIMIT 1",
             (connector,),
         )
-        unroutable = self._read(
-            "SELECT next_at FROM backlog INDEXED BY backlog_unroutable "
-            f"WHERE connector = ? AND {_UNROUTABLE} ORDER BY next_at LIMIT 1",
-            (connector,),
+        if not first:
+            row = self._read(
+                "SELECT next_at FROM backlog INDEXED BY backlog_unroutable "
+                f"WHERE connector = ? AND {_UNROUTABLE} ORDER BY next_at LIMIT 1",
+                (connector,),
+            )
+            return (row[0][0] if row else None), False
+        ((seq, next_at),) = first
+        # every entry before the first holding one is an unroutable one (the subquery's order
+        # makes this a range of the primary key, not a walk over the connector's whole backlog)
+        before = self._read(
+            "SELECT min(next_at) FROM "
+            "(SELECT next_at FROM backlog WHERE connector = ? AND seq < ? ORDER BY seq)",
+            (connector, seq),
         )
-        times = [rows[0][0] for rows in (first, unroutable) if rows]
-        return (min(times) if times else None), bool(first)
+        earlier = before[0][0]
+        return (next_at if earlier is None else min(next_at, earlier)), True
 
     def backlog_due(self, connector: str, now: float, limit: int, *, ordered: bool = False) -> list[Row]:
-        """Due backlog entries in seq order; ``ordered``, none after the first entry that holds
-        the order and is not yet due, but for unroutable ones (:meth:`backlog_next_at`)."""
-        before = MAX_SEQ
-        if ordered:
-            waiting = self._read(
-                f"SELECT min(seq) FROM backlog INDEXED BY backlog_holding WHERE connector = ? AND {_HOLDS} "
-                "AND next_at > ?",
-                (connector, now),
-            )[0][0]
-            before = MAX_SEQ if waiting is None else waiting
+        """Due backlog entries, in seq order.
+
+        Ordered: none at or after the first entry that holds the order and is not due
+        (:meth:`backlog_next_at`). Not ordered: the ``limit`` due the longest, however many wait
+        before them.
+        """
+        if not ordered:
+            rows = self._read(
+                "SELECT b.seq, e.topic, e.data, b.attempts FROM backlog b INDEXED BY backlog_next "
+                "JOIN events e ON e.seq = b.seq WHERE b.connector = ? AND b.next_at <= ? "
+                "ORDER BY b.next_at, b.seq LIMIT ?",
+                (connector, now, limit),
+            )
+            return sorted((Row(*row) for row in rows), key=lambda row: row.seq)
+        waiting = self._read(
+            f"SELECT min(seq) FROM backlog INDEXED BY backlog_holding WHERE connector = ? AND {_HOLDS} "
+            "AND next_at > ?",
+            (connector, now),
+        )[0][0]
         rows = self._read(
             "SELECT b.seq, e.topic, e.data, b.attempts FROM backlog b JOIN events e ON e.seq = b.seq "
-            f"WHERE b.connector = ? AND b.next_at <= ? AND (b.seq < ? OR {_UNROUTABLE}) "
-            "ORDER BY b.seq LIMIT ?",
-            (connector, now, before, limit),
+            "WHERE b.connector = ? AND b.seq < ? AND b.next_at <= ? ORDER BY b.seq LIMIT ?",
+            (connector, MAX_SEQ if waiting is None else waiting, now, limit),
         )
         return [Row(*row) for row in rows]
 

@@ -156,6 +156,29 @@ async def test_an_unroutable_event_does_not_hold_an_ordered_connector(outbox: Ou
     assert outbox.status(["c"])[0].backlog == 0
 
 
+async def test_an_unroutable_event_after_a_waiting_refusal_waits_behind_it(outbox: Outbox) -> None:
+    """Once a queue is bound for it, an unroutable event must not overtake an earlier one that
+    waits for another reason, though its own retry comes first."""
+    clock = Clock()
+    answers = {"a.0": "nack", "b.0": "unroutable: no queue bound for 'b.0'"}
+    transport = ScriptedTransport(
+        lambda m: SendResult(Outcome.RETRY, answers[m.routing_key]) if m.routing_key in answers else DELIVERED
+    )
+    jitter = iter([1.0, 0.0])  # a.0's retry 20 % later than the schedule's 5 s, b.0's 20 % sooner
+    dispatcher = make(outbox, clock, c=transport)
+    dispatcher.rng = lambda: next(jitter)
+    outbox.append(events(1, "a") + events(1, "b"))  # one batch: both refused
+    await dispatcher.drain()
+    del answers["b.0"]  # a queue is bound for it now
+    clock.now += 4.5  # b.0 is due, a.0 not yet
+    await dispatcher.drain()
+    assert transport.delivered_topics() == [], "b.0 overtook a.0, which waits"
+    del answers["a.0"]
+    clock.now += 2
+    await dispatcher.drain()
+    assert transport.delivered_topics() == ["a.0", "b.0"]
+
+
 async def test_after_the_attempt_limit_the_event_is_dead_lettered_and_replayable(outbox: Outbox) -> None:
     clock = Clock()
     transport = ScriptedTransport(lambda m: SendResult(Outcome.RETRY, "unroutable"))

@@ -388,15 +388,14 @@ class OutboxDispatcherMachine(RuleBasedStateMachine):
         now = self.clock.now
         if lane.backlog:
             holding = [seq for seq in sorted(lane.backlog) if seq not in lane.aside]
-            # ordered: nothing after the first entry that holds the order and is not due, but
-            # the unroutable ones (they reached nobody whose order could break)
-            first_waiting = next((s for s in holding if lane.backlog[s][1] > now), None)
-            blocked = first_waiting if lane.spec.ordered and first_waiting is not None else float("inf")
-            due = [
-                seq
-                for seq, (_, next_at) in sorted(lane.backlog.items())
-                if next_at <= now and (seq < blocked or seq in lane.aside)
-            ][:BATCH]
+            due_now = [(next_at, seq) for seq, (_, next_at) in lane.backlog.items() if next_at <= now]
+            if lane.spec.ordered:
+                # nothing at or after the first entry that holds the order and is not due; an
+                # unroutable one not due holds nothing up (it reached nobody)
+                blocked = next((s for s in holding if lane.backlog[s][1] > now), float("inf"))
+                due = sorted(seq for _, seq in due_now if seq < blocked)[:BATCH]
+            else:
+                due = sorted(seq for _, seq in sorted(due_now)[:BATCH])  # the longest due first
             if due:
                 return Plan(due, due, from_backlog=True)
             if lane.spec.ordered and holding:
