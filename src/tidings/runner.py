@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tidings.activity import Activity, events_log
 from tidings.errors import HaltedError, InvalidEvent, TidingsError, TransportError
 from tidings.event import Event
-from tidings.format import Format
+from tidings.format import Format, wire_pattern
 from tidings.handling import Context, Counters, Drop, Halt, Reject, Retry, Subscription
 from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
@@ -46,14 +46,8 @@ INBOX_PURGE_EVERY = 300.0
 #: seconds between tries to reach a broker that is away at the start (doubling up to the last)
 FIRST_CONNECT_WAIT = 1.0
 LAST_CONNECT_WAIT = 30.0
-#: topics a consumer remembers having warned about (none of its bindings selects them)
-NOT_OURS_TOLD_LIMIT = 1000
-
-
-class NotBoundHere(Exception):
-    """The outcome of a message that none of this consumer's bindings selects: another member of
-    the queue bound it (a deploy under way) or an earlier version did. It goes back, counted, for
-    a member that takes it, and to the dead letters at the attempt limit — never acked unhandled."""
+#: topics a consumer remembers having warned about (no handler took them)
+UNHANDLED_TOLD_LIMIT = 1000
 
 
 class Consuming(Protocol):
@@ -96,11 +90,12 @@ class Runner:
         self._tasks: set[asyncio.Task[Any]] = set()
         # tasks whose handler still holds one of the concurrency slots
         self._holding: set[asyncio.Task[Any]] = set()
-        #: the wire patterns this app binds its queue by (subscriptions and settings' bindings)
-        self._own: TopicMatcher[bool] = TopicMatcher()
-        for binding in app.queue_spec().bindings:
-            self._own.add(binding.pattern, True)
-        self._told_not_ours: set[str] = set()
+        #: the wire patterns of the app's settings' bindings: what they bring has no handler on purpose
+        self._bound_only: TopicMatcher[bool] = TopicMatcher()
+        fmt = app.format()
+        for pattern in settings.bindings:
+            self._bound_only.add(wire_pattern(fmt, pattern), True)
+        self._told_unhandled: set[str] = set()
         counters = app.counters
         self.activity = Activity(
             f"consumer {app.name}",
@@ -338,9 +333,8 @@ class Runner:
     async def _call_handlers(self, delivery: Delivery, event: Event, attempt: int) -> BaseException | None:
         context = Context(attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
         handlers = self.app.handlers_for(event.topic)
-        if not handlers and not self._bound_here(delivery.message):
-            self._tell_not_ours(event.topic)
-            return NotBoundHere(f"none of the bindings of {self.app.name} selects {event.topic!r}")
+        if not handlers and not self._bound_on_purpose(delivery.message):
+            self._tell_unhandled(event.topic, delivery.message.routing_key)
         try:
             for sub in handlers:
                 args = (event, context) if sub.takes_context else (event,)
@@ -362,29 +356,30 @@ class Runner:
         wait = getattr(self.transport, "retry_wait", None)
         return float(wait(delay)) if wait is not None else delay
 
-    def _bound_here(self, message: WireMessage) -> bool:
-        """Whether this app's own bindings brought the message (one with no handler: on purpose).
+    def _bound_on_purpose(self, message: WireMessage) -> bool:
+        """Whether a binding of the app's settings (one with no handler) brought the message."""
+        return any(self._bound_only.match(key) for key in (message.routing_key, *message.cc))
 
-        An app that binds nothing reads whatever its queue holds: all of it is its own.
+    def _tell_unhandled(self, topic: str, routing_key: str) -> None:
+        """Warn once per topic that a message no handler takes is acked without a call.
+
+        Another member of the queue bound it (a rolling deploy that adds a subscription: what the
+        old members are given, they ack unhandled), or an earlier version of this one did, or a
+        subscription's pattern matched the routing key but not the topic the format read.
         """
-        if not len(self._own):
-            return True
-        return any(self._own.match(key) for key in (message.routing_key, *message.cc))
-
-    def _tell_not_ours(self, topic: str) -> None:
-        if topic in self._told_not_ours:
+        if topic in self._told_unhandled:
             return
-        if len(self._told_not_ours) >= NOT_OURS_TOLD_LIMIT:
-            self._told_not_ours.clear()
-        self._told_not_ours.add(topic)
+        if len(self._told_unhandled) >= UNHANDLED_TOLD_LIMIT:
+            self._told_unhandled.clear()
+        self._told_unhandled.add(topic)
         log.warning(
-            "%s: none of its bindings selects %r: handed back for the member of queue %s that bound "
-            "it, dead-lettered after %d tries (a binding no member needs any more, an earlier "
-            "version's, is to be removed: see 'A queue's bindings' in docs/guide.md)",
+            "%s: no handler takes %r (routing key %r): acked without a call — another member's binding "
+            "or an earlier version's brought it to queue %s, or the format reads another topic "
+            "than the routing key says (see 'A queue's bindings' in docs/guide.md)",
             self.app.name,
             topic,
+            routing_key,
             self.app.settings.queue,
-            self.app.settings.max_attempts,
         )
 
     async def _settle(

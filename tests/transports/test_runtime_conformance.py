@@ -67,10 +67,6 @@ class TestStompRuntime(RuntimeConformance):
 @pytest.mark.kafka
 class TestKafkaRuntime(RuntimeConformance):
     probe_seconds = 4.0  # a consumer joins its group in about a second on Tansu
-    # a Kafka queue's bindings are each member's own: a member never reads what only another
-    # member's bindings select (docs/transports/kafka.md, "Every member of a queue must have the
-    # same bindings"), so there is nothing for it to hand back
-    test_what_another_member_bound_goes_back_for_it = None  # type: ignore[assignment]
 
     @pytest.fixture
     def runtime_config(self, tmp_path: Path, kafka: str) -> Path:
