@@ -193,3 +193,30 @@ def test_a_consumer_that_cannot_reach_its_broker_at_start_says_so_in_one_line(tm
         done.stderr
     )
     assert len(lines) == 2  # "consuming queue ..." and the error
+
+
+async def test_a_retried_message_keeps_the_exchange_it_came_through(rabbitmq: str) -> None:
+    """A retry re-keys a message into the queue on the default exchange; Taskcluster's format reads
+    the event's kind from the exchange, so the copy must bring it back (it died as invalid)."""
+    from tests.transports.conformance import hold, message
+    from tidings.transport import Binding, QueueSpec
+
+    exchange = f"exchange/tidings-test-{uuid.uuid4().hex[:6]}/v1/task-completed"
+    queue = QueueSpec(f"keep-{uuid.uuid4().hex[:6]}", [Binding(exchange, "#")])
+    transport = AmqpTransport(rabbitmq, retry_delays=[1])
+    try:
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        await transport.send(exchange, [message("primary.task.1")])
+        stream = transport.consume(queue, prefetch=1)
+        (first,) = await hold(stream, 1)
+        assert first.message.exchange == exchange
+        await first.retry(1, "again")
+        (second,) = await hold(stream, 1)
+        await second.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+        await delete_amqp_topology(rabbitmq, [queue.name], [exchange])
+    assert (second.attempt, second.message.exchange) == (2, exchange)
+    assert second.message.routing_key == "primary.task.1"
+    assert not any(name.startswith("x-tidings-") for name in second.message.headers)

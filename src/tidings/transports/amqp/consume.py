@@ -71,6 +71,8 @@ _CLOSED = object()  # the channel or connection closed under us
 
 #: the routing key a message had before it went through a retry queue (which re-keys it)
 ROUTING_KEY_HEADER = "x-tidings-routing-key"
+#: the exchange it came through before that (a format may read it: Taskcluster's names the event)
+EXCHANGE_HEADER = "x-tidings-exchange"
 #: headers the broker or this transport adds for its own bookkeeping; formats never see them
 _INTERNAL = (
     "x-death",
@@ -80,12 +82,22 @@ _INTERNAL = (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
     ROUTING_KEY_HEADER,
+    EXCHANGE_HEADER,
 )
 _INTERNAL_OF_DEAD_LETTERS = tuple(h for h in _INTERNAL if h not in (ATTEMPTS_HEADER, LAST_ERROR_HEADER))
 #: headers of a STOMP frame that RabbitMQ's STOMP adapter leaves in a message's headers table
 _STOMP_FRAME = ("receipt", "content-length")
 #: the header tidings 0.1 counted with (the number of the next attempt); still read
 _OLD_ATTEMPT_HEADER = "x-tidings-attempt"
+
+
+def moved_from(message: WireMessage) -> dict[str, str]:
+    """The headers that keep where a message came from when it is put straight into a queue
+    (a retry, a dead letter, a requeue, a replay), which re-keys it on the default exchange."""
+    kept = {ROUTING_KEY_HEADER: message.routing_key}
+    if message.exchange:
+        kept[EXCHANGE_HEADER] = message.exchange
+    return kept
 
 
 def to_wire(message: DeliveredMessage) -> WireMessage:
@@ -108,7 +120,7 @@ def to_wire(message: DeliveredMessage) -> WireMessage:
         content_encoding=props.content_encoding,
         timestamp=stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp,
         priority=props.priority,
-        exchange=message.exchange,
+        exchange=str(raw.get(EXCHANGE_HEADER) or message.exchange or ""),
         cc=list(cc),
         properties={
             k: v
@@ -239,7 +251,7 @@ class AmqpDelivery:
         original = self.message
         # as text: RabbitMQ's STOMP adapter passes only strings and wide integers on to a STOMP
         # consumer of the same queue, and the attempts must reach it
-        every = to_text({**original.headers, ROUTING_KEY_HEADER: original.routing_key, **headers})
+        every = to_text({**original.headers, **moved_from(original), **headers})
         copy = replace(
             original,
             headers=every,

@@ -33,7 +33,7 @@ from pamqp import commands as spec
 from tidings.errors import ConnectionLost, NotFound, TransportError
 from tidings.redact import mask_url
 from tidings.transport import DeadLetter, Outcome, WireMessage
-from tidings.transports.amqp.consume import ROUTING_KEY_HEADER, to_wire
+from tidings.transports.amqp.consume import moved_from, to_wire
 from tidings.transports.textheaders import to_text
 
 if TYPE_CHECKING:
@@ -196,5 +196,5 @@ def _requeued(letter: DeadLetter, queue: str) -> WireMessage:
     """The message without its death, into ``queue`` alone (the default exchange), its topic kept."""
     fresh = letter.fresh()
     # as text, as a retry writes it: a STOMP consumer of the same queue must see every header
-    headers = to_text({**fresh.headers, ROUTING_KEY_HEADER: fresh.routing_key})
+    headers = to_text({**fresh.headers, **moved_from(fresh)})
     return replace(fresh, headers=headers, routing_key=queue, exchange="", cc=[])

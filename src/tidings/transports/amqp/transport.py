@@ -390,13 +390,13 @@ class AmqpTransport:
         """
         from dataclasses import replace
 
-        from tidings.transports.amqp.consume import ROUTING_KEY_HEADER
+        from tidings.transports.amqp.consume import moved_from
         from tidings.transports.textheaders import to_text
 
         direct = [
             replace(
                 m,
-                headers=to_text({**m.headers, ROUTING_KEY_HEADER: m.routing_key}),
+                headers=to_text({**m.headers, **moved_from(m)}),
                 routing_key=queue,
                 exchange="",
                 cc=[],

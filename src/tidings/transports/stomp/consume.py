@@ -33,7 +33,7 @@ from tidings.transport import (
     WireMessage,
     death_headers,
 )
-from tidings.transports.stomp.frames import ROUTING_KEY_HEADER, received
+from tidings.transports.stomp.frames import EXCHANGE_HEADER, ROUTING_KEY_HEADER, received
 from tidings.transports.stomp.transport import LOST, Link, StompTransport, check_queue_name
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,10 @@ class StompDelivery:
     async def _forward(self, queue: str, headers: dict[str, Any]) -> None:
         if self.settled:
             raise TransportError(f"message {self.message.message_id} was already settled")
-        await self.transport.forward(
-            queue, self.message, {ROUTING_KEY_HEADER: self.message.routing_key, **headers}
-        )
+        kept = {ROUTING_KEY_HEADER: self.message.routing_key}
+        if self.message.exchange:
+            kept[EXCHANGE_HEADER] = self.message.exchange
+        await self.transport.forward(queue, self.message, {**kept, **headers})
         await self.ack()
 
     async def _frame(self, command: str) -> None:

@@ -19,6 +19,8 @@ from tidings.transport import ATTEMPTS_HEADER, LAST_ERROR_HEADER, REASON_HEADER,
 from tidings.transports.textheaders import from_text, to_text, utc_moment, whole_number
 
 ROUTING_KEY_HEADER = "x-tidings-routing-key"
+#: the exchange a message came through before a retry put it straight into a queue (over AMQP)
+EXCHANGE_HEADER = "x-tidings-exchange"
 #: STOMP headers of a SEND frame that say how to send it, not what is sent
 RESERVED = frozenset(
     {"destination", "receipt", "content-length", "content-type", "transaction", "ack", "id", "message-id"}
@@ -50,6 +52,7 @@ _ADDED = frozenset(
         "x-delivery-count",
         "receipt",
         ROUTING_KEY_HEADER,
+        EXCHANGE_HEADER,
         *PROPERTY_HEADERS.values(),
     }
 )
@@ -121,6 +124,7 @@ def received(headers: dict[str, str], body: bytes, *, dead_letters: bool) -> tup
         timestamp=utc_moment(stamp) if stamp is not None else None,
         priority=priority if priority is not None and priority <= 255 else None,
         properties={name: headers[h] for name, h in PROPERTY_HEADERS.items() if h in headers},
+        exchange=headers.get(EXCHANGE_HEADER) or None,
     )
     attempt = tries + 1 if isinstance(tries, int) and not isinstance(tries, bool) and tries >= 0 else 1
     return message, attempt, came_back
