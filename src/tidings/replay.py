@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from tidings.archive import Archive, Query
 from tidings.bus import Bus
@@ -203,9 +204,11 @@ async def send_to_queue(
     queue: str,
     format_name: str = "tidings",
     *,
+    format_options: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Put ``events`` on one consumer's queue alone; (delivered, not delivered).
+    """Put ``events`` on one consumer's queue alone, in its format (name and options);
+    (delivered, not delivered).
 
     Only a transport that can address one queue offers ``enqueue`` (the embedded broker and
     RabbitMQ); on Kafka a queue is its consumer group's reading of shared topics.
@@ -216,7 +219,7 @@ async def send_to_queue(
         raise ConfigError(
             f"the {transport.kind} transport cannot put events on one queue; replay --to a connector"
         )
-    fmt = bus.make_format(format_name)
+    fmt = bus.make_format(format_name, format_options)
     delivered = failed = 0
     await transport.connect()
     try:

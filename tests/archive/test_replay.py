@@ -110,6 +110,30 @@ async def test_an_archived_event_goes_to_one_consumers_queue_alone(tmp_path: Pat
             await delete_amqp_topology(RABBIT, [f"triage-{tag}", f"triage-{tag}.dead"], [])
 
 
+async def test_a_replay_to_a_queue_speaks_the_consumers_format_with_its_options(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        CONFIG
+        + '[transports.q]\nkind = "embedded"\n'
+        + '[consumers.fed]\ntransport = "q"\nbindings = ["a.#"]\nformat = "fedora-messaging"\n'
+        + 'format_options = {topic_prefix = "org.example.prod"}\n'
+    )
+    event_id = tidings(tmp_path, "publish", "a.x", "--body", "{}").stdout.strip()
+    assert tidings(tmp_path, "dispatch", "--once").returncode == 0
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    consumer = App.from_config(bus, "fed")
+    await consumer.declare(bus)
+    queue = bus.make_transport("q")
+    await queue.connect()
+    try:
+        done = tidings(tmp_path, "replay", "--id", event_id, "--to-queue", "fed")
+        assert done.returncode == 0, done.stderr
+        [delivery] = [d async for d in _take(queue, consumer, 1)]
+    finally:
+        await queue.close()
+        bus.close()
+    assert delivery.message.routing_key == "org.example.prod.a.x"  # as its binding reads it
+
+
 async def depth(transport: object, kind: str, queue: str) -> int:
     if kind == "amqp":
         return await queue_depth(RABBIT, queue)

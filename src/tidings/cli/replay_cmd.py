@@ -191,9 +191,12 @@ def _to_queue(bus: Bus, events: list[Event], name: str) -> None:
     target = find_target(bus, name, None)
     section = bus.config.consumers.get(name)
     fmt = section.format if section is not None else "tidings"
+    options = dict(section.format_options) if section is not None else {}
     with bar(len(events), "sending") as advance:
         sent, failed = asyncio.run(
-            replaying.send_to_queue(bus, events, target.transport, target.queue, fmt, progress=advance)
+            replaying.send_to_queue(
+                bus, events, target.transport, target.queue, fmt, format_options=options, progress=advance
+            )
         )
     out.print(f"queue {target.queue}: sent {sent} of {sent + failed} (ids kept)", highlight=False)
     if failed:
