@@ -45,6 +45,8 @@ PURGE_EVERY = 60.0
 REPORT_EVERY = 1.0
 #: how often a connector holding unroutable events asks its broker whether a queue was bound since
 ROUTES_POLL = 0.5
+#: most entries a connector remembers having tried early (see ConnectorWorker._early)
+EARLY_LIMIT = 1_000_000
 
 
 class Dispatcher:
@@ -238,6 +240,10 @@ class ConnectorWorker:
         #: the broker's routing version when an event was last found unroutable (None: none was)
         self._unroutable_at: int | None = None
         self._routes_checked = 0.0
+        #: unroutable entries made due before their time by a change of the broker's bindings: a
+        #: refusal of such a try spends no attempt (a binding for some other topic must not
+        #: bring every waiting event nearer its dead letters)
+        self._early: set[int] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -538,17 +544,23 @@ class ConnectorWorker:
         version: int = await self.connector.transport.routes_version()  # type: ignore[attr-defined]
         if version != self._unroutable_at:
             self._unroutable_at = None
-            await self.dispatcher.io(self.outbox.retry_backlog_now, self.connector.name)
+            early = await self.dispatcher.io(self.outbox.retry_unroutable_now, self.connector.name)
+            if len(self._early) > EARLY_LIMIT:
+                self._early.clear()  # forgetting some costs them an attempt each, nothing more
+            self._early.update(early)
             self.next_due = self.dispatcher.clock()
 
     def _settlement(self, row: Row, result: SendResult) -> Settlement:
         stats = self.connector.stats
+        early = row.seq in self._early
+        self._early.discard(row.seq)
         if result.outcome is Outcome.DELIVERED:
             stats.delivered += 1
             return Settlement(row.seq, "delivered")
         if result.outcome is Outcome.REFUSED:
             return self._dead(row, result.reason or "refused")
-        attempts = row.attempts + 1
+        # tried early because a binding changed, and still unroutable: no attempt of its schedule spent
+        attempts = row.attempts if early and result.reason.startswith("unroutable") else row.attempts + 1
         if attempts >= self.connector.config.max_attempts:
             return self._dead(row, f"gave up after {attempts} attempts: {result.reason}", attempts)
         stats.retried += 1

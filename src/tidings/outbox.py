@@ -511,6 +511,20 @@ class Outbox:
         )
         return len(rows)
 
+    def retry_unroutable_now(self, connector: str) -> list[int]:
+        """Make the connector's unroutable entries due now (a queue may have been bound since);
+        their seqs. The others keep their time: a binding does not change what refused them."""
+        rows = self._read(f"SELECT seq FROM backlog WHERE connector = ? AND {_UNROUTABLE}", (connector,))
+        self._transaction(
+            [
+                (
+                    f"UPDATE backlog SET next_at = ? WHERE connector = ? AND {_UNROUTABLE}",
+                    [(time.time(), connector)],
+                )
+            ]
+        )
+        return [seq for (seq,) in rows]
+
     def retry_backlog_now(self, connector: str) -> int:
         rows = self._read("SELECT seq FROM backlog WHERE connector = ?", (connector,))
         self._transaction(

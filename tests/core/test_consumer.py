@@ -102,6 +102,40 @@ async def test_a_member_acks_what_no_handler_of_its_own_takes_and_says_so_once_p
     assert warned[0].startswith("svc: no handler takes 'b.1' (routing key 'b.1'): acked without a call")
 
 
+async def test_queues_bound_for_other_topics_spend_no_attempt_of_a_waiting_unroutable_event(
+    bus: Bus,
+) -> None:
+    """Each binding on the embedded broker makes the connector try its unroutable events at once;
+    one still unroutable must keep its attempts (restarted consumers dead-lettered them)."""
+    connector = bus.config.connectors["local"]
+    connector.retry_schedule, connector.max_attempts = [600.0], 3
+    stop = asyncio.Event()
+    dispatching = asyncio.create_task(bus.dispatcher().run(stop))
+    try:
+        event = bus.publish("lonely.one", {})
+        await until(lambda: bus.outbox.status(["local"])[0].backlog == 1)
+        for n in range(4):  # more bindings than the connector has attempts
+            other = App(f"other{n}")
+            other.subscribe(f"other{n}.#")(lambda got: None)
+            await other.declare(bus)
+            await asyncio.sleep(0.7)  # the connector looks at the broker's bindings twice a second
+        (entry,) = bus.outbox.entries("local", "backlog")
+        assert (entry["id"], entry["attempts"]) == (event.id, 1)
+        seen: list[str] = []
+        taker = App("taker")
+        taker.subscribe("lonely.#")(lambda got: seen.append(got.id))
+        await taker.declare(bus)  # bound at last: it goes out at once
+        done = asyncio.Event()
+        taking = asyncio.create_task(taker.run(bus, done))
+        await until(lambda: seen == [event.id])
+        done.set()
+        await taking
+    finally:
+        stop.set()
+        await dispatching
+    assert bus.outbox.status(["local"])[0].dead == 0
+
+
 async def test_flow_control_exceptions(bus: Bus, fast_app: App) -> None:
     calls: dict[str, int] = {}
 
