@@ -343,14 +343,10 @@ class Outbox:
         return [Row(seq, topic, data) for seq, topic, data in rows]
 
     def backlog_head(self, connector: str) -> tuple[int, float] | None:
-        """(count, next_at of the oldest entry) of a connector's backlog, or None if empty."""
-        row = self._read(
-            "SELECT count(*), (SELECT next_at FROM backlog WHERE connector = ?1 ORDER BY seq LIMIT 1) "
-            "FROM backlog WHERE connector = ?1",
-            (connector,),
-        )
-        count, head_due = row[0]
-        return (count, head_due) if count else None
+        """(count, the soonest next try) of a connector's backlog, or None if empty."""
+        row = self._read("SELECT count(*), min(next_at) FROM backlog WHERE connector = ?", (connector,))
+        count, soonest = row[0]
+        return (count, soonest) if count else None
 
     def backlog_next_at(self, connector: str, *, ordered: bool = False) -> tuple[float | None, bool]:
         """(When the connector's backlog next has an entry due — None if it is empty —, and

@@ -169,6 +169,8 @@ async def test_an_unroutable_event_after_a_waiting_refusal_waits_behind_it(outbo
     dispatcher.rng = lambda: next(jitter)
     outbox.append(events(1, "a") + events(1, "b"))  # one batch: both refused
     await dispatcher.drain()
+    status = outbox.status(["c"])[0]
+    assert (status.backlog, status.next_retry) == (2, pytest.approx(clock.now + 4))  # the soonest
     del answers["b.0"]  # a queue is bound for it now
     clock.now += 4.5  # b.0 is due, a.0 not yet
     await dispatcher.drain()
