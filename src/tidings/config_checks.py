@@ -93,9 +93,14 @@ def _check_references(config: Config, origin: str) -> None:
             if section == "connectors" and archives_outbox(config, name):
                 continue
             if table.transport not in config.transports:
+                known = ", ".join(sorted(config.transports))
+                if table.transport == "local":  # the default: it named none, and there are several
+                    raise ConfigError(
+                        f'{origin}: [{section}.{name}] needs transport = "NAME" (configured: {known})'
+                    )
                 raise ConfigError(
                     f"{origin}: [{section}.{name}] names transport {table.transport!r}, "
-                    "which is not configured"
+                    f"which is not configured (configured: {known})"
                 )
 
 

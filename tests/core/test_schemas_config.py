@@ -106,7 +106,7 @@ def test_a_consumer_that_names_no_transport_uses_the_only_one(tmp_path: Path) ->
         '[transports.a]\nkind = "embedded"\n[transports.b]\nkind = "embedded"\n'
         '[connectors.out]\ntransport = "a"\n[consumers.svc]\nbindings = ["a.#"]\n'
     )
-    with pytest.raises(ConfigError, match=r"\[consumers.svc\] names transport 'local'"):
+    with pytest.raises(ConfigError, match=r'\[consumers.svc\] needs transport = "NAME" \(configured: a, b\)'):
         load_config(tmp_path / "two.toml")  # which one is meant: the config must say
 
 
