@@ -108,12 +108,28 @@ def broker_consumer_timeout(milliseconds: int | None) -> int | None:
     return previous
 
 
+def broker_channel_tick(milliseconds: int) -> int:
+    """Set how often RabbitMQ's channels (those opened from now on) do their periodic checks,
+    the consumer timeout's among them; returns the previous interval."""
+    got = subprocess.run(
+        ["rabbitmqctl", "eval", "application:get_env(rabbit, channel_tick_interval)."],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    previous = int(got[len("{ok,") : -1]) if got.startswith("{ok,") else 60_000
+    command = f"application:set_env(rabbit, channel_tick_interval, {milliseconds})."
+    subprocess.run(["rabbitmqctl", "eval", command], capture_output=True, check=True)
+    return previous
+
+
 @pytest.mark.slow
 async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_handled(
     bus_and_app: tuple[Bus, App],
 ) -> None:
     """A handler slower than RabbitMQ's consumer_timeout: the broker closes the channel (it checks
-    about once a minute); the consumer reopens it, the event comes back and is handled."""
+    once a channel tick, made a second here); the consumer reopens it, the event comes back and is
+    handled."""
     bus, app = bus_and_app
     calls: list[int] = []
     release_first = asyncio.Event()
@@ -125,6 +141,7 @@ async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_han
             await release_first.wait()  # holds the delivery unacked past the timeout
 
     previous = broker_consumer_timeout(1000)
+    previous_tick = broker_channel_tick(1000)  # a channel checks the timeout once a tick (a minute)
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -144,6 +161,7 @@ async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_han
         assert not running.done()
     finally:
         broker_consumer_timeout(previous)
+        broker_channel_tick(previous_tick)
         stop.set()
         release_first.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
