@@ -90,35 +90,21 @@ async def test_a_deleted_queue_ends_the_consumer_with_a_clear_error(
         await asyncio.wait_for(running, 15)
 
 
-def broker_consumer_timeout(milliseconds: int | None) -> int | None:
-    """Set RabbitMQ's delivery-acknowledgement timeout (new channels); returns the previous value."""
+def rabbit_setting(key: str, milliseconds: int | None) -> int | None:
+    """Set one of RabbitMQ's settings (read by channels opened from now on; None: unset it);
+    returns the previous value (None: it was unset)."""
     got = subprocess.run(
-        ["rabbitmqctl", "eval", "application:get_env(rabbit, consumer_timeout)."],
+        ["rabbitmqctl", "eval", f"application:get_env(rabbit, {key})."],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
     previous = int(got[len("{ok,") : -1]) if got.startswith("{ok,") else None
     command = (
-        f"application:set_env(rabbit, consumer_timeout, {milliseconds})."
+        f"application:set_env(rabbit, {key}, {milliseconds})."
         if milliseconds is not None
-        else "application:unset_env(rabbit, consumer_timeout)."
+        else f"application:unset_env(rabbit, {key})."
     )
-    subprocess.run(["rabbitmqctl", "eval", command], capture_output=True, check=True)
-    return previous
-
-
-def broker_channel_tick(milliseconds: int) -> int:
-    """Set how often RabbitMQ's channels (those opened from now on) do their periodic checks,
-    the consumer timeout's among them; returns the previous interval."""
-    got = subprocess.run(
-        ["rabbitmqctl", "eval", "application:get_env(rabbit, channel_tick_interval)."],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    previous = int(got[len("{ok,") : -1]) if got.startswith("{ok,") else 60_000
-    command = f"application:set_env(rabbit, channel_tick_interval, {milliseconds})."
     subprocess.run(["rabbitmqctl", "eval", command], capture_output=True, check=True)
     return previous
 
@@ -140,8 +126,9 @@ async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_han
         if len(calls) == 1:
             await release_first.wait()  # holds the delivery unacked past the timeout
 
-    previous = broker_consumer_timeout(1000)
-    previous_tick = broker_channel_tick(1000)  # a channel checks the timeout once a tick (a minute)
+    previous = rabbit_setting("consumer_timeout", 1000)  # the delivery-acknowledgement timeout
+    # a channel checks that timeout once a tick (a minute by default)
+    previous_tick = rabbit_setting("channel_tick_interval", 1000)
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -160,8 +147,8 @@ async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_han
         await asyncio.sleep(0.5)
         assert not running.done()
     finally:
-        broker_consumer_timeout(previous)
-        broker_channel_tick(previous_tick)
+        rabbit_setting("consumer_timeout", previous)
+        rabbit_setting("channel_tick_interval", previous_tick)
         stop.set()
         release_first.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
