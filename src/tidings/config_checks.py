@@ -94,7 +94,8 @@ def _check_references(config: Config, origin: str) -> None:
                 continue
             if table.transport not in config.transports:
                 known = ", ".join(sorted(config.transports))
-                if table.transport == "local":  # the default: it named none, and there are several
+                # a consumer's default: it named none, and there are several (a connector must name one)
+                if section == "consumers" and table.transport == "local":
                     raise ConfigError(
                         f'{origin}: [{section}.{name}] needs transport = "NAME" (configured: {known})'
                     )

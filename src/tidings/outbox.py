@@ -354,8 +354,8 @@ class Outbox:
 
         Ordered, an entry waits behind the first one that holds the order and is not due (every
         entry but an unroutable one holds it); so the next due is that first holding entry's, or
-        an unroutable one's before it. The dispatcher asks before every batch: index lookups, and
-        a range of the unroutable entries older than the first holding one.
+        an unroutable one's before it. The dispatcher asks before every batch and every idle poll:
+        index lookups only.
         """
         if not ordered:
             row = self._read("SELECT min(next_at) FROM backlog WHERE connector = ?", (connector,))
@@ -373,15 +373,16 @@ class Outbox:
             )
             return (row[0][0] if row else None), False
         ((seq, next_at),) = first
-        # every entry before the first holding one is an unroutable one (the subquery's order
-        # makes this a range of the primary key, not a walk over the connector's whole backlog)
+        # every entry before the first holding one is an unroutable one: the soonest of them is
+        # found walking the unroutable entries by next_at, past only those after the holding one
+        # (few: nothing new is sent while one holds) — not all of the ones before it, which
+        # can be many (a topic nobody bound for a day) and are asked for every idle poll
         before = self._read(
-            "SELECT min(next_at) FROM "
-            "(SELECT next_at FROM backlog WHERE connector = ? AND seq < ? ORDER BY seq)",
+            "SELECT next_at FROM backlog INDEXED BY backlog_unroutable "
+            f"WHERE connector = ? AND {_UNROUTABLE} AND seq < ? ORDER BY next_at LIMIT 1",
             (connector, seq),
         )
-        earlier = before[0][0]
-        return (next_at if earlier is None else min(next_at, earlier)), True
+        return (min(next_at, before[0][0]) if before else next_at), True
 
     def backlog_due(self, connector: str, now: float, limit: int, *, ordered: bool = False) -> list[Row]:
         """Due backlog entries, in seq order.

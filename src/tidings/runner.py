@@ -233,6 +233,14 @@ class Runner:
         """
         try:
             handled = await self._decode_and_call(delivery)
+        except TidingsError as exc:  # settled without its handlers (invalid, a duplicate): it failed
+            log.warning(
+                "%s: could not settle message %s (%s); it will be delivered again",
+                self.app.name,
+                delivery.message.message_id,
+                exc,
+            )
+            return None
         finally:
             # concurrency bounds running handlers: the next one starts while this one settles
             # (prefetch still bounds what is unsettled)

@@ -13,7 +13,9 @@ from tests.transports.conformance import take
 from tests.waiting import WAIT, until
 from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
 from tidings.consumer import Context
-from tidings.errors import HaltedError
+from tidings.errors import HaltedError, TransportError
+from tidings.runner import Runner
+from tidings.testing.delivering import Handover
 from tidings.transport import QueueSpec, WireMessage
 
 
@@ -178,6 +180,26 @@ async def test_invalid_messages_go_to_dead_letters_without_a_requeue_loop(bus: B
     letters = await dead_letters(bus, "svc", 2)
     assert {m.attempt for m in letters} == {1}  # straight there, no retries
     assert all("invalid message" in m.message.headers["x-tidings-reason"] for m in letters)
+
+
+async def test_a_settle_that_fails_without_the_handlers_is_a_warning_not_a_bug(
+    bus: Bus, fast_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An invalid message whose dead-lettering the broker refuses comes back later: the runtime
+    says so, in one line, and goes on (it is not an error of tidings)."""
+
+    class Refusing(Handover):
+        async def reject(self, reason: str, *, attempts: int | None = None) -> None:
+            raise TransportError("the broker is gone")
+
+    runner = Runner(fast_app, bus)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tidings"):
+            assert await runner.handle(Refusing(WireMessage("bad.json", b"{not json"))) is None
+    finally:
+        runner.close()
+    (line,) = [r.getMessage() for r in caplog.records if "could not settle" in r.getMessage()]
+    assert "the broker is gone" in line and "delivered again" in line
 
 
 async def test_halt_puts_the_message_back_and_stops(bus: Bus, fast_app: App) -> None:

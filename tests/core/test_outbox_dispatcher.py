@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -179,6 +180,40 @@ async def test_an_unroutable_event_after_a_waiting_refusal_waits_behind_it(outbo
     clock.now += 2
     await dispatcher.drain()
     assert transport.delivered_topics() == ["a.0", "b.0"]
+
+
+def test_an_idle_look_at_an_ordered_backlog_does_not_walk_the_unroutable_entries_before_it(
+    outbox: Outbox,
+) -> None:
+    """An idle connector asks for its next due time every poll: with a day of unroutable entries
+    ahead of a waiting one, that must stay a few index steps (counted in SQLite's VM steps, not
+    timed), not a walk over all of them."""
+
+    def steps_with(unroutable: int) -> tuple[int, tuple[float | None, bool]]:
+        with sqlite3.connect(outbox.path) as db:
+            db.execute("DELETE FROM backlog")
+            db.executemany(
+                "INSERT INTO backlog VALUES ('c', ?, 1, ?, 'unroutable: no queue')",
+                ((seq, 5_000.0 + seq % 7) for seq in range(1, unroutable + 1)),
+            )
+            db.execute("INSERT INTO backlog VALUES ('c', ?, 2, 4000.0, 'nack')", (unroutable + 1,))
+        counted = [0]
+
+        def count() -> int:
+            counted[0] += 1
+            return 0
+
+        outbox._db.set_progress_handler(count, 100)
+        try:
+            answer = outbox.backlog_next_at("c", ordered=True)
+        finally:
+            outbox._db.set_progress_handler(None, 0)
+        return counted[0], answer
+
+    few, answer = steps_with(100)
+    many, same = steps_with(20_000)
+    assert answer == same == (4000.0, True)  # the waiting entry is due first, and holds the order
+    assert many <= few + 2, f"{many * 100} VM steps with 20,000 unroutable entries, {few * 100} with 100"
 
 
 async def test_after_the_attempt_limit_the_event_is_dead_lettered_and_replayable(outbox: Outbox) -> None:

@@ -108,6 +108,11 @@ def test_a_consumer_that_names_no_transport_uses_the_only_one(tmp_path: Path) ->
     )
     with pytest.raises(ConfigError, match=r'\[consumers.svc\] needs transport = "NAME" \(configured: a, b\)'):
         load_config(tmp_path / "two.toml")  # which one is meant: the config must say
+    (tmp_path / "named.toml").write_text(
+        '[transports.broker]\nkind = "embedded"\n[connectors.out]\ntransport = "local"\n'
+    )
+    with pytest.raises(ConfigError, match=r"\[connectors.out\] names transport 'local', which is not"):
+        load_config(tmp_path / "named.toml")  # a connector names its transport: that one must exist
 
 
 def test_a_consumers_app_is_found_beside_its_config_wherever_the_command_runs(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiormq
+import pamqp.commands
 import pytest
 
 from tests.conftest import delete_amqp_topology
@@ -17,8 +18,9 @@ from tests.faults.rig import write_config
 from tidings import App, Bus, Event
 from tidings.config import load_config
 from tidings.errors import ConfigError, TransportError
-from tidings.transport import ExchangeSpec, Topology
+from tidings.transport import ExchangeSpec, QueueSpec, Topology
 from tidings.transports.amqp import AmqpTransport
+from tidings.transports.amqp.transport import amqp_name_problem
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -62,6 +64,26 @@ def test_a_malformed_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="amqp transport: url") as caught:
         AmqpTransport(url)
     assert "pw" not in str(caught.value)
+
+
+async def test_a_name_amqp_cannot_carry_is_one_config_line_before_anything_is_declared(
+    rabbitmq: str,
+) -> None:
+    """The client library raises a bare ValueError on these; the user needs the name and the rule."""
+    transport = AmqpTransport(rabbitmq, retry_delays=[1])
+    try:
+        for topology, problem in (
+            (Topology([ExchangeSpec("e" * 128)]), "128 characters, over the 127"),
+            (Topology([ExchangeSpec("bug\\x")]), "only letters, digits"),
+            (Topology([], [QueueSpec("q" * 250, [])]), "over AMQP's 255"),  # its retry queue is longer
+        ):
+            with pytest.raises(ConfigError, match=problem):
+                await transport.declare(topology)
+    finally:
+        await transport.close()
+    # the limit is the client library's own: one character less passes both
+    pamqp.commands.Exchange.Declare(exchange="e" * 127)
+    assert amqp_name_problem("e" * 127, "exchange") is None
 
 
 @pytest.fixture

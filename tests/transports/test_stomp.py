@@ -282,11 +282,12 @@ async def test_stomp_and_amqp_consumers_share_a_queue_and_its_attempts(
     assert letter.message.message_id == sent.message_id
 
 
-async def test_a_retry_or_dead_letter_into_a_queue_that_is_gone_fails_and_the_message_stays(
+async def test_a_retry_or_dead_letter_into_a_queue_that_is_gone_fails_and_the_message_comes_back(
     shared: tuple[StompTransport, AmqpTransport, QueueSpec, str],
 ) -> None:
     """RabbitMQ's STOMP adapter would confirm a SEND to a missing queue and drop it; the original,
-    acked after it, would be lost. The copy goes over AMQP, mandatory: the settle fails instead."""
+    acked after it, would be lost. The copy goes over AMQP, mandatory: the settle fails instead,
+    and the original comes back on the same live subscription (it does not sit unacked)."""
     over_stomp, _, queue, exchange = shared
     sent = message("gone.one")
     assert (await over_stomp.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
@@ -297,14 +298,39 @@ async def test_a_retry_or_dead_letter_into_a_queue_that_is_gone_fails_and_the_me
         await asyncio.to_thread(rabbitmqctl, "delete_queue", gone)
     with pytest.raises(TransportError, match="unroutable"):
         await delivery.retry(1, "try 1")
+    (again,) = await asyncio.wait_for(hold(stream, 1), 10)  # prefetch 1: only if the slot was freed
+    assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
     with pytest.raises(TransportError, match="unroutable"):
-        await delivery.reject("gave up")
-    await stream.aclose()  # type: ignore[attr-defined]  # unacked: back on its queue
-    again = over_stomp.consume(queue, prefetch=1)
-    (back,) = await hold(again, 1)
-    await back.ack()
-    await again.aclose()  # type: ignore[attr-defined]
-    assert back.message.message_id == sent.message_id
+        await again.reject("gave up")
+    (last,) = await asyncio.wait_for(hold(stream, 1), 10)
+    await last.ack()
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert last.message.message_id == sent.message_id
+
+
+async def test_a_copy_the_amqp_side_cannot_make_hands_the_message_back(stomp: str, rabbitmq: str) -> None:
+    """Retries and dead letters go over AMQP: with it unreachable, the message is released, not
+    held unacked on a STOMP connection that is fine."""
+    exchange, name = f"fwd.{uuid.uuid4().hex[:6]}", f"fwd-{uuid.uuid4().hex[:6]}"
+    queue = QueueSpec(name, [Binding(exchange, "fwd.#")])
+    setup = StompTransport(url=stomp, retry_delays=[1])
+    cut_off = StompTransport(url=stomp, amqp_url="amqp://guest:guest@127.0.0.1:9/", retry_delays=[1])
+    try:
+        await setup.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        sent = message("fwd.one")
+        assert (await setup.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
+        stream = cut_off.consume(QueueSpec(name, []), prefetch=1)  # declared above: nothing to declare
+        (delivery,) = await hold(stream, 1)
+        with pytest.raises(TransportError):
+            await delivery.retry(1, "try 1")
+        (again,) = await asyncio.wait_for(hold(stream, 1), 10)
+        assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
+        await again.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await cut_off.close()
+        await setup.close()
+        await delete_amqp_topology(rabbitmq, [name], [exchange])
 
 
 async def test_the_doctor_checks_what_was_declared_as_stomp_maps_it(stomp: str, rabbitmq: str) -> None:

@@ -227,7 +227,7 @@ class AmqpTransport:
             owned = [queue.dead_letter_queue, *(retry_queue(queue.name, d) for d in self.retry_delays)]
             named += [("queue", queue.name), *(("queue", name) for name in owned)]
         for kind, name in named:
-            problem = amqp_name_problem(name)
+            problem = amqp_name_problem(name, kind)
             if problem:
                 raise ConfigError(f"{kind} name {name!r} cannot be used on AMQP: {problem}")
 
@@ -485,15 +485,19 @@ def _retrieve_error(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-#: what an exchange or a queue name may hold (the AMQP client library's rule) and its length
+#: what an exchange or a queue name may hold (the AMQP client library's rule) and how long it may be:
+#: AMQP allows 255 bytes for both, the client library refuses exchange names over 127 characters
 AMQP_NAME = re.compile(r"[a-zA-Z0-9-_.:@#,/+ ]*")
 AMQP_NAME_BYTES = 255
+AMQP_EXCHANGE_CHARS = 127
 
 
-def amqp_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name an exchange or a queue over AMQP (None: it can)."""
+def amqp_name_problem(name: str, kind: str = "queue") -> str | None:
+    """Why ``name`` cannot name a ``kind`` ("exchange" or "queue") over AMQP (None: it can)."""
     if len(name.encode()) > AMQP_NAME_BYTES:
         return f"{len(name.encode())} bytes, over AMQP's {AMQP_NAME_BYTES}"
+    if kind == "exchange" and len(name) > AMQP_EXCHANGE_CHARS:
+        return f"{len(name)} characters, over the {AMQP_EXCHANGE_CHARS} an exchange name may have"
     if not AMQP_NAME.fullmatch(name):
         return "only letters, digits, spaces and - _ . : @ # , / + can be in it"
     return None

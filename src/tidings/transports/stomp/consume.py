@@ -4,7 +4,8 @@ The subscription is ``/amq/queue/<queue>`` with ``ack: client-individual`` and
 ``prefetch-count``. A retry sends a copy into the queue's retry queue (which dead-letters it
 back after its delay) with the attempts and the last error, then acks the original; a reject
 sends it to ``<queue>.dead`` with the reason — the same queues and headers as the AMQP
-transport, so the two can share a queue. A release is a NACK (RabbitMQ requeues it).
+transport, so the two can share a queue. A release is a NACK (RabbitMQ requeues it); a copy
+that cannot be made releases the original, which comes back.
 
 A lost connection is reconnected with capped backoff and the subscription restored; what was
 unacked comes back to the queue with ``redelivered:true``. An ack id belongs to one connection:
@@ -75,7 +76,13 @@ class StompDelivery:
         kept = {ROUTING_KEY_HEADER: self.message.routing_key}
         if self.message.exchange:
             kept[EXCHANGE_HEADER] = self.message.exchange
-        await self.transport.forward(queue, self.message, {**kept, **headers})
+        try:
+            await self.transport.forward(queue, self.message, {**kept, **headers})
+        except TransportError:
+            # handed back: unsettled, it would stay ours on a live connection (a prefetch slot
+            # lost) until that connection ends
+            await self.release()
+            raise
         await self.ack()
 
     async def _frame(self, command: str) -> None:
