@@ -71,7 +71,11 @@ class Plugin:
     def load(self, what: str) -> Any:
         """The class, imported now; a missing package is a one-line ConfigError naming the extra."""
         module_name, _, attr = self.factory.partition(":")
+        # checked first: some of them are imported only when first used (the STOMP transport's AMQP side)
+        absent = self.missing()
         try:
+            if absent:
+                raise ImportError(name=absent[0])
             return getattr(import_module(module_name), attr)
         except ImportError as exc:
             install = f"pip install 'tidings[{self.extra}]'" if self.extra else "reinstall tidings"

@@ -203,6 +203,17 @@ def test_a_format_or_transport_whose_package_is_missing_is_a_config_error(
         ConfigError, match=r"transport 'gone' needs .*tidings_no_such_module.*tidings\[gone\]"
     ):
         gone.build("transport", {}, "[transports.x]")
+    # a package it imports only when first used is asked for before anything is built
+    lazy = Plugin(
+        "lazy",
+        "tidings.transports.embedded.transport:EmbeddedTransport",
+        extra="lazy",
+        requires=("tidings_no_such_module",),
+    )
+    with pytest.raises(
+        ConfigError, match=r"needs .*\(tidings_no_such_module\): pip install 'tidings\[lazy\]'"
+    ):
+        lazy.build("transport", {}, "[transports.x]")
 
 
 def test_a_config_nested_too_deeply_or_not_a_file_is_one_line(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ PLUGIN = Plugin(
     "tidings.transports.amqp.transport:AmqpTransport",
     AmqpSettings,
     "amqp",
-    ("aiormq", "pamqp", "yarl"),
+    ("aiormq", "pamqp", "yarl", "httpx"),
 )
 
 

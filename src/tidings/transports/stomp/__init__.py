@@ -115,7 +115,7 @@ PLUGIN = Plugin(
     "tidings.transports.stomp.transport:StompTransport",
     StompSettings,
     "stomp",
-    ("stomp", "aiormq"),
+    ("stomp", "aiormq", "pamqp", "yarl", "httpx"),
 )
 
 
