@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tidings.transport import (
 )
 from tidings.transports.amqp import AmqpTransport
 from tidings.transports.stomp import Address, StompTransport
+from tidings.transports.stomp.consume import FORWARD_BASE
 from tidings.transports.stomp.frames import received, send_headers
 
 pytestmark = [pytest.mark.stomp, pytest.mark.rabbitmq]
@@ -321,10 +323,13 @@ async def test_a_copy_the_amqp_side_cannot_make_hands_the_message_back(stomp: st
         assert (await setup.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
         stream = cut_off.consume(QueueSpec(name, []), prefetch=1)  # declared above: nothing to declare
         (delivery,) = await hold(stream, 1)
+        failed_at = time.monotonic()
         with pytest.raises(TransportError):
             await delivery.retry(1, "try 1")
         (again,) = await asyncio.wait_for(hold(stream, 1), 10)
         assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
+        # not straight back (its handler would run in a loop while the AMQP side is away)
+        assert time.monotonic() - failed_at >= FORWARD_BASE / 2
         await again.ack()
         await stream.aclose()  # type: ignore[attr-defined]
     finally:

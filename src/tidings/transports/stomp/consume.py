@@ -39,6 +39,8 @@ from tidings.transports.stomp.transport import LOST, Link, StompTransport, check
 
 log = logging.getLogger(__name__)
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 10.0
+#: how long a message whose retry or dead letter could not be made waits before it is handed back
+FORWARD_BASE, FORWARD_CAP = 0.5, 5.0
 
 
 @dataclass
@@ -80,9 +82,13 @@ class StompDelivery:
             await self.transport.forward(queue, self.message, {**kept, **headers})
         except TransportError:
             # handed back: unsettled, it would stay ours on a live connection (a prefetch slot
-            # lost) until that connection ends
+            # lost) until that connection ends. Not at once: with the AMQP side away, it would
+            # come straight back, and its handler would run again and again
+            self.transport.forward_failures += 1
+            await asyncio.sleep(backoff(self.transport.forward_failures, FORWARD_BASE, FORWARD_CAP))
             await self.release()
             raise
+        self.transport.forward_failures = 0
         await self.ack()
 
     async def _frame(self, command: str) -> None:

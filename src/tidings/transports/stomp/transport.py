@@ -288,6 +288,8 @@ class StompTransport:
         self.closed = False
         #: the AMQP side's connection that puts retries and dead letters into their queues
         self._forwarder: AmqpTransport | None = None
+        #: copies (retries, dead letters) the AMQP side could not make, in a row
+        self.forward_failures = 0
 
     # -- connection -------------------------------------------------------------------
 
