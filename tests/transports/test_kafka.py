@@ -15,6 +15,8 @@ from tests.transports.conformance import hold, message, take
 from tidings.errors import TransportError
 from tidings.transport import Binding, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
 from tidings.transports.kafka import KafkaTransport
+from tidings.transports.kafka import consume as kafka_consume
+from tidings.transports.kafka.records import Record
 
 pytestmark = pytest.mark.kafka
 
@@ -116,6 +118,44 @@ async def test_a_record_just_within_the_limit_can_still_be_retried_and_dead_lett
         await dead.aclose()  # type: ignore[attr-defined]
         assert letter.message.body == body
         assert letter.message.headers["x-tidings-reason"] == error[:1000]
+    finally:
+        await transport.close()
+
+
+async def test_a_copy_kafka_does_not_take_is_tried_again_then_handed_back(
+    kafka: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry's copy is made again after a refusal; given up, the message is handed back (left
+    unsettled, it kept a prefetch place, and the consumer stood still once all were taken)."""
+    transport = KafkaTransport(url=kafka, retry_delays=[1], partitions=1)
+    exchange = unique("fwd")
+    queue = QueueSpec(unique("fwd-q"), [Binding(exchange, "#")])
+    refusals = [1]
+    real_forward = transport.forward
+
+    async def refusing(record: Record) -> None:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise TransportError("Kafka did not take the message")
+        await real_forward(record)
+
+    monkeypatch.setattr(transport, "forward", refusing)
+    monkeypatch.setattr(kafka_consume, "FORWARD_TRIES", 2)
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        await transport.send(exchange, [message("a.one"), message("a.two")])
+        stream = transport.consume(queue, prefetch=1)
+        (first,) = await hold(stream, 1)
+        await first.retry(0, "try 1")  # refused once, then taken
+        refusals[0] = 2
+        (second,) = await hold(stream, 1)  # the next place: a.one was settled
+        with pytest.raises(TransportError, match="did not take"):
+            await second.retry(0, "try 1")
+        (retried,) = await hold(stream, 1)  # only if a.two gave its place back
+        assert (retried.message.routing_key, retried.attempt) == ("a.one", 2)
+        await retried.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await transport.close()
 

@@ -43,6 +43,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidings.errors import TransportError
+from tidings.retry import backoff
 from tidings.topics import TopicMatcher
 from tidings.transport import (
     ATTEMPTS_HEADER,
@@ -70,6 +71,8 @@ POLL_WAIT = 0.05
 COMMIT_EVERY = 0.2
 #: seconds without a single partition before a member says so (at least 6 session timeouts)
 IDLE_WARNING = 60.0
+#: a retry's or a dead letter's copy that Kafka does not take is tried again this often, with backoff
+FORWARD_TRIES, FORWARD_BASE, FORWARD_CAP = 5, 0.5, 4.0
 
 
 async def consume(transport: KafkaTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[KafkaDelivery]:
@@ -236,7 +239,26 @@ class KafkaDelivery:
             raise TransportError(f"message {self.message.message_id} was already settled")
         transport = self.group.transport
         record = to_record(self.message, topic, key_of(self.message, transport.key), headers)
-        await transport.forward(record)
+        for tries in range(1, FORWARD_TRIES + 1):
+            try:
+                await transport.forward(record)
+                break
+            except TransportError as exc:
+                if tries == FORWARD_TRIES:
+                    # handed back: its position stays before it (its partition's commits wait), and
+                    # it is read again after the next rebalance or restart. Left unsettled, it
+                    # would also keep a prefetch place until then
+                    await self.release()
+                    raise
+                delay = backoff(tries, FORWARD_BASE, FORWARD_CAP)
+                log.warning(
+                    "Kafka consumer of %r: the copy for %s was not taken (%s); trying again in %.1fs",
+                    self.queue,
+                    topic,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
         await self.ack()
 
     def _mark_settled(self) -> None:
