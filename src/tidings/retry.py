@@ -14,8 +14,9 @@ failed together do not all come back in the same instant.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 #: Bugzilla Push's backoff: 5**attempt seconds for attempts 1-4, then 15 minutes
 #: (mozilla-bteam/bmo, extensions/Push/lib/Backoff.pm, ``inc``) — a connector's default
@@ -42,3 +43,26 @@ def scheduled(schedule: Sequence[float], attempt: int, rng: Random | None = rand
 def backoff(failures: int, base: float, cap: float, rng: Random = random.random) -> float:
     """Seconds to wait after failure number ``failures`` in a row: base * 2^(n-1), capped, times 0.5-1.5."""
     return min(cap, base * 2 ** (max(failures, 1) - 1)) * (0.5 + rng())
+
+
+#: a message whose retry or dead letter could not be written waits this long (doubling while
+#: such failures go on) before it is handed back to its queue
+HAND_BACK_BASE, HAND_BACK_CAP = 0.5, 5.0
+
+
+class HandBack:
+    """Hands back, after a backoff, a message whose settle could not be made (its retry's or
+    dead letter's copy was refused). Left unsettled, it would keep its prefetch place on a
+    connection that is fine; handed back at once, it would come straight back, and its handler
+    would run in a loop for as long as the broker refuses. One per transport."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    async def later(self, release: Callable[[], Awaitable[None]]) -> None:
+        self.failures += 1
+        await asyncio.sleep(backoff(self.failures, HAND_BACK_BASE, HAND_BACK_CAP))
+        await release()

@@ -14,11 +14,13 @@ import pamqp.commands
 import pytest
 
 from tests.conftest import delete_amqp_topology
-from tests.faults.rig import write_config
+from tests.faults.rig import rabbitmqctl, write_config
+from tests.transports.conformance import hold, message
 from tidings import App, Bus, Event
 from tidings.config import load_config
 from tidings.errors import ConfigError, TransportError
-from tidings.transport import ExchangeSpec, QueueSpec, Topology
+from tidings.retry import HAND_BACK_BASE
+from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology
 from tidings.transports.amqp import AmqpTransport
 from tidings.transports.amqp.transport import amqp_name_problem
 
@@ -84,6 +86,35 @@ async def test_a_name_amqp_cannot_carry_is_one_config_line_before_anything_is_de
     # the limit is the client library's own: one character less passes both
     pamqp.commands.Exchange.Declare(exchange="e" * 127)
     assert amqp_name_problem("e" * 127, "exchange") is None
+
+
+async def test_a_retry_into_a_queue_that_is_gone_hands_the_message_back_after_a_while(
+    rabbitmq: str,
+) -> None:
+    """Its copy is refused (mandatory: no queue took it), so the original is not acked; left
+    unsettled it would keep its prefetch place on a channel that is fine, handed back at once its
+    handler would run in a loop. It comes back, after a backoff."""
+    exchange, name = f"gone.{uuid.uuid4().hex[:6]}", f"gone-{uuid.uuid4().hex[:6]}"
+    queue = QueueSpec(name, [Binding(exchange, "gone.#")])
+    transport = AmqpTransport(rabbitmq, retry_delays=[1])
+    try:
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        sent = message("gone.one")
+        await transport.send(exchange, [sent])
+        stream = transport.consume(queue, prefetch=1)
+        (delivery,) = await hold(stream, 1)
+        await asyncio.to_thread(rabbitmqctl, "delete_queue", f"{name}.retry.1s")
+        failed_at = time.monotonic()
+        with pytest.raises(TransportError, match="unroutable"):
+            await delivery.retry(1, "try 1")
+        (again,) = await hold(stream, 1)  # prefetch 1: only if its place was given back
+        assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
+        assert time.monotonic() - failed_at >= HAND_BACK_BASE / 2
+        await again.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+        await delete_amqp_topology(rabbitmq, [name], [exchange])
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from tests.faults.rig import rabbitmqctl
 from tests.transports.conformance import hold, message
 from tidings.errors import ConfigError, TransportError
 from tidings.plugins import Plugin
+from tidings.retry import HAND_BACK_BASE
 from tidings.transport import (
     ATTEMPTS_HEADER,
     REASON_HEADER,
@@ -32,7 +33,6 @@ from tidings.transport import (
 )
 from tidings.transports.amqp import AmqpTransport
 from tidings.transports.stomp import Address, StompTransport
-from tidings.transports.stomp.consume import FORWARD_BASE
 from tidings.transports.stomp.frames import received, send_headers
 
 pytestmark = [pytest.mark.stomp, pytest.mark.rabbitmq]
@@ -329,7 +329,7 @@ async def test_a_copy_the_amqp_side_cannot_make_hands_the_message_back(stomp: st
         (again,) = await asyncio.wait_for(hold(stream, 1), 10)
         assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
         # not straight back (its handler would run in a loop while the AMQP side is away)
-        assert time.monotonic() - failed_at >= FORWARD_BASE / 2
+        assert time.monotonic() - failed_at >= HAND_BACK_BASE / 2
         await again.ack()
         await stream.aclose()  # type: ignore[attr-defined]
     finally:

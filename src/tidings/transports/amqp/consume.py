@@ -25,7 +25,7 @@ from yarl import URL
 
 from tidings.errors import ConnectionLost, TransportError
 from tidings.redact import mask_url
-from tidings.retry import backoff
+from tidings.retry import HandBack, backoff
 from tidings.transport import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
@@ -45,6 +45,7 @@ class Broker(Protocol):
 
     url: URL
     declared: Topology
+    hand_back: HandBack
 
     async def channel(self) -> aiormq.abc.AbstractChannel: ...
 
@@ -259,9 +260,16 @@ class AmqpDelivery:
             exchange="",
             cc=[],
         )
-        (result,) = await self.transport.send("", [copy])
-        if result.outcome.value != "delivered":
-            raise TransportError(f"moving message {original.message_id} to {queue} failed: {result.reason}")
+        try:
+            (result,) = await self.transport.send("", [copy])
+            if result.outcome.value != "delivered":  # no such queue (deleted), a full disk
+                raise TransportError(
+                    f"moving message {original.message_id} to {queue} failed: {result.reason}"
+                )
+        except TransportError:
+            await self.transport.hand_back.later(self.release)
+            raise
+        self.transport.hand_back.succeeded()
         await self.ack()
 
     def _mark_settled(self) -> None:

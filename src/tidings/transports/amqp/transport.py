@@ -30,6 +30,7 @@ from yarl import URL
 
 from tidings.errors import ConfigError, ConnectionLost, TransportError
 from tidings.redact import mask_url
+from tidings.retry import HandBack
 from tidings.transport import (
     DELIVERED,
     Delivery,
@@ -100,6 +101,7 @@ class AmqpTransport:
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._connect_lock: asyncio.Lock | None = None
         self.declared = Topology()
+        self.hand_back = HandBack()
 
     # -- connection -------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ The subscription is ``/amq/queue/<queue>`` with ``ack: client-individual`` and
 back after its delay) with the attempts and the last error, then acks the original; a reject
 sends it to ``<queue>.dead`` with the reason — the same queues and headers as the AMQP
 transport, so the two can share a queue. A release is a NACK (RabbitMQ requeues it); a copy
-that cannot be made releases the original, which comes back.
+that cannot be made releases the original after a backoff (:class:`~tidings.retry.HandBack`).
 
 A lost connection is reconnected with capped backoff and the subscription restored; what was
 unacked comes back to the queue with ``redelivered:true``. An ack id belongs to one connection:
@@ -39,8 +39,6 @@ from tidings.transports.stomp.transport import LOST, Link, StompTransport, check
 
 log = logging.getLogger(__name__)
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 10.0
-#: how long a message whose retry or dead letter could not be made waits before it is handed back
-FORWARD_BASE, FORWARD_CAP = 0.5, 5.0
 
 
 @dataclass
@@ -81,14 +79,9 @@ class StompDelivery:
         try:
             await self.transport.forward(queue, self.message, {**kept, **headers})
         except TransportError:
-            # handed back: unsettled, it would stay ours on a live connection (a prefetch slot
-            # lost) until that connection ends. Not at once: with the AMQP side away, it would
-            # come straight back, and its handler would run again and again
-            self.transport.forward_failures += 1
-            await asyncio.sleep(backoff(self.transport.forward_failures, FORWARD_BASE, FORWARD_CAP))
-            await self.release()
+            await self.transport.hand_back.later(self.release)
             raise
-        self.transport.forward_failures = 0
+        self.transport.hand_back.succeeded()
         await self.ack()
 
     async def _frame(self, command: str) -> None:

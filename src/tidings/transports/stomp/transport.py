@@ -33,6 +33,7 @@ from stomp.exception import ConnectFailedException, NotConnectedException
 
 from tidings.errors import ConfigError, ConnectionLost, TransportError
 from tidings.redact import mask_url
+from tidings.retry import HandBack
 from tidings.transport import (
     DELIVERED,
     Delivery,
@@ -288,8 +289,7 @@ class StompTransport:
         self.closed = False
         #: the AMQP side's connection that puts retries and dead letters into their queues
         self._forwarder: AmqpTransport | None = None
-        #: copies (retries, dead letters) the AMQP side could not make, in a row
-        self.forward_failures = 0
+        self.hand_back = HandBack()
 
     # -- connection -------------------------------------------------------------------
 
