@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -12,8 +15,9 @@ import pytest
 from tests.clirun import tidings
 from tests.ledger import check
 from tests.transports.conformance import hold, message, take
+from tests.waiting import until
 from tidings.errors import TransportError
-from tidings.transport import Binding, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
+from tidings.transport import Binding, Delivery, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
 from tidings.transports.kafka import KafkaTransport
 from tidings.transports.kafka import consume as kafka_consume
 from tidings.transports.kafka.records import Record
@@ -306,6 +310,56 @@ async def test_a_rebalance_loses_nothing_and_hands_nothing_out_twice_in_the_norm
     print(verdict.line("kafka rebalance: 2 members, a third joins mid-run"))
     assert verdict.ok and verdict.lost == 0
     assert verdict.duplicated == 0  # the member giving partitions up committed what it finished
+
+
+async def test_a_partition_paused_when_a_rebalance_came_is_read_again_after_it(
+    kafka: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member whose prefetch is full pauses its partitions. Its handler finishes while they are
+    revoked (the revoke waits for it); librdkafka keeps them paused through the reassignment, which
+    gave some back to the same member: they must be read again, not stand still until a restart."""
+    exchange, name = unique("pause"), unique("pause-q")
+    queue = QueueSpec(name, [Binding(exchange, "#")])
+    revoking = threading.Event()
+    real_revoke = kafka_consume.GroupConsumer._on_revoke
+
+    def on_revoke(group: kafka_consume.GroupConsumer, consumer: object, partitions: list) -> None:
+        revoking.set()
+        real_revoke(group, consumer, partitions)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kafka_consume.GroupConsumer, "_on_revoke", on_revoke)
+    first, second = (KafkaTransport(url=kafka, partitions=2, session_timeout=3.0) for _ in range(2))
+    handled: list[str] = []
+    reading: list[asyncio.Task[None]] = []
+
+    async def read(stream: AsyncIterator[Delivery]) -> None:
+        async for delivery in stream:
+            handled.append(delivery.message.message_id or "")
+            await delivery.ack()
+
+    try:
+        await first.connect()
+        await first.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        await first.send(exchange, [message(f"a.{n}") for n in range(4)])
+        full = first.consume(queue, prefetch=1)
+        (held,) = await hold(full, 1)  # its only place taken: its partitions are paused
+        reading.append(asyncio.create_task(read(full)))  # polls (its place is taken: reads nothing)
+        reading.append(asyncio.create_task(read(second.consume(queue, prefetch=10))))  # a second member
+        await asyncio.wait_for(asyncio.to_thread(revoking.wait), 60)
+        await held.ack()  # finished while the revoke waits for it
+        later = [message(f"a.{n}") for n in range(20)]
+        await asyncio.sleep(3)  # the new assignment is in place
+        await first.send(exchange, later)
+        wanted = {m.message_id for m in later}
+        with contextlib.suppress(TimeoutError):  # the assertion below says what is missing
+            await until(lambda: wanted <= set(handled), 30)
+    finally:
+        for task in reading:
+            task.cancel()
+        await asyncio.gather(*reading, return_exceptions=True)
+        await first.close()
+        await second.close()
+    assert wanted <= set(handled), f"{len(wanted - set(handled))} of 20 never read after the rebalance"
 
 
 async def test_garbage_on_a_topic_is_dead_lettered_and_the_consumer_goes_on(

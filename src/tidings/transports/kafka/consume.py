@@ -525,11 +525,22 @@ class GroupConsumer:
                     break
             time.sleep(0.01)
         self._commit(consumer, self.offsets_to_commit(leaving), sync=True)
+        self._resume_given_up(consumer, leaving)
         self._forget(leaving)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions taken away without a revoke (the session timed out): nothing is ours to commit."""
-        self._forget({(tp.topic, tp.partition) for tp in partitions})
+        leaving = {(tp.topic, tp.partition) for tp in partitions}
+        self._resume_given_up(consumer, leaving)
+        self._forget(leaving)
+
+    def _resume_given_up(self, consumer: Consumer, leaving: set[Partition]) -> None:
+        """librdkafka keeps a partition paused through an unassign, and this member forgets that it
+        paused it: one that comes back to it would never be read again."""
+        try:
+            consumer.resume([TopicPartition(t, p) for t, p in leaving])
+        except KafkaException as exc:
+            log.debug("Kafka consumer of %r: cannot resume %s (%s)", self.queue.name, leaving, exc)
 
     def _forget(self, partitions: set[Partition]) -> None:
         with self.lock:
