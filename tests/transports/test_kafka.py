@@ -362,6 +362,31 @@ async def test_a_partition_paused_when_a_rebalance_came_is_read_again_after_it(
     assert wanted <= set(handled), f"{len(wanted - set(handled))} of 20 never read after the rebalance"
 
 
+async def test_a_queue_whose_pattern_matches_its_own_dead_letters_does_not_read_them(kafka: str) -> None:
+    """With ``<name>.{0}`` topics, a queue ``<name>`` bound by ``#`` subscribes to every
+    ``<name>.<word>`` — its own ``<name>.dead`` too. A dead letter read back as an event would be
+    rejected again, and again."""
+    name = unique("own")
+    transport = KafkaTransport(url=kafka, topic=f"{name}.{{0}}", retry_delays=[1], partitions=1)
+    queue = QueueSpec(name, [Binding("x", "#")])
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec("x")], [queue]))
+        await transport.send("x", [message("bug.one")])
+        stream = transport.consume(queue, prefetch=10)
+        (first,) = await hold(stream, 1)
+        await first.reject("not wanted")
+        await transport.send("x", [message("bug.two")])
+        (after,) = await hold(stream, 1)
+        assert after.message.routing_key == "bug.two", "the dead letter came back as an event"
+        await after.ack()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(stream), 3)  # type: ignore[call-overload]
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+
+
 async def test_garbage_on_a_topic_is_dead_lettered_and_the_consumer_goes_on(
     kafka: str, tmp_path: Path
 ) -> None:

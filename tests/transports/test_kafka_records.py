@@ -17,6 +17,7 @@ from tidings.transports.kafka.records import (
     Servers,
     TopicTemplate,
     from_record,
+    is_queue_topic,
     key_of,
     key_problem,
     to_record,
@@ -62,6 +63,22 @@ def test_a_template_that_can_never_work_is_a_config_error(template: str, problem
     assert problem in TopicTemplate(template).problem()
     with pytest.raises(ValueError, match=re.escape(problem)):
         KafkaSettings(topic=template)
+
+
+def test_a_routing_key_cannot_make_a_topic_kept_for_a_queues_retries_or_dead_letters() -> None:
+    """With ``bugzilla.{0}``, the key ``dead.x`` would write into the queue ``bugzilla``'s dead
+    letters; and a pattern reading ``bugzilla.*`` must not take those for events."""
+    for template, key in (("bugzilla.{0}", "dead.x"), ("{0}.{1}", "svc.dead"), ("t.{0}.{1}", "retry.5s")):
+        with pytest.raises(InvalidEvent, match="kept for queues"):
+            TopicTemplate(template).topic("x", key)
+    assert TopicTemplate("bugzilla.{0}").topic("x", "deadline.x") == "bugzilla.deadline"
+    assert [is_queue_topic(t) for t in ("q.dead", "q.dead.handled", "q.retry.25s", "q.retry.x", "dead")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_topic_names_follow_kafka() -> None:

@@ -57,6 +57,7 @@ from tidings.transports.kafka.records import (
     DUE_HEADER,
     NOT_BEFORE_HEADER,
     from_record,
+    is_queue_topic,
     key_of,
     to_record,
 )
@@ -440,9 +441,11 @@ class GroupConsumer:
     def _selected(self, topic: str, message: WireMessage) -> bool:
         keys = [message.routing_key, *message.cc]
         for where, matcher in self.matchers:
-            if (where == topic if isinstance(where, str) else where.match(topic)) and any(
-                matcher.match(key) for key in keys
-            ):
+            if isinstance(where, str):
+                found = where == topic
+            else:  # a pattern also matches queues' retries and dead letters: never events to read
+                found = where.match(topic) is not None and not is_queue_topic(topic)
+            if found and any(matcher.match(key) for key in keys):
                 return True
         return False
 

@@ -57,6 +57,16 @@ _PLACEHOLDER = re.compile(r"\{(exchange|\d+)\}")
 KEYS = ("subject", "id", "none", "header:NAME", "body:PATH")
 
 
+#: the topics tidings makes for a consumer's queue: its retry topics, its dead letters and those
+#: dealt with (``<queue>.retry.<n>s``, ``<queue>.dead``, ``<queue>.dead.handled``)
+_QUEUE_TOPIC = re.compile(r".+\.(retry\.[0-9]+s|dead|dead\.handled)")
+
+
+def is_queue_topic(name: str) -> bool:
+    """Is ``name`` one of the topics tidings makes for a consumer's queue (not an event topic)?"""
+    return _QUEUE_TOPIC.fullmatch(name) is not None
+
+
 def topic_problem(name: str) -> str:
     """Why ``name`` is not a Kafka topic name, or ""."""
     if _TOPIC.fullmatch(name) and name not in (".", ".."):
@@ -107,6 +117,10 @@ class TopicTemplate:
         problem = topic_problem(name)
         if problem:
             raise InvalidEvent(problem)
+        if is_queue_topic(name):  # it would land among a queue's retries or dead letters
+            raise InvalidEvent(
+                f"routing key {routing_key!r} makes the topic {name!r}, a name kept for queues"
+            )
         return name
 
     def subscription(self, exchange: str, pattern: str) -> str:
