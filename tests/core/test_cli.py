@@ -337,6 +337,10 @@ def test_endless_files_and_impossible_numbers_are_one_line(
         ('kind = "kafka"\nmax_message_bytes = 1', "max_message_bytes: expected int >= 1000"),
         ('kind = "kafka"\ndelivery_timeout = inf', "delivery_timeout: expected float <= 86400"),
         ('kind = "kafka"\nlinger = 1e9', "linger: expected float <= 900"),
+        # librdkafka's own bounds, with the room tidings adds to each record for its copies
+        ('kind = "kafka"\nmax_message_bytes = 1000000000', "max_message_bytes: expected int <= 999983616"),
+        ('kind = "kafka"\nlinger = 60', "linger (60 s) must be shorter than delivery_timeout"),
+        ('kind = "kafka"\nsession_timeout = 5000', "session_timeout: expected float <= 3600"),
         ('kind = "kafka"\npartitions = 100000000', "partitions: expected int <= 100000"),
         ('kind = "stomp"\nheartbeat = inf', "heartbeat: expected float <= 86400"),
         ('kind = "amqp"\nconfirm_timeout = nan', "confirm_timeout"),

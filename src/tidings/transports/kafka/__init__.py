@@ -18,6 +18,11 @@ from tidings.plugins import Plugin, Settings, Timeout
 from tidings.transports.kafka.records import Servers, TopicTemplate, key_problem
 
 DEFAULT_URL = "kafka://127.0.0.1:9092"
+#: what a retry's or a dead letter's copy may add to a record sent within the limit: the last
+#: error and the reason (1,000 characters each, up to 4 bytes a character) and the counts
+FORWARD_ROOM = 16_384
+#: librdkafka's largest message.max.bytes and session.timeout.ms
+LIBRDKAFKA_MAX_BYTES, LIBRDKAFKA_MAX_SESSION = 1_000_000_000, 3600
 Count = Annotated[int, Meta(ge=1)]
 
 
@@ -38,13 +43,13 @@ class KafkaSettings(Settings):
         default_factory=lambda: [1, 5, 25, 125, 625]
     )
     #: the largest record (Kafka's own default ``message.max.bytes``); larger ones are dead letters
-    max_message_bytes: Annotated[int, Meta(ge=1000, le=1_000_000_000)] = 1_000_000  # librdkafka's range
+    max_message_bytes: Annotated[int, Meta(ge=1000, le=LIBRDKAFKA_MAX_BYTES - FORWARD_ROOM)] = 1_000_000
     #: how long the producer keeps trying one record before it counts as not delivered
     delivery_timeout: Timeout = 30.0
     #: how long the producer waits to fill a batch
     linger: Annotated[float, Meta(ge=0, le=900)] = 0.005  # librdkafka's linger.ms goes to 900 s
     #: how soon a dead consumer's partitions go to another member of its group
-    session_timeout: Timeout = 10.0
+    session_timeout: Annotated[float, Meta(ge=1, le=LIBRDKAFKA_MAX_SESSION)] = 10.0
     connect_timeout: Timeout = 10.0
     #: SASL mechanism, when the URL has a user
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
@@ -58,6 +63,8 @@ class KafkaSettings(Settings):
 
     def __post_init__(self) -> None:
         Servers.parse(self.url)  # a ValueError names what is wrong
+        if self.linger >= self.delivery_timeout:  # librdkafka refuses the producer otherwise
+            raise ValueError(f"linger ({self.linger:g} s) must be shorter than delivery_timeout")
         for problem in (TopicTemplate(self.topic).problem(), key_problem(self.key)):
             if problem:
                 raise ValueError(problem)

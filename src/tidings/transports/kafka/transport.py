@@ -40,7 +40,7 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
-from tidings.transports.kafka import DEFAULT_URL
+from tidings.transports.kafka import DEFAULT_URL, FORWARD_ROOM
 from tidings.transports.kafka.records import (
     Record,
     Servers,
@@ -71,9 +71,6 @@ _NEVER = {
 _UNREACHED = {KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 #: librdkafka's queue was full: try the same record again once reports have drained it
 _QUEUE_FULL = SendResult(Outcome.RETRY, "librdkafka's queue is full")
-#: what a retry's or a dead letter's copy may add to a record sent within the limit: the last
-#: error and the reason (1,000 characters each, up to 4 bytes a character) and the counts
-FORWARD_ROOM = 16_384
 
 
 class KafkaTransport:
@@ -159,19 +156,19 @@ class KafkaTransport:
         if self._producer is not None and not self._producer_broken:
             return
         await self._close_producer(timeout=0)
-        producer = Producer(
-            self.client_config(
-                **{
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": self._linger * 1000,
-                    "message.timeout.ms": int(self.delivery_timeout * 1000),
-                    # the room a retry's or a dead letter's headers take: what was sent within
-                    # the limit can always be forwarded (the limit itself is checked in _record)
-                    "message.max.bytes": self.max_message_bytes + FORWARD_ROOM,
-                }
-            )
-        )
+        settings = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self._linger * 1000,
+            "message.timeout.ms": int(self.delivery_timeout * 1000),
+            # the room a retry's or a dead letter's headers take: what was sent within
+            # the limit can always be forwarded (the limit itself is checked in _record)
+            "message.max.bytes": self.max_message_bytes + FORWARD_ROOM,
+        }
+        try:
+            producer = Producer(self.client_config(**settings))
+        except KafkaException as exc:  # settings that librdkafka takes one by one, not together
+            raise ConfigError(f"kafka transport: librdkafka: {exc.args[0].str()}") from None
         await self._reachable(producer)
         self._producer, self._producer_broken = producer, False
         self._stop_polling = threading.Event()
