@@ -68,6 +68,87 @@ def test_a_revoked_partition_is_not_committed_by_late_settles() -> None:
     assert offsets.to_commit() == {}
 
 
+def test_a_settle_from_an_earlier_assignment_does_not_touch_the_partition_assigned_again() -> None:
+    """The partition came back to the same member while a handler ran past the revoke: the message
+    is read again and handled again; the old handler's ack must not let the commit pass the new."""
+    offsets = Offsets()
+    offsets.assigned("t", 0, 10)
+    before = offsets.delivered("t", 0, 10)
+    offsets.revoked("t", 0)
+    offsets.assigned("t", 0, 10)
+    now = offsets.delivered("t", 0, 10)
+    offsets.settled("t", 0, 10, before)
+    offsets.release("t", 0, 10, before)
+    assert offsets.to_commit() == {} and offsets.unsettled("t", 0) == 1  # the new one still runs
+    offsets.settled("t", 0, 10, now)
+    assert offsets.to_commit() == {("t", 0): 11}
+    assert offsets.delivered("t", 9, 0) is None  # not assigned: nothing to hand out
+
+
+async def test_a_record_read_before_its_partition_was_revoked_in_the_same_poll_is_not_handed_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """librdkafka may serve a revoke inside consume(), after poll() returned a record of that
+    partition: handed out, it would be handled by this member and the next one."""
+    from confluent_kafka import TopicPartition
+
+    from tidings.transport import Binding, QueueSpec, WireMessage
+    from tidings.transports.kafka import consume
+    from tidings.transports.kafka.records import to_record
+    from tidings.transports.kafka.transport import KafkaTransport
+
+    monkeypatch.setattr(consume, "end_offsets", lambda *args: {})  # no broker to ask
+    partition = TopicPartition("ex", 0)
+    record = to_record(WireMessage(routing_key="a.b", body=b"{}", message_id="m10"), "ex", None)
+
+    class Read:  # a record as librdkafka hands it over
+        def topic(self) -> str:
+            return "ex"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return 10
+
+        def error(self) -> None:
+            return None
+
+        def headers(self) -> list[tuple[str, bytes]]:
+            return record.headers
+
+        def value(self) -> bytes:
+            return record.value
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, 0)
+
+    class Librdkafka:  # the calls the member makes, scripted
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            return [TopicPartition(p.topic, p.partition, 10) for p in partitions]
+
+        def poll(self, timeout: float) -> Read:
+            return Read()
+
+        def consume(self, count: int, timeout: float) -> list[Read]:
+            member._on_revoke(self, [partition])  # type: ignore[arg-type]
+            member._on_assign(self, [partition])  # type: ignore[arg-type]
+            return []
+
+        def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+            pass
+
+        def resume(self, partitions: list[TopicPartition]) -> None:
+            pass
+
+    member = consume.GroupConsumer(KafkaTransport(), QueueSpec("q", [Binding("ex", "#")]), 10)
+    librdkafka = Librdkafka()
+    member._consumer = librdkafka  # type: ignore[assignment]
+    member._on_assign(librdkafka, [partition])  # type: ignore[arg-type]
+    assert member.poll(10) == []
+    assert member.offsets_to_commit() == {}  # and its position stays before it: it is read again
+
+
 def test_released_messages_hold_the_position_but_nobody_waits_for_them() -> None:
     offsets = Offsets()
     offsets.assigned("t", 0, 0)

@@ -182,6 +182,8 @@ class Ready:
     #: a retry due again on its topic that wished to wait longer (epoch ms): round again
     not_before: int | None = None
     last_error: str = ""
+    #: the assignment of its partition it was read under (:class:`Offsets`)
+    epoch: int = 0
 
 
 @dataclass
@@ -196,6 +198,7 @@ class KafkaDelivery:
     group: GroupConsumer = field(repr=False)
     settled: bool = False
     last_error: str = ""
+    epoch: int = 0
 
     async def ack(self) -> None:
         self._mark_settled()
@@ -290,6 +293,8 @@ class GroupConsumer:
         self._due_paused: dict[Partition, int] = {}
         self._full_paused: set[Partition] = set()
         self._assigned: set[Partition] = set()
+        #: partitions revoked or lost during the current poll (their records read are not ours)
+        self._given_up: set[Partition] = set()
         #: since when this member has had no partition at all (None: it has some)
         self._idle_since: float | None = time.monotonic()
         self._told_idle = False
@@ -382,6 +387,7 @@ class GroupConsumer:
                 self._put_back(consumer, stray)
             return []
         self._resume_full(consumer)
+        self._given_up.clear()  # the partitions a revoke inside this poll takes away
         first = consumer.poll(POLL_WAIT)
         if first is None:
             return []
@@ -393,6 +399,10 @@ class GroupConsumer:
         moved_back: set[Partition] = set()
         now_ms = self.transport.now_ms()
         for record in records:
+            # read before its partition was revoked (the revoke ran inside this poll): not ours to
+            # hand out; whoever has the partition now reads it again from the committed position
+            if (record.topic(), record.partition()) in self._given_up:
+                continue
             error = record.error()
             if error is not None:
                 if error.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
@@ -409,8 +419,9 @@ class GroupConsumer:
                 ready.append(found)
         with self.lock:
             for item in ready:
-                self.offsets.delivered(item.topic, item.partition, item.offset)
-        return ready
+                epoch = self.offsets.delivered(item.topic, item.partition, item.offset)
+                item.epoch = -1 if epoch is None else epoch
+        return [item for item in ready if item.epoch >= 0]  # (-1: its partition is not assigned)
 
     def _ready(self, record: Any, now_ms: int) -> Ready | bool | None:
         """The record as a delivery; None when it is a retry not yet due; False when not selected."""
@@ -549,6 +560,7 @@ class GroupConsumer:
         with self.lock:
             for topic, partition in partitions:
                 self.offsets.revoked(topic, partition)
+        self._given_up |= partitions
         for where in partitions:
             self._assigned.discard(where)
             self._due_paused.pop(where, None)
@@ -588,13 +600,14 @@ class GroupConsumer:
             ready.offset,
             self,
             last_error=ready.last_error,
+            epoch=ready.epoch,
         )
 
     def settled(self, delivery: KafkaDelivery) -> None:
         self.in_flight -= 1
         self._settle_event.set()
         with self.lock:
-            self.offsets.settled(delivery.topic, delivery.partition, delivery.offset)
+            self.offsets.settled(delivery.topic, delivery.partition, delivery.offset, delivery.epoch)
 
     def hand_back(self, delivery: KafkaDelivery) -> None:
         """Released (a stop, a halt): this member does not hand it out again; its position stays
@@ -602,7 +615,7 @@ class GroupConsumer:
         consumer — gets it, uncounted."""
         self.in_flight -= 1
         with self.lock:
-            self.offsets.release(delivery.topic, delivery.partition, delivery.offset)
+            self.offsets.release(delivery.topic, delivery.partition, delivery.offset, delivery.epoch)
         self._settle_event.set()
 
     def clear_settles(self) -> None:

@@ -24,6 +24,9 @@ class PartitionOffsets:
     released: set[int] = field(default_factory=set)
     #: the last position committed (or found committed when the partition was assigned)
     committed: int = -1
+    #: which assignment of the partition to this member these are: a settle of a message handed
+    #: out under an earlier one must not touch them (it may have the offset of a running one)
+    epoch: int = 0
 
     def delivered(self, offset: int) -> None:
         self.unsettled.add(offset)
@@ -56,28 +59,41 @@ class Offsets:
 
     def __init__(self) -> None:
         self.partitions: dict[tuple[str, int], PartitionOffsets] = {}
+        self._assignments = 0
 
     def assigned(self, topic: str, partition: int, position: int) -> None:
-        self.partitions[(topic, partition)] = PartitionOffsets(next=position, committed=position)
+        self._assignments += 1
+        self.partitions[(topic, partition)] = PartitionOffsets(
+            next=position, committed=position, epoch=self._assignments
+        )
 
     def revoked(self, topic: str, partition: int) -> None:
         self.partitions.pop((topic, partition), None)
 
-    def delivered(self, topic: str, partition: int, offset: int) -> None:
-        self._partition(topic, partition, offset).delivered(offset)
+    def delivered(self, topic: str, partition: int, offset: int) -> int | None:
+        """Handed out: the partition's assignment (its epoch) to settle it with; None when the
+        partition is not assigned (a record read before a revoke): not to be handed out."""
+        found = self.partitions.get((topic, partition))
+        if found is None:
+            return None
+        found.delivered(offset)
+        return found.epoch
 
     def skipped(self, topic: str, partition: int, offset: int) -> None:
-        self._partition(topic, partition, offset).skipped(offset)
-
-    def settled(self, topic: str, partition: int, offset: int) -> None:
-        """A handler finished with it; a partition revoked meanwhile is no longer ours to commit."""
         found = self.partitions.get((topic, partition))
+        if found is not None:
+            found.skipped(offset)
+
+    def settled(self, topic: str, partition: int, offset: int, epoch: int | None = None) -> None:
+        """A handler finished with it; a partition revoked meanwhile (even if assigned again
+        since: ``epoch`` tells) is no longer ours to commit."""
+        found = self._current(topic, partition, epoch)
         if found is not None:
             found.settled(offset)
 
-    def release(self, topic: str, partition: int, offset: int) -> None:
+    def release(self, topic: str, partition: int, offset: int, epoch: int | None = None) -> None:
         """Handed back unfinished: the next member to read the partition gets it again."""
-        found = self.partitions.get((topic, partition))
+        found = self._current(topic, partition, epoch)
         if found is not None:
             found.release(offset)
 
@@ -103,8 +119,8 @@ class Offsets:
             if found is not None:
                 found.committed = max(found.committed, position)
 
-    def _partition(self, topic: str, partition: int, offset: int) -> PartitionOffsets:
+    def _current(self, topic: str, partition: int, epoch: int | None) -> PartitionOffsets | None:
         found = self.partitions.get((topic, partition))
-        if found is None:  # read before the assignment was seen (cannot happen with librdkafka)
-            found = self.partitions[(topic, partition)] = PartitionOffsets(next=offset)
+        if found is None or (epoch is not None and found.epoch != epoch):
+            return None
         return found
