@@ -385,6 +385,15 @@ def test_an_exchange_that_can_be_no_kafka_topic_is_refused_before_anything_runs(
     assert "[connectors.k] exchange 'bad exchange': 'bad exchange' is not a Kafka topic name" in done.stderr
 
 
+def test_a_consumers_exchange_that_can_be_no_kafka_topic_is_refused_by_config_check(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.k]\nkind = "kafka"\n[consumers.svc]\nexchange = "bad/ex"\nbindings = ["#"]\n'
+    )
+    done = tidings(tmp_path, "config", "check", timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert "[consumers.svc] exchange 'bad/ex': 'bad/ex' is not a Kafka topic name" in done.stderr
+
+
 def test_dispatch_once_delivers_to_the_connectors_that_are_up_before_reporting_the_one_down(
     tmp_path: Path,
 ) -> None:

@@ -16,7 +16,7 @@ from tests.clirun import tidings
 from tests.ledger import check
 from tests.transports.conformance import hold, message, take
 from tests.waiting import until
-from tidings.errors import TransportError
+from tidings.errors import ConfigError, TransportError
 from tidings.transport import Binding, Delivery, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
 from tidings.transports.kafka import KafkaTransport
 from tidings.transports.kafka import consume as kafka_consume
@@ -67,6 +67,8 @@ def test_doctor_and_dispatch_say_the_broker_is_away_in_one_line(tmp_path: Path) 
         ('url = "kafka://127.0.0.1:9092/?acks=1"', "takes no path or ?options"),
         ('librdkafka = { "bogus.thing" = 1 }', 'No such configuration property: "bogus.thing"'),
         ('librdkafka = { "socket.timeout.ms" = "soon" }', "Invalid value for configuration property"),
+        ('librdkafka = { "bootstrap.servers" = "elsewhere:9092" }', "'bootstrap.servers' is tidings' own"),
+        ('librdkafka = { "enable.auto.commit" = true }', "always false"),
     ],
 )
 def test_a_kafka_option_that_cannot_work_is_a_config_error_naming_it(
@@ -77,6 +79,17 @@ def test_a_kafka_option_that_cannot_work_is_a_config_error_naming_it(
     assert done.returncode == 3, done.stderr
     assert problem in done.stderr and "transports.k" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_a_queue_bound_on_an_exchange_that_can_be_no_topic_is_a_config_error(kafka: str) -> None:
+    """(``tidings consume`` said "consuming" first, then failed as if the broker had.)"""
+    transport = KafkaTransport(url=kafka)
+    queue = QueueSpec(unique("badex-q"), [Binding("bad/ex", "#")])
+    try:
+        with pytest.raises(ConfigError, match="exchange 'bad/ex' cannot be used on Kafka: 'bad/ex' is not a"):
+            await transport.declare(Topology([ExchangeSpec("bad/ex")], [queue]))
+    finally:
+        await transport.close()
 
 
 async def test_a_record_over_the_size_limit_is_refused_alone(kafka: str) -> None:

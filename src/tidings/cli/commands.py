@@ -98,15 +98,16 @@ def read_capped(name: str, what: str, limit: int = READ_LIMIT) -> bytes:
 def check_plugins(bus: Bus) -> None:
     """Import what each transport and format needs; a missing extra is a ConfigError naming it.
     (``config check`` and ``doctor``, and dispatch and serve before they start.)
-    A transport may also say why a connector's exchange cannot be one of its own (a Kafka topic
-    name), with an optional ``exchange_problem(exchange)``."""
+    A transport may also say why a connector's or a consumer's exchange cannot be one of its own
+    (a Kafka topic name), with an optional ``exchange_problem(exchange)``."""
     transports = {name: bus.make_transport(name) for name in bus.config.transports}
-    for name, connector in bus.config.connectors.items():
-        check = getattr(transports.get(connector.transport), "exchange_problem", None)
-        problem = check(connector.exchange) if check is not None else None
+    tables = [("connectors", bus.config.connectors), ("consumers", bus.config.consumers)]
+    for section, name, table in ((s, n, t) for s, named in tables for n, t in named.items()):
+        check = getattr(transports.get(table.transport), "exchange_problem", None)
+        problem = check(table.exchange) if check is not None else None
         if problem:
             raise ConfigError(
-                f"{bus.config.origin}: [connectors.{name}] exchange {connector.exchange!r}: {problem}"
+                f"{bus.config.origin}: [{section}.{name}] exchange {table.exchange!r}: {problem}"
             )
     for section, name, table in bus.config.formatted():
         where = f"{bus.config.origin}: [{section}.{name}] format_options"

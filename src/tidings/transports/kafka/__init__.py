@@ -26,6 +26,21 @@ LIBRDKAFKA_MAX_BYTES, LIBRDKAFKA_MAX_SESSION = 1_000_000_000, 3600
 Count = Annotated[int, Meta(ge=1)]
 
 
+#: librdkafka settings tidings makes itself, and from what (one in ``librdkafka`` would be ignored,
+#: or would undo what the transport promises)
+SET_BY_TIDINGS = {
+    "bootstrap.servers": "set url instead",
+    "enable.idempotence": "always true (no duplicates, no reordering on retries)",
+    "acks": "always all (a delivery report means the in-sync replicas have it)",
+    "enable.auto.commit": "always false (positions are committed after the handlers)",
+    "group.id": "the consumer's queue name",
+    "message.max.bytes": "set max_message_bytes instead",
+    "message.timeout.ms": "set delivery_timeout instead",
+    "linger.ms": "set linger instead",
+    "session.timeout.ms": "set session_timeout instead",
+}
+
+
 class KafkaSettings(Settings):
     #: ``kafka://host:port[,host:port...]``; ``kafkas://`` for TLS; ``user:password@`` for SASL
     url: str = DEFAULT_URL
@@ -63,6 +78,9 @@ class KafkaSettings(Settings):
 
     def __post_init__(self) -> None:
         Servers.parse(self.url)  # a ValueError names what is wrong
+        own = sorted(set(self.librdkafka) & set(SET_BY_TIDINGS))
+        if own:
+            raise ValueError(f"librdkafka: {own[0]!r} is tidings' own: {SET_BY_TIDINGS[own[0]]}")
         if self.linger >= self.delivery_timeout:  # librdkafka refuses the producer otherwise
             raise ValueError(f"linger ({self.linger:g} s) must be shorter than delivery_timeout")
         for problem in (TopicTemplate(self.topic).problem(), key_problem(self.key)):

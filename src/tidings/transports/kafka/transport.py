@@ -231,7 +231,7 @@ class KafkaTransport:
         return [f"{queue}.retry.{d}s" for d in self.retry_delays] + [f"{queue}.dead"]
 
     def exchange_problem(self, exchange: str) -> str | None:
-        """Why a connector's ``exchange`` can make no Kafka topic here, or None (``config check``)."""
+        """Why an ``exchange`` can make no Kafka topic here, or None (``config check``, declare)."""
         if self.template.uses_words:
             return None  # the topic comes from each routing key: checked per message
         try:
@@ -242,6 +242,13 @@ class KafkaTransport:
     async def declare(self, topology: Topology) -> None:
         """Create the exchanges' topics (or check them, when passive) and each queue's own topics,
         and start each new queue's group at the current end of what it reads."""
+        named = {e.name for e in topology.exchanges} | {
+            b.exchange for q in topology.queues for b in q.bindings
+        }
+        for name in sorted(named):
+            problem = self.exchange_problem(name)
+            if problem:
+                raise ConfigError(f"exchange {name!r} cannot be used on Kafka: {problem}")
         wanted, checked = set(), set()
         for exchange in topology.exchanges:
             if self.template.uses_words:
