@@ -141,12 +141,18 @@ async def test_a_record_read_before_its_partition_was_revoked_in_the_same_poll_i
         def resume(self, partitions: list[TopicPartition]) -> None:
             pass
 
+        def seek(self, partition: TopicPartition) -> None:
+            seeks.append((partition.topic, partition.partition, partition.offset))
+
+    seeks: list[tuple[str, int, int]] = []
     member = consume.GroupConsumer(KafkaTransport(), QueueSpec("q", [Binding("ex", "#")]), 10)
     librdkafka = Librdkafka()
     member._consumer = librdkafka  # type: ignore[assignment]
     member._on_assign(librdkafka, [partition])  # type: ignore[arg-type]
     assert member.poll(10) == []
     assert member.offsets_to_commit() == {}  # and its position stays before it: it is read again
+    # given back to this member in the same poll: read from the new assignment's start
+    assert seeks == [("ex", 0, 10)]
 
 
 def test_released_messages_hold_the_position_but_nobody_waits_for_them() -> None:

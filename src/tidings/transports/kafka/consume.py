@@ -123,6 +123,11 @@ async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
                 return  # a group declared before: its positions stand, the rest from the beginning
             ends = end_offsets(transport.client_config(), committed, transport.connect_timeout)
             at_ends = [TopicPartition(t.topic, t.partition, ends[(t.topic, t.partition)]) for t in committed]
+            # a second member starting at the same time may have set them meanwhile (later ends
+            # over its earlier ones would skip what came between); Kafka has no compare-and-set,
+            # so this narrows that window to the instant between the two calls
+            if any(tp.offset >= 0 for tp in reader.committed(partitions, timeout=transport.connect_timeout)):
+                return
             reader.commit(offsets=at_ends, asynchronous=False)
         finally:
             reader.close()
@@ -398,10 +403,12 @@ class GroupConsumer:
         ready: list[Ready] = []
         moved_back: set[Partition] = set()
         now_ms = self.transport.now_ms()
+        dropped: set[Partition] = set()
         for record in records:
             # read before its partition was revoked (the revoke ran inside this poll): not ours to
             # hand out; whoever has the partition now reads it again from the committed position
             if (record.topic(), record.partition()) in self._given_up:
+                dropped.add((record.topic(), record.partition()))
                 continue
             error = record.error()
             if error is not None:
@@ -417,11 +424,24 @@ class GroupConsumer:
                 moved_back.add(where)
             elif found is not False:
                 ready.append(found)
+        self._read_again_from_the_start(consumer, dropped & self._assigned)
         with self.lock:
             for item in ready:
                 epoch = self.offsets.delivered(item.topic, item.partition, item.offset)
                 item.epoch = -1 if epoch is None else epoch
         return [item for item in ready if item.epoch >= 0]  # (-1: its partition is not assigned)
+
+    def _read_again_from_the_start(self, consumer: Consumer, partitions: set[Partition]) -> None:
+        """Partitions given back to this member in the poll that revoked them, records of which
+        were dropped: read from the new assignment's start (where librdkafka starts anyway), so
+        that none read after the reassignment is passed over."""
+        for topic, partition in partitions:
+            with self.lock:
+                start = self.offsets.partitions[(topic, partition)].next
+            try:
+                consumer.seek(TopicPartition(topic, partition, start))
+            except KafkaException as exc:  # not fetching yet: it will start there
+                log.debug("Kafka consumer of %r: no seek to %s:%d (%s)", self.queue.name, topic, start, exc)
 
     def _ready(self, record: Any, now_ms: int) -> Ready | bool | None:
         """The record as a delivery; None when it is a retry not yet due; False when not selected."""
