@@ -229,6 +229,25 @@ def test_tail_shows_published_events(tmp_path: Path) -> None:
     assert [orjson.loads(line)["topic"] for line in lines] == ["tail.t1", "tail.t2", "tail.live"]
 
 
+def test_what_users_named_prints_as_it_is_never_as_styles(tmp_path: Path) -> None:
+    """'[/]' may be in a topic, a connector's name, a config's path: printed with rich's markup,
+    one event broke every later ``tail`` (and a command failed after it had done its work)."""
+    for topic in ("a.[/].x", "a.[bold].x"):
+        assert tidings(tmp_path, "publish", topic, "--body", "{}").returncode == 0
+    follower = started(tmp_path, "tail", "--last", "2")
+    try:
+        lines = [follower.stdout.readline().decode() for _ in range(2)]  # type: ignore[union-attr]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(10)
+    assert "a.[/].x" in lines[0] and "a.[bold].x" in lines[1], lines
+    (tmp_path / "[red]x.toml").write_text('[connectors."c[/]"]\ntransport = "local"\n')
+    done = tidings(tmp_path, "-c", "[red]x.toml", "config", "check")
+    assert done.returncode == 0 and "source: [red]x.toml" in done.stderr, done.stdout + done.stderr
+    done = tidings(tmp_path, "-c", "[red]x.toml", "backlog", "list")
+    assert done.returncode == 0 and "c[/]" in done.stdout, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
 def test_tail_stops_on_a_signal_even_started_with_ctrl_c_ignored(tmp_path: Path, sig: int, code: int) -> None:
     # a non-interactive shell starts background jobs with SIGINT ignored; Python then has no Ctrl-C

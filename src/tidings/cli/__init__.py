@@ -23,8 +23,11 @@ from rich.logging import RichHandler
 from tidings.errors import ConfigError, TidingsError
 from tidings.redact import RedactingFilter, redact
 
-# soft_wrap: a line is printed whole (a terminal wraps it itself; a pipe or a log keeps it one line)
-err = Console(stderr=True, soft_wrap=True)
+# soft_wrap: a line is printed whole (a terminal wraps it itself; a pipe or a log keeps it one line).
+# markup=False: what is printed holds users' text (topics, names, errors), and "[/]" in a topic must
+# print as itself, not end a style (or fail); a line with styles of ours says markup=True and
+# escapes what it interpolates
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 class OutputError(TidingsError):

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tidings.bus import Bus
 from tidings.cli import OutputError, app, err, setup_logging
@@ -21,7 +22,7 @@ from tidings.plugins import import_object
 from tidings.stopping import exit_status, leave_now_if_forced, run_until_signalled
 from tidings.topics import validate_pattern
 
-out = Console(soft_wrap=True)  # see err
+out = Console(soft_wrap=True, markup=False)  # see err
 
 ConfigOpt = Annotated[
     Path | None,
@@ -396,8 +397,9 @@ def serve(
 
 def print_event(event: Event, console: Console) -> None:
     console.print(
-        f"[dim]{event.time:%H:%M:%S.%f}[/] [bold cyan]{event.topic}[/] "
-        f"[dim]{event.id[:13]}… {event.type or ''}[/]"
+        f"[dim]{event.time:%H:%M:%S.%f}[/] [bold cyan]{escape(event.topic)}[/] "
+        f"[dim]{escape(event.id[:13])}… {escape(event.type or '')}[/]",
+        markup=True,
     )
 
 
@@ -416,8 +418,9 @@ def demo(
 
     setup_logging("WARNING")
     err.print(
-        f"[bold]tidings demo[/]: embedded bus in {home}/ — a DataWarehouse-like producer at {rate:g} "
-        f"events/s for {duration:g}s, a consumer service printing what it acks"
+        f"[bold]tidings demo[/]: embedded bus in {escape(str(home))}/ — a DataWarehouse-like producer "
+        f"at {rate:g} events/s for {duration:g}s, a consumer service printing what it acks",
+        markup=True,
     )
     ledger = asyncio.run(run_demo(home, duration, rate, out))
     latencies = sorted(ledger.latencies or [0.0])
@@ -427,6 +430,7 @@ def demo(
         f"\n[bold]ledger[/]: published {ledger.published}, received {ledger.received}, "
         f"lost {max(lost, 0)}; publish→handler latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
         soft_wrap=True,
+        markup=True,
     )
     if lost > 0:
         raise typer.Exit(1)

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from tidings.bus import Bus
 from tidings.cli import app, err
@@ -219,19 +221,27 @@ async def _check_transports(bus: Bus) -> int:
             found = await _verify(transport, topology)
         except (TidingsError, TimeoutError) as exc:
             failures += 1
-            err.print(f"transport {name}: [red]FAILED[/] {exc or 'timed out'}", highlight=False)
+            _transport_line(err, name, FAILED, str(exc) or "timed out")
             continue
         finally:
             await transport.close()
         for note in found.notes:
-            err.print(f"transport {name}: [yellow]note[/] {note}", highlight=False)
+            _transport_line(err, name, "[yellow]note[/]", note)
         for problem in found.problems:
-            err.print(f"transport {name}: [red]FAILED[/] {problem}", highlight=False)
+            _transport_line(err, name, FAILED, problem)
         failures += len(found.problems)
         if not found.problems:
             what = f"{len(topology.exchanges)} exchange(s), {len(topology.queues)} queue(s)"
-            out.print(f"transport {name} ({transport.kind}): [green]ok[/] ({what})")
+            _transport_line(out, f"{name} ({transport.kind})", "[green]ok[/]", f"({what})")
     return failures
+
+
+FAILED = "[red]FAILED[/]"
+
+
+def _transport_line(console: Console, name: str, verdict: str, detail: str) -> None:
+    """``transport NAME: VERDICT detail``: the verdict styled, the name and the detail as they are."""
+    console.print(f"transport {escape(name)}: {verdict} {escape(detail)}", markup=True, highlight=False)
 
 
 async def _verify(transport: Any, topology: Topology) -> Findings:

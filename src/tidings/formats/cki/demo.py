@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from tidings.bus import Bus
 from tidings.config import default_config
@@ -106,7 +107,9 @@ def dashboard(console: Console, ledger: Ledger) -> App:
         )
         detail = obj.get("tree_name") or obj.get("architecture") or f"{obj.get('path')} {obj.get('status')}"
         console.print(
-            f"[dim]{event.time:%H:%M:%S.%f}[/] [{colour}]{event.topic:<45}[/] {obj['id'][:34]:<34} {detail}",
+            f"[dim]{event.time:%H:%M:%S.%f}[/] [{colour}]{escape(event.topic):<45}[/] "
+            f"{escape(str(obj['id'])[:34]):<34} {escape(str(detail))}",
+            markup=True,
             highlight=False,
             soft_wrap=True,  # one event, one line: a pipe or a narrow terminal must not split it
         )
