@@ -18,10 +18,12 @@ MASK = "***"
 #: a URL's scheme and what follows it up to a space or a quote; its userinfo is found in there
 #: (a password typed with a '#', '?' or '/' in it, unencoded, still counts as one)
 _AUTHORITY = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^\s\"'<>]*)")
-#: a query parameter whose value is a secret
+#: a query parameter whose value is a secret, or a ``key=value`` one (a PostgreSQL connection
+#: string: ``host=db password='a b'``), its value quoted or not
 _SECRET_PARAMETER = re.compile(
-    r"(?P<name>[?&;](?:password|passwd|pass|pwd|secret|token|api[_-]?key|access[_-]?key|sasl[_.]password)=)"
-    r"(?P<value>[^&#\s\"']*)",
+    r"(?P<name>(?:(?<=[?&;\s])|^)"
+    r"(?:password|passwd|pass|pwd|secret|token|api[_-]?key|access[_-]?key|sasl[_.]password)=)"
+    r"(?P<value>'(?:[^'\\]|\\.)*'?|[^&#\s\"']*)",
     re.IGNORECASE,
 )
 
@@ -69,6 +71,8 @@ def mask_url(url: object) -> str:
     and spaces too, which end a URL found in running text)."""
     text = str(url)
     scheme, sep, rest = text.partition("://")
+    if not sep and "@" in text:  # not a URL at all ("amqps//u:p@h", a typo): the host, no more
+        return redact(f"{MASK}@{text.rpartition('@')[2]}")
     masked = _masked_userinfo(rest) if sep else None
     return redact(f"{scheme}://{masked}" if masked is not None else text)
 

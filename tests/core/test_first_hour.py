@@ -299,11 +299,22 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
         'key_password = "canary-key"\n'
         '[transports.kafka]\nkind = "kafka"\nurl = "kafka://svc:canary-sasl@127.0.0.1:9092"\n'
         'librdkafka = {"sasl.password" = "canary-lib"}\n'
+        # a password with a space and a quote (it ends a URL found in running text, not an option's)
+        '[transports.odd]\nkind = "amqp"\nurl = "amqp://svc:canary pass\'odd@h/"\n'
+        '[archive]\nstore = "postgresql"\nurl = "host=h password=canary-pg dbname=x"\n'
     )
     for args in (("config", "show"), ("config", "show", "--json")):
         done = tidings(tmp_path, *args)
         assert done.returncode == 0, done.stderr
-        for secret in ("hunter2", "canary-key", "canary-sasl", "canary-lib"):
+        for secret in (
+            "hunter2",
+            "canary-key",
+            "canary-sasl",
+            "canary-lib",
+            "canary pass",
+            "odd@",
+            "canary-pg",
+        ):
             assert secret not in done.stdout
         assert "amqp://svc:***@broker.example:5671/%2F" in done.stdout
 

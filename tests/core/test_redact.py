@@ -41,10 +41,18 @@ def test_a_url_password_never_survives(scheme: str, user: str, password: str, ho
         ("http://h/?user=a&password=hunter2&x=1", "http://h/?user=a&password=***&x=1"),
         ("http://h/?TOKEN=abc#frag", "http://h/?TOKEN=***#frag"),
         ("plain words, no secret", "plain words, no secret"),
+        ("host=localhost user=u password=PgPW7 dbname=x", "host=localhost user=u password=*** dbname=x"),
+        ("password='a b\\' c' dbname=x", "password=*** dbname=x"),  # libpq's quoting
+        ("compass=north", "compass=north"),
     ],
 )
 def test_examples(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def test_a_url_that_is_not_one_shows_no_more_than_its_host() -> None:
+    assert mask_url("amqps//advcuser:SecretA2@127.0.0.1/") == "***@127.0.0.1/"  # a typo'd scheme
+    assert mask_url("amqp://u:Pa ss'w\"d@h:5672/") == "amqp://u:***@h:5672/"
 
 
 def test_mask_url_takes_any_object() -> None:

@@ -14,7 +14,7 @@ from tidings.bus import Bus
 from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, JsonOpt, check_plugins, load_bus, out
 from tidings.config import Config
-from tidings.redact import MASK, redact
+from tidings.redact import MASK, mask_url, redact
 
 config_app = typer.Typer(help="Show the configuration in force and check it.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -79,5 +79,8 @@ def masked(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [masked(v, key) for v in value]
     if isinstance(value, str):
-        return MASK if _SECRET_KEY.search(key) and value else redact(value)
+        if _SECRET_KEY.search(key) and value:
+            return MASK
+        # an option that holds one URL: its password is all between ':' and '@', spaces and quotes too
+        return mask_url(value) if key == "url" or key.endswith("_url") else redact(value)
     return value
