@@ -35,7 +35,14 @@ EMBEDDED_DEFAULT = "the embedded default (no config file found)"
 Positive = Annotated[float, Meta(gt=0)]
 #: up to ten years: a finite number of seconds (inf and nan are refused)
 Seconds = Annotated[float, Meta(ge=0, le=10 * 365 * 86_400)]
-Count = Annotated[int, Meta(ge=1)]
+#: a million: beyond any batch, prefetch or attempt limit that means something, and within what
+#: SQLite and the brokers' clients can hold (a larger number failed deep inside them)
+MAX_COUNT = 1_000_000
+Count = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+#: a body's size: up to 2 GiB
+Bytes = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+#: nesting of a JSON body: the JSON reader itself stops at 1,024 levels
+Depth = Annotated[int, Meta(ge=1, le=1_000)]
 #: a retry waits a week at most: an entry never due would hold its event (and an ordered connector)
 RetryDelay = Annotated[float, Meta(ge=0, le=7 * 86_400)]
 Schedule = Annotated[list[RetryDelay], Meta(min_length=1)]
@@ -53,8 +60,8 @@ class BusSection(_Strict):
     source: Name = "tidings"
     #: where the embedded default keeps its files; relative paths are under the config's folder
     home: Name = ".tidings"
-    max_body_bytes: Count = 1024 * 1024
-    max_depth: Count = 64
+    max_body_bytes: Bytes = 1024 * 1024
+    max_depth: Depth = 64
     #: refuse events whose type has no registered schema (and untyped events)
     require_schema: bool = False
     #: how much the long-running commands log unless --log-level says otherwise

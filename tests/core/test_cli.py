@@ -340,6 +340,8 @@ def test_publish_refuses_a_number_no_json_reader_takes(tmp_path: Path) -> None:
         (["backlog", "list", "local", "--limit", "9" * 23], 2, "less than or equal to 1000000"),
         (["backlog", "list", "local", "--limit", "-5"], 2, "greater than or equal to 1"),
         (["backlog", "drop", "local", "--seq", "1", "--all"], 2, "or --all, one of the two"),
+        (["dead", "list", "q", "--limit", "9" * 20], 2, "less than or equal to 1000000"),
+        (["consume", "m:app", "--prefetch", "9" * 20], 2, "less than or equal to 1000000"),
     ],
 )
 def test_endless_files_and_impossible_numbers_are_one_line(
@@ -356,6 +358,11 @@ def test_endless_files_and_impossible_numbers_are_one_line(
         ('kind = "kafka"\nmax_message_bytes = 1', "max_message_bytes: expected int >= 1000"),
         ('kind = "kafka"\ndelivery_timeout = inf', "delivery_timeout: expected float <= 86400"),
         ('kind = "kafka"\nlinger = 1e9', "linger: expected float <= 900"),
+        ('kind = "embedded"\n[connectors.x]\ntransport = "t"\nbatch_size = 1e20', "batch_size"),
+        (
+            'kind = "embedded"\n[connectors.x]\ntransport = "t"\nbatch_size = 99999999999999999999',
+            "<= 1000000",
+        ),
         # librdkafka's own bounds, with the room tidings adds to each record for its copies
         ('kind = "kafka"\nmax_message_bytes = 1000000000', "max_message_bytes: expected int <= 999983616"),
         ('kind = "kafka"\nlinger = 60', "linger (60 s) must be shorter than delivery_timeout"),

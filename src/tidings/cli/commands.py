@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from tidings.bus import Bus
 from tidings.cli import OutputError, app, err, setup_logging
+from tidings.config import MAX_COUNT
 from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event, loads
@@ -300,9 +301,12 @@ def consume(
             "--exchange", metavar="NAME", help="Exchange the queue is bound on (a connector's exchange)."
         ),
     ] = None,
-    prefetch: Annotated[int | None, typer.Option(min=1, help="Messages held unsettled at once.")] = None,
+    prefetch: Annotated[
+        int | None, typer.Option(min=1, max=MAX_COUNT, help="Messages held unsettled at once.")
+    ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Handlers running at once (1 keeps the queue's order).")
+        int | None,
+        typer.Option(min=1, max=MAX_COUNT, help="Handlers running at once (1 keeps the queue's order)."),
     ] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = None,

@@ -23,6 +23,7 @@ from tidings.bus import Bus
 from tidings.cli import app
 from tidings.cli.commands import ConfigOpt, JsonOpt, load_bus, out
 from tidings.cli.output import aligned
+from tidings.config import MAX_COUNT
 from tidings.errors import ConfigError, InvalidEvent, NotFound, TidingsError
 from tidings.event import dumps, format_time, loads, pretty
 from tidings.transport import QUEUE_HEADER, DeadLetter, DeadLetters, dead_letters
@@ -124,7 +125,7 @@ def _which(ids: list[str], all_: bool) -> list[str] | None:
 def dead_list(
     queue: QueueArg,
     transport: TransportOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many, oldest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_COUNT, help="At most this many, oldest first.")] = 50,
     json_: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:

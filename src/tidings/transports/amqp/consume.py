@@ -59,6 +59,8 @@ class Broker(Protocol):
 log = logging.getLogger(__name__)
 
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 10.0
+#: basic.qos carries the prefetch count in 16 bits
+AMQP_MAX_PREFETCH = 65_535
 #: what settling raises when the channel is gone (the broker then redelivers: at-least-once)
 _CHANNEL_GONE = (
     aiormq.exceptions.AMQPError,
@@ -325,7 +327,7 @@ async def _subscribe(
     channel = await transport.channel()
     try:
         await transport.declare(Topology(transport.declared.exchanges, [queue]))
-        await channel.basic_qos(prefetch_count=prefetch)
+        await channel.basic_qos(prefetch_count=min(prefetch, AMQP_MAX_PREFETCH))
         channel.on_consumer_cancel_callbacks.add(lambda frame: inbox.put_nowait(_CANCELLED))
         channel.closing.add_done_callback(lambda _: inbox.put_nowait(_CLOSED))
         await channel.basic_consume(queue.name, inbox.put, no_ack=False)
