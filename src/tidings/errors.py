@@ -40,6 +40,13 @@ class SchemaError(InvalidEvent):
         self.path = path
 
 
+class InvalidSchema(SchemaError):
+    """A type's schema cannot itself be compiled: the configuration is wrong, not the event (a
+    consumer still dead-letters what it cannot check, with this as the reason)."""
+
+    exit_code = 3
+
+
 class UnknownSchema(SchemaError):
     """An event names a type for which no schema is registered."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clirun import tidings
 from tidings import Bus
 from tidings.config import load_config, parse_config
 from tidings.errors import ConfigError, InvalidEvent, SchemaError, UnknownSchema
@@ -57,6 +58,21 @@ def test_an_invalid_schema_is_reported_as_such() -> None:
     registry = SchemaRegistry({"broken.v1": {"type": "no-such-type"}})
     with pytest.raises(SchemaError, match="itself invalid"):
         registry.validate("broken.v1", {})
+
+
+@pytest.mark.parametrize("schema", ['{"type": 5}', '{"properties": {"d": {"pattern": "("}}}'])
+def test_a_broken_schema_file_is_a_config_error_in_one_line_before_anything_runs(
+    tmp_path: Path, schema: str
+) -> None:
+    """(``config check`` said ok, and publish gave a many-line error with exit 4, blaming the event.)"""
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "mine.bad.v1.json").write_text(schema)
+    (tmp_path / "tidings.toml").write_text('[schemas]\ndirs = ["schemas"]\n')
+    for args in (["config", "check"], ["doctor"], ["publish", "a.b", "-t", "mine.bad.v1", "--body", "{}"]):
+        done = tidings(tmp_path, *args)
+        assert done.returncode == 3, (args, done.stderr)
+        assert "schema 'mine.bad.v1'" in done.stderr and "is itself invalid" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_directories_from_config_extend_the_built_in_packs(tmp_path: Path) -> None:

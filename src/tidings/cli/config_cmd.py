@@ -42,6 +42,7 @@ def config_check(config: ConfigOpt = None) -> None:
     every transport's and format's plug-in is installed (exit 3 if not)."""
     bus = load_bus(config)
     check_plugins(bus)
+    bus.schemas.check_all()
     out.print(f"config: ok — {summary(bus)}", highlight=False)
     err.print(f"source: {bus.config.origin}", highlight=False)
 

@@ -188,6 +188,7 @@ def doctor(config: ConfigOpt = None) -> None:
 
     bus = load_bus(config)
     check_plugins(bus)  # a missing extra is a config error (exit 3) before anything says "ok"
+    bus.schemas.check_all()
     out.print(f"config: ok ({summary(bus)}; {bus.config.origin})", highlight=False)
     out.print(f"outbox: {bus.config.outbox_path()} — last seq {bus.outbox.last_seq()}")
     failures = asyncio.run(_check_transports(bus))

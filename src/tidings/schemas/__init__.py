@@ -35,7 +35,7 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
-from tidings.errors import ConfigError, SchemaError, UnknownSchema
+from tidings.errors import ConfigError, InvalidSchema, SchemaError, UnknownSchema
 
 PACKS = Path(__file__).parent / "packs"
 
@@ -194,8 +194,17 @@ class SchemaRegistry:
                     schema, validate_formats=entry.assert_formats, formats=checks or None
                 )
             except (ValueError, jsonschema_rs.ValidationError) as exc:
-                raise SchemaError(f"schema {type_!r} is itself invalid: {exc}", type_=type_) from None
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InvalidSchema(
+                    f"schema {type_!r} ({entry.origin}) is itself invalid: {first}", type_=type_
+                ) from None
         return entry.validator
+
+    def check_all(self) -> None:
+        """Compile every schema now (``config check``, ``doctor``): one that cannot be compiled is
+        an :class:`InvalidSchema`, before any event of its type is published or consumed."""
+        for type_ in self.types():
+            self.validator(type_)
 
     def validate(self, type_: str, body: Any) -> None:
         """Raise :class:`SchemaError` naming the first failing field, or return."""
