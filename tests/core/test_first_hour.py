@@ -291,6 +291,8 @@ def test_config_precedence_option_then_environment_then_folder(tmp_path: Path) -
     assert show(tmp_path)["config"]["bus"]["source"] == "here"
     assert show(tmp_path, env=env)["config"]["bus"]["source"] == "env"
     assert show(tmp_path, "--config", "option.toml", env=env)["config"]["bus"]["source"] == "option"
+    said = tidings(tmp_path, "config", "check", env=env).stderr
+    assert said.strip() == f"source: {tmp_path / 'env.toml'} ($TIDINGS_CONFIG)", said  # not "--config"
 
 
 def test_config_show_masks_secrets(tmp_path: Path) -> None:

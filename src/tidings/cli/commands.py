@@ -30,10 +30,11 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
-        envvar="TIDINGS_CONFIG",
         metavar="PATH",
-        help="Config file (default: tidings.toml here or in a parent folder, then "
-        "/etc/tidings/tidings.toml, else the embedded default; `tidings config show` says which).",
+        # $TIDINGS_CONFIG is read where the file is chosen (tidings.config.find_config), which
+        # says which of the two named it
+        help="Config file (default: $TIDINGS_CONFIG, then tidings.toml here or in a parent folder, "
+        "then /etc/tidings/tidings.toml, else the embedded default; `tidings config show` says which).",
         show_default=False,
     ),
 ]
