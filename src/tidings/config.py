@@ -359,7 +359,7 @@ def _with_defaults(config: Config) -> Config:
     if not connectors and "local" in transports:
         connectors = {"local": ConnectorConfig(transport="local")}
     if config.archive is not None and config.archive.from_outbox():
-        connectors = _archive_connector(config.archive, connectors)
+        connectors = _archive_connector(config.archive, connectors, transports)
     consumers, reactor = config.consumers, config.reactor
     only = only_transport(transports)
     if only is not None:  # a section that names no transport means the one there is
@@ -384,7 +384,7 @@ def _on(table: S, only: str) -> S:
 
 
 def _archive_connector(
-    section: ArchiveSection, connectors: dict[str, ConnectorConfig]
+    section: ArchiveSection, connectors: dict[str, ConnectorConfig], transports: dict[str, Any]
 ) -> dict[str, ConnectorConfig]:
     """The dispatcher's ``archive`` connector: the outbox's events reach the archive as they reach
     any connector (a cursor, retries, and a purge of the outbox that waits for it). Its transport
@@ -392,6 +392,8 @@ def _archive_connector(
     name = ARCHIVE_CONNECTOR
     if name in connectors and connectors[name].transport != name:
         raise ConfigError(f'[connectors.{name}] is taken by [archive] from = "outbox": rename the connector')
+    if name in transports:  # the archive's connector would go to the archive, not to this broker
+        raise ConfigError(f'[transports.{name}] is taken by [archive] from = "outbox": rename the transport')
     connector = ConnectorConfig(
         transport=name, batch_size=section.batch_size, retry_schedule=[1.0, 5.0, 30.0]
     )

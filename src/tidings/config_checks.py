@@ -23,12 +23,27 @@ from tidings.transport import transport_plugin
 
 def check_config(config: Config, origin: str) -> None:
     """Raise ConfigError for the first thing in ``config`` that cannot work."""
+    _check_names(config, origin)
     _check_transports(config, origin)
     _check_formats(config, origin)
     _check_patterns(config, origin)
     _check_references(config, origin)
     _check_relays_and_rules(config, origin)
     _check_archive(config, origin)
+
+
+def _check_names(config: Config, origin: str) -> None:
+    """Every table's name says something: an empty one (``[consumers.""]``) names nothing."""
+    named = {
+        "transports": config.transports,
+        "connectors": config.connectors,
+        "consumers": config.consumers,
+        "relays": config.relays,
+        "reactor.rules": config.reactor.rules,
+    }
+    for section, tables in named.items():
+        if any(not name.strip() for name in tables):
+            raise ConfigError(f'{origin}: [{section}.""]: a name cannot be empty')
 
 
 def _check_transports(config: Config, origin: str) -> None:

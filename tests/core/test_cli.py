@@ -342,6 +342,8 @@ def test_publish_refuses_a_number_no_json_reader_takes(tmp_path: Path) -> None:
         (["backlog", "drop", "local", "--seq", "1", "--all"], 2, "or --all, one of the two"),
         (["dead", "list", "q", "--limit", "9" * 20], 2, "less than or equal to 1000000"),
         (["consume", "m:app", "--prefetch", "9" * 20], 2, "less than or equal to 1000000"),
+        (["consume", "--callback", "m:f", "--bind", "a.#", "--queue", ""], 2, "--queue cannot be empty"),
+        (["consume", "m:app", "--exchange", " "], 2, "--exchange cannot be empty"),
     ],
 )
 def test_endless_files_and_impossible_numbers_are_one_line(

@@ -267,3 +267,26 @@ def test_a_retry_no_broker_can_wait_is_the_handlers_error(delay: float) -> None:
     with pytest.raises(ValueError, match="Retry delay must be between 0 and 86400 seconds"):
         Retry(delay)
     assert Retry(86_400.0).delay == 86_400.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ('[consumers.""]\nbindings = ["a.#"]\n', '[consumers.""]: a name cannot be empty'),
+        ('[transports." "]\nkind = "embedded"\n', '[transports.""]: a name cannot be empty'),
+        ('[reactor.rules.""]\ncommand = ["true"]\n', '[reactor.rules.""]: a name cannot be empty'),
+        # the archive's own connector would take the transport's name, and its events with it
+        (
+            '[transports.archive]\nkind = "embedded"\n[archive]\n',
+            "[transports.archive] is taken by [archive]",
+        ),
+        (
+            '[connectors.archive]\ntransport = "local"\n[archive]\n',
+            "[connectors.archive] is taken by [archive]",
+        ),
+    ],
+)
+def test_names_that_name_nothing_or_are_taken_are_refused(tmp_path: Path, toml: str, said: str) -> None:
+    (tmp_path / "tidings.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config(tmp_path / "tidings.toml")

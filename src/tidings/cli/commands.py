@@ -326,6 +326,9 @@ def consume(
     bus = load_bus(config, log_level, verbose=verbose)
     if (target is None) == (callback is None):
         raise typer.BadParameter("give either MODULE:APP or --callback MODULE:FUNC")
+    for option, given in (("--queue", queue), ("--exchange", exchange), ("--transport", transport)):
+        if given is not None and not given.strip():
+            raise typer.BadParameter(f"{option} cannot be empty")
     if callback is not None:
         if not bind:
             raise typer.BadParameter("--callback needs at least one --bind PATTERN")
