@@ -324,6 +324,12 @@ class Outbox:
     def last_seq(self) -> int:
         return self._read("SELECT max(seq) FROM events")[0][0] or 0
 
+    def cursor_of(self, connector: str) -> int:
+        """The connector's cursor, without writing: 0 for one not seen yet (it will start there).
+        For what only looks (``backlog list`` on a full disk, where a write fails)."""
+        row = self._read("SELECT seq FROM cursors WHERE connector = ?", (connector,))
+        return row[0][0] if row else 0
+
     def ensure_connector(self, connector: str) -> int:
         """The connector's cursor, creating it if new.
 
@@ -459,7 +465,7 @@ class Outbox:
         result = []
         last = self.last_seq()
         for name in connectors:
-            cursor = self.ensure_connector(name)
+            cursor = self.cursor_of(name)
             pending = self._read("SELECT count(*) FROM events WHERE seq > ?", (cursor,))[0][0]
             head = self.backlog_head(name)
             dead = self._read("SELECT count(*) FROM dead WHERE connector = ?", (name,))[0][0]

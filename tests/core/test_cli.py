@@ -463,6 +463,16 @@ def test_output_that_cannot_be_written_is_one_line_and_publish_says_the_event_is
     assert "local: delivered 0, to backlog 1," in delivered.stdout, delivered.stderr  # no queue bound
 
 
+def test_the_doctor_reports_an_outbox_it_cannot_open_and_checks_the_transports_still(tmp_path: Path) -> None:
+    (tmp_path / "tidings.toml").write_text('[bus]\nhome = "home"\n')
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "outbox.db").write_bytes(b"not a database, not at all, no" * 4)
+    done = tidings(tmp_path, "doctor")
+    assert done.returncode == 6, done.stderr
+    assert "outbox: FAILED" in done.stderr and "not a database" in done.stderr
+    assert "transport local (embedded): ok" in done.stdout and "doctor: 1 problem(s)" in done.stderr
+
+
 def test_a_pipe_as_config_and_a_folder_as_the_lock_are_one_line_each(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.toml")  # reading it would wait for a writer forever
     piped = tidings(tmp_path, "--config", "pipe.toml", "config", "check", timeout=20)

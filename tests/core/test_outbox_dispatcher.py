@@ -345,3 +345,11 @@ async def test_a_disabled_connector_keeps_its_events_from_the_purge(tmp_path: Pa
     resumed.close()
     lines = (tmp_path / "home" / "later.jsonl").read_text().splitlines()  # bare names live in home
     assert [orjson.loads(line)["message_id"] for line in lines] == sent
+
+
+def test_looking_at_a_connector_writes_nothing(outbox: Outbox) -> None:
+    """``backlog list`` must work where a write fails (a full disk, when it is needed most)."""
+    outbox.append(events(2))
+    (status,) = outbox.status(["never-ran"])
+    assert (status.cursor, status.pending) == (0, 2)
+    assert outbox._read("SELECT count(*) FROM cursors WHERE connector = 'never-ran'") == [(0,)]

@@ -16,7 +16,7 @@ from tidings.bus import Bus
 from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, JsonOpt, check_plugins, load_bus, out, read_capped
 from tidings.cli.output import print_rows
-from tidings.errors import ConfigError, InvalidEvent, TidingsError
+from tidings.errors import ConfigError, InvalidEvent, StorageError, TidingsError
 from tidings.event import loads
 from tidings.outbox import MAX_SEQ
 from tidings.transport import ExchangeSpec, Findings, Topology
@@ -190,11 +190,21 @@ def doctor(config: ConfigOpt = None) -> None:
     check_plugins(bus)  # a missing extra is a config error (exit 3) before anything says "ok"
     bus.schemas.check_all()
     out.print(f"config: ok ({summary(bus)}; {bus.config.origin})", highlight=False)
-    out.print(f"outbox: {bus.config.outbox_path()} — last seq {bus.outbox.last_seq()}")
-    failures = asyncio.run(_check_transports(bus))
+    failures = _check_outbox(bus) + asyncio.run(_check_transports(bus))
     if failures:
         err.print(f"doctor: {failures} problem(s)", highlight=False)
         raise typer.Exit(6)
+
+
+def _check_outbox(bus: Bus) -> int:
+    """The outbox's line; a problem with it is one problem, and the transports are checked still."""
+    try:
+        last = bus.outbox.last_seq()
+    except StorageError as exc:
+        err.print(f"outbox: [red]FAILED[/] {escape(str(exc))}", markup=True, highlight=False)
+        return 1
+    out.print(f"outbox: {bus.config.outbox_path()} — last seq {last}")
+    return 0
 
 
 def _expected_topology(bus: Bus) -> dict[str, Topology]:
