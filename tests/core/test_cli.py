@@ -473,6 +473,15 @@ def test_the_doctor_reports_an_outbox_it_cannot_open_and_checks_the_transports_s
     assert "transport local (embedded): ok" in done.stdout and "doctor: 1 problem(s)" in done.stderr
 
 
+def test_a_config_with_no_connector_says_its_events_go_nowhere(tmp_path: Path) -> None:
+    """Transports and no [connectors]: every event published would stay in the outbox, silently."""
+    (tmp_path / "tidings.toml").write_text('[transports.rabbit]\nkind = "amqp"\n')
+    checked = tidings(tmp_path, "config", "check")
+    assert checked.returncode == 0 and "note: no [connectors.NAME]" in checked.stderr, checked.stderr
+    done = tidings(tmp_path, "dispatch", "--once")
+    assert done.returncode == 3 and "there is nothing to deliver to" in done.stderr, done.stderr
+
+
 def test_a_pipe_as_config_and_a_folder_as_the_lock_are_one_line_each(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.toml")  # reading it would wait for a writer forever
     piped = tidings(tmp_path, "--config", "pipe.toml", "config", "check", timeout=20)

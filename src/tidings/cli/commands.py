@@ -212,6 +212,8 @@ def dispatch(
     """Deliver outbox events to the connectors until stopped (SIGTERM/Ctrl-C finish the batch in flight)."""
     bus = load_bus(config, log_level, verbose=verbose)
     check_plugins(bus)
+    if not bus.config.connectors:
+        raise ConfigError(f"{bus.config.origin}: no [connectors.NAME]: there is nothing to deliver to")
     names = connector or None
     for name in names or []:
         if name not in bus.config.connectors:

@@ -45,6 +45,14 @@ def config_check(config: ConfigOpt = None) -> None:
     bus.schemas.check_all()
     out.print(f"config: ok — {summary(bus)}", highlight=False)
     err.print(f"source: {bus.config.origin}", highlight=False)
+    if not bus.config.connectors:
+        err.print(NO_CONNECTORS, highlight=False)
+
+
+NO_CONNECTORS = (
+    "note: no [connectors.NAME]: published events stay in the outbox and reach no broker "
+    "(with no [transports] either, the embedded default has one)"
+)
 
 
 def summary(bus: Bus) -> str:
