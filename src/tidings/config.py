@@ -306,7 +306,7 @@ class Config(_Strict):
                 yield section, name, table
 
     def home_path(self) -> Path:
-        return Path(self.base_dir, self.bus.home)
+        return Path(self.base_dir, Path(self.bus.home).expanduser())  # "~/..." is the user's home
 
     def outbox_path(self) -> Path:
         return self.home_path() / self.outbox.path
@@ -340,7 +340,7 @@ class Config(_Strict):
 
     def _resolve(self, path: str) -> Path:
         # the embedded broker's file lives under home; other files beside the config
-        candidate = Path(path)
+        candidate = Path(path).expanduser()
         if candidate.is_absolute():
             return candidate
         if candidate.parent == Path("."):

@@ -290,3 +290,11 @@ def test_names_that_name_nothing_or_are_taken_are_refused(tmp_path: Path, toml: 
     (tmp_path / "tidings.toml").write_text(toml)
     with pytest.raises(ConfigError, match=re.escape(said)):
         load_config(tmp_path / "tidings.toml")
+
+
+def test_a_home_under_the_users_home_is_that_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "tidings.toml").write_text('[bus]\nhome = "~/bus"\n[archive]\npath = "~/a.db"\n')
+    config = load_config(tmp_path / "tidings.toml")
+    assert config.outbox_path() == tmp_path / "user" / "bus" / "outbox.db"  # not ./~/bus
+    assert config.archive_path() == tmp_path / "user" / "a.db"
