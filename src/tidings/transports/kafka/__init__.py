@@ -2,9 +2,10 @@
 
 The package's parts: :mod:`.transport` (connecting, topics, the idempotent producer),
 :mod:`.consume` (consumer groups, commits of the finished prefix, retry and dead-letter
-topics), :mod:`.offsets` (which offset may be committed), :mod:`.records` (messages as
-records: topics, keys, headers), :mod:`.doctor` (what ``tidings doctor`` checks). This
-module describes the plug-in and its options and imports none of the Kafka library.
+topics), :mod:`.groups` (what a queue's group reads, and where a new one starts),
+:mod:`.offsets` (which offset may be committed), :mod:`.records` (messages as records: topics,
+keys, headers), :mod:`.doctor` (what ``tidings doctor`` checks). This module describes the
+plug-in and its options and imports none of the Kafka library.
 """
 
 from __future__ import annotations

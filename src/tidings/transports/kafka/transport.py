@@ -264,7 +264,7 @@ class KafkaTransport:
         await self._check_exist(checked)
         for queue in topology.queues:
             if queue.bindings:
-                from tidings.transports.kafka.consume import start_at_the_end
+                from tidings.transports.kafka.groups import start_at_the_end
 
                 await start_at_the_end(self, queue)
         self.declared = Topology(
