@@ -221,6 +221,8 @@ class WebSection(_Strict):
 def listen_problem(listen: str) -> str | None:
     """Why ``listen`` is no address to listen on, or None."""
     host, colon, port = listen.rpartition(":")
+    if colon and not host.strip("[]"):  # ":8080" listens everywhere, which must be asked for by name
+        return f"{listen[:80]!r} names no host (127.0.0.1 for this machine, 0.0.0.0 for every interface)"
     if (
         colon
         and port.isascii()

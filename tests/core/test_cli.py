@@ -388,6 +388,7 @@ def test_settings_a_client_library_cannot_take_are_refused_at_load(
         ('[transports.e]\nkind = "embedded"\npath = ""', "path: expected str of length >= 1"),
         ('[web]\nlisten = "127.0.0.1:99999"', "'127.0.0.1:99999' is not HOST:PORT with a port from 1 to"),
         ('[web]\nlisten = "8080"', "listen '8080' is not HOST:PORT"),
+        ('[web]\nlisten = ":8080"', "listen ':8080' names no host (127.0.0.1 for this machine, 0.0.0.0 for"),
         ('[consumers.c]\napp = "justaname"', "app must be MODULE:ATTRIBUTE (myservice:app), not 'justaname'"),
         ('[consumers.c]\napp = "my-service:app"', "app must be MODULE:ATTRIBUTE"),
     ],

@@ -72,6 +72,6 @@ def bind(listen: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
+    except OSError as exc:  # a name that resolves to nothing has a negative errno: its own text
+        why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc.strerror or exc)
         raise ConfigError(f"cannot listen on {listen}: {why}") from None
