@@ -140,6 +140,7 @@ class App:
         for pattern in patterns:
             validate_pattern(pattern)
         takes_context = _takes_context(handler)
+        _check_callable_with(handler, 2 if takes_context else 1)
         # a coroutine function, or an object whose __call__ is one
         call = None if inspect.isroutine(handler) else vars(type(handler)).get("__call__")
         is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
@@ -212,6 +213,19 @@ def _set_in(section: ConsumerConfig, exclude: tuple[str, ...]) -> dict[str, Any]
         for key in section.__struct_fields__
         if key not in exclude and getattr(section, key) != getattr(_DEFAULTS, key)
     }
+
+
+def _check_callable_with(handler: Handler, arguments: int) -> None:
+    """A handler the runtime cannot call (three required parameters) is refused when it is added,
+    not found out at its first message, and at every one after."""
+    try:
+        inspect.signature(handler).bind(*range(arguments))
+    except ValueError:  # a builtin without a signature: it will tell for itself
+        return
+    except TypeError as exc:
+        given = "the event and its context" if arguments == 2 else "the event"
+        name = getattr(handler, "__qualname__", repr(handler))
+        raise ConfigError(f"handler {name} cannot be called with {given}: {exc}") from None
 
 
 def _takes_context(handler: Handler) -> bool:

@@ -151,7 +151,7 @@ def import_object(target: str, what: str = "", *, beside: str | None = None) -> 
 
     module_name, sep, attr = target.partition(":")
     label = f"{what} " if what else ""
-    if not sep or not module_name or not attr:
+    if not sep or not module_name or not attr.isidentifier():
         raise ConfigError(f"{label}{target!r} is not MODULE:ATTRIBUTE")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
@@ -166,6 +166,8 @@ def import_object(target: str, what: str = "", *, beside: str | None = None) -> 
         ) from None
     except Exception as exc:  # the module raised while it was imported: its author's error, said as such
         raise ConfigError(f"{label}cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:  # (it would end the command with no word of why)
+        raise ConfigError(f"{label}cannot import {module_name!r}: it called sys.exit({exc.code!r})") from None
     try:
         return getattr(module, attr)
     except AttributeError:

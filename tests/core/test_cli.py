@@ -52,6 +52,7 @@ def deep(levels: int) -> str:
         (["tail", "a.#b"], 4, "invalid pattern"),
         (["consume", "--callback", "os:getcwd", "--bind", "a..b"], 4, "invalid pattern"),
         (["consume", "no_such_module:app"], 3, "cannot import 'no_such_module'"),
+        (["consume", "a:b:c"], 3, "'a:b:c' is not MODULE:ATTRIBUTE"),
         (["backlog", "retry", "nobody"], 3, "no connector named 'nobody'"),
         (["schemas", "show", "no.such.v1"], 4, "unknown event type"),
     ],
@@ -68,6 +69,13 @@ def test_bad_input_is_one_line_with_an_exit_code_and_writes_nothing(
     assert message in lines[0]
     assert "Traceback" not in result.stderr
     assert _count_if_any(tmp_path) == 0
+
+
+def test_a_module_that_exits_while_it_is_imported_is_named(tmp_path: Path) -> None:
+    (tmp_path / "leaving.py").write_text("import sys\nsys.exit(3)\n")
+    done = tidings(tmp_path, "consume", "leaving:app")
+    said = "tidings: error: cannot import 'leaving': it called sys.exit(3)"
+    assert (done.returncode, done.stderr.strip()) == (3, said)
 
 
 def _count_if_any(cwd: Path) -> int:

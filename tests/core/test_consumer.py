@@ -13,7 +13,7 @@ from tests.transports.conformance import take
 from tests.waiting import WAIT, until
 from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
 from tidings.consumer import Context
-from tidings.errors import HaltedError, TransportError
+from tidings.errors import ConfigError, HaltedError, TransportError
 from tidings.runner import Runner
 from tidings.testing.delivering import Handover
 from tidings.transport import QueueSpec, WireMessage
@@ -344,3 +344,12 @@ async def test_transaction_without_inbox_is_a_clear_error(bus: Bus) -> None:
         await bus.apublish("x", {})
         await until(lambda: app.counters.rejected == 1)
     assert errors == ["ctx.transaction() needs the inbox: App('no-inbox', inbox=True)"]
+
+
+def test_a_handler_the_runtime_cannot_call_is_refused_when_it_is_added() -> None:
+    def three(event: Event, ctx: Context, extra: int) -> None: ...
+
+    app = App("svc")
+    with pytest.raises(ConfigError, match=r"handler .*three cannot be called with the event and its context"):
+        app.subscribe("a.#")(three)
+    app.subscribe("a.#")(lambda event, name="bound": None)  # a default for the second: the event only

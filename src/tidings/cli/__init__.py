@@ -24,10 +24,10 @@ from tidings.errors import ConfigError, TidingsError
 from tidings.redact import RedactingFilter, redact
 
 # soft_wrap: a line is printed whole (a terminal wraps it itself; a pipe or a log keeps it one line).
-# markup=False: what is printed holds users' text (topics, names, errors), and "[/]" in a topic must
-# print as itself, not end a style (or fail); a line with styles of ours says markup=True and
-# escapes what it interpolates
-err = Console(stderr=True, soft_wrap=True, markup=False)
+# markup=False, emoji=False: what is printed holds users' text (topics, names, errors), and "[/]" or
+# ":b:" in it must print as itself, not end a style (or fail), or become a picture; a line with
+# styles of ours says markup=True and escapes what it interpolates
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 
 
 class OutputError(TidingsError):

@@ -23,7 +23,7 @@ from tidings.plugins import import_object
 from tidings.stopping import exit_status, leave_now_if_forced, run_until_signalled
 from tidings.topics import validate_pattern
 
-out = Console(soft_wrap=True, markup=False)  # see err
+out = Console(soft_wrap=True, markup=False, emoji=False)  # see err
 
 ConfigOpt = Annotated[
     Path | None,
