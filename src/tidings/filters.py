@@ -26,6 +26,7 @@ never raises. A filter that cannot be meant is a :class:`ConfigError` naming whe
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from re import _constants as re_constants  # the parsed form of a pattern, to look for nested repeats
@@ -252,8 +253,8 @@ def _value_test(test: str, expected: Any, where: str) -> Callable[[Any], bool]:
     if test == "not_equals":
         return lambda value: value is MISSING or not _same(value, expected)
     if test in ("in", "not_in"):
-        if not isinstance(expected, list):
-            raise ConfigError(f"{where}: a list of values")
+        if not isinstance(expected, list) or not expected:  # [] would never (or always) match
+            raise ConfigError(f"{where}: a list of one or more values")
 
         def inside(value: Any) -> bool:
             return value is not MISSING and any(_same(value, item) for item in expected)
@@ -266,7 +267,7 @@ def _value_test(test: str, expected: Any, where: str) -> Callable[[Any], bool]:
         if not isinstance(expected, bool):
             raise ConfigError(f"{where}: true or false")
         return lambda value: (value is not MISSING) is expected
-    if not _is_number(expected):
+    if not _is_number(expected) or math.isnan(expected):  # nothing compares with nan
         raise ConfigError(f"{where}: a number to compare with, not {expected!r}")
     compare = _COMPARISONS[test]
     return lambda value: _is_number(value) and compare(value, expected)
