@@ -308,7 +308,7 @@ class Config(_Strict):
                 yield section, name, table
 
     def home_path(self) -> Path:
-        return Path(self.base_dir, Path(self.bus.home).expanduser())  # "~/..." is the user's home
+        return Path(self.base_dir, _expanded(self.bus.home, "[bus] home"))
 
     def outbox_path(self) -> Path:
         return self.home_path() / self.outbox.path
@@ -342,12 +342,20 @@ class Config(_Strict):
 
     def _resolve(self, path: str) -> Path:
         # the embedded broker's file lives under home; other files beside the config
-        candidate = Path(path).expanduser()
+        candidate = _expanded(path, "a file path")
         if candidate.is_absolute():
             return candidate
         if candidate.parent == Path("."):
             return self.home_path() / candidate
         return Path(self.base_dir) / candidate
+
+
+def _expanded(path: str, what: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` as that user's home."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # no such user, or no home to be found (an unknown uid, no $HOME)
+        raise ConfigError(f"{what} {path!r}: no home folder is known for that user") from None
 
 
 def default_config(base_dir: str | Path = ".") -> Config:

@@ -22,7 +22,7 @@ _AUTHORITY = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority
 #: string: ``host=db password='a b'``), its value quoted or not
 _SECRET_PARAMETER = re.compile(
     r"(?P<name>(?:(?<=[?&;\s])|^)"
-    r"(?:password|passwd|pass|pwd|secret|token|api[_-]?key|access[_-]?key|sasl[_.]password)=)"
+    r"(?:password|passwd|pass|pwd|secret|token|api[_-]?key|access[_-]?key|sasl[_.]password)\s*=\s*)"
     r"(?P<value>'(?:[^'\\]|\\.)*'?|[^&#\s\"']*)",
     re.IGNORECASE,
 )
@@ -65,13 +65,17 @@ def redact(text: str) -> str:
     return _SECRET_PARAMETER.sub(lambda m: m["name"] + MASK, text)
 
 
+#: the start of what was meant as a URL but lacks its "://" ("amqps//", "amqp:/")
+_BROKEN_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:?/+")
+
+
 def mask_url(url: object) -> str:
     """A URL as it may be shown. Known to be one URL (a configured one), its password is
     everything between the user's ':' and the last '@', whatever characters it holds (quotes
     and spaces too, which end a URL found in running text)."""
     text = str(url)
     scheme, sep, rest = text.partition("://")
-    if not sep and "@" in text:  # not a URL at all ("amqps//u:p@h", a typo): the host, no more
+    if not sep and "@" in text and _BROKEN_URL.match(text):  # "amqps//u:p@h", a typo: the host only
         return redact(f"{MASK}@{text.rpartition('@')[2]}")
     masked = _masked_userinfo(rest) if sep else None
     return redact(f"{scheme}://{masked}" if masked is not None else text)

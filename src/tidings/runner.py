@@ -233,13 +233,14 @@ class Runner:
         """
         try:
             handled = await self._decode_and_call(delivery)
-        except TidingsError as exc:  # settled without its handlers (invalid, a duplicate): it failed
+        except TidingsError as exc:  # before its handlers (a settle of an invalid one, the journal)
             log.warning(
                 "%s: could not settle message %s (%s); it will be delivered again",
                 self.app.name,
                 delivery.message.message_id,
                 exc,
             )
+            await _hand_back(delivery)
             return None
         finally:
             # concurrency bounds running handlers: the next one starts while this one settles
@@ -478,3 +479,15 @@ class Isolation:
 
     def leave_exclusive(self) -> None:
         self._open.set()
+
+
+async def _hand_back(delivery: Delivery) -> None:
+    """Release a message that failed before its handlers ran, unless its settle went through
+    after all (a transport that handed it back itself): left unsettled, it would keep its
+    prefetch place, on Kafka its partition's commits, until the connection ends."""
+    if getattr(delivery, "settled", False):
+        return
+    try:
+        await delivery.release()
+    except TidingsError as exc:  # the connection is gone: the broker gives it out again anyway
+        log.warning("could not hand message %s back (%s)", delivery.message.message_id, exc)

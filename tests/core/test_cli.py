@@ -429,6 +429,11 @@ def test_a_consumers_exchange_that_can_be_no_kafka_topic_is_refused_by_config_ch
     done = tidings(tmp_path, "config", "check", timeout=30)
     assert done.returncode == 3, done.stderr
     assert "[consumers.svc] exchange 'bad/ex': 'bad/ex' is not a Kafka topic name" in done.stderr
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.k]\nkind = "kafka"\n[connectors.k]\ntransport = "k"\nexchange = "svc.dead"\n'
+    )
+    done = tidings(tmp_path, "config", "check", timeout=30)  # it would write into svc's dead letters
+    assert done.returncode == 3 and "'svc.dead' is a topic name kept for queues" in done.stderr, done.stderr
 
 
 def test_dispatch_once_delivers_to_the_connectors_that_are_up_before_reporting_the_one_down(

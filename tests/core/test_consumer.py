@@ -13,7 +13,7 @@ from tests.transports.conformance import take
 from tests.waiting import WAIT, until
 from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
 from tidings.consumer import Context
-from tidings.errors import ConfigError, HaltedError, TransportError
+from tidings.errors import ConfigError, HaltedError, StorageError, TransportError
 from tidings.runner import Runner
 from tidings.testing.delivering import Handover
 from tidings.transport import QueueSpec, WireMessage
@@ -193,13 +193,34 @@ async def test_a_settle_that_fails_without_the_handlers_is_a_warning_not_a_bug(
             raise TransportError("the broker is gone")
 
     runner = Runner(fast_app, bus)
+    refused = Refusing(WireMessage("bad.json", b"{not json"))
     try:
         with caplog.at_level(logging.WARNING, logger="tidings"):
-            assert await runner.handle(Refusing(WireMessage("bad.json", b"{not json"))) is None
+            assert await runner.handle(refused) is None
     finally:
         runner.close()
     (line,) = [r.getMessage() for r in caplog.records if "could not settle" in r.getMessage()]
     assert "the broker is gone" in line and "delivered again" in line
+    assert refused.settled is not None and refused.settled[0] == "released"  # not left holding it
+
+
+async def test_a_journal_that_cannot_be_read_hands_the_message_back(
+    bus: Bus, fast_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for every redelivered message: failing, it must not leave the message unsettled."""
+    fast_app.subscribe("#")(lambda event: None)
+    runner = Runner(fast_app, bus)
+
+    def unreadable(*args: object, **kwargs: object) -> int:
+        raise StorageError("handling journal deaths.db: disk I/O error")
+
+    monkeypatch.setattr(runner.journal, "deaths", unreadable)
+    came_back = Handover(bus.make_format("tidings").encode(bus.event("a.b", {})), redelivered=True)
+    try:
+        assert await runner.handle(came_back) is None
+    finally:
+        runner.close()
+    assert came_back.settled is not None and came_back.settled[0] == "released"
 
 
 async def test_halt_puts_the_message_back_and_stops(bus: Bus, fast_app: App) -> None:

@@ -44,6 +44,7 @@ def test_a_url_password_never_survives(scheme: str, user: str, password: str, ho
         ("host=localhost user=u password=PgPW7 dbname=x", "host=localhost user=u password=*** dbname=x"),
         ("password='a b\\' c' dbname=x", "password=*** dbname=x"),  # libpq's quoting
         ("compass=north", "compass=north"),
+        ("host=db password = spaced dbname=x", "host=db password = *** dbname=x"),
     ],
 )
 def test_examples(text: str, expected: str) -> None:
@@ -52,6 +53,7 @@ def test_examples(text: str, expected: str) -> None:
 
 def test_a_url_that_is_not_one_shows_no_more_than_its_host() -> None:
     assert mask_url("amqps//advcuser:SecretA2@127.0.0.1/") == "***@127.0.0.1/"  # a typo'd scheme
+    assert "Tail77" not in mask_url("host=db password=Hunter2@Tail77 dbname=x")  # no URL at all
     assert mask_url("amqp://u:Pa ss'w\"d@h:5672/") == "amqp://u:***@h:5672/"
 
 

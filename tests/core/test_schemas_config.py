@@ -298,3 +298,6 @@ def test_a_home_under_the_users_home_is_that_folder(tmp_path: Path, monkeypatch:
     config = load_config(tmp_path / "tidings.toml")
     assert config.outbox_path() == tmp_path / "user" / "bus" / "outbox.db"  # not ./~/bus
     assert config.archive_path() == tmp_path / "user" / "a.db"
+    (tmp_path / "tidings.toml").write_text('[bus]\nhome = "~nosuchuser-tidings/bus"\n')
+    with pytest.raises(ConfigError, match="home '~nosuchuser-tidings/bus': no home folder is known"):
+        load_config(tmp_path / "tidings.toml").outbox_path()

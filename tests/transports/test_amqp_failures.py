@@ -20,7 +20,7 @@ from tidings import App, Bus, Event
 from tidings.config import load_config
 from tidings.errors import ConfigError, TransportError
 from tidings.retry import HAND_BACK_BASE
-from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology
+from tidings.transport import Binding, ExchangeSpec, Outcome, QueueSpec, SendResult, Topology, WireMessage
 from tidings.transports.amqp import AmqpTransport
 from tidings.transports.amqp.transport import amqp_name_problem
 
@@ -89,7 +89,7 @@ async def test_a_name_amqp_cannot_carry_is_one_config_line_before_anything_is_de
 
 
 async def test_a_retry_into_a_queue_that_is_gone_hands_the_message_back_after_a_while(
-    rabbitmq: str,
+    rabbitmq: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its copy is refused (mandatory: no queue took it), so the original is not acked; left
     unsettled it would keep its prefetch place on a channel that is fine, handed back at once its
@@ -104,12 +104,23 @@ async def test_a_retry_into_a_queue_that_is_gone_hands_the_message_back_after_a_
         stream = transport.consume(queue, prefetch=1)
         (delivery,) = await hold(stream, 1)
         await asyncio.to_thread(rabbitmqctl, "delete_queue", f"{name}.retry.1s")
-        failed_at = time.monotonic()
-        with pytest.raises(TransportError, match="unroutable"):
-            await delivery.retry(1, "try 1")
+        refused_at: list[float] = []
+        send = transport.send
+
+        async def noting_refusals(exchange: str, messages: list[WireMessage]) -> list[SendResult]:
+            results = await send(exchange, messages)
+            refused_at.extend(time.monotonic() for r in results if r.outcome is not Outcome.DELIVERED)
+            return results
+
+        monkeypatch.setattr(transport, "send", noting_refusals)
+        retrying = asyncio.create_task(delivery.retry(1, "try 1"))
         (again,) = await hold(stream, 1)  # prefetch 1: only if its place was given back
+        came_back_at = time.monotonic()
+        with pytest.raises(TransportError, match="unroutable"):
+            await retrying
         assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
-        assert time.monotonic() - failed_at >= HAND_BACK_BASE / 2
+        # not at once after the refusal: its handler would run in a loop
+        assert came_back_at - refused_at[0] >= HAND_BACK_BASE / 2
         await again.ack()
         await stream.aclose()  # type: ignore[attr-defined]
     finally:

@@ -69,6 +69,7 @@ def test_doctor_and_dispatch_say_the_broker_is_away_in_one_line(tmp_path: Path) 
         ('librdkafka = { "socket.timeout.ms" = "soon" }', "Invalid value for configuration property"),
         ('librdkafka = { "bootstrap.servers" = "elsewhere:9092" }', "'bootstrap.servers' is tidings' own"),
         ('librdkafka = { "enable.auto.commit" = true }', "always false"),
+        ('librdkafka = { "metadata.broker.list" = "elsewhere:9092" }', "set url instead"),
     ],
 )
 def test_a_kafka_option_that_cannot_work_is_a_config_error_naming_it(

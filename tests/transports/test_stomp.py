@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -310,7 +311,9 @@ async def test_a_retry_or_dead_letter_into_a_queue_that_is_gone_fails_and_the_me
     assert last.message.message_id == sent.message_id
 
 
-async def test_a_copy_the_amqp_side_cannot_make_hands_the_message_back(stomp: str, rabbitmq: str) -> None:
+async def test_a_copy_the_amqp_side_cannot_make_hands_the_message_back(
+    stomp: str, rabbitmq: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Retries and dead letters go over AMQP: with it unreachable, the message is released, not
     held unacked on a STOMP connection that is fine."""
     exchange, name = f"fwd.{uuid.uuid4().hex[:6]}", f"fwd-{uuid.uuid4().hex[:6]}"
@@ -323,13 +326,25 @@ async def test_a_copy_the_amqp_side_cannot_make_hands_the_message_back(stomp: st
         assert (await setup.send(exchange, [sent]))[0].outcome is Outcome.DELIVERED
         stream = cut_off.consume(QueueSpec(name, []), prefetch=1)  # declared above: nothing to declare
         (delivery,) = await hold(stream, 1)
-        failed_at = time.monotonic()
-        with pytest.raises(TransportError):
-            await delivery.retry(1, "try 1")
+        refused_at: list[float] = []
+        forward = cut_off.forward
+
+        async def noting_refusals(*args: Any) -> None:
+            try:
+                await forward(*args)
+            except TransportError:
+                refused_at.append(time.monotonic())
+                raise
+
+        monkeypatch.setattr(cut_off, "forward", noting_refusals)
+        retrying = asyncio.create_task(delivery.retry(1, "try 1"))
         (again,) = await asyncio.wait_for(hold(stream, 1), 10)
+        came_back_at = time.monotonic()
+        with pytest.raises(TransportError):
+            await retrying
         assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
-        # not straight back (its handler would run in a loop while the AMQP side is away)
-        assert time.monotonic() - failed_at >= HAND_BACK_BASE / 2
+        # not straight back after the refusal (its handler would run in a loop while AMQP is away)
+        assert came_back_at - refused_at[0] >= HAND_BACK_BASE / 2
         await again.ack()
         await stream.aclose()  # type: ignore[attr-defined]
     finally:

@@ -31,6 +31,7 @@ Count = Annotated[int, Meta(ge=1)]
 #: or would undo what the transport promises)
 SET_BY_TIDINGS = {
     "bootstrap.servers": "set url instead",
+    "metadata.broker.list": "set url instead",  # librdkafka's own name for bootstrap.servers
     "enable.idempotence": "always true (no duplicates, no reordering on retries)",
     "acks": "always all (a delivery report means the in-sync replicas have it)",
     "enable.auto.commit": "always false (positions are committed after the handlers)",

@@ -73,8 +73,9 @@ POLL_WAIT = 0.05
 COMMIT_EVERY = 0.2
 #: seconds without a single partition before a member says so (at least 6 session timeouts)
 IDLE_WARNING = 60.0
-#: a retry's or a dead letter's copy that Kafka does not take is tried again this often, with backoff
-FORWARD_TRIES, FORWARD_BASE, FORWARD_CAP = 5, 0.5, 4.0
+#: a retry's or a dead letter's copy that Kafka does not take is tried again, with backoff, this
+#: often and for this long at most (one try can take delivery_timeout: a stop must not wait minutes)
+FORWARD_TRIES, FORWARD_BASE, FORWARD_CAP, FORWARD_PATIENCE = 5, 0.5, 4.0, 10.0
 
 
 async def consume(transport: KafkaTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[KafkaDelivery]:
@@ -142,22 +143,23 @@ class KafkaDelivery:
         """Round the longest retry topic again, uncounted: its handler has not seen it yet."""
         try:
             remaining = (not_before - self.group.transport.now_ms()) / 1000
-            await self._retry_in(max(remaining, 0.0), self.attempt - 1, self.last_error)
+            # once only: this runs in the consume loop, which polls no more meanwhile
+            await self._retry_in(max(remaining, 0.0), self.attempt - 1, self.last_error, tries=1)
         except TransportError as exc:  # it stays where it is; the next reader of it goes on
             log.warning("Kafka consumer of %r: cannot park a retry again (%s)", self.queue, exc)
             if not self.settled:
                 await self.release()
 
-    async def _retry_in(self, delay: float, tries: int, error: str) -> None:
+    async def _retry_in(self, delay: float, attempts: int, error: str, *, tries: int = FORWARD_TRIES) -> None:
         transport = self.group.transport
         target, waits = transport.retry_topic(self.queue, delay)
         now = transport.now_ms()
         # due after the topic's own delay, whatever was wished: then a retry topic's partition is
         # in the order its messages fall due, and none waits behind a later one
-        headers = {ATTEMPTS_HEADER: tries, LAST_ERROR_HEADER: error, DUE_HEADER: now + waits * 1000}
+        headers = {ATTEMPTS_HEADER: attempts, LAST_ERROR_HEADER: error, DUE_HEADER: now + waits * 1000}
         if delay > waits:
             headers[NOT_BEFORE_HEADER] = now + int(delay * 1000)
-        await self._forward(target, headers)
+        await self._forward(target, headers, tries=tries)
 
     async def reject(self, reason: str, *, attempts: int | None = None) -> None:
         tries = self.attempt if attempts is None else attempts
@@ -167,24 +169,26 @@ class KafkaDelivery:
         self._mark_settled()
         self.group.hand_back(self)
 
-    async def _forward(self, topic: str, headers: dict[str, Any]) -> None:
+    async def _forward(self, topic: str, headers: dict[str, Any], *, tries: int = FORWARD_TRIES) -> None:
         """Write a confirmed copy to ``topic``, then count the original as finished."""
         if self.settled:
             raise TransportError(f"message {self.message.message_id} was already settled")
         transport = self.group.transport
         record = to_record(self.message, topic, key_of(self.message, transport.key), headers)
-        for tries in range(1, FORWARD_TRIES + 1):
+        started = time.monotonic()
+        for attempt in range(1, tries + 1):
             try:
                 await transport.forward(record)
                 break
             except TransportError as exc:
-                if tries == FORWARD_TRIES:
+                patience = time.monotonic() - started < FORWARD_PATIENCE and not self.group.stopped
+                if attempt == tries or not patience:
                     # handed back: its position stays before it (its partition's commits wait), and
                     # it is read again after the next rebalance or restart. Left unsettled, it
                     # would also keep a prefetch place until then
                     await self.release()
                     raise
-                delay = backoff(tries, FORWARD_BASE, FORWARD_CAP)
+                delay = backoff(attempt, FORWARD_BASE, FORWARD_CAP)
                 log.warning(
                     "Kafka consumer of %r: the copy for %s was not taken (%s); trying again in %.1fs",
                     self.queue,

@@ -45,6 +45,7 @@ from tidings.transports.kafka.records import (
     Record,
     Servers,
     TopicTemplate,
+    is_queue_topic,
     key_of,
     names,
     to_record,
@@ -235,9 +236,12 @@ class KafkaTransport:
         if self.template.uses_words:
             return None  # the topic comes from each routing key: checked per message
         try:
-            return topic_problem(self.template.topic(exchange, ""))
+            topic = self.template.topic(exchange, "")
         except InvalidEvent as exc:
             return str(exc)
+        if is_queue_topic(topic):  # its events would land among a queue's retries or dead letters
+            return f"{topic!r} is a topic name kept for queues (….dead, ….dead.handled, ….retry.<n>s)"
+        return topic_problem(topic) or None
 
     async def declare(self, topology: Topology) -> None:
         """Create the exchanges' topics (or check them, when passive) and each queue's own topics,
