@@ -150,7 +150,7 @@ class KafkaDelivery:
             if not self.settled:
                 await self.release()
 
-    async def _retry_in(self, delay: float, attempts: int, error: str, *, tries: int = FORWARD_TRIES) -> None:
+    async def _retry_in(self, delay: float, attempts: int, error: str, *, tries: int | None = None) -> None:
         transport = self.group.transport
         target, waits = transport.retry_topic(self.queue, delay)
         now = transport.now_ms()
@@ -169,20 +169,21 @@ class KafkaDelivery:
         self._mark_settled()
         self.group.hand_back(self)
 
-    async def _forward(self, topic: str, headers: dict[str, Any], *, tries: int = FORWARD_TRIES) -> None:
-        """Write a confirmed copy to ``topic``, then count the original as finished."""
+    async def _forward(self, topic: str, headers: dict[str, Any], *, tries: int | None = None) -> None:
+        """Write a confirmed copy to ``topic``, then count the original as finished (trying
+        ``tries`` times at most, :data:`FORWARD_TRIES` if None)."""
         if self.settled:
             raise TransportError(f"message {self.message.message_id} was already settled")
         transport = self.group.transport
         record = to_record(self.message, topic, key_of(self.message, transport.key), headers)
-        started = time.monotonic()
-        for attempt in range(1, tries + 1):
+        started, limit = time.monotonic(), FORWARD_TRIES if tries is None else tries
+        for attempt in range(1, limit + 1):
             try:
                 await transport.forward(record)
                 break
             except TransportError as exc:
                 patience = time.monotonic() - started < FORWARD_PATIENCE and not self.group.stopped
-                if attempt == tries or not patience:
+                if attempt == limit or not patience:
                     # handed back: its position stays before it (its partition's commits wait), and
                     # it is read again after the next rebalance or restart. Left unsettled, it
                     # would also keep a prefetch place until then
