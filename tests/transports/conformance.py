@@ -14,6 +14,7 @@ transport says so instead of silently passing.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from tidings.errors import TransportError
+from tidings.retry import HAND_BACK_BASE
 from tidings.transport import (
     ATTEMPTS_HEADER,
     QUEUE_HEADER,
@@ -60,6 +63,22 @@ async def take(transport: Transport, queue: QueueSpec, count: int, *, prefetch: 
 async def hold(stream: AsyncIterator[Delivery], count: int) -> list[Delivery]:
     """The next ``count`` deliveries of an open stream, unsettled."""
     return [await asyncio.wait_for(anext(stream), TIMEOUT) for _ in range(count)]
+
+
+async def refused_retry_comes_back(
+    delivery: Delivery, stream: AsyncIterator[Delivery], refused_at: list[float], match: str | None = None
+) -> Delivery:
+    """Retry ``delivery`` whose copy will be refused (``refused_at`` notes when) and take it
+    again from ``stream``: the retry fails, the message comes back redelivered, and not at once
+    after the refusal (handed back straight away, its handler would run in a loop)."""
+    retrying = asyncio.create_task(delivery.retry(1, "try 1"))
+    (again,) = await hold(stream, 1)
+    came_back_at = time.monotonic()
+    with pytest.raises(TransportError, match=match):
+        await retrying
+    assert (again.message.message_id, again.redelivered) == (delivery.message.message_id, True)
+    assert came_back_at - refused_at[0] >= HAND_BACK_BASE / 2
+    return again
 
 
 async def nothing_arrives(transport: Transport, queue: QueueSpec, within: float = 0.5) -> bool:

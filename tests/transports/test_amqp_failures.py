@@ -15,11 +15,10 @@ import pytest
 
 from tests.conftest import delete_amqp_topology
 from tests.faults.rig import rabbitmqctl, write_config
-from tests.transports.conformance import hold, message
+from tests.transports.conformance import hold, message, refused_retry_comes_back
 from tidings import App, Bus, Event
 from tidings.config import load_config
 from tidings.errors import ConfigError, TransportError
-from tidings.retry import HAND_BACK_BASE
 from tidings.transport import Binding, ExchangeSpec, Outcome, QueueSpec, SendResult, Topology, WireMessage
 from tidings.transports.amqp import AmqpTransport
 from tidings.transports.amqp.transport import amqp_name_problem
@@ -113,14 +112,8 @@ async def test_a_retry_into_a_queue_that_is_gone_hands_the_message_back_after_a_
             return results
 
         monkeypatch.setattr(transport, "send", noting_refusals)
-        retrying = asyncio.create_task(delivery.retry(1, "try 1"))
-        (again,) = await hold(stream, 1)  # prefetch 1: only if its place was given back
-        came_back_at = time.monotonic()
-        with pytest.raises(TransportError, match="unroutable"):
-            await retrying
-        assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
-        # not at once after the refusal: its handler would run in a loop
-        assert came_back_at - refused_at[0] >= HAND_BACK_BASE / 2
+        # prefetch 1: it comes back only if its place was given back
+        again = await refused_retry_comes_back(delivery, stream, refused_at, "unroutable")
         await again.ack()
         await stream.aclose()  # type: ignore[attr-defined]
     finally:

@@ -17,10 +17,9 @@ from tests.clirun import tidings
 from tests.conftest import delete_amqp_topology
 from tests.faultproxy import FaultProxy
 from tests.faults.rig import rabbitmqctl
-from tests.transports.conformance import hold, message
+from tests.transports.conformance import hold, message, refused_retry_comes_back
 from tidings.errors import ConfigError, TransportError
 from tidings.plugins import Plugin
-from tidings.retry import HAND_BACK_BASE
 from tidings.transport import (
     ATTEMPTS_HEADER,
     REASON_HEADER,
@@ -337,14 +336,7 @@ async def test_a_copy_the_amqp_side_cannot_make_hands_the_message_back(
                 raise
 
         monkeypatch.setattr(cut_off, "forward", noting_refusals)
-        retrying = asyncio.create_task(delivery.retry(1, "try 1"))
-        (again,) = await asyncio.wait_for(hold(stream, 1), 10)
-        came_back_at = time.monotonic()
-        with pytest.raises(TransportError):
-            await retrying
-        assert (again.message.message_id, again.redelivered) == (sent.message_id, True)
-        # not straight back after the refusal (its handler would run in a loop while AMQP is away)
-        assert came_back_at - refused_at[0] >= HAND_BACK_BASE / 2
+        again = await refused_retry_comes_back(delivery, stream, refused_at)
         await again.ack()
         await stream.aclose()  # type: ignore[attr-defined]
     finally:

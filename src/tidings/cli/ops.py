@@ -201,7 +201,7 @@ def _check_outbox(bus: Bus) -> int:
     try:
         last = bus.outbox.last_seq()
     except StorageError as exc:
-        err.print(f"outbox: [red]FAILED[/] {escape(str(exc))}", markup=True, highlight=False)
+        err.print(f"outbox: {FAILED} {escape(str(exc))}", markup=True, highlight=False)
         return 1
     out.print(f"outbox: {bus.config.outbox_path()} — last seq {last}")
     return 0
