@@ -62,7 +62,11 @@ class HandBack:
     def succeeded(self) -> None:
         self.failures = 0
 
-    async def later(self, release: Callable[[], Awaitable[None]]) -> None:
+    def next_wait(self) -> float:
+        """Seconds to wait before the next hand-back (one more failure in a row)."""
         self.failures += 1
-        await asyncio.sleep(backoff(self.failures, HAND_BACK_BASE, HAND_BACK_CAP))
+        return backoff(self.failures, HAND_BACK_BASE, HAND_BACK_CAP)
+
+    async def later(self, release: Callable[[], Awaitable[None]]) -> None:
+        await asyncio.sleep(self.next_wait())
         await release()

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from tests.clirun import tidings
 from tests.ledger import check
 from tests.transports.conformance import hold, message, take
 from tests.waiting import until
 from tidings.errors import ConfigError, TransportError
+from tidings.retry import HAND_BACK_BASE
 from tidings.transport import Binding, Delivery, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
 from tidings.transports.kafka import KafkaTransport
 from tidings.transports.kafka import consume as kafka_consume
@@ -144,7 +147,9 @@ async def test_a_copy_kafka_does_not_take_is_tried_again_then_handed_back(
     kafka: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry's copy is made again after a refusal; given up, the message is handed back (left
-    unsettled, it kept a prefetch place, and the consumer stood still once all were taken)."""
+    unsettled, it kept a prefetch place, and the consumer stood still once all were taken) and
+    handed out again after a backoff (it used to wait for the next rebalance or restart, its
+    partition's commits with it)."""
     transport = KafkaTransport(url=kafka, retry_delays=[1], partitions=1)
     exchange = unique("fwd")
     queue = QueueSpec(unique("fwd-q"), [Binding(exchange, "#")])
@@ -170,12 +175,29 @@ async def test_a_copy_kafka_does_not_take_is_tried_again_then_handed_back(
         (second,) = await hold(stream, 1)  # the next place: a.one was settled
         with pytest.raises(TransportError, match="did not take"):
             await second.retry(0, "try 1")
-        (retried,) = await hold(stream, 1)  # only if a.two gave its place back
-        assert (retried.message.routing_key, retried.attempt) == ("a.one", 2)
-        await retried.ack()
+        handed_back_at = time.monotonic()
+        came: dict[str, tuple[int, bool, float]] = {}
+        for _ in range(2):  # a.one from its retry topic; a.two again, only if it gave its place back
+            (delivery,) = await hold(stream, 1)
+            came[delivery.message.routing_key] = (delivery.attempt, delivery.redelivered, time.monotonic())
+            await delivery.ack()
         await stream.aclose()  # type: ignore[attr-defined]
+        assert came["a.one"][:2] == (2, False)
+        assert came["a.two"][:2] == (1, True)  # uncounted: its handler's try did not settle
+        assert came["a.two"][2] - handed_back_at >= HAND_BACK_BASE / 2  # not at once: no loop
     finally:
         await transport.close()
+    assert committed_position(kafka, queue.name, exchange) == 2  # both settled: committed past them
+
+
+def committed_position(kafka: str, group: str, topic: str) -> int:
+    """Where ``group`` committed partition 0 of ``topic``, as the broker says."""
+    consumer = Consumer({"bootstrap.servers": kafka.removeprefix("kafka://"), "group.id": group})
+    try:
+        (found,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    finally:
+        consumer.close()
+    return int(found.offset)
 
 
 async def test_a_long_retry_never_holds_up_a_shorter_one_behind_it(kafka: str) -> None:

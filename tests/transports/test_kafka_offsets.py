@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tidings.transports.kafka.offsets import Offsets
 
 steps = st.lists(
-    st.tuples(st.sampled_from(["read", "skip", "settle", "release", "commit"]), st.integers(0, 30))
+    st.tuples(st.sampled_from(["read", "skip", "settle", "release", "again", "commit"]), st.integers(0, 30))
 )
 
 
@@ -23,6 +23,7 @@ def test_the_committed_position_never_passes_an_unfinished_message(
     offsets = Offsets()
     offsets.assigned("t", 0, start)
     handed_out: set[int] = set()  # the model: what a handler has or had and did not finish
+    released: set[int] = set()  # handed back, unfinished, until taken again
     finished: set[int] = set()
     next_read = start
     committed = start
@@ -42,9 +43,15 @@ def test_the_committed_position_never_passes_an_unfinished_message(
                 offsets.settled("t", 0, offset)
                 handed_out.discard(offset)
                 finished.add(offset)
-            else:  # stays unfinished; a delivery is settled once, so it is never settled after this
+            else:  # stays unfinished; this delivery is settled once: only a new one settles it
                 offsets.release("t", 0, offset)
                 handed_out.discard(offset)
+                released.add(offset)
+        elif action == "again" and released:
+            offset = sorted(released)[pick % len(released)]
+            assert offsets.taken_again("t", 0, offset, offsets.partitions[("t", 0)].epoch)
+            released.discard(offset)
+            handed_out.add(offset)
         elif action == "commit":
             moved = offsets.to_commit()
             if moved:
@@ -165,6 +172,21 @@ def test_released_messages_hold_the_position_but_nobody_waits_for_them() -> None
     offsets.settled("t", 0, 2)
     assert offsets.unsettled("t", 0) == 0  # a rebalance need not wait for it
     assert offsets.to_commit() == {}  # but the position stays before it
+
+
+def test_a_released_message_is_taken_again_only_under_its_own_assignment() -> None:
+    offsets = Offsets()
+    offsets.assigned("t", 0, 0)
+    epoch = offsets.delivered("t", 0, 0)
+    assert epoch is not None
+    offsets.release("t", 0, 0, epoch)
+    assert not offsets.taken_again("t", 0, 1, epoch)  # never handed out, never released
+    offsets.revoked("t", 0)
+    offsets.assigned("t", 0, 0)  # back to this member: its new reads will meet offset 0 again
+    assert not offsets.taken_again("t", 0, 0, epoch)
+    offsets.release("t", 0, 0, offsets.delivered("t", 0, 0))
+    assert offsets.taken_again("t", 0, 0, offsets.partitions[("t", 0)].epoch)
+    assert offsets.unsettled("t", 0) == 1 and offsets.to_commit() == {}
 
 
 async def test_a_member_with_no_partition_for_long_says_so_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -19,8 +19,10 @@ When partitions move to another member (a rebalance), the member giving them up 
 moment for the handlers running on them and commits what they finished, so in the normal case
 no message is handled twice by two members.
 
-A released message (the consumer stops, a handler halts) is not handed out again by this
-member: the position stays before it, and the next reader of the partition gets it, uncounted.
+A released message keeps the position before it. While the member runs, it hands the message
+out again after a backoff (:class:`~tidings.retry.HandBack`: a settle the broker refused, a
+failure before the handlers), as a broker with acknowledgements redelivers; if the partition
+moves meanwhile, or the consumer stops, the partition's next reader gets it instead.
 
 Kafka cannot say whether a message was handed out before. A message in a partition between
 the group's committed position and the partition's end at the time the partition was assigned
@@ -43,7 +45,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidings.errors import TransportError
-from tidings.retry import backoff
+from tidings.retry import HandBack, backoff
 from tidings.topics import TopicMatcher
 from tidings.transport import (
     ATTEMPTS_HEADER,
@@ -87,7 +89,8 @@ async def consume(transport: KafkaTransport, queue: QueueSpec, prefetch: int) ->
                 return
             want = group.prefetch - group.in_flight
             group.clear_settles()
-            ready = await group.in_thread(group.poll, want)
+            ready = group.take_again(want)
+            ready += await group.in_thread(group.poll, want - len(ready))
             if want <= 0 and group.prefetch - group.in_flight <= 0:
                 await group.wait_for_a_settle(0.2)  # stay in the group meanwhile: poll again after
             for item in ready:
@@ -130,6 +133,8 @@ class KafkaDelivery:
     settled: bool = False
     last_error: str = ""
     epoch: int = 0
+    #: a retry that wished to wait longer than its topic (epoch ms): kept if it is handed back
+    not_before: int | None = None
 
     async def ack(self) -> None:
         self._mark_settled()
@@ -184,9 +189,8 @@ class KafkaDelivery:
             except TransportError as exc:
                 patience = time.monotonic() - started < FORWARD_PATIENCE and not self.group.stopped
                 if attempt == limit or not patience:
-                    # handed back: its position stays before it (its partition's commits wait), and
-                    # it is read again after the next rebalance or restart. Left unsettled, it
-                    # would also keep a prefetch place until then
+                    # handed back (and handed out again after a backoff): left unsettled, it would
+                    # keep its prefetch place, and its partition's commits, for good
                     await self.release()
                     raise
                 delay = backoff(attempt, FORWARD_BASE, FORWARD_CAP)
@@ -236,6 +240,9 @@ class GroupConsumer:
         self._last_commit = 0.0
         self._settle_event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        #: released messages due to be handed out again (the loop's side), and their backoff
+        self._again: list[Ready] = []
+        self._hand_back = HandBack()
 
     def _matchers(self) -> list[tuple[str | re.Pattern[str], TopicMatcher[bool]]]:
         """For each topic (or pattern of topics) read, the binding patterns that select in it."""
@@ -551,22 +558,50 @@ class GroupConsumer:
             self,
             last_error=ready.last_error,
             epoch=ready.epoch,
+            not_before=ready.not_before,
         )
 
     def settled(self, delivery: KafkaDelivery) -> None:
         self.in_flight -= 1
         self._settle_event.set()
+        self._hand_back.succeeded()
         with self.lock:
             self.offsets.settled(delivery.topic, delivery.partition, delivery.offset, delivery.epoch)
 
     def hand_back(self, delivery: KafkaDelivery) -> None:
-        """Released (a stop, a halt): this member does not hand it out again; its position stays
-        before it, so whoever reads the partition next — another member, or this queue's next
-        consumer — gets it, uncounted."""
+        """Released: its position stays before it, and this member hands it out again after a
+        backoff (at once, a handler whose settle the broker refuses would run in a loop). If its
+        partition moves meanwhile, or the consumer stops, the partition's next reader gets it."""
         self.in_flight -= 1
         with self.lock:
             self.offsets.release(delivery.topic, delivery.partition, delivery.offset, delivery.epoch)
         self._settle_event.set()
+        if not self.stopped:
+            again = Ready(
+                delivery.topic,
+                delivery.partition,
+                delivery.offset,
+                delivery.message,
+                delivery.attempt,
+                True,
+                delivery.not_before,
+                delivery.last_error,
+                delivery.epoch,
+            )
+            self._loop.call_later(self._hand_back.next_wait(), self._again.append, again)
+
+    def take_again(self, want: int) -> list[Ready]:
+        """Up to ``want`` released messages due again, of partitions still assigned as they were."""
+        if want <= 0 or not self._again:
+            return []
+        due, self._again = self._again[:want], self._again[want:]
+        now_ms = self.transport.now_ms()
+        with self.lock:
+            taken = [r for r in due if self.offsets.taken_again(r.topic, r.partition, r.offset, r.epoch)]
+        for ready in taken:
+            if ready.not_before is not None and ready.not_before <= now_ms:
+                ready.not_before = None  # its wait is over meanwhile
+        return taken
 
     def clear_settles(self) -> None:
         self._settle_event.clear()

@@ -92,10 +92,21 @@ class Offsets:
             found.settled(offset)
 
     def release(self, topic: str, partition: int, offset: int, epoch: int | None = None) -> None:
-        """Handed back unfinished: the next member to read the partition gets it again."""
+        """Handed back unfinished: the position stays before it until it is taken again
+        (:meth:`taken_again`) and settled, or the partition's next reader gets it."""
         found = self._current(topic, partition, epoch)
         if found is not None:
             found.release(offset)
+
+    def taken_again(self, topic: str, partition: int, offset: int, epoch: int) -> bool:
+        """A message released under assignment ``epoch`` is handed out again: False when the
+        partition was revoked since (its next reader reads it from the committed position)."""
+        found = self._current(topic, partition, epoch)
+        if found is None or offset not in found.released:
+            return False
+        found.released.discard(offset)
+        found.unsettled.add(offset)
+        return True
 
     def unsettled(self, topic: str, partition: int) -> int:
         """How many of the partition's messages handlers may be working on."""
