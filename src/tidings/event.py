@@ -116,7 +116,16 @@ def parse_time(text: str) -> datetime:
         raise InvalidEvent(f"time {text!r} is not an ISO 8601 timestamp") from None
     if moment.tzinfo is None:
         raise InvalidEvent(f"time {text!r} has no time zone")
-    return moment.astimezone(UTC)
+    return in_utc(moment)
+
+
+def in_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; an InvalidEvent when that falls outside years 1-9999
+    (``0001-01-01T00:30:00+01:00`` is a valid time whose UTC is not)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidEvent(f"time {moment.isoformat()} is out of range in UTC (years 1 to 9999)") from None
 
 
 @dataclass(slots=True)
@@ -160,7 +169,7 @@ class Event:
             source=source,
             type=type,
             id=id or new_id(),
-            time=(time or utcnow()).astimezone(UTC),
+            time=in_utc(time or utcnow()),
             headers=dict(headers or {}),
             visibility=visibility,
         )

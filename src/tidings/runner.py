@@ -294,6 +294,13 @@ class Runner:
             log.warning("%s: dead-lettering an invalid message (%s)", self.app.name, exc)
             await delivery.reject(f"invalid message: {exc}")
             return None
+        except Exception as exc:  # a format's own bug (a plug-in's): it would fail
+            # the same way every time too, and left unsettled it would hold its place for good
+            self.app.counters.rejected += 1
+            reason = f"the {self.format.name} format failed on it: {type(exc).__name__}: {exc}"
+            log.error("%s: dead-lettering message %s: %s", self.app.name, delivery.message.message_id, reason)
+            await delivery.reject(reason)
+            return None
         if self.inbox is not None and self.inbox.seen(self.app.name, event.id):
             self.app.counters.duplicates += 1
             await delivery.ack()

@@ -173,13 +173,44 @@ async def test_invalid_messages_go_to_dead_letters_without_a_requeue_loop(bus: B
         await transport.connect()
         garbage = WireMessage("bad.json", b"{not json", headers={"ce_specversion": "1.0"})
         foreign = WireMessage("no.headers", b"{}")
-        await transport.send("tidings", [garbage, foreign])
+        # a valid time whose UTC is before year 1: it raised OverflowError, and stayed unsettled
+        early = bus.make_format("tidings").encode(bus.event("early", {}))
+        early.headers["ce_time"] = "0001-01-01T00:30:00+01:00"
+        await transport.send("tidings", [garbage, foreign, early])
         await transport.close()
         await bus.apublish("good", {})
-        await until(lambda: fast_app.counters.rejected == 2 and handled == ["good"])
-    letters = await dead_letters(bus, "svc", 2)
+        await until(lambda: fast_app.counters.rejected == 3 and handled == ["good"])
+    letters = await dead_letters(bus, "svc", 3)
     assert {m.attempt for m in letters} == {1}  # straight there, no retries
     assert all("invalid message" in m.message.headers["x-tidings-reason"] for m in letters)
+    (early_letter,) = [m for m in letters if m.message.routing_key == "early"]
+    assert "out of range in UTC" in early_letter.message.headers["x-tidings-reason"]
+
+
+async def test_a_format_that_fails_unexpectedly_dead_letters_the_message(
+    bus: Bus, fast_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A format's own bug (a plug-in's) must not leave the message unsettled, holding its place."""
+    fast_app.subscribe("#")(lambda event: None)
+    runner = Runner(fast_app, bus)
+
+    class Broken:
+        name = "broken"
+
+        def decode(self, message: WireMessage) -> Event:
+            raise KeyError("ce_what")
+
+    runner.format = Broken()  # type: ignore[assignment]
+    handed = Handover(WireMessage("a.b", b"{}"))
+    try:
+        with caplog.at_level(logging.ERROR, logger="tidings"):
+            assert await runner.handle(handed) is None
+    finally:
+        runner.close()
+    assert handed.settled is not None and handed.settled[0] == "dead"
+    assert "the broken format failed on it: KeyError" in str(handed.settled)
+    assert fast_app.counters.rejected == 1
+    assert "tidings bug" not in caplog.text
 
 
 async def test_a_settle_that_fails_without_the_handlers_is_a_warning_not_a_bug(

@@ -14,6 +14,7 @@ from tests.conftest import embedded_config
 from tidings.bus import Bus
 from tidings.errors import DecodeError, InvalidEvent, InvalidTopic
 from tidings.event import Event, format_time, json_depth, new_id, parse_time
+from tidings.formats.lava import parse_lava_time
 from tidings.formats.native import NativeFormat, StructuredFormat
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
@@ -170,6 +171,17 @@ def test_event_time_is_kept_exactly() -> None:
     moment = datetime(2026, 11, 22, 9, 7, 41, 123456, tzinfo=UTC)
     event = Event.create("a", {}, time=moment)
     assert Event.from_json(event.to_json()).time == moment
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00"])
+def test_a_time_whose_utc_is_out_of_range_is_an_invalid_event(text: str) -> None:
+    """Valid times whose UTC falls outside years 1-9999: an OverflowError escaped every decoder."""
+    with pytest.raises(InvalidEvent, match="out of range in UTC"):
+        parse_time(text)
+    with pytest.raises(InvalidEvent, match="out of range in UTC"):
+        Event.create("a", {}, time=datetime.fromisoformat(text))
+    with pytest.raises(InvalidEvent, match="out of range in UTC"):
+        parse_lava_time(text)
 
 
 def _depth_by_recursion(value: object) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tidings.archive import SearchFields
 from tidings.errors import DecodeError, InvalidEvent
-from tidings.event import Event, loads
+from tidings.event import Event, in_utc, loads
 from tidings.plugins import Plugin, Settings
 from tidings.transport import WireMessage
 
@@ -99,7 +99,7 @@ def parse_lava_time(stamp: str) -> datetime:
         moment = datetime.fromisoformat(stamp)
     except ValueError:
         raise DecodeError(f"LAVA event datetime {stamp!r} is not ISO 8601") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else in_utc(moment)
 
 
 class FieldFilter:
