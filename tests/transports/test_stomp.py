@@ -33,6 +33,7 @@ from tidings.transport import (
 )
 from tidings.transports.amqp import AmqpTransport
 from tidings.transports.stomp import Address, StompTransport
+from tidings.transports.stomp.consume import StompDelivery
 from tidings.transports.stomp.frames import received, send_headers
 
 pytestmark = [pytest.mark.stomp, pytest.mark.rabbitmq]
@@ -79,7 +80,8 @@ async def test_a_queue_name_that_cannot_work_is_one_line_before_anything_is_decl
     transport = StompTransport(url=stomp, retry_delays=[1])
     try:
         for name, problem in (
-            ("svc/x", "a '/' cannot be in it"),
+            ("svc%2Fx", "'%2F' cannot be in a STOMP destination"),  # RabbitMQ reads it as '/'
+            ("svc\0x", "a NUL character cannot be in"),
             ("svc\\x", "only letters, digits"),
             ("s" * 250, "over AMQP's 255"),  # its retry queue's name is longer still
         ):
@@ -174,22 +176,29 @@ async def test_an_error_frame_mid_stream_fails_the_batch_and_the_next_send_recon
 @pytest.mark.parametrize(
     "headers",
     [{"expiration": "0"}, {"expiration": "abc"}, {"Priority": "high"}, {"reply-to": "x"}, {"type": "t"},
-     {"back\\slash": "1"}, {"a\nb": "1"}, {"c:d": "1"}, {"persistent": "false"}],
+     {"back\\slash": "1"}, {"a\nb": "1"}, {"c:d": "1"}, {"persistent": "false"}, {"priority": 3}],
 )  # fmt: skip
 async def test_headers_the_broker_would_read_or_a_frame_cannot_hold_are_refused_alone(
     stomp: str, headers: dict[str, str]
 ) -> None:
     """Each would have expired, lost or blocked the event (RabbitMQ reads them as properties, or
     drops the connection on a broken frame): refused with the reason, and the batch goes on."""
-    transport = StompTransport(url=stomp, connect_timeout=3, receipt_timeout=5)
+    transport = StompTransport(url=stomp, connect_timeout=3, receipt_timeout=5, max_message_bytes=4096)
     try:
         bad, good = message("odd.header", headers=headers), message("plain.one")
-        slash = message("a/b")
+        escaped = message("a%2Fb")  # RabbitMQ would read it as "a/b"
+        # a frame ends at a NUL: its other headers and its body were lost, the send confirmed
+        nul = message("nul.header", headers={"note": "before\0after"})
+        big = message("big.body", body=b"x" * 4097)  # over the limit, RabbitMQ closes the connection
+        fedora = message("fedora.like", headers={"priority": 0})  # fedora-messaging's, for none
         started = asyncio.get_running_loop().time()
-        results = await transport.send("amq.topic", [bad, good, slash])
-        assert [r.outcome for r in results] == [Outcome.REFUSED, Outcome.DELIVERED, Outcome.REFUSED]
+        results = await transport.send("amq.topic", [bad, good, escaped, nul, big, fedora])
+        refused, delivered = Outcome.REFUSED, Outcome.DELIVERED
+        assert [r.outcome for r in results] == [refused, delivered, refused, refused, refused, delivered]
         assert "cannot travel in a STOMP frame" in results[0].reason
-        assert "a '/' cannot be in a STOMP destination" in results[2].reason
+        assert "'%2F' cannot be in a STOMP destination" in results[2].reason
+        assert "header(s) note: a NUL character cannot be in them" in results[3].reason
+        assert "4097 bytes is over the broker's limit of 4096" in results[4].reason
         assert asyncio.get_running_loop().time() - started < 4  # no receipt was waited for in vain
         assert [r.outcome for r in await transport.send("amq.topic", [good])] == [Outcome.DELIVERED]
     finally:
@@ -254,6 +263,47 @@ async def shared(
     await over_stomp.close()
     await over_amqp.close()
     await delete_amqp_topology(rabbitmq, [name], [exchange])
+
+
+async def test_slashes_in_exchanges_routing_keys_and_queues_travel_escaped(stomp: str, rabbitmq: str) -> None:
+    """RabbitMQ splits a destination at '/' and reads "%2F" as one: Taskcluster's exchanges
+    (``exchange/taskcluster-queue/v1/...``) went nowhere, each send waiting for a receipt in vain."""
+    tag = uuid.uuid4().hex[:6]
+    exchange, name = f"exchange/stomp-{tag}/v1/task-defined", f"svc/{tag}"
+    transport = StompTransport(url=stomp, retry_delays=[1], receipt_timeout=5)
+    try:
+        queue = QueueSpec(name, [Binding(exchange, "a/b.#")])
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        sent = message("a/b.c")
+        assert [r.outcome for r in await transport.send(exchange, [sent])] == [Outcome.DELIVERED]
+        stream = transport.consume(QueueSpec(name, []), prefetch=1)
+        (delivery,) = await hold(stream, 1)
+        await delivery.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert (delivery.message.message_id, delivery.message.routing_key) == (sent.message_id, "a/b.c")
+    finally:
+        await transport.close()
+        await delete_amqp_topology(rabbitmq, [name, f"{name}.dead", f"{name}.retry.1s"], [exchange])
+
+
+async def test_a_release_asks_the_broker_to_requeue() -> None:
+    """Without ``requeue:true``, a broker set to ``stomp.default_nack_requeue = false`` drops
+    what a NACK hands back (a halt, a stop, a refused retry's hand-back)."""
+    written: list[tuple[str, dict[str, str]]] = []
+
+    class Connection:
+        def nack(self, ack_id: str, **headers: str) -> None:
+            written.append((ack_id, headers))
+
+    class FakeLink:
+        connection, generation = Connection(), 1
+
+        async def write(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+            fn(*args, **kwargs)
+
+    delivery = StompDelivery(message("a.b"), 1, False, "q", "ack-7", 1, FakeLink(), StompTransport())  # type: ignore[arg-type]
+    await delivery.release()
+    assert written == [("ack-7", {"requeue": "true"})]
 
 
 async def test_stomp_and_amqp_consumers_share_a_queue_and_its_attempts(

@@ -17,6 +17,7 @@ from msgspec import Meta
 
 from tidings.plugins import Plugin, Settings, Timeout
 from tidings.redact import mask_url
+from tidings.transports.amqp import DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_URL = "stomp://guest:guest@127.0.0.1:61613/"
 
@@ -93,6 +94,9 @@ class StompSettings(Settings):
     declare: bool = True
     #: where to declare them (default: the STOMP URL's host and user on RabbitMQ's AMQP port)
     amqp_url: str | None = None
+    #: a body over this is a dead letter at once (RabbitMQ's max_message_size: over it, the broker
+    #: answers an ERROR without a receipt and closes the connection, and the batch never goes)
+    max_message_bytes: Annotated[int, Meta(gt=0)] = DEFAULT_MAX_MESSAGE_BYTES
     #: TLS (stomp+ssl://): the CA, a client certificate and key
     ca_file: str | None = None
     cert_file: str | None = None

@@ -35,7 +35,13 @@ from tidings.transport import (
     death_headers,
 )
 from tidings.transports.stomp.frames import EXCHANGE_HEADER, ROUTING_KEY_HEADER, received
-from tidings.transports.stomp.transport import LOST, Link, StompTransport, check_queue_name
+from tidings.transports.stomp.transport import (
+    LOST,
+    Link,
+    StompTransport,
+    check_queue_name,
+    in_destination,
+)
 
 log = logging.getLogger(__name__)
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 10.0
@@ -59,7 +65,8 @@ class StompDelivery:
 
     async def release(self) -> None:
         self._mark_settled()
-        await self._frame("nack")
+        # said, not left to the broker's stomp.default_nack_requeue (false would drop the message)
+        await self._frame("nack", requeue="true")
 
     async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
         target, _ = self.transport.retry_queue_for(self.queue, delay)
@@ -84,12 +91,12 @@ class StompDelivery:
         self.transport.hand_back.succeeded()
         await self.ack()
 
-    async def _frame(self, command: str) -> None:
+    async def _frame(self, command: str, **headers: str) -> None:
         connection = self.link.connection
         if connection is None or self.generation != self.link.generation:
             return  # that connection is gone: the broker hands the message out again
         try:
-            await self.link.write(getattr(connection, command), self.ack_id)
+            await self.link.write(getattr(connection, command), self.ack_id, **headers)
         except (NotConnectedException, OSError):
             log.warning(
                 "%s of message %s was lost with its connection; it comes back",
@@ -164,7 +171,7 @@ async def _subscribe(transport: StompTransport, link: Link, queue: QueueSpec, pr
     try:
         await link.write(
             connection.subscribe,
-            f"/amq/queue/{queue.name}",
+            f"/amq/queue/{in_destination(queue.name)}",
             id=queue.name,
             ack="client-individual",
             headers=headers,

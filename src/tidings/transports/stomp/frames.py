@@ -70,7 +70,20 @@ def reserved_headers(message: WireMessage) -> list[str]:
     return sorted(
         name
         for name in message.headers
-        if name.lower() in RESERVED or name.lower() in _ADDED or any(c in name for c in _UNSAFE_IN_NAMES)
+        if (name.lower() in RESERVED or name.lower() in _ADDED or any(c in name for c in _UNSAFE_IN_NAMES))
+        and not _says_its_priority(message, name)
+    )
+
+
+def _says_its_priority(message: WireMessage, name: str) -> bool:
+    """A ``priority`` header that is the message's priority (fedora-messaging writes both, 0 for
+    none): it goes as the frame's ``priority``, which RabbitMQ makes the same property."""
+    value = message.headers[name]
+    return (
+        name == "priority"
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+        and value == (message.priority or 0)
     )
 
 

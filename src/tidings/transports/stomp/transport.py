@@ -45,6 +45,7 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
+from tidings.transports.amqp import DEFAULT_MAX_MESSAGE_BYTES
 from tidings.transports.stomp import DEFAULT_URL, Address
 from tidings.transports.stomp.frames import reserved_headers, send_headers
 from tidings.transports.textheaders import to_text
@@ -153,8 +154,9 @@ class Link(stomp.ConnectionListener):
         if waiting is not None:
             batch, index = waiting
             batch.answer(index, what)
-        else:
-            self.refusal = what  # the broker closes the connection after an ERROR
+        else:  # the broker closes the connection after most such ERRORs; not after every one
+            self.refusal = what
+            log.warning("the STOMP broker at %s answered: %s", self.transport.url, what)
 
     def on_receipt(self, frame: Any) -> None:
         waiting = self.receipts.pop(frame.headers.get("receipt-id", ""), None)
@@ -268,8 +270,10 @@ class StompTransport:
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = Address.parse(url)
+        self.max_message_bytes = int(max_message_bytes)
         self.url = mask_url(url)
         self.destination = destination
         self.heartbeat, self.receipt_timeout, self.connect_timeout = (
@@ -382,18 +386,19 @@ class StompTransport:
     # -- sending ----------------------------------------------------------------------
 
     def destination_of(self, exchange: str, message: WireMessage) -> str:
-        key = message.routing_key
+        key = in_destination(message.routing_key)
         if self.destination == "topic":
             return f"/topic/{key}"
-        return f"/exchange/{message.exchange or exchange}/{key}"
+        return f"/exchange/{in_destination(message.exchange or exchange)}/{key}"
 
     async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
         frames, results = [], []
         for message in messages:
-            refused = _refusal(message)
+            headers = send_headers(message)
+            refused = _refusal(message, exchange, headers, self.max_message_bytes)
             results.append(refused)
             if refused is None:
-                frames.append((self.destination_of(exchange, message), message.body, send_headers(message)))
+                frames.append((self.destination_of(exchange, message), message.body, headers))
         answers = await self.send_frames(frames)
         answered = iter(answers)
         return [result if result is not None else next(answered) for result in results]
@@ -476,20 +481,45 @@ def _result(answer: str | None, timeout: float) -> SendResult:
     return SendResult(Outcome.RETRY, f"the broker refused it: {answer}")
 
 
-def _refusal(message: WireMessage) -> SendResult | None:
-    """Why a message can never travel as a STOMP frame, or None."""
+def _refusal(message: WireMessage, exchange: str, headers: dict[str, str], limit: int) -> SendResult | None:
+    """Why a message can never travel as a STOMP frame, or None. (RabbitMQ answers some of
+    these with an ERROR that names no receipt, or by closing the connection: the whole batch
+    would fail, again and again, for one message that can never go.)"""
+    if len(message.body) > limit:
+        return SendResult(
+            Outcome.REFUSED,
+            f"{len(message.body)} bytes is over the broker's limit of {limit}",
+        )
     reserved = reserved_headers(message)
     if reserved:
         shown = ", ".join(repr(name) for name in reserved)
         return SendResult(Outcome.REFUSED, f"header(s) {shown} cannot travel in a STOMP frame")
-    if "/" in message.routing_key:  # RabbitMQ answers an ERROR without the receipt: refused now
-        return SendResult(
-            Outcome.REFUSED, f"routing key {message.routing_key!r}: a '/' cannot be in a STOMP destination"
-        )
+    for what, name in (("routing key", message.routing_key), ("exchange", message.exchange or exchange)):
+        problem = destination_problem(name)
+        if problem:
+            return SendResult(Outcome.REFUSED, f"{what} {name!r}: {problem}")
+    cut = sorted(name for name, value in headers.items() if "\0" in value)
+    if cut:  # a frame ends at a NUL: the rest of the headers, and the body, would be lost
+        shown = ", ".join(cut)
+        return SendResult(Outcome.REFUSED, f"header(s) {shown}: a NUL character cannot be in them")
     if message.cc:
         return SendResult(
             Outcome.REFUSED, "CC routing keys cannot travel over STOMP (use the amqp transport)"
         )
+    return None
+
+
+def in_destination(name: str) -> str:
+    """A name as one part of a destination: RabbitMQ reads "%2F" there as a '/' (and nothing else)."""
+    return name.replace("/", "%2F")
+
+
+def destination_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one part of a STOMP destination (None: it can)."""
+    if "%2F" in name:  # RabbitMQ would read it as '/', and '%' has no escape of its own
+        return "'%2F' cannot be in a STOMP destination (RabbitMQ reads it as '/')"
+    if "\0" in name:
+        return "a NUL character cannot be in a STOMP destination"
     return None
 
 
@@ -499,7 +529,7 @@ def _text(body: Any) -> str:
 
 
 def check_queue_name(name: str) -> None:
-    """A queue is subscribed as ``/amq/queue/<name>``: RabbitMQ would read what follows a '/' as
-    more of the path, and the subscription would never get a message."""
-    if "/" in name:
-        raise ConfigError(f"queue name {name!r} cannot be used over STOMP: a '/' cannot be in it")
+    """A queue is subscribed as ``/amq/queue/<name>`` (a '/' in it written as "%2F")."""
+    problem = destination_problem(name)
+    if problem:
+        raise ConfigError(f"queue name {name!r} cannot be used over STOMP: {problem}")
