@@ -208,7 +208,10 @@ def _value(event: Event, path: str, written: str) -> str:
     value = lookup(event, path)
     if value is MISSING:
         raise Reject(f"argument {written}: the event has no {path}")
-    return as_text(value)
+    text = as_text(value)
+    if "\0" in text:  # no program can be given it: every try would fail the same way
+        raise Reject(f"argument {written}: the event's {path} holds a NUL character")
+    return text
 
 
 def _always(event: Event) -> bool:

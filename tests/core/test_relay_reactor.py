@@ -335,6 +335,27 @@ async def test_a_missing_argument_dead_letters_without_running(tmp_path: Path) -
     assert not log.exists()
 
 
+async def test_an_argument_holding_a_nul_dead_letters_at_once(tmp_path: Path) -> None:
+    """No program can be given it (exec refuses it): retrying would fail the same way every time."""
+    from tests.transports.conformance import take
+    from tidings.transport import QueueSpec
+
+    log = tmp_path / "ran.jsonl"
+    bus = reactor_bus(
+        tmp_path, {"command": [sys.executable, str(tmp_path / "recorder.py"), str(log), "$data.status"]}
+    )
+    await react(bus, [job(1, status="Comp\0lete")], lambda: False, timeout=3)
+    transport = bus.make_transport("local")
+    await transport.connect()
+    try:
+        (letter,) = await take(transport, QueueSpec("reactor.finished.dead"), 1)
+    finally:
+        await transport.close()
+    assert "holds a NUL character" in letter.message.headers["x-tidings-reason"]
+    assert letter.message.headers["x-tidings-attempts"] == 1  # not tried again and again
+    assert not log.exists()
+
+
 def test_reactor_dry_run_says_which_rules_would_fire(tmp_path: Path) -> None:
     (tmp_path / "tidings.toml").write_text(
         "[reactor.rules.notify]\n"
