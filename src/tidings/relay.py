@@ -105,6 +105,7 @@ class Relay:
             raise Reject(str(exc)) from None
         if outgoing is not None:
             await self.bus.apublish(outgoing)
+            self.counters.relayed += 1  # counted once in the outbox (a refused one is not relayed)
 
     def outgoing(self, event: Event) -> Event | None:
         """What this relay publishes for ``event``, or None (filtered out, or a loop)."""
@@ -116,7 +117,6 @@ class Relay:
         if not self.passes(event):
             self.counters.filtered += 1
             return None
-        self.counters.relayed += 1
         # what the source bus's transports wrote (a dead letter's attempts and reason) is not the
         # event's: on this bus a consumer would take it for its own count
         carried = {k: v for k, v in event.headers.items() if not is_bookkeeping(k)}

@@ -64,6 +64,21 @@ def test_an_event_through_too_many_relays_is_dropped(tmp_path: Path) -> None:
     assert Relay(bus, "x").outgoing(travelled) is None
 
 
+async def test_only_what_reached_the_outbox_counts_as_relayed(tmp_path: Path) -> None:
+    """The exit line's count: an event the outbox refuses (too large) was counted all the same."""
+    from tidings.errors import InvalidEvent
+
+    bus = bus_of(tmp_path, {"bus": {"max_body_bytes": 200}, "relays": {"x": {}}})
+    relay = Relay(bus, "x")
+    try:
+        with pytest.raises(InvalidEvent):
+            await relay.relay(lava_event("testjob", {"job": 1, "log": "x" * 500}))
+        await relay.relay(job(2))
+    finally:
+        bus.close()
+    assert relay.counters.relayed == 1
+
+
 def test_the_topic_is_mapped_from_the_incoming_words(tmp_path: Path) -> None:
     bus = bus_of(tmp_path, {"relays": {"x": {"topic": "lab.{2}.{topic}"}}})
     out = Relay(bus, "x").outgoing(job(1))
