@@ -35,6 +35,12 @@ class Address:
 
     @classmethod
     def parse(cls, url: str) -> Address:
+        credentials = url.partition("://")[2].rpartition("@")[0]
+        # urlsplit would end the host at either, and then ask for a port
+        if ("#" in credentials or "?" in credentials) and "/" not in credentials:
+            raise ValueError(
+                f"url {mask_url(url)!r}: a '#' or '?' in the user or password must be written %23 or %3F"
+            )
         parts = urlsplit(url)
         if parts.scheme not in ("stomp", "stomp+ssl") or not parts.hostname:
             raise ValueError(f"url must be stomp://user:password@host:port/vhost, not {mask_url(url)!r}")
