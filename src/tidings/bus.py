@@ -23,7 +23,15 @@ from tidings.connector import Connector
 from tidings.consumer import App
 from tidings.dispatcher import Dispatcher
 from tidings.errors import InvalidEvent, TidingsError
-from tidings.event import Event, JSONScalar, Visibility, check_publisher_headers, dumps, json_depth
+from tidings.event import (
+    Event,
+    JSONScalar,
+    Visibility,
+    check_publisher_headers,
+    dumps,
+    holds_non_finite,
+    json_depth,
+)
 from tidings.format import Format, load_format
 from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
@@ -140,6 +148,10 @@ class Bus:
         elif limits.require_schema:
             raise InvalidEvent("event has no type, and this bus requires a schema for every event")
         data = event.to_json()
+        # written as null, a NaN or an infinity would change the event without a word (looked
+        # for only where a null was written: most events have none)
+        if b"null" in data and (holds_non_finite(event.body) or holds_non_finite(event.headers)):
+            raise InvalidEvent("event holds NaN or Infinity, which JSON cannot carry (use null or a string)")
         # the limit is on the body; the envelope around it is small and bounded by the topic/header checks
         if len(data) > limits.max_body_bytes and len(dumps(event.body)) > limits.max_body_bytes:
             raise InvalidEvent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time as _time
@@ -377,6 +378,22 @@ def is_bookkeeping(header: str) -> bool:
 
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs
 _CONTAINERS = (dict, list)
+
+
+def holds_non_finite(value: Any) -> bool:
+    """Whether a JSON value holds NaN or an infinity anywhere (JSON has no such numbers: the
+    writer would turn them into null without a word)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def json_depth(value: Any) -> int:

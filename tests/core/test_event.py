@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.conftest import embedded_config
 from tidings.bus import Bus
 from tidings.errors import DecodeError, InvalidEvent, InvalidTopic
-from tidings.event import Event, format_time, json_depth, new_id, parse_time
+from tidings.event import Event, format_time, holds_non_finite, json_depth, new_id, parse_time
 from tidings.formats.lava import parse_lava_time
 from tidings.formats.native import NativeFormat, StructuredFormat
 
@@ -292,3 +292,22 @@ def test_a_header_a_transport_would_take_for_its_own_is_refused_at_publish(
     finally:
         bus.close()
     assert Event.create("a.b", {}, headers={name: "99"}).headers == {name: "99"}  # as decoded
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"score": float("nan")}, {"a": [1, {"b": float("inf")}]}, {"n": None, "m": -float("inf")}],
+)
+def test_nan_or_infinity_is_refused_at_publish_not_written_as_null(body: dict, tmp_path: Path) -> None:
+    """orjson writes them as null without a word: the stored event was not the one published
+    (and the lava format wrote a NaN its own decoder refuses)."""
+    bus = Bus(embedded_config(tmp_path / "home"))
+    try:
+        with pytest.raises(InvalidEvent, match="NaN or Infinity"):
+            bus.publish("a.b", body)
+        with pytest.raises(InvalidEvent, match="NaN or Infinity"):
+            bus.publish("a.b", {}, headers={"ratio": float("nan")})
+        assert bus.publish("a.b", {"n": None, "x": 1.5}).body == {"n": None, "x": 1.5}
+    finally:
+        bus.close()
+    assert holds_non_finite(body) and not holds_non_finite({"n": None, "x": [1.5, {"y": 2}]})
