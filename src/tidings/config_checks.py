@@ -88,6 +88,11 @@ def _check_archive(config: Config, origin: str) -> None:
             format_plugin(name)
         except (ConfigError, InvalidTopic) as exc:
             raise ConfigError(f"{origin}: [archive] fields: {exc}") from None
+    if section.sources == []:  # `tidings archive` would end at once, having archived nothing
+        raise ConfigError(
+            f"{origin}: [archive] from = [] names no source: list the broker queues to archive, "
+            'or leave from out to archive the outbox (from = "outbox")'
+        )
     for number, source in enumerate([] if section.from_outbox() else section.sources, 1):
         where = f"{origin}: [archive] from, source {number}"
         if source.transport not in config.transports:

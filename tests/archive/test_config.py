@@ -31,6 +31,7 @@ def test_the_outbox_source_is_a_connector_of_its_own() -> None:
         ({"from": [{"transport": "local", "format": "nope"}]}, "unknown format 'nope'"),
         ({"from": [{"transport": "local", "queue": "q", "extra": 1}]}, "unknown key 'extra'"),
         ({"fields": {"a.#": "nope"}}, "[archive] fields: unknown format 'nope'"),
+        ({"from": []}, "[archive] from = [] names no source: list the broker queues to archive"),
     ],
 )
 def test_mistakes_are_one_line_naming_the_key(table: dict[str, object], message: str) -> None:
@@ -57,3 +58,12 @@ def test_config_show_masks_the_url(tmp_path: Path) -> None:
     )
     shown = tidings(tmp_path, "config", "show")
     assert shown.returncode == 0 and "s3cret" not in shown.stdout and "postgresql://tidings:" in shown.stdout
+
+
+def test_an_empty_list_of_sources_fails_the_check_and_the_archive_in_one_line(tmp_path: Path) -> None:
+    """``from = []`` archived nothing, and `tidings archive` ended at once with exit 0."""
+    (tmp_path / "tidings.toml").write_text("[archive]\nfrom = []\n")
+    for args in (("config", "check"), ("archive", "--once"), ("archive",)):
+        done = tidings(tmp_path, *args)
+        assert done.returncode == 3, (args, done.stdout, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and "[archive] from = [] names no source" in done.stderr

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from tests.conftest import embedded_config
-from tidings.archive import Query
+from tidings.archive import Archived, Query
 from tidings.archive.sink import ArchiveSink
 from tidings.archive.sqlite import SqliteArchive
 from tidings.config import ArchiveSection, Config
@@ -18,7 +18,7 @@ from tidings.errors import StorageError, TransportError
 from tidings.event import Event
 from tidings.format import load_format
 from tidings.formats.bugzilla import bugzilla_event
-from tidings.transport import Outcome, WireMessage
+from tidings.transport import Outcome, SendResult, WireMessage
 
 
 def config(tmp_path: Path, **archive: object) -> Config:
@@ -74,6 +74,73 @@ def test_an_event_the_store_can_never_hold_is_a_dead_letter_not_a_stall(
     assert asyncio.run(run()) == [[Outcome.REFUSED], [Outcome.REFUSED, Outcome.DELIVERED]]
     assert [a.event.id for a in sink.archive.search(Query()).items] == [after.id]
     asyncio.run(sink.close())
+
+
+def test_a_bug_on_one_event_inside_a_postgresql_transaction_is_its_dead_letter(
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a database error: whatever fails inside a transaction (December 9999's month end
+    was a ValueError) is rolled back and becomes a StorageError, so the event at fault is refused
+    with the reason instead of stopping the dispatcher, and the others are archived."""
+    from tests.archive.conftest import PG_URL
+    from tidings.archive import postgres
+
+    real_row = postgres._row
+
+    def row(seq: int, archived: Archived) -> tuple[object, ...]:
+        if archived.event.topic == "bad.value":
+            raise OverflowError("a value no one expected")
+        return real_row(seq, archived)
+
+    monkeypatch.setattr(postgres, "_row", row)
+    sink = ArchiveSink(config(tmp_path))
+    sink.archive = postgres.PostgresArchive(PG_URL, schema=pg_schema)
+    native = load_format("tidings")
+    far = Event.create("far.december", {}, time=datetime(9999, 12, 15, tzinfo=UTC))
+    bad, after = Event.create("bad.value", {}), Event.create("after", {})
+    results = asyncio.run(sink.send("tidings", [native.encode(e) for e in (far, bad, after)]))
+    assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.REFUSED, Outcome.DELIVERED]
+    assert results[1].reason == (
+        "the archive cannot store it: archive (PostgreSQL): OverflowError: a value no one expected"
+    )
+    assert {a.event.id for a in sink.archive.search(Query()).items} == {far.id, after.id}
+    asyncio.run(sink.close())
+
+
+class BuggyFormat:
+    """A format plug-in with a bug: its decode raises what no format should (an OverflowError)."""
+
+    name = "buggy"
+
+    def __init__(self) -> None:
+        self.native = load_format("tidings")
+
+    def decode(self, message: WireMessage) -> Event:
+        if message.routing_key == "bad.format":
+            raise OverflowError("int too large to convert")
+        return self.native.decode(message)
+
+
+def test_a_format_that_fails_otherwise_than_it_should_refuses_that_message_alone(tmp_path: Path) -> None:
+    sink = ArchiveSink(config(tmp_path))
+    sink.format = BuggyFormat()  # type: ignore[assignment]
+    native = load_format("tidings")
+    bad, after = Event.create("bad.format", {}), Event.create("after", {})
+
+    async def run() -> list[SendResult]:
+        try:
+            return await sink.send("tidings", [native.encode(bad), native.encode(after)])
+        finally:
+            await sink.close()
+
+    results = asyncio.run(run())
+    assert [r.outcome for r in results] == [Outcome.REFUSED, Outcome.DELIVERED]
+    assert results[0].reason == (
+        "archive cannot read it: the buggy format failed on it: OverflowError: int too large to convert"
+    )
+    archive = SqliteArchive(tmp_path / "home" / "archive.db")
+    assert [a.event.id for a in archive.search(Query()).items] == [after.id]
+    archive.close()
 
 
 class AwayStore:

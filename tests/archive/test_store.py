@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tidings.archive import Archive, Archived, Query, SearchFields
+from tidings.archive.rows import encode_cursor, micros
 from tidings.errors import InvalidQuery
 from tidings.event import Event
 
@@ -176,6 +177,42 @@ def test_a_bad_cursor_is_one_error(archive: Archive) -> None:
         archive.search(Query(), cursor="not-a-cursor!")
     with pytest.raises(InvalidQuery):
         archive.numbered(Query(), page=0)
+
+
+FIRST, LAST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("time_us", [micros(LAST) + 1, micros(FIRST) - 1, 2**62, -(2**62)])
+def test_a_cursor_past_what_a_time_can_be_is_one_error(archive: Archive, time_us: int) -> None:
+    # a tampered cursor: PostgreSQL's search turned its time into a datetime (an OverflowError)
+    with pytest.raises(InvalidQuery, match="is not one this archive gave out"):
+        archive.search(Query(), cursor=encode_cursor(time_us, 1))
+
+
+def test_the_first_and_the_last_month_a_time_can_be_in_are_stored_and_found(archive: Archive) -> None:
+    """December 9999's partition has no month after it to end at (PostgreSQL: MAXVALUE);
+    computing January 10000 was a ValueError that stopped the dispatcher on every start."""
+    far = [
+        Event.create("far.first", {"n": 1}, time=FIRST),
+        Event.create("far.december", {"n": 2}, time=datetime(9999, 12, 15, tzinfo=UTC)),
+        Event.create("far.last", {"n": 3}, time=LAST),
+    ]
+    assert archive.ingest(far) == 3
+    assert topics(archive.search(Query(), order="asc").items) == ["far.first", "far.december", "far.last"]
+    december = Query(start=datetime(9999, 12, 1, tzinfo=UTC))
+    assert topics(archive.search(december, order="asc").items) == ["far.december", "far.last"]
+    assert topics(archive.search(Query(end=datetime(2, 1, 1, tzinfo=UTC))).items) == ["far.first"]
+    for original in far:
+        got = archive.get(original.id)
+        assert got is not None and got.event == original
+    for order in ("asc", "desc"):  # cursors at both ends of time are ones the archive gave out
+        page, seen = archive.search(Query(), limit=1, order=order), []  # type: ignore[arg-type]
+        while True:
+            seen += topics(page.items)
+            if page.next_cursor is None:
+                break
+            page = archive.search(Query(), limit=1, cursor=page.next_cursor, order=order)  # type: ignore[arg-type]
+        assert sorted(seen) == ["far.december", "far.first", "far.last"]
 
 
 def test_numbered_pages_as_datagrepper(sample: Archive) -> None:

@@ -381,6 +381,21 @@ def test_parameters_out_of_range_are_400_never_500(client: TestClient, path: str
     assert "error" in response.json()
 
 
+def test_a_cursor_whose_time_no_datetime_holds_is_400(client: TestClient, archive: Archive) -> None:
+    """A tampered cursor: a time past year 9999 (or before year 1) was a 500 with a traceback on
+    PostgreSQL, an empty page on SQLite; the last moment a datetime holds is still a cursor."""
+    archive.ingest([event(BODHI, {"n": 1}, at=NOW - 10)])
+    last = 253402300799999999  # 9999-12-31T23:59:59.999999Z in microseconds
+    for time_us in (last + 1, -62135596800000001, 2**62, -(2**62)):
+        response = client.get("/v2/search", params={"cursor": _cursor(f"{time_us}:1")})
+        assert response.status_code == 400, (time_us, response.text[:200])
+        assert "is not one this archive gave out" in response.json()["error"]
+        page = client.get("/search", params={"cursor": _cursor(f"{time_us}:1")})  # the page says so too
+        assert page.status_code == 200 and "is not one this archive gave out" in page.text
+    edge = client.get("/v2/search", params={"cursor": _cursor(f"{last}:1")})
+    assert edge.status_code == 200 and len(edge.json()["items"]) == 1
+
+
 @pytest.mark.parametrize("path", ["/v2/search", "/stream"])
 def test_a_mistyped_parameter_of_our_own_api_is_400_not_a_wider_search(client: TestClient, path: str) -> None:
     response = client.get(path, params={"topics": "bodhi.#"})

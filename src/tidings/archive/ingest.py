@@ -18,9 +18,10 @@ from tidings.activity import Activity
 from tidings.archive import Archive, Archived
 from tidings.archive.fields import FieldsFinder
 from tidings.archive.stores import open_archive
+from tidings.archive.storing import read_message, store_batch
 from tidings.bus import Bus
 from tidings.config import ARCHIVE_CONNECTOR, ArchiveSection, ArchiveSource
-from tidings.errors import ConfigError, StorageError, TidingsError, TransportError
+from tidings.errors import ConfigError, TidingsError, TransportError
 from tidings.format import load_format, wire_pattern
 from tidings.retry import backoff
 from tidings.transport import Binding, Delivery, ExchangeSpec, QueueSpec, Topology
@@ -188,21 +189,35 @@ class SourceIngest:
         readable: list[tuple[Delivery, Archived]] = []
         for delivery in batch:
             try:
-                readable.append((delivery, self.finder(self.format.decode(delivery.message))))
+                readable.append((delivery, read_message(self.format, self.finder, delivery.message)))
             except TidingsError as exc:  # never storable: the source queue's dead letters keep it
                 self.counts.rejected += 1
                 await delivery.reject(f"the archive cannot read it: {exc}")
         try:
-            new = await asyncio.to_thread(self.archive.ingest, [archived for _, archived in readable])
-        except StorageError as exc:
-            for delivery, _ in readable:  # back on the queue, untouched: stored on the next try
+            stored = await store_batch(self.archive, [archived for _, archived in readable])
+        except TransportError:  # the store is away: back on the queue, untouched, for the next try
+            for delivery, _ in readable:
                 await delivery.release()
-            raise TransportError(str(exc)) from None
-        for delivery, _ in readable:  # acked only now that the archive has committed them
-            await delivery.ack()
-        self.counts.archived += new
-        self.counts.duplicates += len(readable) - new
+            raise
+        for place, (delivery, _) in enumerate(readable):  # settled only now that the archive committed
+            await self._settle(delivery, stored.refused.get(place))
+        self.counts.archived += stored.new
+        self.counts.duplicates += len(readable) - len(stored.refused) - stored.new
         self.activity.note(time.monotonic() - started)
+
+    async def _settle(self, delivery: Delivery, refused: str | None) -> None:
+        """Ack a stored event; reject one the store can never hold, to the queue's dead letters."""
+        if refused is None:
+            await delivery.ack()
+            return
+        self.counts.rejected += 1
+        log.warning(
+            "archive: source %s: dead-lettering message %s: %s",
+            self.source.queue,
+            delivery.message.message_id,
+            refused,
+        )
+        await delivery.reject(refused)
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

@@ -34,7 +34,7 @@ from tidings.archive.rows import (
     from_micros,
     unique_new,
 )
-from tidings.errors import StorageError
+from tidings.errors import StorageError, TidingsError
 from tidings.event import Event, dumps, loads
 from tidings.redact import redact
 
@@ -135,12 +135,11 @@ class PostgresArchive:
         months, to remember once the transaction is committed."""
         for year, month in sorted(months - self._months):
             start = datetime(year, month, 1, tzinfo=UTC)
-            end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
             name = sql.Identifier(f"events_{year:04d}_{month:02d}")
             cur.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES FROM ({}) TO ({})"
-                ).format(name, sql.Literal(start), sql.Literal(end))
+                ).format(name, sql.Literal(start), _month_end(year, month))
             )
         return months
 
@@ -257,7 +256,8 @@ class PostgresArchive:
 
 
 class _Transaction:
-    """One transaction under the connection's lock; a database error becomes a StorageError."""
+    """One transaction under the connection's lock; a database error, or any error but one of
+    tidings' own, becomes a StorageError."""
 
     def __init__(self, archive: PostgresArchive) -> None:
         self.archive = archive
@@ -281,6 +281,19 @@ class _Transaction:
             self.archive._lock.release()
         if isinstance(exc, psycopg.Error):
             raise StorageError(f"archive (PostgreSQL): {_line(exc)}") from None
+        if isinstance(exc, Exception) and not isinstance(exc, TidingsError):
+            # anything else is a bug of ours or a library's on some value of an event (December
+            # 9999's month end was a ValueError): rolled back, it is the store refusing that batch,
+            # and one event at fault becomes a dead letter instead of stopping the dispatcher
+            raise StorageError(f"archive (PostgreSQL): {type(exc).__name__}: {_line(exc)}") from exc
+
+
+def _month_end(year: int, month: int) -> sql.Composable:
+    """The upper bound of a month's partition: the next month's start; December 9999, the last
+    month a datetime holds, has none (a datetime of year 10000 is a ValueError), so MAXVALUE."""
+    if (year, month) == (9999, 12):
+        return sql.SQL("MAXVALUE")
+    return sql.Literal(datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC))
 
 
 def _line(exc: BaseException) -> str:

@@ -24,6 +24,10 @@ def micros(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND  # aware datetimes subtract in UTC
 
 
+#: the times an event can have, as micros: what a datetime holds (years 1 to 9999)
+_TIMES = range(micros(datetime.min.replace(tzinfo=UTC)), micros(datetime.max.replace(tzinfo=UTC)) + 1)
+
+
 @lru_cache(maxsize=4096)
 def category_of(topic: str) -> str:
     """:attr:`Archived.category` of a topic, remembered: a bus sees the same topics again and again."""
@@ -48,7 +52,8 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         time_us, seq = (int(part) for part in text.split(":"))
-        if not (abs(time_us) < 2**63 and 0 <= seq < 2**63):  # what a store's integers hold
+        # a time a datetime holds (PostgreSQL's search makes one of it), a seq a store's integers hold
+        if not (time_us in _TIMES and 0 <= seq < 2**63):
             raise ValueError(text)
         return time_us, seq
     except (ValueError, UnicodeDecodeError):

@@ -16,8 +16,9 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
-from tidings.archive import Archive, Archived, Query
+from tidings.archive import Archive, Archived
 from tidings.archive.fields import FieldsFinder
+from tidings.archive.storing import read_message, store_batch
 from tidings.config import Config
 from tidings.errors import StorageError, TidingsError, TransportError
 from tidings.format import load_format
@@ -63,46 +64,21 @@ class ArchiveSink:
         await self.connect()
         assert self.archive is not None
         results: list[SendResult] = []
-        batch: list[tuple[int, Archived]] = []  # (its place in results, the event)
+        places: list[int] = []  # each readable event's place in results
+        batch: list[Archived] = []
         for message in messages:
             try:
-                batch.append((len(results), self.finder(self.format.decode(message))))
-                results.append(DELIVERED)
+                batch.append(read_message(self.format, self.finder, message))
             except TidingsError as exc:  # cannot be read back: never storable, a dead letter
                 results.append(SendResult(Outcome.REFUSED, f"archive cannot read it: {exc}"))
-        try:
-            await asyncio.to_thread(self.archive.ingest, [item for _, item in batch])
-        except StorageError as exc:
-            await self._one_by_one(batch, results, exc)
+            else:
+                places.append(len(results))
+                results.append(DELIVERED)
+        stored = await store_batch(self.archive, batch)  # a store that is away: the cursor stays
+        for index, reason in stored.refused.items():
+            results[places[index]] = SendResult(Outcome.REFUSED, reason)
         await self._purge_when_due()
         return results
-
-    async def _one_by_one(
-        self, batch: list[tuple[int, Archived]], results: list[SendResult], failed: StorageError
-    ) -> None:
-        """A batch the store refused: each event alone. One the store refuses while it answers
-        a search can never be stored (PostgreSQL holds no NUL character in text): a dead letter
-        with the reason, instead of holding the archive's cursor for ever. A store that does not
-        answer is away: the batch is sent again when it is back."""
-        assert self.archive is not None
-        refused: list[tuple[int, StorageError]] = []
-        for place, item in batch:
-            try:
-                await asyncio.to_thread(self.archive.ingest, [item])
-            except StorageError as exc:
-                refused.append((place, exc))
-        if refused and not await self._answers():
-            raise TransportError(str(failed)) from None  # the cursor stays
-        for place, exc in refused:
-            results[place] = SendResult(Outcome.REFUSED, f"the archive cannot store it: {exc}")
-
-    async def _answers(self) -> bool:
-        assert self.archive is not None
-        try:
-            await asyncio.to_thread(self.archive.search, Query(), limit=1)
-        except StorageError:
-            return False
-        return True
 
     async def _purge_when_due(self) -> None:
         if not self.retention or time.monotonic() - self._purged_at < PURGE_EVERY:
