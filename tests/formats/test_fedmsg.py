@@ -12,16 +12,21 @@ import json
 import re
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trustme
 import zmq
 import zmq.asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.transports.test_zeromq import free_port
-from tidings.errors import InvalidEvent
+from tidings.errors import ConfigError, InvalidEvent
 from tidings.event import Event
 from tidings.formats.fedora import FedoraMessagingFormat
+from tidings.formats.fedora import fedmsg as fedmsg_format
 from tidings.formats.fedora.fedmsg import (
     BRIDGED_HEADER,
     FedmsgFormat,
@@ -97,6 +102,100 @@ def test_tampering_and_strangers_are_refused(pki: tuple[trustme.CA, bytes, bytes
         verify(envelope, trustme.CA(key_type=trustme.KeyType.RSA).cert_pem.bytes())
     with pytest.raises(InvalidEvent, match="not signed"):
         verify({k: v for k, v in envelope.items() if k != "signature"}, ca.cert_pem.bytes())
+
+
+NOW = datetime.now(UTC)
+EXPIRED = {"not_before": NOW - timedelta(days=30), "not_after": NOW - timedelta(days=1)}
+NOT_YET = {"not_before": NOW + timedelta(days=1), "not_after": NOW + timedelta(days=30)}
+
+
+def signed_anyway(key: bytes, cert: bytes, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """An envelope signed as fedmsg signs it, whatever the certificate's dates (fedmsg's own
+    signing does not look at them)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(fedmsg_format, "validity_problem", lambda cert, now=None: None, raising=False)
+        wire = FedmsgFormat(key_pem=key, cert_pem=cert).encode(Event.create("a.b", {"k": "v"}))
+    return json.loads(wire.body)
+
+
+@pytest.mark.parametrize(("dates", "reason"), [(EXPIRED, "expired at"), (NOT_YET, "not valid before")])
+def test_a_certificate_out_of_its_validity_period_is_refused(
+    pki: tuple[trustme.CA, bytes, bytes], monkeypatch: pytest.MonkeyPatch, dates: dict, reason: str
+) -> None:
+    ca = pki[0]
+    leaf = ca.issue_cert(
+        "old.example.org", common_name="old.example.org", key_type=trustme.KeyType.RSA, **dates
+    )
+    key, cert = leaf.private_key_pem.bytes(), leaf.cert_chain_pems[0].bytes()
+    envelope = signed_anyway(key, cert, monkeypatch)
+    with pytest.raises(InvalidEvent, match=f"fedmsg certificate 'old.example.org' .*{reason}"):
+        verify(envelope, ca.cert_pem.bytes())
+    trusting = FedmsgFormat(trusted_ca=ca.cert_pem.bytes())
+    with pytest.raises(InvalidEvent, match=reason):
+        trusting.decode(WireMessage("a.b", json.dumps(envelope).encode()))
+    # and tidings will not sign with it: fedmsg's consumers would drop all it sends
+    with pytest.raises(ConfigError, match=f"signing certificate 'old.example.org' \\(cert_pem\\) .*{reason}"):
+        FedmsgFormat(key_pem=key, cert_pem=cert)
+
+
+def test_a_certificate_that_expires_while_signing_refuses_the_event(
+    pki: tuple[trustme.CA, bytes, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaf = pki[0].issue_cert(
+        "shell.example.org", key_type=trustme.KeyType.RSA, not_after=NOW + timedelta(days=1)
+    )
+    fmt = FedmsgFormat(key_pem=leaf.private_key_pem.bytes(), cert_pem=leaf.cert_chain_pems[0].bytes())
+    fmt.encode(Event.create("a.b", {}))
+    later = NOW + timedelta(days=2)  # the format has been running since
+    real = fedmsg_format.validity_problem
+    monkeypatch.setattr(fedmsg_format, "validity_problem", lambda c, now=None: real(c, now or later))
+    with pytest.raises(InvalidEvent, match=r"expired at .*consumers would drop the message"):
+        fmt.encode(Event.create("a.b", {}))
+
+
+def test_an_expired_ca_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    ca_pem, key, cert = expired_ca_and_signer()
+    with pytest.raises(InvalidEvent, match="fedmsg trusted CA 'old CA' expired at"):
+        verify(signed_anyway(key, cert, monkeypatch), ca_pem)
+
+
+def expired_ca_and_signer() -> tuple[bytes, bytes, bytes]:
+    """A CA whose own certificate has expired (trustme's never do), and a signer it issued:
+    the CA, the signer's key and certificate, in PEM."""
+    ca_key, key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old CA")])
+    ca = certificate(ca_name, ca_name, ca_key, ca_key.public_key(), NOW - timedelta(days=1), is_ca=True)
+    signer_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "shell.example.org")])
+    cert = certificate(signer_name, ca_name, ca_key, key.public_key(), NOW + timedelta(days=1), is_ca=False)
+    plain = serialization.PrivateFormat.TraditionalOpenSSL
+    key_pem = key.private_bytes(serialization.Encoding.PEM, plain, serialization.NoEncryption())
+    return pem(ca), key_pem, pem(cert)
+
+
+def certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    issuer_key: rsa.RSAPrivateKey,
+    public_key: rsa.RSAPublicKey,
+    not_after: datetime,
+    *,
+    is_ca: bool,
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=30))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 @pytest.mark.parametrize(

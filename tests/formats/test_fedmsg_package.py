@@ -226,3 +226,44 @@ async def test_fedmsg_consumers_take_and_verify_what_a_signing_connector_sends(p
     assert envelope["username"] == "bodhi" and envelope["crypto"] == "x509"
     assert envelope["timestamp"] == int(sent[0].time.timestamp())
     assert sys.executable != str(FEDMSG_PYTHON)  # fedmsg ran in its own interpreter, not ours
+
+
+# fedmsg.crypto.validate's verdict on each envelope of a JSON file (the CA's, no CRL)
+VALIDATE = (
+    FEDMSG_SETTINGS
+    + """
+envelopes, ca = json.load(open(sys.argv[1])), sys.argv[2]
+print(json.dumps([fedmsg.crypto.validate(e, ca_cert_location=ca, crl_location=None) for e in envelopes]))
+"""
+)
+
+
+def test_fedmsg_and_tidings_agree_on_certificates_out_of_their_validity_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.formats.test_fedmsg import EXPIRED, NOT_YET, signed_anyway
+    from tidings.errors import InvalidEvent
+    from tidings.formats.fedora.fedmsg import verify
+
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    ca.cert_pem.write_to_path(tmp_path / "ca.crt")
+    envelopes = []
+    for dates in ({}, EXPIRED, NOT_YET):
+        leaf = ca.issue_cert(
+            "bodhi.example.org", common_name="bodhi.example.org", key_type=trustme.KeyType.RSA, **dates
+        )
+        key, cert = leaf.private_key_pem.bytes(), leaf.cert_chain_pems[0].bytes()
+        envelopes.append(signed_anyway(key, cert, monkeypatch))
+    (tmp_path / "envelopes.json").write_text(json.dumps(envelopes))
+    fedmsg = fedmsg_process(VALIDATE, tmp_path / "envelopes.json", tmp_path / "ca.crt")
+    out, err = fedmsg.communicate(timeout=60)
+    assert fedmsg.returncode == 0, err
+    assert json.loads(out) == [True, False, False]  # "certificate has expired", "... is not yet valid"
+
+    def tidings_says(envelope: dict) -> bool:
+        try:
+            return bool(verify(envelope, ca.cert_pem.bytes()))
+        except InvalidEvent:
+            return False
+
+    assert [tidings_says(e) for e in envelopes] == json.loads(out)

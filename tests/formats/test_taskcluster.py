@@ -1,12 +1,15 @@
 """Taskcluster queue exchanges (seed 004), checked against the official taskcluster client.
 
 Facts: taskcluster/taskcluster services/queue/src/exchanges.js (buildCommonRoutingKey,
-buildTaskGroupRoutingKey, commonMessageBuilder, commonCCBuilder); binding patterns from the
-`taskcluster` package's generated QueueEvents (BaseClient._makeTopicExchange).
+buildTaskGroupRoutingKey, commonMessageBuilder, commonCCBuilder); the exchanges, their routing
+key words and binding patterns from the `taskcluster` package's generated QueueEvents
+(BaseClient._makeTopicExchange); lib-pulse's publisher (libraries/pulse/src/publisher.js,
+PulsePublisher._send: persistent, application/json, content encoding utf-8, the CC header).
 """
 
 from __future__ import annotations
 
+import inspect
 import uuid
 
 import orjson
@@ -15,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from taskcluster.generated.queueevents import QueueEvents
 
-from tidings.errors import InvalidEvent
+from tidings.errors import InvalidEvent, SchemaError, UnknownSchema
 from tidings.formats.taskcluster import (
     EXCHANGES,
     PREFIX,
@@ -40,6 +43,18 @@ FIELDS = {
     "taskGroupId": "Xs9f-N3kQ2yJ1fG4x5aQ7w",
 }
 STATUS = {"status": {"taskId": FIELDS["taskId"], "state": "completed"}, "runId": 0}
+GROUP = {"taskGroupId": FIELDS["taskGroupId"], "schedulerId": FIELDS["schedulerId"]}
+#: a body of each exchange (the queue's message schemas, services/queue/schemas/v1/)
+BODIES = {
+    "task-group-resolved": GROUP,
+    "task-group-sealed": {
+        **GROUP,
+        "expires": "2027-01-01T00:00:00.000Z",
+        "sealed": "2026-12-01T08:00:00.000Z",
+    },
+    "task-priority-changed": {"status": STATUS["status"], "oldPriority": "lowest", "newPriority": "high"},
+    "task-group-priority-changed": {**GROUP, "newPriority": "very-high", "tasksAffected": 12},
+}
 QUEUE_EVENTS = QueueEvents({"rootUrl": "https://tc.example.com"})
 METHODS = {
     "task-defined": "taskDefined",
@@ -50,13 +65,38 @@ METHODS = {
     "task-failed": "taskFailed",
     "task-exception": "taskException",
     "task-group-resolved": "taskGroupResolved",
+    "task-group-sealed": "taskGroupSealed",
+    "task-priority-changed": "taskPriorityChanged",
+    "task-group-priority-changed": "taskGroupPriorityChanged",
 }
 
 
-def test_the_eight_exchanges_and_their_prefix() -> None:
-    assert set(EXCHANGES) == set(METHODS)
+def body_of(exchange: str) -> dict:
+    return BODIES.get(exchange, STATUS)
+
+
+def official_exchanges() -> dict[str, dict]:
+    """Every exchange the official client declares: its name → the client's own definition."""
+    refs: dict[str, dict] = {}
+    client = QueueEvents({"rootUrl": "https://tc.example.com"})
+    client._makeTopicExchange = lambda ref, *args, **kwargs: refs.setdefault(ref["exchange"], ref)
+    for name, member in vars(QueueEvents).items():  # the generated class declares only exchanges
+        if inspect.isfunction(member):
+            getattr(client, name)()
+    return refs
+
+
+def test_the_exchanges_and_their_prefix_are_the_official_clients() -> None:
+    assert set(EXCHANGES) == set(METHODS) == set(official_exchanges())
     for exchange, method in METHODS.items():
         assert getattr(QUEUE_EVENTS, method)()["exchange"] == PREFIX + exchange
+
+
+def test_routing_key_words_are_the_official_clients() -> None:
+    for exchange, ref in official_exchanges().items():
+        official = [(key["name"], key["multipleWords"]) for key in ref["routingKey"]]
+        assert official[0] == ("routingKeyKind", False)  # the constant "primary"
+        assert [(word.name, word.multiple) for word in EXCHANGES[exchange]] == official[1:]
 
 
 def test_primary_routing_key_in_queue_order() -> None:
@@ -115,19 +155,54 @@ any_route = st.text(min_size=1, max_size=249)
 @given(st.sampled_from(sorted(METHODS)), st.lists(any_route, max_size=5, unique=True))
 def test_round_trip(exchange: str, routes: list[str]) -> None:
     fmt = TaskclusterFormat()
-    event = task_event(
-        exchange,
-        STATUS
-        if exchange != "task-group-resolved"
-        else {"taskGroupId": FIELDS["taskGroupId"], "schedulerId": "s"},
-        routes=routes,
-        **FIELDS,
-    )
+    event = task_event(exchange, body_of(exchange), routes=routes, **FIELDS)
     wire = fmt.encode(event)
     assert wire.cc == [f"route.{route}" for route in routes]
     back = fmt.decode(wire)
     assert (back.id, back.topic, back.body, back.type) == (event.id, event.topic, event.body, event.type)
     assert routes_of(back) == routes
+
+
+@pytest.mark.parametrize("exchange", sorted(METHODS))
+def test_a_message_as_lib_pulse_publishes_it_decodes(exchange: str) -> None:
+    # publisher.js: no message id, the routes in the CC header, the body with version 1
+    body = {**body_of(exchange), "version": 1}
+    wire = WireMessage(
+        routing_key(exchange, FIELDS),
+        orjson.dumps(body),
+        content_type="application/json",
+        content_encoding="utf-8",
+        exchange=PREFIX + exchange,
+        cc=["route.index.gecko.v2.latest"],
+        properties={"delivery_mode": 2},
+    )
+    event = TaskclusterFormat().decode(wire)
+    assert (event.type, event.body, routes_of(event)) == (
+        f"taskcluster.{exchange}.v1",
+        body,
+        ["index.gecko.v2.latest"],
+    )
+    SchemaRegistry.default().validate(event.type, event.body)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("exchange", "body"),
+    [
+        ("task-group-sealed", GROUP),  # no expires
+        ("task-priority-changed", {**BODIES["task-priority-changed"], "newPriority": "urgent"}),
+        ("task-group-priority-changed", {**BODIES["task-group-priority-changed"], "tasksAffected": -1}),
+    ],
+)
+def test_the_new_schemas_refuse_what_the_queue_never_sends(exchange: str, body: dict) -> None:
+    with pytest.raises(SchemaError) as refused:
+        SchemaRegistry.default().validate(f"taskcluster.{exchange}.v1", {**body, "version": 1})
+    assert not isinstance(refused.value, UnknownSchema)  # known, and the body breaks it
+
+
+def test_properties_are_lib_pulses() -> None:
+    message = TaskclusterFormat().encode(task_event("task-completed", STATUS, **FIELDS))
+    assert (message.content_type, message.content_encoding) == ("application/json", "utf-8")
+    assert message.properties["delivery_mode"] == 2
 
 
 def test_a_route_with_a_comma_is_one_cc_key() -> None:

@@ -3,10 +3,14 @@
 Facts (taskcluster/taskcluster, services/queue/src/exchanges.js): one topic exchange per event
 kind under ``exchange/taskcluster-queue/v1/``; the primary routing key is
 ``primary.<taskId>.<runId>.<workerGroup>.<workerId>.<provisionerId>.<workerType>.<schedulerId>
-.<taskGroupId>.<reserved>`` (``buildCommonRoutingKey``; task-group-resolved has
-``primary.<taskGroupId>.<schedulerId>.<reserved>``, ``buildTaskGroupRoutingKey``) with word size
-limits (taskId 22, runId 3, the others 38, reserved 1), ``_`` for a missing word; task routes are
-CC'd as ``route.<route>`` (``commonCCBuilder``); ``commonMessageBuilder`` sets ``version: 1``.
+.<taskGroupId>.<reserved>`` (``buildCommonRoutingKey``; task-group-resolved, task-group-sealed
+and task-group-priority-changed have ``primary.<taskGroupId>.<schedulerId>.<reserved>``,
+``buildTaskGroupRoutingKey``) with word size limits (taskId 22, runId 3, the others 38, reserved
+1), ``_`` for a missing word; task routes are CC'd as ``route.<route>`` (``commonCCBuilder``);
+``commonMessageBuilder`` sets ``version: 1``. The exchanges and their routing keys are those the
+official client declares (taskcluster 113, ``taskcluster/generated/queueevents.py``). lib-pulse
+publishes them persistent, ``application/json``, content encoding ``utf-8``
+(libraries/pulse/src/publisher.js, ``PulsePublisher._send``).
 A route is any string of 1 to 249 characters, at most 64 of them, no two alike
 (services/queue/schemas/v1/task.yml, ``routes``): dots, commas, ``*`` and ``#`` included.
 Binding patterns follow the official clients: a missing word is ``*``, a missing multi-word
@@ -58,6 +62,14 @@ def _common(has_run: bool = False, has_worker: bool = False) -> tuple[Word, ...]
     )
 
 
+def _task_group() -> tuple[Word, ...]:
+    return (
+        Word("taskGroupId", 22, True),
+        Word("schedulerId", 38, True),
+        Word("reserved", 1, multiple=True),
+    )
+
+
 #: exchange → routing key words after the constant "primary"
 EXCHANGES: dict[str, tuple[Word, ...]] = {
     "task-defined": _common(),
@@ -67,11 +79,11 @@ EXCHANGES: dict[str, tuple[Word, ...]] = {
     "task-completed": _common(has_run=True, has_worker=True),
     "task-failed": _common(),
     "task-exception": _common(),
-    "task-group-resolved": (
-        Word("taskGroupId", 22, True),
-        Word("schedulerId", 38, True),
-        Word("reserved", 1, multiple=True),
-    ),
+    "task-group-resolved": _task_group(),
+    "task-group-sealed": _task_group(),
+    # the latest run's words, "_" while the task has none (QueueEvents.taskPriorityChanged)
+    "task-priority-changed": _common(),
+    "task-group-priority-changed": _task_group(),
 }
 
 
@@ -203,6 +215,7 @@ class TaskclusterFormat:
             body=dumps(event.body),
             message_id=event.id,
             content_type="application/json",
+            content_encoding="utf-8",  # as lib-pulse's publisher sets it
             timestamp=event.time,
             exchange=self.prefix + exchange,
             cc=[f"route.{r}" for r in routes],

@@ -8,8 +8,9 @@ Facts (fedora-infra/fedmsg): ``fedmsg/core.py`` ``FedMsgContext.publish`` sends 
 ``fedmsg/crypto/x509_ng.py`` signs by adding ``crypto: "x509"``, then an RSA PKCS#1 v1.5
 SHA-1 signature of that encoding, base64, cut into 76-character lines ending in a newline, as
 ``signature``, with the PEM certificate likewise as ``certificate``; validation strips those two
-fields (``fedmsg.crypto.strip_credentials``), checks the certificate against the CA and the
-signature.
+fields (``fedmsg.crypto.strip_credentials``), checks the certificate against the CA (OpenSSL's
+``X509StoreContext.verify_certificate`` in ``_validate_signing_cert``: issued by the CA, and the
+certificate and the CA within their validity periods) and the signature.
 """
 
 from __future__ import annotations
@@ -155,17 +156,46 @@ def _lines76(data: bytes) -> str:
     return "\n".join(text[i : i + 76] for i in range(0, len(text), 76)) + "\n"
 
 
+def validity_problem(cert: x509.Certificate, now: datetime | None = None) -> str | None:
+    """Why a certificate is not valid now (expired, or not yet valid), or None: what OpenSSL's
+    verification, and so fedmsg's, refuses whatever the signature."""
+    now = now or datetime.now(UTC)
+    if now > cert.not_valid_after_utc:
+        return f"expired at {cert.not_valid_after_utc.isoformat()}"
+    if now < cert.not_valid_before_utc:
+        return f"is not valid before {cert.not_valid_before_utc.isoformat()}"
+    return None
+
+
 class Signer:
-    """x509 signing exactly as fedmsg's x509_ng backend does it."""
+    """x509 signing exactly as fedmsg's x509_ng backend does it.
+
+    A certificate outside its validity period is refused: fedmsg consumers that validate
+    signatures drop every message it signs, without a word to the sender. So it is a
+    ConfigError when the format is made, and an InvalidEvent (the event is dead-lettered with the
+    reason, to be replayed once the certificate is renewed) if it expires while running.
+    """
 
     def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
         key = serialization.load_pem_private_key(key_pem, password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise InvalidEvent("fedmsg signs with RSA keys only")
         self.key = key
-        self.cert_pem = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.PEM)
+        self.cert = x509.load_pem_x509_certificate(cert_pem)
+        self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
+        problem = validity_problem(self.cert)
+        if problem:
+            raise ConfigError(
+                f"{self._named()} {problem}: fedmsg consumers would drop every message it signs"
+            )
+
+    def _named(self) -> str:
+        return f"the fedmsg signing certificate{_called(self.cert)} (cert_pem)"
 
     def sign(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        problem = validity_problem(self.cert)
+        if problem:
+            raise InvalidEvent(f"{self._named()} {problem}: fedmsg consumers would drop the message")
         signed = {**envelope, "crypto": "x509"}
         signature = self.key.sign(encode_json(signed).encode(), padding.PKCS1v15(), hashes.SHA1())
         return {**signed, "signature": _lines76(signature), "certificate": _lines76(self.cert_pem)}
@@ -184,6 +214,10 @@ def verify(envelope: dict[str, Any], ca: x509.Certificate | bytes) -> str:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         raise InvalidEvent("fedmsg certificate is not issued by the trusted CA") from None
+    for what, checked in (("certificate", cert), ("trusted CA", ca)):
+        problem = validity_problem(checked)
+        if problem:  # fedmsg's validate says "certificate has expired" and returns False
+            raise InvalidEvent(f"fedmsg {what}{_called(checked)} {problem}")
     unsigned = {k: v for k, v in envelope.items() if k not in ("signature", "certificate")}
     public = cert.public_key()
     if not isinstance(public, rsa.RSAPublicKey):
@@ -193,6 +227,11 @@ def verify(envelope: dict[str, Any], ca: x509.Certificate | bytes) -> str:
     except InvalidSignature:
         raise InvalidEvent("fedmsg signature does not match the message") from None
     return signer_name(cert)
+
+
+def _called(cert: x509.Certificate) -> str:
+    name = signer_name(cert)
+    return f" {name!r}" if name else ""
 
 
 def signer_name(cert: x509.Certificate) -> str:

@@ -10,8 +10,16 @@ fedora_messaging/message.py, ``Message._build_properties``):
   ``fedora_messaging_schema_package`` (the distribution that ships it, when known), ``sent-at``
   (UTC, whole seconds, ``+00:00``), ``fedora_messaging_severity`` (10/20/30/40), ``priority``
   mirrored, and ``fedora_messaging_{user,group,rpm,container,module,flatpak}_<name>: true`` for
-  filtering;
+  filtering (``Message._filter_headers``: one for each of the class's ``usernames``, ``groups``,
+  ``packages``, ``containers``, ``modules`` and ``flatpaks``);
 * the body is the JSON object, UTF-8.
+
+When the event's message class is installed, encoding builds an instance of it from the body, as
+a fedora-messaging publisher does, and takes from it what ``_build_properties`` takes: the filter
+headers and the class's ``severity`` (when the event names none). Without fedora-messaging or the
+class, the event's own headers are all there is. Decoding keeps every header, as ``get_message``
+does: one whose value is not a scalar (RabbitMQ's ``x-received-from``) as JSON text, named in
+:data:`JSON_HEADERS`, and encoding gives it its structure back.
 
 The tidings event type is the fedora schema name; an event without a type goes out as
 fedora-messaging's base schema ``base.message``. The schemas of installed message packages
@@ -51,6 +59,10 @@ FILTERS = {
     "flatpak": "flatpaks",
 }
 _ID_NAMESPACE = uuid.UUID("0b5bd0c4-5b2f-4f55-8f8e-3f7d2f6c1a90")
+#: the event header naming the headers that hold a structured wire value (an AMQP table or array,
+#: such as RabbitMQ's ``x-received-from``) as JSON text: event headers are scalars, and encoding
+#: gives those back their structure (a JSON array of names)
+JSON_HEADERS = "fedora_json_headers"
 
 
 @functools.cache
@@ -112,6 +124,31 @@ def schemas() -> SchemaPack:
     )
 
 
+def class_message(schema: str, topic: str, body: dict[str, Any]) -> Any:
+    """An instance of the schema's installed message class for this body, or None (no
+    fedora-messaging, no such class, or a class that cannot be built from the body)."""
+    cls = message_class(schema)
+    if cls is None:
+        return None
+    try:
+        return cls(body=body, topic=topic)
+    except Exception:  # a broken message package must not stop the event: its own headers go out
+        return None
+
+
+def class_filter_headers(message: Any) -> dict[str, bool]:
+    """The filter headers a message instance gets from its class, as ``Message._filter_headers``
+    makes them: a property that raises (a body the class cannot read) adds none."""
+    headers: dict[str, bool] = {}
+    for kind, prop in FILTERS.items():
+        try:
+            items = getattr(message, prop)
+        except Exception:  # fedora-messaging logs and skips it too
+            continue
+        headers.update({f"fedora_messaging_{kind}_{item}": True for item in items or ()})
+    return headers
+
+
 def filter_headers(**objects: Iterable[str]) -> dict[str, JSONScalar]:
     """``filter_headers(user=["alice"], rpm=["kernel"])`` → the ``fedora_messaging_*`` filter headers."""
     headers: dict[str, JSONScalar] = {}
@@ -127,14 +164,20 @@ def fedora_event(
     body: dict[str, Any],
     *,
     schema: str = BASE_SCHEMA,
-    severity: int = INFO,
+    severity: int | None = None,
     source: str = "fedora",
     **objects: Iterable[str],
 ) -> Event:
-    """An event as a fedora-messaging ``Message`` subclass would describe itself."""
-    if severity not in SEVERITIES:
-        raise InvalidEvent(f"fedora severity must be one of {SEVERITIES}, not {severity!r}")
-    headers = {"fedora_messaging_severity": severity, **filter_headers(**objects)}
+    """An event as a fedora-messaging ``Message`` subclass would describe itself.
+
+    Without ``severity`` the message class's own goes out (``INFO`` when it is not installed);
+    the class's filter headers are added on encoding, ``user=``/``rpm=``... add more.
+    """
+    headers = filter_headers(**objects)
+    if severity is not None:
+        if severity not in SEVERITIES:
+            raise InvalidEvent(f"fedora severity must be one of {SEVERITIES}, not {severity!r}")
+        headers["fedora_messaging_severity"] = severity
     return Event.create(topic, body, source=source, type=schema, headers=headers)
 
 
@@ -163,10 +206,14 @@ class FedoraMessagingFormat:
         if package:
             headers["fedora_messaging_schema_package"] = package
         headers["sent-at"] = event.time.astimezone(UTC).replace(microsecond=0).isoformat()
-        headers["fedora_messaging_severity"] = event.headers.get("fedora_messaging_severity", INFO)
+        message = class_message(schema, event.topic, event.body)
+        severity = getattr(message, "severity", INFO)  # the class's, unless the event names one
+        headers["fedora_messaging_severity"] = event.headers.get("fedora_messaging_severity", severity)
         priority = event.headers.get("priority")
         headers["priority"] = priority or 0
-        headers.update({k: v for k, v in event.headers.items() if k not in headers})
+        headers.update({k: v for k, v in wire_headers(event.headers).items() if k not in headers})
+        if message is not None:  # last, as _build_properties adds them: what the class says goes
+            headers.update(class_filter_headers(message))
         topic = f"{self.topic_prefix}.{event.topic}" if self.topic_prefix else event.topic
         return WireMessage(
             routing_key=topic,
@@ -196,13 +243,12 @@ class FedoraMessagingFormat:
         topic = message.routing_key
         if self.topic_prefix and topic.startswith(self.topic_prefix + "."):
             topic = topic[len(self.topic_prefix) + 1 :]
-        scalars = {k: v for k, v in headers.items() if isinstance(v, str | int | float | bool) or v is None}
         return Event.create(
             topic,
             body,
             source=app_name(schema, topic, body, message.routing_key),
             type=schema,
-            headers=scalars,
+            headers=event_headers(headers),
             id=message.message_id or stable_id(message, _ID_NAMESPACE),
             time=_sent_at(headers, message),
         )
@@ -210,6 +256,47 @@ class FedoraMessagingFormat:
     def search_fields(self, event: Event) -> SearchFields:
         """datagrepper's fields: the installed message class's, else the filter headers."""
         return fedora_search_fields(event)
+
+
+def event_headers(headers: dict[str, Any]) -> dict[str, JSONScalar]:
+    """Wire headers as event headers: a structured value (fedora-messaging keeps it in
+    ``Message._headers``) becomes its JSON text, named in :data:`JSON_HEADERS`."""
+    kept: dict[str, JSONScalar] = {}
+    structured: list[str] = []
+    for name, value in headers.items():
+        if isinstance(value, str | int | float | bool) or value is None:
+            kept[name] = value
+        else:
+            kept[name] = dumps(value, default=_json_default).decode()
+            structured.append(name)
+    if structured:
+        kept[JSON_HEADERS] = dumps(structured).decode()
+    return kept
+
+
+def wire_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """Event headers as wire headers: those :data:`JSON_HEADERS` names get their structure back."""
+    found = dict(headers)
+    listed = found.pop(JSON_HEADERS, None)
+    try:
+        names = loads(listed) if isinstance(listed, str) else []
+    except InvalidEvent:  # not written by decode: the names stay text
+        names = []
+    for name in names if isinstance(names, list) else ():
+        raw = found.get(name) if isinstance(name, str) else None
+        if isinstance(raw, str):
+            try:
+                found[name] = loads(raw)
+            except InvalidEvent:
+                pass  # changed since: sent as the text it now is
+    return found
+
+
+def _json_default(value: Any) -> Any:
+    # what an AMQP table may hold besides JSON: byte arrays, decimals (orjson writes datetimes)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def fedora_search_fields(event: Event) -> SearchFields:
