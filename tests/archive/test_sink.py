@@ -107,6 +107,31 @@ def test_a_bug_on_one_event_inside_a_postgresql_transaction_is_its_dead_letter(
     asyncio.run(sink.close())
 
 
+def test_a_bug_on_one_event_inside_a_sqlite_transaction_is_rolled_back_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on SQLite: left open, the failed transaction made every later BEGIN fail."""
+    from tidings.archive import sqlite
+
+    real_rows = sqlite._rows
+
+    def rows(fresh: list[Archived], last: int) -> tuple[list[tuple[object, ...]], list[tuple[int, str, int]]]:
+        if any(a.event.topic == "bad.value" for a in fresh):
+            raise OverflowError("a value no one expected")
+        return real_rows(fresh, last)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite, "_rows", rows)
+    sink = ArchiveSink(config(tmp_path))
+    sink.archive = SqliteArchive(tmp_path / "archive.db")
+    native = load_format("tidings")
+    before, bad, after = Event.create("before", {}), Event.create("bad.value", {}), Event.create("after", {})
+    results = asyncio.run(sink.send("tidings", [native.encode(e) for e in (before, bad, after)]))
+    assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.REFUSED, Outcome.DELIVERED]
+    assert results[1].reason.endswith("OverflowError: a value no one expected")
+    assert {a.event.id for a in sink.archive.search(Query()).items} == {before.id, after.id}
+    asyncio.run(sink.close())
+
+
 class BuggyFormat:
     """A format plug-in with a bug: its decode raises what no format should (an OverflowError)."""
 

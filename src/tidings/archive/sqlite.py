@@ -35,7 +35,7 @@ from tidings.archive.rows import (
     micros,
     unique_new,
 )
-from tidings.errors import StorageError
+from tidings.errors import StorageError, TidingsError
 from tidings.event import Event, dumps, loads
 from tidings.sqlite import connect, explain, rollback
 from tidings.topics import topic_matches
@@ -107,9 +107,8 @@ class SqliteArchive:
                 db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?, ?)", tags)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (last + len(rows),))
                 db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                rollback(db)
-                raise StorageError(f"archive {self.path.name}: {explain(exc)}") from None
+            except Exception as exc:
+                raise self._refused(exc) from None
         return len(fresh)
 
     def _known(self, ids: list[str]) -> set[str]:
@@ -146,10 +145,20 @@ class SqliteArchive:
             db.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq, _ in rows])
             db.executemany("DELETE FROM tags WHERE kind = ? AND value = ? AND seq = ?", _tag_rows(rows))
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            rollback(db)
-            raise StorageError(f"archive {self.path.name}: {explain(exc)}") from None
+        except Exception as exc:
+            raise self._refused(exc) from None
         return len(rows)
+
+    def _refused(self, exc: Exception) -> Exception:
+        """Roll the write back, whatever stopped it: left open, the transaction would make every
+        later BEGIN fail. A database error, or any error but one of tidings' own (a bug of ours
+        on some value of an event), is the store refusing that batch: a StorageError."""
+        rollback(self._db)
+        if isinstance(exc, sqlite3.Error):
+            return StorageError(f"archive {self.path.name}: {explain(exc)}")
+        if isinstance(exc, TidingsError):
+            return exc
+        return StorageError(f"archive {self.path.name}: {type(exc).__name__}: {exc}")
 
     # -- reading ------------------------------------------------------------------------
 
