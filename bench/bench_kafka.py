@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from statistics import median
 
@@ -38,6 +39,8 @@ from tidings.config import load_config
 from tidings.transports.kafka.records import key_of, to_record
 
 SERVERS = "127.0.0.1:9092"
+#: a Kafka record as the raw producer takes it: key, value, headers
+Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 def make_bus(root: Path, exchange: str) -> Bus:
@@ -57,7 +60,7 @@ async def tidings_delivery(root: Path, n: int, exchange: str) -> float:
     return delivered
 
 
-def same_records(bus: Bus, n: int, topic: str) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+def same_records(bus: Bus, n: int, topic: str) -> list[Record]:
     """The records tidings sends: the native format's message as a Kafka record."""
     fmt = bus.make_format("tidings")
     records = []
@@ -68,7 +71,9 @@ def same_records(bus: Bus, n: int, topic: str) -> list[tuple[bytes | None, bytes
     return records
 
 
-def raw_delivery(records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]], topic: str) -> float:
+def timed_produce(topic: str, records: Iterable[Record]) -> tuple[int, float]:
+    """An idempotent raw producer sends ``records`` (made as they are iterated, on the clock) and
+    waits for every report: how many were delivered, and the seconds it took."""
     producer = Producer(
         {"bootstrap.servers": SERVERS, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
     )
@@ -91,7 +96,11 @@ def raw_delivery(records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]
                 producer.poll(0.001)
         producer.poll(0)
     producer.flush(60)
-    elapsed = time.perf_counter() - start
+    return delivered, time.perf_counter() - start
+
+
+def raw_delivery(records: list[Record], topic: str) -> float:
+    delivered, elapsed = timed_produce(topic, records)
     assert delivered == len(records), f"raw producer delivered {delivered} of {len(records)}"
     return rate(len(records), elapsed)
 
@@ -102,38 +111,20 @@ def forwarder_delivery(bus: Bus, n: int, topic: str) -> float:
     for i in range(0, n, 1000):
         bus.publish_many([bus.event("bench.kafka", BODY_1KB) for _ in range(min(1000, n - i))])
     fmt = bus.make_format("tidings")
-    producer = Producer(
-        {"bootstrap.servers": SERVERS, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
-    )
-    producer.produce(topic, value=b"warm-up")
-    producer.flush(30)
-    delivered = 0
-
-    def report(error: object, _: object) -> None:
-        nonlocal delivered
-        if error is None:
-            delivered += 1
-
     outbox = sqlite3.connect(bus.config.outbox_path())
-    start, last = time.perf_counter(), 0
-    while rows := outbox.execute(
-        "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT 500", (last,)
-    ).fetchall():
-        for _, data in rows:
-            message = fmt.encode(Event.from_stored(data))
-            record = to_record(message, topic, key_of(message, "subject"))
-            while True:
-                try:
-                    producer.produce(
-                        topic, value=record.value, key=record.key, headers=record.headers, on_delivery=report
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.001)
-            producer.poll(0)
-        last = rows[-1][0]
-    producer.flush(60)
-    elapsed = time.perf_counter() - start
+
+    def read() -> Iterator[Record]:
+        last = 0
+        while rows := outbox.execute(
+            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT 500", (last,)
+        ).fetchall():
+            for _, data in rows:
+                message = fmt.encode(Event.from_stored(data))
+                record = to_record(message, topic, key_of(message, "subject"))
+                yield record.key, record.value, record.headers
+            last = rows[-1][0]
+
+    delivered, elapsed = timed_produce(topic, read())
     outbox.close()
     assert delivered == n, f"the forwarder delivered {delivered} of {n}"
     return rate(n, elapsed)

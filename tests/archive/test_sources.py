@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from tests.archive.conftest import PG_URL
+from tests.archive.test_sink import BuggyFormat
 from tests.conftest import delete_amqp_topology, embedded_config, require_service
 from tests.faults.rig import RABBIT
 from tidings.archive import Query
@@ -19,21 +20,7 @@ from tidings.bus import Bus
 from tidings.config import ArchiveSection, ArchiveSource
 from tidings.event import Event
 from tidings.format import load_format
-from tidings.transport import ExchangeSpec, Topology, WireMessage, dead_letters
-
-
-class BuggyFormat:
-    """The tidings format with a plug-in's bug: its decode raises an OverflowError on one topic."""
-
-    name = "buggy"
-
-    def __init__(self) -> None:
-        self.native = load_format("tidings")
-
-    def decode(self, message: WireMessage) -> Event:
-        if message.routing_key == "bad.format":
-            raise OverflowError("int too large to convert")
-        return self.native.decode(message)
+from tidings.transport import ExchangeSpec, Topology, dead_letters
 
 
 def transports(kind: str) -> dict[str, dict[str, object]]:
