@@ -223,11 +223,12 @@ def to_record(
         own[CC_HEADER] = list(message.cc)
     if message.exchange:
         own[EXCHANGE_HEADER] = message.exchange
-    properties = {k: v for k, v in message.properties.items() if k != "delivery_mode"}
-    if message.priority is not None:
-        properties["priority"] = message.priority
-    if properties:
-        own[PROPERTIES_HEADER] = properties
+    if message.properties or message.priority is not None:
+        properties = {k: v for k, v in message.properties.items() if k != "delivery_mode"}
+        if message.priority is not None:
+            properties["priority"] = message.priority
+        if properties:
+            own[PROPERTIES_HEADER] = properties
     headers = to_bytes({**message.headers, **own, **extra} if extra else {**message.headers, **own})
     stamp = int(message.timestamp.timestamp() * 1000) if message.timestamp is not None else 0
     return Record(topic, key, message.body, headers, stamp)
