@@ -23,6 +23,7 @@ from tidings.retry import HAND_BACK_BASE
 from tidings.transport import Binding, Delivery, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
 from tidings.transports.kafka import KafkaTransport
 from tidings.transports.kafka import consume as kafka_consume
+from tidings.transports.kafka import groups as kafka_groups
 from tidings.transports.kafka.records import Record
 
 pytestmark = pytest.mark.kafka
@@ -279,6 +280,33 @@ async def test_a_topic_made_while_no_member_ran_is_read_from_its_beginning(kafka
         await transport.close()
     assert sorted(int(d.message.body) for d in got) == list(range(10))
     assert {d.message.routing_key for d in got} == {"adv.x.fresh"}
+
+
+async def test_two_new_members_starting_at_once_leave_the_group_at_the_earlier_end(kafka: str) -> None:
+    """Both found no position and committed the end each read; the later commit would skip what
+    came between. Each member looks again after its commit and puts back its own earlier end."""
+    transport = KafkaTransport(url=kafka, partitions=1)
+    exchange, group = unique("race"), unique("race-q")
+    servers = kafka.removeprefix("kafka://")
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], []))
+        await transport.send(exchange, [message("a.x") for _ in range(3)])
+        ours = [TopicPartition(exchange, 0, 3)]  # the first member read the end here...
+        await transport.send(exchange, [message("a.x") for _ in range(2)])
+        other = Consumer({"bootstrap.servers": servers, "group.id": group, "enable.auto.commit": False})
+        other.commit(offsets=[TopicPartition(exchange, 0, 5)], asynchronous=False)  # ...the second here
+        other.close()
+        first = Consumer({"bootstrap.servers": servers, "group.id": group, "enable.auto.commit": False})
+        try:
+            kafka_groups.keep_the_earliest_start(first, ours, 10)
+            assert committed_position(kafka, group, exchange) == 3  # the two between are the queue's
+            kafka_groups.keep_the_earliest_start(first, [TopicPartition(exchange, 0, 4)], 10)
+            assert committed_position(kafka, group, exchange) == 3  # an earlier start is never raised
+        finally:
+            first.close()
+    finally:
+        await transport.close()
 
 
 async def test_bindings_that_read_the_same_topics_make_one_subscription(kafka: str) -> None:

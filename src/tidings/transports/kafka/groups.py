@@ -18,6 +18,9 @@ from tidings.transport import QueueSpec
 from tidings.transports.kafka.records import is_queue_topic
 from tidings.transports.kafka.transport import KafkaTransport, end_offsets
 
+#: pauses (s) before each look at the starts other new members of a group may have set
+SECOND_LOOK = (0.0, 0.5)
+
 
 async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
     """A new queue gets what is published from now on: its group starts at each partition's end.
@@ -44,12 +47,13 @@ async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
                 return  # a group declared before: its positions stand, the rest from the beginning
             ends = end_offsets(transport.client_config(), committed, transport.connect_timeout)
             at_ends = [TopicPartition(t.topic, t.partition, ends[(t.topic, t.partition)]) for t in committed]
-            # a second member starting at the same time may have set them meanwhile (later ends
-            # over its earlier ones would skip what came between); Kafka has no compare-and-set,
-            # so this narrows that window to the instant between the two calls
+            # a second member starting at the same time may have set them meanwhile: its start stands
             if any(tp.offset >= 0 for tp in reader.committed(partitions, timeout=transport.connect_timeout)):
                 return
             reader.commit(offsets=at_ends, asynchronous=False)
+            for pause in SECOND_LOOK:
+                time.sleep(pause)
+                keep_the_earliest_start(reader, at_ends, transport.connect_timeout)
         finally:
             reader.close()
 
@@ -57,6 +61,26 @@ async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
         await asyncio.get_running_loop().run_in_executor(None, commit_ends)
     except KafkaException as exc:
         raise TransportError(f"Kafka at {transport.url}: cannot set up group {queue.name!r}: {exc}") from None
+
+
+def keep_the_earliest_start(reader: Consumer, ours: list[TopicPartition], timeout: float) -> None:
+    """Lower every start of the group that another member set later than ``ours``.
+
+    Two brand-new members can both find no position and commit the ends each read: the later
+    commit would start the group after what was published between the two reads, which the
+    first member's queue already owns. Kafka has no compare-and-set, so each member looks again
+    after its commit (twice: :data:`SECOND_LOOK`) and puts back its own earlier end; the group
+    starts at the earliest end any of them read. At worst a message is read twice (a member
+    that already committed past it is moved back), never skipped.
+    """
+    earliest = {(tp.topic, tp.partition): tp.offset for tp in ours}
+    later = [
+        TopicPartition(tp.topic, tp.partition, earliest[(tp.topic, tp.partition)])
+        for tp in reader.committed(ours, timeout=timeout)
+        if tp.offset > earliest[(tp.topic, tp.partition)]
+    ]
+    if later:
+        reader.commit(offsets=later, asynchronous=False)
 
 
 def _partitions(reader: Consumer, topics: set[str], needed: set[str], timeout: float) -> list[TopicPartition]:
