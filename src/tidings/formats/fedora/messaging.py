@@ -44,6 +44,7 @@ from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, JSONScalar, dumps, loads
 from tidings.format import stable_id
 from tidings.schemas import SchemaPack
+from tidings.textheaders import from_text, to_text
 from tidings.transport import WireMessage
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -261,35 +262,15 @@ class FedoraMessagingFormat:
 def event_headers(headers: dict[str, Any]) -> dict[str, JSONScalar]:
     """Wire headers as event headers: a structured value (fedora-messaging keeps it in
     ``Message._headers``) becomes its JSON text, named in :data:`JSON_HEADERS`."""
-    kept: dict[str, JSONScalar] = {}
-    structured: list[str] = []
-    for name, value in headers.items():
-        if isinstance(value, str | int | float | bool) or value is None:
-            kept[name] = value
-        else:
-            kept[name] = dumps(value, default=_json_default).decode()
-            structured.append(name)
-    if structured:
-        kept[JSON_HEADERS] = dumps(structured).decode()
-    return kept
+    return to_text(headers, kept=_SCALARS, list_header=JSON_HEADERS, default=_json_default)
 
 
 def wire_headers(headers: dict[str, Any]) -> dict[str, Any]:
     """Event headers as wire headers: those :data:`JSON_HEADERS` names get their structure back."""
-    found = dict(headers)
-    listed = found.pop(JSON_HEADERS, None)
-    try:
-        names = loads(listed) if isinstance(listed, str) else []
-    except InvalidEvent:  # not written by decode: the names stay text
-        names = []
-    for name in names if isinstance(names, list) else ():
-        raw = found.get(name) if isinstance(name, str) else None
-        if isinstance(raw, str):
-            try:
-                found[name] = loads(raw)
-            except InvalidEvent:
-                pass  # changed since: sent as the text it now is
-    return found
+    return from_text(headers, JSON_HEADERS)
+
+
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def _json_default(value: Any) -> Any:

@@ -26,6 +26,7 @@ from yarl import URL
 from tidings.errors import ConnectionLost, TransportError
 from tidings.redact import mask_url
 from tidings.retry import HandBack, backoff
+from tidings.textheaders import JSON_HEADERS, from_text, to_text
 from tidings.transport import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
@@ -37,7 +38,6 @@ from tidings.transport import (
     death_headers,
 )
 from tidings.transports.amqp.acks import AckWindow
-from tidings.transports.textheaders import JSON_HEADERS, from_text, to_text
 
 
 class Broker(Protocol):

@@ -32,9 +32,9 @@ from pamqp import commands as spec
 
 from tidings.errors import ConnectionLost, NotFound, TransportError
 from tidings.redact import mask_url
+from tidings.textheaders import to_text
 from tidings.transport import DeadLetter, Outcome, WireMessage
 from tidings.transports.amqp.consume import moved_from, to_wire
-from tidings.transports.textheaders import to_text
 
 if TYPE_CHECKING:
     from tidings.transports.amqp.transport import AmqpTransport

@@ -392,8 +392,8 @@ class AmqpTransport:
         """
         from dataclasses import replace
 
+        from tidings.textheaders import to_text
         from tidings.transports.amqp.consume import moved_from
-        from tidings.transports.textheaders import to_text
 
         direct = [
             replace(

@@ -4,7 +4,7 @@ A record carries the message body as its value and, following the CloudEvents Ka
 in binary mode, its attributes as headers: a format's own headers as they are (the native
 format's ``ce_*``), ``content-type``, and what Kafka has no field for under ``x-tidings-``
 names — the routing key (a topic holds many), the message id, CC keys. Header values are
-bytes: typed values travel as JSON (:mod:`tidings.transports.textheaders`).
+bytes: typed values travel as JSON (:mod:`tidings.textheaders`).
 
 Which topic a message goes to is a template: ``{exchange}`` (the default: one topic per
 connector, the routing key in a header) or words of the routing key (``bugzilla.{0}``: one
@@ -24,8 +24,8 @@ from urllib.parse import unquote
 from tidings.errors import InvalidEvent
 from tidings.event import dumps, loads
 from tidings.redact import mask_url
+from tidings.textheaders import from_text, to_bytes, utc_moment
 from tidings.transport import WireMessage
-from tidings.transports.textheaders import from_text, to_bytes, utc_moment
 
 ROUTING_KEY_HEADER = "x-tidings-routing-key"
 MESSAGE_ID_HEADER = "x-tidings-message-id"

@@ -5,7 +5,7 @@ A SEND's headers become the AMQP message RabbitMQ routes: ``content-type``,
 ``amqp-message-id`` (the message id), ``timestamp`` (whole seconds), ``correlation-id``,
 ``reply-to``, ``expiration``, ``type`` and ``app-id`` become properties; every other header
 goes into the headers table as a string. So a header keeps its type, values that are not
-strings travel as JSON with their names listed (:mod:`tidings.transports.textheaders`), and
+strings travel as JSON with their names listed (:mod:`tidings.textheaders`), and
 the routing key travels in ``x-tidings-routing-key`` (a message read from a queue, or moved
 through a retry queue, no longer shows it in its destination).
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from tidings.event import BROKER_HEADERS  # RabbitMQ writes them when it dead-letters (a retry coming back)
+from tidings.textheaders import from_text, to_text, utc_moment, whole_number
 from tidings.transport import ATTEMPTS_HEADER, LAST_ERROR_HEADER, REASON_HEADER, WireMessage
-from tidings.transports.textheaders import from_text, to_text, utc_moment, whole_number
 
 ROUTING_KEY_HEADER = "x-tidings-routing-key"
 #: the exchange a message came through before a retry put it straight into a queue (over AMQP)

@@ -34,6 +34,7 @@ from stomp.exception import ConnectFailedException, NotConnectedException
 from tidings.errors import ConfigError, ConnectionLost, TransportError
 from tidings.redact import mask_url
 from tidings.retry import HandBack
+from tidings.textheaders import to_text
 from tidings.transport import (
     DELIVERED,
     Delivery,
@@ -48,7 +49,6 @@ from tidings.transport import (
 from tidings.transports.amqp import DEFAULT_MAX_MESSAGE_BYTES
 from tidings.transports.stomp import DEFAULT_URL, Address
 from tidings.transports.stomp.frames import reserved_headers, send_headers
-from tidings.transports.textheaders import to_text
 
 if TYPE_CHECKING:
     from tidings.transports.amqp.transport import AmqpTransport

@@ -5,11 +5,14 @@ strings or bytes. A header whose value is not a string is written as JSON, and i
 listed in ``x-tidings-json-headers`` (a JSON array), so a reader gives back exactly what was
 sent: ``{"n": 3}`` comes back as the integer 3, while a header that was the string ``"3"``
 stays a string. A reader that knows nothing of tidings still sees readable text.
+
+Formats use it too: fedora-messaging's structured headers become event headers (JSON scalars)
+the same way, listed under a name of the format's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,20 +23,31 @@ from tidings.event import dumps, loads
 JSON_HEADERS = "x-tidings-json-headers"
 
 
-def to_text(headers: Mapping[str, Any]) -> dict[str, str]:
-    """Headers as text, typed values as JSON with their names listed under :data:`JSON_HEADERS`."""
-    text: dict[str, str] = {}
+def to_text(
+    headers: Mapping[str, Any],
+    *,
+    kept: tuple[type, ...] = (str,),
+    list_header: str = JSON_HEADERS,
+    default: Callable[[Any], Any] = str,
+) -> dict[str, Any]:
+    """Headers as text: a value of none of the ``kept`` types is written as JSON (``default``
+    for what JSON cannot hold), and its name listed in ``list_header`` (a JSON array).
+
+    A STOMP frame or a Kafka record keeps only strings (the defaults); the fedora-messaging
+    format keeps every JSON scalar and lists its structured headers under its own name.
+    """
+    text: dict[str, Any] = {}
     typed: list[str] = []
     for name, value in headers.items():
-        if isinstance(value, str):
+        if isinstance(value, kept):
             text[name] = value
         else:
             if isinstance(value, bytes):
                 value = value.decode("utf-8", "replace")
-            text[name] = dumps(value, default=str).decode()
+            text[name] = dumps(value, default=default).decode()
             typed.append(name)
     if typed:
-        text[JSON_HEADERS] = dumps(typed).decode()
+        text[list_header] = dumps(typed).decode()
     return text
 
 
@@ -60,11 +74,11 @@ def to_bytes(headers: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     return pairs
 
 
-def from_text(headers: Mapping[str, str]) -> dict[str, Any]:
-    """What :func:`to_text` was given (headers from elsewhere stay strings)."""
+def from_text(headers: Mapping[str, Any], list_header: str = JSON_HEADERS) -> dict[str, Any]:
+    """What :func:`to_text` was given (headers from elsewhere stay as they are)."""
     found = dict(headers)
-    listed = found.pop(JSON_HEADERS, None)
-    if not listed:
+    listed = found.pop(list_header, None)
+    if not listed or not isinstance(listed, str):
         return found
     try:
         names = loads(listed)
@@ -76,7 +90,7 @@ def from_text(headers: Mapping[str, str]) -> dict[str, Any]:
             try:
                 found[name] = loads(raw)
             except InvalidEvent:
-                pass
+                pass  # changed since: kept as the text it now is
     return found
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.transports.textheaders import JSON_HEADERS, from_text, to_bytes, to_text
+from tidings.textheaders import JSON_HEADERS, from_text, to_bytes, to_text
 
 names = st.one_of(st.text(min_size=1, max_size=12), st.just(JSON_HEADERS))
 json_values = st.recursive(
@@ -72,3 +72,20 @@ def test_a_kafka_record_with_odd_headers_is_still_a_message(
 
     message, _ = from_record([(k, v.encode()) for k, v in headers.items()], b"{}", timestamp_ms)
     assert message.body == b"{}" and all(isinstance(key, str) for key in message.cc)
+
+
+SCALARS = (str, int, float, bool, type(None))
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda n: n != "own-list"), json_values))
+def test_kept_types_stay_and_the_rest_come_back_from_a_list_of_its_own(sent: dict[str, Any]) -> None:
+    """As the fedora-messaging format keeps JSON scalars and lists structured headers under its
+    own name: what is kept is untouched, what is written as JSON comes back as it was."""
+    text = to_text(sent, kept=SCALARS, list_header="own-list")
+    structured = [name for name, value in sent.items() if isinstance(value, list | dict)]
+    assert {n: v for n, v in text.items() if n in sent and n not in structured} == {
+        n: v for n, v in sent.items() if n not in structured
+    }
+    assert all(isinstance(text[name], str) for name in structured)
+    assert ("own-list" in text) == bool(structured) and JSON_HEADERS not in text
+    assert from_text(text, "own-list") == sent
