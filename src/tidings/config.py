@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta
 
 from tidings.errors import ConfigError
+from tidings.event import DEEPEST
 from tidings.plugins import Registry, explain
 from tidings.retry import CONNECTOR_SCHEDULE, CONSUMER_SCHEDULE
 
@@ -41,8 +42,8 @@ MAX_COUNT = 1_000_000
 Count = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
 #: a body's size: up to 2 GiB
 Bytes = Annotated[int, Meta(ge=1, le=2**31 - 1)]
-#: nesting of a JSON body: the JSON reader itself stops at 1,024 levels
-Depth = Annotated[int, Meta(ge=1, le=1_000)]
+#: nesting of a JSON body, at most tidings.event.DEEPEST levels
+Depth = Annotated[int, Meta(ge=1, le=DEEPEST)]
 #: a retry waits a week at most: an entry never due would hold its event (and an ordered connector)
 RetryDelay = Annotated[float, Meta(ge=0, le=7 * 86_400)]
 Schedule = Annotated[list[RetryDelay], Meta(min_length=1)]

@@ -292,10 +292,13 @@ class Event:
 # orjson is the fastest writer, but it refuses integers wider than 64 bits, and as a reader it
 # turns them into floats without a word (123456789012345678901234567890 becomes 1.23e+29).
 # msgspec reads them exactly, as fast, and writes them too: it reads every document, and
-# writes the rare one orjson refuses. Both stop at CPython's limit of 4,300 digits.
+# writes the rare one orjson refuses. Both stop at CPython's limit of 4,300 digits. orjson also
+# stops at 254 levels of nesting, below what [bus] max_depth allows (and an archive's envelope
+# adds levels around a body): msgspec writes those too, up to CPython's recursion limit.
 
 _READER = msgspec.json.Decoder()
 _WIDE = "Integer exceeds 64-bit range"
+_DEEP = "Recursion limit reached"
 
 
 def dumps(value: Any, *, sort_keys: bool = False, default: Callable[[Any], Any] | None = None) -> bytes:
@@ -303,12 +306,14 @@ def dumps(value: Any, *, sort_keys: bool = False, default: Callable[[Any], Any] 
     try:
         return orjson.dumps(value, default=default, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
-        if _WIDE not in str(exc):
+        if _WIDE not in str(exc) and _DEEP not in str(exc):
             raise InvalidEvent(f"event cannot be written as JSON: {exc}") from None
     try:
         return msgspec.json.encode(value, enc_hook=default, order="sorted" if sort_keys else None)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidEvent(f"event cannot be written as JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent("event cannot be written as JSON: nested too deeply") from None
 
 
 def loads(raw: bytes | str) -> Any:
@@ -378,6 +383,9 @@ def is_bookkeeping(header: str) -> bool:
 
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs
 _CONTAINERS = (dict, list)
+#: the deepest nesting of a body anything may hold: JSON writers recurse (CPython stops them
+#: near 1,000 levels) and the archive's API wraps a body in a few levels more
+DEEPEST = 500
 
 
 def holds_non_finite(value: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -100,3 +101,23 @@ def test_an_outbox_event_is_read_by_the_format_its_type_or_headers_or_the_config
     assert finder.format_name(Event.create("datawarehouse.checkout.new", {})) is None
     assert finder(Event.create("ci.lava.testjob", {"device_type": "x"})).fields.packages == ("x",)
     assert finder(bug).fields.packages == ("Fedora", "kernel")
+
+
+def test_a_body_deeper_than_any_bus_allows_is_refused_with_its_depth() -> None:
+    """A publisher elsewhere may nest deeper than the API could write back: a dead letter with
+    the reason, not an event that breaks every page it is on."""
+    from tidings.archive.storing import read_message
+    from tidings.errors import DecodeError
+    from tidings.event import DEEPEST
+    from tidings.formats.native import NativeFormat
+
+    fmt = NativeFormat()
+
+    def message(depth: int) -> Any:
+        sent = fmt.encode(Event.create("a.b", {"a": 1}))
+        return dataclasses.replace(sent, body=b'{"a":' * depth + b"1" + b"}" * depth)
+
+    assert read_message(fmt, FieldsFinder(), message(DEEPEST)).event.body["a"]
+    refusal = f"nests {DEEPEST + 1} levels deep; the archive keeps at most {DEEPEST}"
+    with pytest.raises(DecodeError, match=refusal):
+        read_message(fmt, FieldsFinder(), message(DEEPEST + 1))

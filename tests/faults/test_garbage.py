@@ -109,6 +109,7 @@ BAD_CONFIGS = {
     "a negative retry delay": ("[consumers.svc]\nretry_schedule = [-5]\n", "[consumers.svc] retry_schedule"),
     "max_depth -1": ("[bus]\nmax_depth = -1\n", "[bus] max_depth: expected int >= 1"),
     "max_depth 0": ("[bus]\nmax_depth = 0\n", "[bus] max_depth: expected int >= 1"),
+    "max_depth 501": ("[bus]\nmax_depth = 501\n", "[bus] max_depth: expected int <= 500"),
     "max_body_bytes -5": ("[bus]\nmax_body_bytes = -5\n", "[bus] max_body_bytes: expected int >= 1"),
     "max_attempts -2": (
         "[consumers.svc]\nmax_attempts = -2\n",

@@ -455,3 +455,26 @@ async def test_large_events_make_shorter_pages_and_streams_never_more_bytes_than
     assert [orjson.loads(f.split(b"data: ", 1)[1])["body"]["n"] for f in frames] == list(
         range(40 - len(frames), 40)
     )
+
+
+def nested(depth: int) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        body = {"a": body}
+    return body
+
+
+async def test_a_body_as_deep_as_a_bus_may_allow_is_served_everywhere(
+    client: TestClient, archive: Archive
+) -> None:
+    """The API wraps a body in levels of its own: 500 levels (the most [bus] max_depth allows)
+    must still be written out by /raw, /id, /v2/search and the stream (orjson stops at 254)."""
+    from tidings.web import stream
+
+    deep = event(BODHI, nested(500))
+    archive.ingest([event(BODHI, {"n": 1}), deep, event(BODHI, {"n": 2})])
+    assert client.get("/raw").json()["total"] == 3
+    assert client.get("/id", params={"id": deep.event.id}).json()["msg"] == deep.event.body
+    assert len(client.get("/v2/search").json()["items"]) == 3
+    _, frames = await stream.backlog(archive, Query(), 10)
+    assert len(frames) == 3  # neither the deep one nor those beside it left out

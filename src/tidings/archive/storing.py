@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from tidings.archive import Archive, Archived, Query
 from tidings.archive.fields import FieldsFinder
 from tidings.errors import DecodeError, StorageError, TidingsError, TransportError
+from tidings.event import DEEPEST, json_depth
 from tidings.format import Format
 from tidings.transport import WireMessage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def read_message(fmt: Format, finder: FieldsFinder, message: WireMessage) -> Archived:
@@ -24,8 +27,17 @@ def read_message(fmt: Format, finder: FieldsFinder, message: WireMessage) -> Arc
     A format's decode raises DecodeError, but a plug-in's bug raises anything (an OverflowError):
     it would fail the same way on every delivery, so it is a DecodeError too, with its reason,
     rather than an error that stops the archive."""
+    event = _as_decode_error(fmt, message, fmt.decode, message)
+    # a publisher elsewhere may nest deeper than the archive's API could write back out
+    depth = json_depth(event.body)
+    if depth > DEEPEST:
+        raise DecodeError(f"its body nests {depth} levels deep; the archive keeps at most {DEEPEST}")
+    return _as_decode_error(fmt, message, finder, event)
+
+
+def _as_decode_error(fmt: Format, message: WireMessage, step: Callable[[Any], T], value: Any) -> T:
     try:
-        return finder(fmt.decode(message))
+        return step(value)
     except TidingsError:
         raise
     except Exception as exc:
