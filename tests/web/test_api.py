@@ -478,3 +478,18 @@ async def test_a_body_as_deep_as_a_bus_may_allow_is_served_everywhere(
     assert len(client.get("/v2/search").json()["items"]) == 3
     _, frames = await stream.backlog(archive, Query(), 10)
     assert len(frames) == 3  # neither the deep one nor those beside it left out
+
+
+def test_a_public_readers_estimate_says_nothing_of_private_events(
+    client: TestClient, archive: Archive
+) -> None:
+    """PostgreSQL's estimate comes from statistics over every row: given to a public reader, it
+    would tell how many private events a topic holds, and that they exist at all."""
+    archive.ingest([event("hr.layoffs.planned", {"n": n}, private=True) for n in range(300)])
+    archive.ingest([event(BODHI, {"n": n}) for n in range(30)])
+    if hasattr(archive, "analyze"):
+        archive.analyze()  # statistics as a busy server's autovacuum would have gathered them
+    public = client.get("/v2/search", params={"topic": "hr.layoffs.planned"}).json()
+    assert public["items"] == [] and public["estimated_total"] in (None, 0)
+    reader = client.get("/v2/search", params={"topic": "hr.layoffs.planned"}, headers=bearer(READ_TOKEN))
+    assert len(reader.json()["items"]) == 50  # the default page; a reader of all may have the estimate

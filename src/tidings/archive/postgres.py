@@ -174,7 +174,9 @@ class PostgresArchive:
         self, query: Query, *, limit: int = 100, cursor: str | None = None, order: Order = "desc"
     ) -> Page:
         where, params = where_clause(query)
-        estimate = self._estimate(where, params) if cursor is None else None
+        # the planner's statistics count private rows too: a public reader's estimate would tell
+        # how many private events match (and that they exist), so only readers of all get one
+        estimate = self._estimate(where, params) if cursor is None and query.include_private else None
         if cursor is not None:
             time_us, seq = decode_cursor(cursor)
             op = "<" if order == "desc" else ">"
