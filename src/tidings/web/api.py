@@ -142,7 +142,9 @@ async def stream(request: Request) -> Response:
     try:
         q.refuse_unknown(params, STREAM_PARAMETERS)
         window = q.time_range(params)
-        if not params.get("end"):  # "the last hour" on a live stream: from then on, and what comes
+        if not params.get("end") and not params.get("start"):
+            # "the last hour" on a live stream: from then on, and what comes (an end that
+            # start + delta gives, as an end given, stays: the stream's filters are the search's)
             window = dataclasses.replace(window, end=None)
         query = q.query_of(params, window, include_private=_private(request))
         after = resume_point(request)
