@@ -234,6 +234,27 @@ def test_since_resumes_in_seq_order(sample: Archive) -> None:
     assert sample.last_seq() == 7
 
 
+def test_since_on_sqlite_walks_by_seq_whatever_the_filter(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without statistics SQLite would take a topic's or a category's index and sort all its
+    events by seq on every look of every live stream; by seq, it reads only what is new."""
+    from pathlib import Path
+
+    from tidings.archive.sqlite import SqliteArchive
+
+    store = SqliteArchive(Path(str(tmp_path)) / "archive.db")
+    asked: list[tuple[str, list[object]]] = []
+    read = store._read
+    monkeypatch.setattr(store, "_read", lambda sql, params: asked.append((sql, params)) or read(sql, params))
+    for query in (Query(topics=["org.fedoraproject.*.bodhi.#"]), Query(topics=["a.b"]), Query(sources=["x"])):
+        store.since(10, query)
+        sql, params = asked[-1]
+        plan = " ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        assert "USING INTEGER PRIMARY KEY (rowid>?)" in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+
+
 def test_purge_forgets_old_events_in_batches_and_never_reuses_a_seq(archive: Archive) -> None:
     archive.ingest(
         [event(f"p.e{i}", i, visibility="private" if i % 7 == 0 else "public") for i in range(2500)]

@@ -206,7 +206,12 @@ class SqliteArchive:
 
     def since(self, seq: int, query: Query, *, limit: int = 500) -> list[Archived]:
         where, params = where_clause(query)
-        sql = f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND {where} ORDER BY seq LIMIT ?"
+        # Walked by seq (the rowid), whatever the filter: a live stream asks for the few events
+        # after the newest, and even from far behind this reads each later event at most once
+        # (a filter that rarely matches: 200,000 events in 20 ms). The planner would take the
+        # filter's index when it has no statistics (no ANALYZE) and sort every event of that
+        # topic or category by seq, on every look of every stream (200,000: 1.7 s).
+        sql = f"SELECT {_COLUMNS} FROM events NOT INDEXED WHERE seq > ? AND {where} ORDER BY seq LIMIT ?"
         return self._read(sql, [seq, *params, limit])
 
     def last_seq(self) -> int:
