@@ -493,3 +493,22 @@ def test_a_public_readers_estimate_says_nothing_of_private_events(
     assert public["items"] == [] and public["estimated_total"] in (None, 0)
     reader = client.get("/v2/search", params={"topic": "hr.layoffs.planned"}, headers=bearer(READ_TOKEN))
     assert len(reader.json()["items"]) == 50  # the default page; a reader of all may have the estimate
+
+
+def test_a_raw_page_larger_than_the_budget_is_refused_with_what_would_fit(
+    client: TestClient, archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """datagrepper's numbered pages cannot end early: one past the byte budget is a 400 that says
+    how many rows would fit (each event is written twice in /raw: msg and body)."""
+    from tidings.web import query
+
+    monkeypatch.setattr(query, "PAGE_BYTES", 100_000)
+    archive.ingest([event(BODHI, {"n": n, "pad": "x" * 20_000}, at=NOW - 100 + n) for n in range(10)])
+    refused = client.get("/raw", params={"rows_per_page": 10})
+    assert refused.status_code == 400
+    assert "ask for fewer rows_per_page (at most 2 of these fit)" in refused.json()["error"]
+    fits = client.get("/raw", params={"rows_per_page": 2, "page": 5, "order": "asc"})
+    assert fits.status_code == 200 and [m["msg"]["n"] for m in fits.json()["raw_messages"]] == [8, 9]
+    alone = client.get("/raw", params={"rows_per_page": 1, "page": 1})  # one event always goes
+    monkeypatch.setattr(query, "PAGE_BYTES", 1_000)
+    assert alone.status_code == 200 and client.get("/raw", params={"rows_per_page": 1}).status_code == 200

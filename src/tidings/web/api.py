@@ -70,14 +70,20 @@ async def raw(request: Request) -> Response:
         "rows_per_page": rows,
         "order": order,
     }
-    return Json(
-        {
-            "raw_messages": [q.raw_message(item) for item in found.items],
-            "count": len(found.items),
-            "pages": found.pages,
-            "total": found.total,
-            "arguments": arguments,
-        }
+    messages, size = [], 0
+    for item in found.items:  # each written once, counted as it is (a page is bounded by bytes)
+        messages.append(dumps(q.raw_message(item)))
+        size += len(messages[-1])
+        if size > q.PAGE_BYTES and len(messages) > 1:
+            return bad(
+                f"page {page} of {rows} rows holds more than {q.PAGE_BYTES // 2**20} MiB of events; "
+                f"ask for fewer rows_per_page (at most {len(messages) - 1} of these fit), or page "
+                "through /v2/search, whose pages end early by bytes",
+                arguments=dict(params.multi_items()),
+            )
+    rest = dumps({"count": len(messages), "pages": found.pages, "total": found.total, "arguments": arguments})
+    return Response(
+        b'{"raw_messages":[' + b",".join(messages) + b"]," + rest[1:], media_type="application/json"
     )
 
 
