@@ -304,8 +304,12 @@ def test_pages_render(client: TestClient, archive: Archive, web_bus: Bus) -> Non
     page = client.get(f"/event/{item.event.id}").text
     assert "connector local" in page and "ce_id" in page  # the native format's wire headers
     assert "refused" in client.get("/connectors").text
-    assert client.get("/search", params={"cursor": "garbage"}).status_code == 200
-    assert client.get("/v2/search", params={"cursor": "garbage"}).status_code == 400
+    for bad_input in ({"cursor": "garbage"}, {"topic": "a..b"}, {"start": "abc"}):
+        shown = client.get("/search", params=bad_input)  # the form again, with the problem, as a 400
+        assert shown.status_code == 400 and 'name="topic"' in shown.text, bad_input
+        assert client.get("/v2/search", params=bad_input).status_code == 400
+    assert "\x00" not in client.get("/search", params={"contains": "a\x00b"}).text
+    assert client.head("/login").status_code == 200  # not a form post without its CSRF token
 
 
 def test_an_id_with_slashes_opens_its_page_and_its_replay(

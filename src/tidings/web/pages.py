@@ -62,7 +62,8 @@ async def live(request: Request) -> Response:
 
 async def search(request: Request) -> Response:
     params = request.query_params
-    values = {name: params.get(name, "") for name in FILTERS}
+    # shown back in the form: a NUL is no character a page may hold (the query refuses it anyway)
+    values = {name: params.get(name, "").replace("\x00", "\ufffd") for name in FILTERS}
     page, problem = None, ""
     if any(values.values()) or "cursor" in params:
         try:
@@ -75,7 +76,15 @@ async def search(request: Request) -> Response:
     following = ""
     if page is not None and page.next_cursor:
         following = f"{request.url.path}?{request.url.include_query_params(cursor=page.next_cursor).query}"
-    return render(request, "search.html", values=values, page=page, problem=problem, following=following)
+    return render(
+        request,
+        "search.html",
+        400 if problem else 200,
+        values=values,
+        page=page,
+        problem=problem,
+        following=following,
+    )
 
 
 async def event(request: Request) -> Response:
@@ -194,7 +203,7 @@ async def replay_event(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):  # Starlette answers HEAD with the GET's headers
         return render(request, "login.html", problem="")
     fields = await form(request)
     if not csrf_ok(request, (fields.get("csrf") or [""])[0]):
