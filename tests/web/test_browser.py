@@ -141,6 +141,14 @@ def test_live_view_shows_a_published_event_within_a_second_and_filters(
     wait_for(lambda: live_topics(browser) == ["demo.alpha.later", "demo.alpha.checkout"])
 
 
+def test_a_live_filter_the_server_refuses_says_why_instead_of_reconnecting(browser: Any, server: str) -> None:
+    """The stream answers a 400 that a browser's EventSource closes on for good: the page shows
+    the server's reason (it said "reconnecting…" for ever)."""
+    browser.get(server + "/?topic=a..b")
+    wait_for(lambda: css(browser, "#state")[0].text.startswith("stopped: "))
+    assert "topic" in css(browser, "#state")[0].text
+
+
 def test_search_finds_the_event(browser: Any, server: str, archive: Archive) -> None:
     archive.ingest(
         [event("org.fedoraproject.prod.bodhi.update.comment", {"text": f"c{n}"}) for n in range(5)]

@@ -42,11 +42,33 @@
     else params.set("backlog", "50");
     source = new EventSource(list.dataset.stream + "?" + params.toString());
     source.onopen = function () { state.textContent = "live"; };
-    source.onerror = function () { state.textContent = "reconnecting…"; };
+    source.onerror = function () { failed(this); };
     source.onmessage = function (message) {
       lastSeq = Number(message.lastEventId);
       show(JSON.parse(message.data));
     };
+  }
+
+  // The browser retries a stream that broke by itself; one the server answered with an error
+  // (a filter it refuses, a proxy's 502 during a restart) it closes for good: ask why.
+  function failed(broken) {
+    if (broken.readyState !== EventSource.CLOSED) {
+      state.textContent = "reconnecting…";
+      return;
+    }
+    fetch(broken.url, { headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (response.status >= 400 && response.status < 500) return response.json();
+        if (response.body) response.body.cancel();
+        throw new Error("not the request's fault");
+      })
+      .then(function (answer) {
+        state.textContent = "stopped: " + (answer.error || "the server refused this stream");
+      })
+      .catch(function () {
+        state.textContent = "reconnecting…";
+        setTimeout(function () { if (source === broken) open(lastSeq); }, 2000);
+      });
   }
 
   function close() {
