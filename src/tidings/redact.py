@@ -28,6 +28,10 @@ _SECRET_PARAMETER = re.compile(
 )
 
 
+#: ``user:password@host`` with no ``scheme://`` before it (a URL typed without it, quoted back
+#: by a library: ``guest:secret@localhost``, ``postgres:/user:pw@db``)
+_BARE_USERINFO = re.compile(r"(?P<user>(?<![\w.~%+:-])[\w.~%+-]+:)(?P<password>[^\s\"'<>@/]+)(?=@[\w\[])")
+
 #: a STOMP frame's password header, as stomp.py logs the CONNECT frame it sends at DEBUG
 #: (to the end of its line, or of the escaped one in a logged frame: a passcode may hold spaces or quotes)
 _STOMP_PASSCODE = re.compile(r"(?P<name>\b(?i:passcode):)(?P<value>(?:(?!\\[nr])[^\r\n])*)")
@@ -58,15 +62,12 @@ def _mask_authority(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """``text`` with every URL password and secret query value replaced by ``***``."""
-    if "://" not in text and "=" not in text and "passcode:" not in text:
+    if "://" not in text and "=" not in text and "passcode:" not in text and "@" not in text:
         return text  # nothing that could hold one: the common case, free
     text = _AUTHORITY.sub(_mask_authority, text)
+    text = _BARE_USERINFO.sub(lambda m: m["user"] + MASK, text)
     text = _STOMP_PASSCODE.sub(lambda m: m["name"] + MASK, text)
     return _SECRET_PARAMETER.sub(lambda m: m["name"] + MASK, text)
-
-
-#: the start of what was meant as a URL but lacks its "://" ("amqps//", "amqp:/")
-_BROKEN_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:?/+")
 
 
 def mask_url(url: object) -> str:
@@ -75,7 +76,9 @@ def mask_url(url: object) -> str:
     and spaces too, which end a URL found in running text)."""
     text = str(url)
     scheme, sep, rest = text.partition("://")
-    if not sep and "@" in text and _BROKEN_URL.match(text):  # "amqps//u:p@h", a typo: the host only
+    # "amqps//u:p@h", "guest:secret@host": a URL with a typo, the host only (a libpq "key=value"
+    # string, whose password may hold an '@', is masked by its keys below)
+    if not sep and "@" in text and "=" not in text:
         return redact(f"{MASK}@{text.rpartition('@')[2]}")
     masked = _masked_userinfo(rest) if sep else None
     return redact(f"{scheme}://{masked}" if masked is not None else text)

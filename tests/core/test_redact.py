@@ -45,6 +45,10 @@ def test_a_url_password_never_survives(scheme: str, user: str, password: str, ho
         ("password='a b\\' c' dbname=x", "password=*** dbname=x"),  # libpq's quoting
         ("compass=north", "compass=north"),
         ("host=db password = spaced dbname=x", "host=db password = *** dbname=x"),
+        # a URL typed without its scheme://, as a library quotes it back
+        ("not 'guest:S3cret@localhost'", "not 'guest:***@localhost'"),
+        ('missing "=" after "postgres:/tid:Pw9@db/x"', 'missing "=" after "postgres:/tid:***@db/x"'),
+        ("mail someone@example.org at 12:30", "mail someone@example.org at 12:30"),
     ],
 )
 def test_examples(text: str, expected: str) -> None:
@@ -112,3 +116,10 @@ def test_a_stomp_passcode_with_spaces_quotes_or_backslashes_is_masked(passcode: 
 def test_an_at_sign_in_a_path_or_query_is_no_password() -> None:
     for text in ("https://host/path?x=a@b", "see https://example.org/a@b now"):
         assert redact(text) == text
+
+
+@given(SAFE, PASSWORDS, SAFE)
+def test_a_url_typed_without_its_scheme_shows_no_password(user: str, password: str, host: str) -> None:
+    typed = f"{user}:{password}@{host}"
+    assert password not in mask_url(typed).removesuffix(host)  # a configured URL: the host only
+    assert f":{password}@" not in redact(f"url {typed!r} is not a URL")

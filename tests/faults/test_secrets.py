@@ -220,6 +220,20 @@ def toml_value(value: object) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
 
 
+@pytest.mark.parametrize("kind", ["amqp", "stomp", "kafka"])
+def test_a_url_typed_without_its_scheme_keeps_its_password_out_of_output(tmp_path: Path, kind: str) -> None:
+    """``guest:secret@host``: no scheme://, so no URL as the masking knew them; the CLI quoted it."""
+    canary = f"canary{secrets.token_hex(12)}"
+    (tmp_path / "tidings.toml").write_text(
+        f'[bus]\nhome = "home"\n\n[transports.t]\nkind = "{kind}"\nurl = "guest:{canary}@127.0.0.1"\n\n'
+        '[connectors.t]\ntransport = "t"\n'
+    )
+    for args in (["config", "show"], ["config", "check"], ["doctor"], ["dispatch", "--once"]):
+        done = tidings(tmp_path, *args, env={"TIDINGS_DEBUG": "1"}, timeout=60)
+        assert canary not in done.stdout + done.stderr, args
+        assert "127.0.0.1" in done.stdout + done.stderr, args  # the host still says which it is
+
+
 @pytest.mark.parametrize("option", list(SECRET_OPTIONS), ids=lambda o: ".".join(o))
 def test_a_canary_in_each_option_appears_in_no_output(tmp_path: Path, option: tuple[str, str]) -> None:
     kind, _ = option
