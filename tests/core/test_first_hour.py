@@ -191,6 +191,48 @@ def test_an_event_no_queue_is_bound_for_is_told_and_goes_once_a_queue_is_bound(t
             assert stop(consumer) == 130
 
 
+def test_two_callback_services_whose_functions_share_a_name_get_a_queue_each(tmp_path: Path) -> None:
+    """``--callback svc_a:handle`` and ``--callback svc_b:handle`` without ``--queue``: named after
+    the function alone, both read queue 'handle', and each acked the other's events unhandled."""
+    for name in ("svc_a", "svc_b"):
+        (tmp_path / f"{name}.py").write_text(HANDLER.replace("handled.txt", f"{name}.txt"))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    env.pop("TIDINGS_CONFIG", None)
+    consumers = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tidings",
+                "consume",
+                "--callback",
+                f"{name}:handle",
+                "--bind",
+                f"{pattern}.#",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{name}.err").open("wb"),
+        )
+        for name, pattern in (("svc_a", "a"), ("svc_b", "b"))
+    }
+    try:
+        for name in consumers:
+            until(lambda n=name: f"consuming queue '{n}.handle'" in said(tmp_path, n), 20, f"{name} to start")
+        sent = {
+            name: [tidings(tmp_path, "publish", f"{word}.e", "--body", "{}").stdout.strip() for _ in range(2)]
+            for name, word in (("svc_a", "a"), ("svc_b", "b"))
+        }
+        assert tidings(tmp_path, "dispatch", "--once").returncode == 0
+        for name, ids in sent.items():
+            seen = tmp_path / f"{name}.txt"
+            until(lambda f=seen, i=ids: f.exists() and sorted(f.read_text().split()) == sorted(i), 30, name)
+    finally:
+        for process in consumers.values():
+            assert stop(process) == 130
+
+
 def test_the_backlog_warning_follows_the_configured_log_level(tmp_path: Path) -> None:
     (tmp_path / "tidings.toml").write_text('[bus]\nlog_level = "ERROR"\n')
     tidings(tmp_path, "publish", "nobody.listens", "--body", "{}")

@@ -293,7 +293,12 @@ def consume(
         typer.Option("--bind", metavar="PATTERN", help="Topic pattern for --callback (repeatable)."),
     ] = [],  # noqa: B006
     queue: Annotated[
-        str | None, typer.Option("--queue", metavar="NAME", help="Queue name (default: the app's name).")
+        str | None,
+        typer.Option(
+            "--queue",
+            metavar="NAME",
+            help="Queue name (default: the app's name; MODULE.FUNC for --callback).",
+        ),
     ] = None,
     transport: Annotated[
         str | None, typer.Option("--transport", metavar="NAME", help="Configured transport name.")
@@ -336,7 +341,9 @@ def consume(
             raise typer.BadParameter("--callback needs at least one --bind PATTERN")
         for pattern in bind:
             validate_pattern(pattern)
-        name = queue or callback.partition(":")[2]
+        # the default queue is the whole MODULE.FUNC: two services whose functions share a name
+        # ("handle") would share one queue, and each ack the other's events without a call
+        name = queue or callback.replace(":", ".")
         consumer_app = callback_app(name, import_handler(callback), bind, queue=queue or name)
     else:
         consumer_app = import_target(target)  # type: ignore[arg-type]
