@@ -348,6 +348,12 @@ class Outbox:
         )
         return [Row(seq, topic, data) for seq, topic, data in rows]
 
+    def topics_before(self, seq: int, limit: int) -> list[tuple[int, str]]:
+        """(seq, topic) of up to ``limit`` events before ``seq``, newest first (``tidings tail``)."""
+        return self._read(
+            "SELECT seq, topic FROM events WHERE seq < ? ORDER BY seq DESC LIMIT ?", (seq, limit)
+        )
+
     def backlog_head(self, connector: str) -> tuple[int, float] | None:
         """(count, the soonest next try) of a connector's backlog, or None if empty."""
         row = self._read("SELECT count(*), min(next_at) FROM backlog WHERE connector = ?", (connector,))

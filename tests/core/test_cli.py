@@ -50,6 +50,7 @@ def deep(levels: int) -> str:
             "config file 'nope.toml' (--config) does not exist",
         ),
         (["tail", "a.#b"], 4, "invalid pattern"),
+        (["tail", "--last", "-1"], 2, "invalid value for '--last'"),
         (["consume", "--callback", "os:getcwd", "--bind", "a..b"], 4, "invalid pattern"),
         (["consume", "no_such_module:app"], 3, "cannot import 'no_such_module'"),
         (["consume", "a:b:c"], 3, "'a:b:c' is not MODULE:ATTRIBUTE"),
@@ -226,6 +227,8 @@ def test_serve_runs_the_dispatcher_and_configured_consumers(tmp_path: Path) -> N
 def test_tail_shows_published_events(tmp_path: Path) -> None:
     for n in range(3):
         assert tidings(tmp_path, "publish", f"tail.t{n}", "--body", f'{{"n": {n}}}').returncode == 0
+        for other in range(3):  # --last counts what matches, not what came last
+            assert tidings(tmp_path, "publish", f"other.o{n}{other}", "--body", "{}").returncode == 0
     follower = started(tmp_path, "tail", "tail.#", "--json", "--last", "2")
     try:
         lines = [follower.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]

@@ -374,7 +374,9 @@ def tail(
     pattern: Annotated[
         str, typer.Argument(metavar="PATTERN", help="Only topics matching this pattern.")
     ] = "#",
-    limit: Annotated[int, typer.Option("--last", metavar="N", help="Show this many past events first.")] = 10,
+    limit: Annotated[
+        int, typer.Option("--last", metavar="N", min=0, help="Show this many past events that match first.")
+    ] = 10,
     json_: Annotated[
         bool, typer.Option("--json", help="One JSON event per line instead of a table.")
     ] = False,

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from tidings.bus import Bus
+from tidings.outbox import Outbox
 from tidings.stopping import exit_status
 from tidings.topics import topic_matches
 
@@ -33,7 +34,7 @@ def follow_outbox(bus: Bus, pattern: str, last: int, *, as_json: bool, console: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_signalled)
     outbox = bus.outbox
-    cursor = max(0, outbox.last_seq() - last)
+    cursor = before_the_last(outbox, pattern, last)
     try:
         while True:
             rows = outbox.read_after(cursor, 500)
@@ -47,6 +48,23 @@ def follow_outbox(bus: Bus, pattern: str, last: int, *, as_json: bool, console: 
         raise typer.Exit(exit_status([stopped.signum])) from None
     finally:
         bus.close()
+
+
+def before_the_last(outbox: Outbox, pattern: str, count: int) -> int:
+    """The seq just before the last ``count`` events that match ``pattern`` (0: from the first),
+    so that ``--last 3`` shows three of them however many others came after."""
+    before, found = outbox.last_seq() + 1, 0
+    while count > 0:
+        rows = outbox.topics_before(before, 500)
+        if not rows:
+            return 0
+        for seq, topic in rows:
+            if topic_matches(pattern, topic):
+                found += 1
+                if found == count:
+                    return seq - 1
+        before = rows[-1][0]
+    return before - 1
 
 
 def show(event: object, data: bytes, as_json: bool, console: Console) -> None:
