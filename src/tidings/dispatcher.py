@@ -279,6 +279,12 @@ class ConnectorWorker:
         )  # a ZeroMQ PUB binds here, not at the first send
         if open_sender is not None:
             await open_sender()
+        if getattr(transport, "routed_with", None) is not None:
+            # bindings may have changed while no dispatcher looked (``dispatch --once`` after a
+            # consumer started): what waited for a queue is tried now, at no cost of an attempt
+            self._early.update(
+                await self.dispatcher.io(self.outbox.retry_unroutable_now, self.connector.name)
+            )
         self.connected = True
 
     def _back_up(self) -> None:

@@ -233,6 +233,28 @@ def test_two_callback_services_whose_functions_share_a_name_get_a_queue_each(tmp
             assert stop(process) == 130
 
 
+def test_dispatch_once_sends_what_waited_for_a_queue_once_one_is_bound(tmp_path: Path) -> None:
+    """The running dispatcher sees a binding come; ``--once``, a new process each time, did not:
+    the event waited out its retry schedule although its queue was there."""
+    import asyncio
+
+    from tidings import App, Bus
+    from tidings.config import load_config
+
+    (tmp_path / "tidings.toml").write_text(
+        '[bus]\nhome = "home"\n[connectors.local]\ntransport = "local"\nretry_schedule = [600]\n'
+    )
+    tidings(tmp_path, "publish", "nobody.listens.yet", "--body", "{}")
+    assert "to backlog 1" in tidings(tmp_path, "dispatch", "--once").stdout
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    service = App("late", queue="late")  # a consumer starts: its queue is bound
+    service.add_handler(["nobody.#"], lambda event: None)
+    asyncio.run(service.declare(bus))
+    bus.close()
+    assert "delivered 1, to backlog 0" in tidings(tmp_path, "dispatch", "--once").stdout
+    assert orjson.loads(tidings(tmp_path, "backlog", "list", "--json").stdout)["backlog"] == 0
+
+
 def test_the_backlog_warning_follows_the_configured_log_level(tmp_path: Path) -> None:
     (tmp_path / "tidings.toml").write_text('[bus]\nlog_level = "ERROR"\n')
     tidings(tmp_path, "publish", "nobody.listens", "--body", "{}")
