@@ -82,7 +82,10 @@ class Dispatcher:
     # -- one dispatcher per outbox ------------------------------------------------------
 
     def acquire(self) -> None:
-        """Take the outbox's dispatcher lock; two dispatchers would send everything twice."""
+        """Take the outbox's dispatcher lock; two dispatchers would send everything twice.
+        (Taking it again is nothing: a caller may take it before :meth:`run`, which takes it.)"""
+        if self._lock_fd is not None:
+            return
         path = Path(f"{self.outbox.path}.dispatch.lock")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

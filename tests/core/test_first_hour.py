@@ -316,6 +316,25 @@ def test_the_demo_prints_one_event_per_line_in_a_pipe(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1  # the header is one line too
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_the_demo_stops_cleanly_on_a_signal_with_its_ledger_and_a_second_one_takes_nothing(
+    tmp_path: Path, sig: int, code: int
+) -> None:
+    """The main job of the README: SIGTERM killed it (143) and Ctrl-C left no ledger; a second
+    demo in the same folder bound its consumer first and took the first one's events."""
+    demo = start(tmp_path, "demo", "--duration", "60", "--home", "demo")
+    try:
+        until(lambda: "datawarehouse." in said(tmp_path, "demo", "out"), 20, "the first event")
+        second = tidings(tmp_path, "demo", "--duration", "5", "--home", "demo")
+        assert second.returncode == 7 and "another dispatcher" in second.stderr, second.stderr
+        time.sleep(1.0)  # the first goes on: its events still arrive
+    finally:
+        assert stop(demo, sig) == code, said(tmp_path, "demo")
+    last = said(tmp_path, "demo", "out").splitlines()[-1]
+    assert last.startswith("ledger: published") and "lost 0" in last, last
+    assert "Traceback" not in said(tmp_path, "demo")
+
+
 # -- configuration ---------------------------------------------------------------------------
 
 

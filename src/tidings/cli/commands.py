@@ -433,7 +433,7 @@ def demo(
     ),
 ) -> None:
     """Watch the embedded bus work: CKI DataWarehouse-like events published, dispatched and consumed."""
-    from tidings.formats.cki.demo import run_demo
+    from tidings.formats.cki.demo import Ledger, run_demo
 
     setup_logging("WARNING")
     err.print(
@@ -441,7 +441,14 @@ def demo(
         f"at {rate:g} events/s for {duration:g}s, a consumer service printing what it acks",
         markup=True,
     )
-    ledger = asyncio.run(run_demo(home, duration, rate, out))
+    ledgers: list[Ledger] = []
+
+    async def run(stop: asyncio.Event) -> None:  # a signal stops the producer; what it sent arrives
+        ledgers.append(await run_demo(home, duration, rate, out, stop))
+
+    received = asyncio.run(run_until_signalled(run))
+    leave_now_if_forced(received)
+    ledger = ledgers[0]
     latencies = sorted(ledger.latencies or [0.0])
     p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
     lost = ledger.published - ledger.received
@@ -453,3 +460,5 @@ def demo(
     )
     if lost > 0:
         raise typer.Exit(1)
+    if exit_status(received):
+        raise typer.Exit(exit_status(received))

@@ -79,17 +79,17 @@ class Ledger:
     latencies: list[float] | None = None
 
 
-async def produce(bus: Bus, ledger: Ledger, rate: float, duration: float) -> None:
+async def produce(bus: Bus, ledger: Ledger, rate: float, duration: float, stop: asyncio.Event) -> None:
     rng = random.Random(2026)
     deadline = time.monotonic() + duration
     number = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         number += 1
         for object_type, status, obj in checkout_story(number, rng):
             await bus.apublish(cki_event(object_type, status, obj, source=bus.config.bus.source))
             ledger.published += 1
             await asyncio.sleep(1 / rate)
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or stop.is_set():
                 return
 
 
@@ -117,23 +117,31 @@ def dashboard(console: Console, ledger: Ledger) -> App:
     return app
 
 
-async def run_demo(home: Path, duration: float, rate: float, console: Console) -> Ledger:
+async def run_demo(home: Path, duration: float, rate: float, console: Console, stop: asyncio.Event) -> Ledger:
+    """Publish for ``duration`` seconds (or until ``stop``), then let what was published arrive."""
     bus = Bus(_config(home))
     ledger = Ledger(latencies=[])
-    stop = asyncio.Event()
-    consumer = dashboard(console, ledger)
-    await consumer.declare(bus)  # the queue exists before the first event is published
-    consuming = asyncio.create_task(consumer.run(bus, stop))
-    dispatching = asyncio.create_task(bus.dispatcher().run(stop))
+    dispatcher = bus.dispatcher()
     try:
-        await produce(bus, ledger, rate, duration)
-        deadline = time.monotonic() + 10
-        while ledger.received < ledger.published and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        # the lock first: a second demo in this folder stops here, before its consumer could take
+        # the first one's events from their shared queue
+        dispatcher.acquire()
+        consumer = dashboard(console, ledger)
+        await consumer.declare(bus)  # the queue exists before the first event is published
+        done = asyncio.Event()
+        consuming = asyncio.create_task(consumer.run(bus, done))
+        dispatching = asyncio.create_task(dispatcher.run(done))
+        try:
+            await produce(bus, ledger, rate, duration, stop)
+            deadline = time.monotonic() + 10
+            while ledger.received < ledger.published and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            done.set()
+            await asyncio.gather(consuming, dispatching)
     finally:
-        stop.set()
-        await asyncio.gather(consuming, dispatching)
-    bus.close()
+        dispatcher.release()
+        bus.close()
     return ledger
 
 
