@@ -60,6 +60,10 @@ def said(cwd: Path, name: str, stream: str = "err") -> str:
         (["backlog", "drop", "local"], "see tidings backlog drop --help"),
         (["dispatch", "--once", "--bogus"], "no such option: --bogus"),
         (["consume"], "give either MODULE:APP or --callback MODULE:FUNC; see tidings consume --help"),
+        (
+            ["-c", "a.toml", "publish", "a.b", "-c", "b.toml", "--body", "{}"],
+            "--config is given both before and after the command: give it once",
+        ),
     ],
 )
 def test_a_usage_error_is_one_line_saying_where_to_read_more(
@@ -78,6 +82,31 @@ def test_tidings_alone_prints_its_help(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("Usage: tidings [OPTIONS] COMMAND")
     assert "publish" in done.stdout and "dead" in done.stdout
+
+
+def test_the_version_is_one_line(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    for flag in ("--version", "-V"):
+        done = tidings(tmp_path, flag)
+        assert (done.returncode, done.stdout) == (0, f"tidings {version('tidings')}\n"), done.stderr
+
+
+def test_every_command_s_help_shows_how_it_is_typed() -> None:
+    """--help that teaches: each command's help has an example of its own command line."""
+    import typer
+
+    from tidings.cli import app, register_commands
+
+    register_commands()
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import cli_docs
+    finally:
+        sys.path.pop(0)
+    for path, command in cli_docs.commands(typer.main.get_command(app)):
+        text = command.help or ""
+        assert "Example" in text and " ".join(path) in text, " ".join(path)
 
 
 def test_help_names_values_and_keeps_sentences_whole(tmp_path: Path) -> None:

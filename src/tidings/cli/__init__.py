@@ -73,6 +73,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"tidings {version('tidings')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     config: Annotated[
@@ -85,6 +93,16 @@ def _global(
             show_default=False,
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print tidings' version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
 ) -> None:
     """(``--config`` before the command is moved after it by :func:`main`: every command has its own.)"""
 
@@ -108,6 +126,9 @@ def config_after_command(args: list[str]) -> list[str]:
     if not moved or not rest:
         return args
     end = rest.index("--") if "--" in rest else len(rest)  # after "--" everything is an argument
+    if any(a in ("--config", "-c") or a.startswith("--config=") for a in rest[:end]):
+        # one of the two would win without a word (the later one, as the command reads them)
+        raise typer.BadParameter("--config is given both before and after the command: give it once")
     return [*rest[:end], *moved, *rest[end:]]
 
 

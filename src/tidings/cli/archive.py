@@ -23,6 +23,11 @@ def archive(
 ) -> None:
     """Store every event in the archive until stopped (SIGTERM: exit 0; Ctrl-C: 130).
 
+    \b
+    Examples:
+      tidings archive
+      tidings archive --once
+
     The events come from the local outbox ([archive] from = "outbox", the default) or from broker
     queues ([archive] from = [{transport = ..., bindings = [...]}]); see docs/archive.md.
     """

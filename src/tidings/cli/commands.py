@@ -209,7 +209,13 @@ def dispatch(
     log_level: LogOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Deliver outbox events to the connectors until stopped (SIGTERM/Ctrl-C finish the batch in flight)."""
+    """Deliver outbox events to the connectors until stopped (SIGTERM/Ctrl-C finish the batch in flight).
+
+    \b
+    Examples:
+      tidings dispatch
+      tidings dispatch --once    # what is due now, then exit (cron, a test)
+    """
     bus = load_bus(config, log_level, verbose=verbose)
     check_plugins(bus)
     if not bus.config.connectors:
@@ -382,7 +388,13 @@ def tail(
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Follow events as they are published into the outbox, newest last (Ctrl-C to stop)."""
+    """Follow events as they are published into the outbox, newest last (Ctrl-C to stop).
+
+    \b
+    Examples:
+      tidings tail                               # everything, the last 10 first
+      tidings tail 'datawarehouse.#' --last 50 --json
+    """
     from tidings.cli.live import follow_outbox
 
     validate_pattern(pattern)
@@ -397,7 +409,13 @@ def serve(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app) together,
-    and the web page when [web] is configured."""
+    and the web page when [web] is configured.
+
+    \b
+    Examples:
+      tidings serve
+      tidings serve --config /etc/tidings/tidings.toml
+    """
     bus = load_bus(config, log_level, verbose=verbose)
     check_plugins(bus)
     apps = bus.served_consumers()
@@ -432,7 +450,13 @@ def demo(
         ".tidings-demo"
     ),
 ) -> None:
-    """Watch the embedded bus work: CKI DataWarehouse-like events published, dispatched and consumed."""
+    """Watch the embedded bus work: CKI DataWarehouse-like events published, dispatched and consumed.
+
+    \b
+    Examples:
+      tidings demo
+      tidings demo --duration 60 --rate 200
+    """
     from tidings.formats.cki.demo import Ledger, run_demo
 
     setup_logging("WARNING")

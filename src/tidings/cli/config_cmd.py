@@ -25,7 +25,13 @@ _SECRET_KEY = re.compile(r"pass(word|code|wd)?$|secret|token|api_?key|key_passwo
 
 @config_app.command("show")
 def config_show(config: ConfigOpt = None, json_: JsonOpt = False) -> None:
-    """Print the effective configuration (defaults filled in), where it came from, secrets masked."""
+    """Print the effective configuration (defaults filled in), where it came from, secrets masked.
+
+    \b
+    Examples:
+      tidings config show
+      tidings config show --json
+    """
     bus = load_bus(config)
     shown = masked(effective(bus.config))
     if json_:
@@ -39,7 +45,13 @@ def config_show(config: ConfigOpt = None, json_: JsonOpt = False) -> None:
 @config_app.command("check")
 def config_check(config: ConfigOpt = None) -> None:
     """Check the configuration without connecting anywhere: keys, values, patterns, and that
-    every transport's and format's plug-in is installed (exit 3 if not)."""
+    every transport's and format's plug-in is installed (exit 3 if not).
+
+    \b
+    Examples:
+      tidings config check
+      tidings config check -c prod.toml
+    """
     bus = load_bus(config)
     check_plugins(bus)
     bus.schemas.check_all()

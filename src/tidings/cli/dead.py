@@ -131,6 +131,11 @@ def dead_list(
 ) -> None:
     """The dead letters of QUEUE, oldest first: id, topic, when it died, attempts, reason, last error.
 
+    \b
+    Examples:
+      tidings dead list triage
+      tidings dead list triage --transport rabbit --json
+
     Nothing is taken from the dead letters. On RabbitMQ they are read and handed back, which may
     change their order (see docs/cli.md).
     """
@@ -156,7 +161,12 @@ def dead_show(
     json_: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """One dead letter in full: its envelope, headers, why it died, and its body."""
+    """One dead letter in full: its envelope, headers, why it died, and its body.
+
+    \b
+    Example:
+      tidings dead show triage 3
+    """
     bus = load_bus(config)
     target = find_target(bus, queue, transport)
     letter = run(bus, target, lambda dead: dead.get(target.queue, id_))
@@ -188,6 +198,11 @@ def dead_requeue(
 ) -> None:
     """Put dead letters back on QUEUE as first attempts (its handler gets them again), then remove them.
 
+    \b
+    Examples:
+      tidings dead requeue triage --id 3 --id 7
+      tidings dead requeue triage --all
+
     A copy is on the queue, confirmed by the broker, before its dead letter is removed.
     """
     chosen = _which(ids, all_)
@@ -205,7 +220,12 @@ def dead_drop(
     transport: TransportOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Delete dead letters of QUEUE for good (an explicit decision: nothing keeps a copy)."""
+    """Delete dead letters of QUEUE for good (an explicit decision: nothing keeps a copy).
+
+    \b
+    Example:
+      tidings dead drop triage --id 3
+    """
     chosen = _which(ids, all_)
     bus = load_bus(config)
     target = find_target(bus, queue, transport)

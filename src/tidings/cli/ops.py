@@ -60,7 +60,13 @@ def backlog_list(
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Per connector: events not yet sent, the backlog waiting for a retry, and dead letters."""
+    """Per connector: events not yet sent, the backlog waiting for a retry, and dead letters.
+
+    \b
+    Examples:
+      tidings backlog list
+      tidings backlog list stomp          # its entries, one per line
+    """
     bus = load_bus(config)
     if connector is None:
         statuses = bus.outbox.status(bus.config.connectors)
@@ -101,7 +107,13 @@ def backlog_retry(
     ] = [],  # noqa: B006
     config: ConfigOpt = None,
 ) -> None:
-    """Send dead letters again (they rejoin the backlog, due now) and make the backlog due now."""
+    """Send dead letters again (they rejoin the backlog, due now) and make the backlog due now.
+
+    \b
+    Examples:
+      tidings backlog retry stomp
+      tidings backlog retry stomp --seq 41 --seq 42
+    """
     bus = load_bus(config)
     name = _connector(bus, connector)
     revived = bus.outbox.retry_dead(name, seq or None)
@@ -121,7 +133,13 @@ def backlog_drop(
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Forget entries for good: the connector will never get those events."""
+    """Forget entries for good: the connector will never get those events.
+
+    \b
+    Examples:
+      tidings backlog drop stomp --seq 41
+      tidings backlog drop stomp --backlog --all
+    """
     if bool(seq) == all_:
         raise typer.BadParameter("say which entries: --seq N (repeatable) or --all, one of the two")
     bus = load_bus(config)
@@ -132,7 +150,13 @@ def backlog_drop(
 
 @schemas_app.command("list")
 def schemas_list(config: ConfigOpt = None, json_: JsonOpt = False) -> None:
-    """Every registered event type and where its schema comes from."""
+    """Every registered event type and where its schema comes from.
+
+    \b
+    Examples:
+      tidings schemas list
+      tidings schemas list --json
+    """
     bus = load_bus(config)
     rows = [
         [type_, bus.schemas.schema(type_).get("title", ""), bus.schemas.origin(type_)]
@@ -143,7 +167,12 @@ def schemas_list(config: ConfigOpt = None, json_: JsonOpt = False) -> None:
 
 @schemas_app.command("show")
 def schemas_show(type_: Annotated[str, typer.Argument(metavar="TYPE")], config: ConfigOpt = None) -> None:
-    """Print the JSON Schema of an event type."""
+    """Print the JSON Schema of an event type.
+
+    \b
+    Example:
+      tidings schemas show cki.datawarehouse.v1
+    """
     bus = load_bus(config)
     out.print_json(orjson.dumps(bus.schemas.schema(type_)).decode())
 
@@ -156,7 +185,12 @@ def schemas_validate(
     ],
     config: ConfigOpt = None,
 ) -> None:
-    """Check event bodies against a type's schema; exit 4 on the first invalid one."""
+    """Check event bodies against a type's schema; exit 4 on the first invalid one.
+
+    \b
+    Example:
+      tidings schemas validate cki.datawarehouse.v1 bodies.jsonl
+    """
 
     bus = load_bus(config)
     raw = read_capped(str(file), "file")
@@ -178,6 +212,11 @@ def schemas_validate(
 @app.command()
 def doctor(config: ConfigOpt = None) -> None:
     """Check the config, the outbox and every transport; exit 6 if anything is wrong.
+
+    \b
+    Examples:
+      tidings doctor
+      tidings doctor --config staging.toml
 
     For each transport: connect, declare the connectors' exchanges (or check them, with
     passive_exchange), then check that every configured consumer's queue and bindings exist

@@ -51,6 +51,11 @@ def relay(
 ) -> None:
     """Relay events from another bus into this one's outbox, filtered, until stopped.
 
+    \b
+    Examples:
+      tidings relay fedmsg
+      tidings relay fedmsg --verify-missing 600
+
     What passes the relay's filter is published through the outbox (so every connector whose topics
     take it gets it, with its backlog and dead letters); an acknowledging input is acked only after
     the outbox committed the event. See docs/relay.md.
@@ -103,7 +108,13 @@ def reactor(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the [reactor.rules.NAME] rules until stopped: a command (argv, no shell) or a callable per
-    matching event, retried on failure and dead-lettered per rule. See docs/relay.md."""
+    matching event, retried on failure and dead-lettered per rule. See docs/relay.md.
+
+    \b
+    Examples:
+      tidings reactor
+      tidings reactor --dry-run events.jsonl   # what would run for these events
+    """
     from tidings.reactor import firing, reactor_apps
 
     bus = load_bus(config, log_level, verbose=verbose)
@@ -145,6 +156,11 @@ def import_reactobus(
     ] = None,
 ) -> None:
     """Print (or write) the tidings.toml equivalent of a ReactOBus configuration.
+
+    \b
+    Examples:
+      tidings import-reactobus reactobus.yaml
+      tidings import-reactobus reactobus.yaml -o tidings.toml
 
     Its ZMQSub inputs become ZeroMQ transports and relays (format lava), its ZMQPub outputs
     ZeroMQ transports and connectors, its reactor rules [reactor.rules.NAME]; what has no
@@ -199,7 +215,13 @@ def migration_status(
     json_: JsonOpt = False,
 ) -> None:
     """Per relay and application: messages seen on the old bus and natively on the new one, first
-    and last seen, and a status: old only (to move), both (moving), new only (moved)."""
+    and last seen, and a status: old only (to move), both (moving), new only (moved).
+
+    \b
+    Examples:
+      tidings migration status
+      tidings migration status fedmsg --json
+    """
     from datetime import UTC, datetime
 
     from tidings.cli.output import print_rows

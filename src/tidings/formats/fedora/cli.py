@@ -40,6 +40,11 @@ def bridge(
     on zmq_publish. Nothing is lost once the bridge has it; a message carried one way never goes back.
 
     \b
+    Examples:
+      tidings bridge fedmsg
+      tidings bridge fedmsg --verify-missing 600    # compare both sides for 10 minutes
+
+    \b
     Example config:
         [bridges.fedmsg]
         zmq_endpoints = ["tcp://fedmsg.example.org:9940"]
