@@ -541,6 +541,14 @@ class Outbox:
         )
         return len(rows)
 
+    def missing(self, connector: str, table: str, seqs: Sequence[int]) -> list[int]:
+        """Which of ``seqs`` the connector's backlog or dead letters (``table``) do not hold."""
+        if table not in ("backlog", "dead"):
+            raise ValueError(table)
+        where, params = _selection(connector, seqs)
+        found = {seq for (seq,) in self._read(f"SELECT seq FROM {table} WHERE {where}", params)}
+        return sorted(set(seqs) - found)
+
     def drop(self, connector: str, table: str, seqs: Sequence[int] | None = None) -> int:
         """Forget backlog or dead-letter entries (an operator's explicit decision)."""
         if table not in ("backlog", "dead"):

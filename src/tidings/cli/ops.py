@@ -16,7 +16,7 @@ from tidings.bus import Bus
 from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, JsonOpt, check_plugins, load_bus, out, read_capped
 from tidings.cli.output import print_rows
-from tidings.errors import ConfigError, InvalidEvent, StorageError, TidingsError
+from tidings.errors import ConfigError, InvalidEvent, NotFound, StorageError, TidingsError
 from tidings.event import loads
 from tidings.outbox import MAX_SEQ
 from tidings.transport import ExchangeSpec, Findings, Topology
@@ -116,6 +116,7 @@ def backlog_retry(
     """
     bus = load_bus(config)
     name = _connector(bus, connector)
+    _all_there(bus, name, "dead", seq)
     revived = bus.outbox.retry_dead(name, seq or None)
     hurried = bus.outbox.retry_backlog_now(name) if not seq else 0
     out.print(f"{name}: {revived} dead letter(s) back in the backlog; {hurried} backlog entr(y/ies) due now")
@@ -144,8 +145,20 @@ def backlog_drop(
         raise typer.BadParameter("say which entries: --seq N (repeatable) or --all, one of the two")
     bus = load_bus(config)
     name = _connector(bus, connector)
+    _all_there(bus, name, "backlog" if backlog else "dead", seq)
     count = bus.outbox.drop(name, "backlog" if backlog else "dead", seq or None)
     out.print(f"{name}: dropped {count} {'backlog' if backlog else 'dead-letter'} entr(y/ies)")
+
+
+def _all_there(bus: Bus, connector: str, table: str, seqs: list[int]) -> None:
+    """Nothing is done when a --seq names no entry (a typo, or another connector's entry)."""
+    missing = bus.outbox.missing(connector, table, seqs) if seqs else []
+    if missing:
+        what = "backlog entry" if table == "backlog" else "dead letter"
+        raise NotFound(
+            f"connector {connector} has no {what} with seq {', '.join(map(str, missing))}; nothing was "
+            f"done (see tidings backlog list {connector})"
+        )
 
 
 @schemas_app.command("list")
