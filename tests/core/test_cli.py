@@ -55,6 +55,7 @@ def deep(levels: int) -> str:
         (["consume", "no_such_module:app"], 3, "cannot import 'no_such_module'"),
         (["consume", "a:b:c"], 3, "'a:b:c' is not MODULE:ATTRIBUTE"),
         (["backlog", "retry", "nobody"], 3, "no connector named 'nobody'"),
+        (["consume", "--callback", "json:dumps", "--bind", "a", "--transport", "no"], 3, "no transport"),
         (["backlog", "retry", "local", "--seq", "999"], 4, "connector local has no dead letter with seq 999"),
         (["backlog", "drop", "local", "--seq", "1", "--backlog"], 4, "has no backlog entry with seq 1"),
         (["schemas", "show", "no.such.v1"], 4, "unknown event type"),

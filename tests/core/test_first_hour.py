@@ -284,6 +284,23 @@ def test_dispatch_once_sends_what_waited_for_a_queue_once_one_is_bound(tmp_path:
     assert orjson.loads(tidings(tmp_path, "backlog", "list", "--json").stdout)["backlog"] == 0
 
 
+def test_a_configured_consumer_runs_by_its_name(tmp_path: Path) -> None:
+    """``tidings consume triage`` for ``[consumers.triage]``: as ``tidings serve`` would run it."""
+    (tmp_path / "service.py").write_text(HANDLER)
+    (tmp_path / "tidings.toml").write_text(
+        '[consumers.triage]\napp = "service:handle"\nbindings = ["datawarehouse.#"]\n'
+    )
+    consumer = start(tmp_path, "consume", "triage")
+    try:
+        until(lambda: "consuming queue 'triage' (datawarehouse.#)" in said(tmp_path, "consume"), 20, "start")
+        event_id = tidings(tmp_path, "publish", "datawarehouse.x", "--body", "{}").stdout.strip()
+        assert tidings(tmp_path, "dispatch", "--once").returncode == 0
+        handled = tmp_path / "handled.txt"
+        until(lambda: handled.exists() and handled.read_text().split() == [event_id], 30, "the event")
+    finally:
+        assert stop(consumer) == 130
+
+
 def test_the_backlog_warning_follows_the_configured_log_level(tmp_path: Path) -> None:
     (tmp_path / "tidings.toml").write_text('[bus]\nlog_level = "ERROR"\n')
     tidings(tmp_path, "publish", "nobody.listens", "--body", "{}")

@@ -289,7 +289,12 @@ def import_handler(target: str) -> Any:
 
 @app.command()
 def consume(
-    target: Annotated[str | None, typer.Argument(metavar="MODULE:APP", help="An App object to run.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="MODULE:APP", help="An App object to run, or NAME: a [consumers.NAME] with an app."
+        ),
+    ] = None,
     callback: Annotated[
         str | None,
         typer.Option("--callback", metavar="MODULE:FUNC", help="MODULE:FUNC, a function taking an Event."),
@@ -331,6 +336,7 @@ def consume(
     \b
     Examples:
       tidings consume myservice:app
+      tidings consume triage          # [consumers.triage] with app = "myservice:handle"
       tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue triage
 
     An App named NAME takes the settings of [consumers.NAME] when the config has one (the options
@@ -351,6 +357,10 @@ def consume(
         # ("handle") would share one queue, and each ack the other's events without a call
         name = queue or callback.replace(":", ".")
         consumer_app = callback_app(name, import_handler(callback), bind, queue=queue or name)
+    elif target in bus.config.consumers and ":" not in target:  # type: ignore[operator]
+        consumer_app = bus.consumer(target)  # type: ignore[arg-type] - [consumers.NAME], as serve runs it
+        if queue:
+            consumer_app.settings.queue = queue
     else:
         consumer_app = import_target(target)  # type: ignore[arg-type]
         if not isinstance(consumer_app, App):
@@ -368,6 +378,7 @@ def consume(
         consumer_app.settings.prefetch = prefetch
     if concurrency:
         consumer_app.settings.concurrency = concurrency
+    bus.config.transport_options(consumer_app.settings.transport)  # unknown: said before "consuming"
     err.print(
         f"consuming queue {consumer_app.settings.queue!r} ({', '.join(consumer_app.bindings())}) "
         "— Ctrl-C to stop"
