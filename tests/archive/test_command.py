@@ -112,6 +112,20 @@ def test_a_broken_config_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 3 and "needs url" in done.stderr and len(done.stderr.splitlines()) == 1
 
 
+def test_the_doctor_checks_the_archive(tmp_path: Path) -> None:
+    """It said everything was ok while [archive]'s PostgreSQL did not answer (then archive exited 6)."""
+    (tmp_path / "tidings.toml").write_text(
+        '[archive]\nstore = "postgresql"\nurl = "postgresql://t:Pw7x@127.0.0.1:1/x"\n'
+    )
+    away = tidings(tmp_path, "doctor")
+    assert away.returncode == 6 and "archive: FAILED cannot connect to the archive" in away.stderr, (
+        away.stderr
+    )
+    assert "Pw7x" not in away.stdout + away.stderr
+    (tmp_path / "tidings.toml").write_text("[archive]\n")
+    assert "archive: sqlite — last seq 0" in tidings(tmp_path, "doctor").stdout
+
+
 def test_postgresql_store_and_its_url_masked(tmp_path: Path, pg_schema: str) -> None:
     import psycopg
 

@@ -242,7 +242,7 @@ def doctor(config: ConfigOpt = None) -> None:
     check_plugins(bus)  # a missing extra is a config error (exit 3) before anything says "ok"
     bus.schemas.check_all()
     out.print(f"config: ok ({summary(bus)}; {bus.config.origin})", highlight=False)
-    failures = _check_outbox(bus) + asyncio.run(_check_transports(bus))
+    failures = _check_outbox(bus) + _check_archive(bus) + asyncio.run(_check_transports(bus))
     if failures:
         err.print(f"doctor: {failures} problem(s)", highlight=False)
         raise typer.Exit(6)
@@ -256,6 +256,27 @@ def _check_outbox(bus: Bus) -> int:
         err.print(f"outbox: {FAILED} {escape(str(exc))}", markup=True, highlight=False)
         return 1
     out.print(f"outbox: {bus.config.outbox_path()} — last seq {last}")
+    return 0
+
+
+def _check_archive(bus: Bus) -> int:
+    """The archive's line, when ``[archive]`` is configured: its store opened and searched once."""
+    if bus.config.archive is None:
+        return 0
+    from tidings.archive import Query
+    from tidings.archive.stores import open_archive
+
+    try:
+        archive = open_archive(bus.config)
+        try:
+            archive.search(Query(), limit=1)
+            last = archive.last_seq()
+        finally:
+            archive.close()
+    except StorageError as exc:
+        err.print(f"archive: {FAILED} {escape(str(exc))}", markup=True, highlight=False)
+        return 1
+    out.print(f"archive: {bus.config.archive.store} — last seq {last}", highlight=False)
     return 0
 
 
