@@ -323,8 +323,8 @@ def loads(raw: bytes | str) -> Any:
     except msgspec.ValidationError as exc:  # what is well-formed but out of range
         limit = " (integers may have up to 4,300 digits)" if "Integer" in str(exc) else ""
         raise InvalidEvent(f"malformed JSON: {exc}{limit}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent(f"malformed JSON: {exc}") from None
+    except msgspec.DecodeError as exc:  # its "JSON is malformed: ..." said once, not twice
+        raise InvalidEvent(f"malformed JSON: {str(exc).removeprefix('JSON is malformed: ')}") from None
     except RecursionError:
         raise InvalidEvent("malformed JSON: nested too deeply to read") from None
 
@@ -339,9 +339,19 @@ def pretty(value: Any) -> bytes:
 MAX_HEADER_NAME = 128
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (``null``, ``an array``), for messages."""
+    for kind, name in ((type(None), "null"), (bool, "a boolean"), (str, "a string"), (list, "an array")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, int | float):
+        return "a number"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
 def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
     if not isinstance(body, dict):
-        raise InvalidEvent(f"event body must be a JSON object, not {type(body).__name__}")
+        raise InvalidEvent(f"event body must be a JSON object, not {json_kind(body)}")
     if not isinstance(headers, dict):
         raise InvalidEvent("event headers must be an object")
     for key, value in headers.items():

@@ -31,7 +31,8 @@ def deep(levels: int) -> str:
     ("args", "code", "message"),
     [
         (["publish", "a.b", "--body", "{not json"], 4, "malformed JSON"),
-        (["publish", "a.b", "--body", "[1, 2]"], 4, "must be a JSON object"),
+        (["publish", "a.b", "--body", "[1, 2]"], 4, "must be a JSON object, not an array"),
+        (["publish", "a.b", "--body", "null"], 4, "must be a JSON object, not null"),
         (
             ["publish", "a.b", "--body", '{"message": 3}', "--type", "tidings.demo.v1"],
             4,

@@ -18,7 +18,7 @@ from tidings.cli import OutputError, app, err, setup_logging
 from tidings.config import MAX_COUNT
 from tidings.consumer import App, callback_app
 from tidings.errors import ConfigError, InvalidEvent
-from tidings.event import Event, loads
+from tidings.event import Event, json_kind, loads
 from tidings.plugins import import_object
 from tidings.stopping import exit_status, leave_now_if_forced, run_until_signalled
 from tidings.topics import validate_pattern
@@ -139,7 +139,7 @@ def read_body(body: str) -> dict[str, Any]:
         raw = body.encode()
     value = loads(raw)
     if not isinstance(value, dict):
-        raise InvalidEvent(f"the body must be a JSON object, not {type(value).__name__}")
+        raise InvalidEvent(f"the body must be a JSON object, not {json_kind(value)}")
     return value
 
 
