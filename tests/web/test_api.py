@@ -385,6 +385,20 @@ def test_parameters_out_of_range_are_400_never_500(client: TestClient, path: str
     assert "error" in response.json()
 
 
+@pytest.mark.parametrize("value", ["\uff15", "\u0661", "1" * 5000, "5.0", " 5"])
+@pytest.mark.parametrize(
+    ("path", "name"), [("/raw", "rows_per_page"), ("/v2/search", "limit"), ("/stream", "backlog")]
+)
+def test_a_count_is_ascii_digits_and_a_long_one_is_not_echoed_whole(
+    client: TestClient, path: str, name: str, value: str
+) -> None:
+    """int() takes a fullwidth or an Arabic-Indic digit (and Last-Event-ID did not): every
+    number of the API is ASCII digits; one of 5,000 digits is named, not written back whole."""
+    response = client.get(path, params={name: value})
+    assert response.status_code == 400 and f"{name} must be a whole number" in response.json()["error"]
+    assert len(response.json()["error"]) < 200  # (/raw echoes its arguments, as datagrepper does)
+
+
 def test_a_cursor_whose_time_no_datetime_holds_is_400(client: TestClient, archive: Archive) -> None:
     """A tampered cursor: a time past year 9999 (or before year 1) was a 500 with a traceback on
     PostgreSQL, an empty page on SQLite; the last moment a datetime holds is still a cursor."""

@@ -182,10 +182,12 @@ def order_of(params: QueryParams, default: Order = "desc") -> Order:
 
 def integer(params: QueryParams, name: str, default: int, low: int, high: int | None = None) -> int:
     raw = params.get(name) or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number, not {raw!r}") from None
+    # ASCII digits only (int() takes fullwidth and Arabic-Indic ones), no more than a limit needs
+    digits = raw.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}… ({len(raw)} characters)"
+        raise BadRequest(f"{name} must be a whole number of at most 18 digits, not {shown!r}")
+    value = int(raw)
     if value < low or (high is not None and value > high):
         limit = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise BadRequest(f"{name} must be {limit}")
