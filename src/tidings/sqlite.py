@@ -50,8 +50,17 @@ def connect(path: str | Path, *, schema: str = "", sync_commits: bool = True) ->
             db.executescript(schema)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a read opens (creates) the log
     except (sqlite3.Error, OSError) as exc:
-        raise OutboxError(f"cannot open database {str(path)!r}: {exc}") from None
+        raise OutboxError(f"cannot open database {str(path)!r}: {exc}{_why_not(path)}") from None
     return db
+
+
+def _why_not(path: Path) -> str:
+    """What SQLite's "unable to open database file" leaves out, when it is a folder's fault."""
+    folder = path.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        # even a reader needs the write-ahead log's files (-wal, -shm) beside the database
+        return f" (the folder {str(folder)!r} is not writable: SQLite keeps its log files beside it)"
+    return ""
 
 
 def rollback(db: sqlite3.Connection) -> None:

@@ -105,3 +105,26 @@ def test_a_failed_fsync_is_an_error_and_publishing_again_stores_once(tmp_path: P
     outbox.append(batch)  # the producer retries with the same ids
     assert [row.event().id for row in outbox.read_after(0, 10)] == [e.id for e in batch]
     assert {e.id for e in batch} <= watched.covered
+
+
+def test_an_outbox_in_a_folder_it_cannot_write_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite says only "unable to open database file"; a read-only home (a mount, another user's
+    folder) is the usual cause, and even a reader needs the log files beside the database.
+    Whether the folder is writable is os.access's answer: as root only a read-only mount says no,
+    which a test cannot make without privileges, so that answer is given here."""
+    import os
+
+    home = tmp_path / "home"
+    (home / "outbox.db").mkdir(parents=True)  # SQLite cannot open it: "unable to open database file"
+    with pytest.raises(OutboxError) as writable:
+        Outbox(home / "outbox.db")
+    assert "unable to open database file" in str(writable.value) and "not writable" not in str(writable.value)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == home else real(path, mode))
+    with pytest.raises(OutboxError) as read_only:
+        Outbox(home / "outbox.db")
+    assert f"(the folder {str(home)!r} is not writable: SQLite keeps its log files beside it)" in str(
+        read_only.value
+    )
