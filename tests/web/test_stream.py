@@ -129,6 +129,18 @@ def test_private_events_never_reach_a_public_stream(server: str, archive: Archiv
     assert [d["body"]["n"] for _, d in everything] == list(range(10))
 
 
+def test_a_resume_point_past_the_newest_event_goes_on_from_now(
+    server: str, archive: Archive, app: Any
+) -> None:
+    """The archive was made anew while a page was open: its Last-Event-ID is another archive's
+    seq, and nothing would have come until this one's seqs caught up with it."""
+    archive.ingest([event("demo.reset", {"n": n}) for n in range(3)])
+    thread = publish_later(archive, app, [event("demo.reset", {"n": 3})])
+    got = take(server, 1, headers={"Last-Event-ID": "41234"})
+    thread.join()
+    assert [data["body"]["n"] for _, data in got] == [3]
+
+
 def test_a_bad_resume_point_is_refused(server: str) -> None:
     assert httpx.get(f"{server}/stream", headers={"Last-Event-ID": "x"}).status_code == 400
 

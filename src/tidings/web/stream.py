@@ -95,6 +95,10 @@ async def sse(
         after, first = await backlog(archive, query, count)
         if first:
             yield b"".join(first)
+    else:
+        # a position past the newest event is another archive's (this one made anew since the
+        # page last saw it): from now on, rather than nothing until its seqs catch up
+        after = min(after, await run_in_threadpool(archive.last_seq))
     quiet_since = time.monotonic()
     limit = FIRST_BATCH
     while not live.closed:
