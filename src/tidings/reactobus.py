@@ -52,7 +52,16 @@ def load_yaml(text: str) -> dict[str, Any]:
     return loaded
 
 
+#: the top-level keys of a ReactOBus configuration (ReactOBus's README)
+REACTOBUS_KEYS = ("inputs", "outputs", "reactor", "db", "core")
+
+
 def convert(reactobus: dict[str, Any]) -> Converted:
+    unknown = sorted(str(key) for key in reactobus if key not in REACTOBUS_KEYS)
+    if unknown:  # a typo, or another program's file: an empty conversion would say nothing of it
+        raise ConfigError(
+            f"{', '.join(unknown)}: not a key of a ReactOBus configuration ({', '.join(REACTOBUS_KEYS)})"
+        )
     converted = Converted({"transports": {}, "connectors": {}, "relays": {}})
     for n, item in enumerate(_list(reactobus, "inputs")):
         _input(converted, item, f"inputs[{n}]")

@@ -129,6 +129,7 @@ def test_a_file_that_is_not_reactobus_is_one_line(tmp_path: Path) -> None:
         (b"inputs:\n  - {class: ZMQSub, name: a, options: 5}\n", "options: a mapping"),
         (b"\xff\xfeinputs: []\n", "is not UTF-8 text"),
         (b"inputs: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+        (b"rules:\n  - name: x\n", "rules: not a key of a ReactOBus configuration (inputs, outputs,"),
     ],
 )
 def test_hostile_or_odd_files_get_one_line_and_exit_3(tmp_path: Path, content: bytes, said: str) -> None:
