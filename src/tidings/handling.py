@@ -85,6 +85,8 @@ class Subscription:
 @dataclass(slots=True)
 class Counters:
     handled: int = 0
+    #: acked with no handler for its topic (another member's binding, an earlier version's)
+    unhandled: int = 0
     retried: int = 0
     rejected: int = 0
     dropped: int = 0

@@ -406,7 +406,9 @@ class Runner:
             if self.inbox is not None:
                 self.inbox.mark(self.app.name, event.id)
             await delivery.ack()
-            if outcome is None:
+            if outcome is None and not self.app.handlers_for(event.topic):
+                counters.unhandled += 1  # not "handled": no handler saw it (see _tell_unhandled)
+            elif outcome is None:
                 counters.handled += 1
             else:
                 counters.dropped += 1
