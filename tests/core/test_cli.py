@@ -45,6 +45,7 @@ def deep(levels: int) -> str:
         (["publish", "a.*", "--body", "{}"], 4, "invalid topic"),
         (["publish", "a.b", "--body", "@missing.json"], 4, "cannot read body file"),
         (["publish", "a.b", "--body", "{}", "-H", "novalue"], 4, "is not KEY=VALUE"),
+        (["publish", "a.b", "--body", "{}", "-H", "k=v", "-H", "k=w"], 4, "header 'k' is given twice"),
         (
             ["--config", "nope.toml", "publish", "a.b", "--body", "{}"],
             3,

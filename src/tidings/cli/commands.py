@@ -149,6 +149,8 @@ def parse_headers(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidEvent(f"header {pair!r} is not KEY=VALUE")
+        if key in headers:  # one of the two would be dropped without a word
+            raise InvalidEvent(f"header {key!r} is given twice")
         headers[key] = value
     return headers
 
@@ -446,7 +448,7 @@ def serve(
 def print_event(event: Event, console: Console) -> None:
     console.print(
         f"[dim]{event.time:%H:%M:%S.%f}[/] [bold cyan]{escape(event.topic)}[/] "
-        f"[dim]{escape(event.id[:13])}… {escape(event.type or '')}[/]",
+        f"[dim]{escape(event.id)} {escape(event.type or '')}[/]",  # whole: `dead show`, `replay --id` take it
         markup=True,
     )
 

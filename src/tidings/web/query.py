@@ -82,6 +82,10 @@ def number(params: QueryParams, name: str) -> float | None:
     return seconds
 
 
+#: what FIRST_TIME and LAST_TIME are, as a message says them
+BETWEEN = "from 0001-01-02 to 9999-12-30 (UTC)"
+
+
 def moment(params: QueryParams, name: str) -> float | None:
     """UNIX seconds (datagrepper's form) or an ISO 8601 time with a zone."""
     value = params.get(name)
@@ -92,7 +96,7 @@ def moment(params: QueryParams, name: str) -> float | None:
     except ValueError:
         seconds = _iso_seconds(name, value)
     if not FIRST_TIME <= seconds <= LAST_TIME:  # nan fails this too
-        raise BadRequest(f"{name} {value!r} is not a time between the years 1 and 9999")
+        raise BadRequest(f"{name} {value!r} is not a time {BETWEEN}")
     return seconds
 
 
@@ -106,7 +110,7 @@ def _iso_seconds(name: str, value: str) -> float:
     try:
         return parsed.timestamp()
     except (OverflowError, ValueError):  # year 1 in a zone east of UTC
-        raise BadRequest(f"{name} {value!r} is not a time between the years 1 and 9999") from None
+        raise BadRequest(f"{name} {value!r} is not a time {BETWEEN}") from None
 
 
 def time_range(params: QueryParams, now: float | None = None) -> TimeRange:
