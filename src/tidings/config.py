@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -492,11 +494,11 @@ def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str
             try:
                 msgspec.convert(table, cls, strict=True)
             except msgspec.ValidationError as exc:
-                raise ConfigError(f"{origin}: {_in_table(exc, f'{section}.{name}')}") from None
+                raise ConfigError(f"{origin}: {_in_table(exc, f'{section}.{name}', cls)}") from None
     try:
         config = msgspec.convert(raw, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {_in_table(exc)}") from None
+        raise ConfigError(f"{origin}: {_in_table(exc, shape=Config)}") from None
     config = _with_defaults(msgspec.structs.replace(config, base_dir=str(base_dir)))
     config = _expand_sections(config, origin)
     _resolve_format_files(config)
@@ -568,11 +570,27 @@ def _with_added(config: Config, added: dict[str, dict[str, Any]], where: str) ->
     return msgspec.structs.replace(config, **changes, expanded=[*config.expanded, *names])
 
 
-def _in_table(exc: msgspec.ValidationError, table: str = "") -> str:
+def _in_table(exc: msgspec.ValidationError, table: str = "", shape: type = Any) -> str:
     # msgspec's "Expected `int` >= 1 - at `$.bus.max_depth`" as "[bus] max_depth: expected int >= 1"
     said = explain(exc, table)
     key, sep, message = said.partition(": ")
     if not sep or said.startswith("unknown key"):
         return said if " in [" in said else f"{said} in [top level]"
+    if message.startswith("invalid enum value"):  # msgspec does not say which values are
+        choices = _choices(shape, str(exc).partition(" - at `")[2].rstrip("`"))
+        message += f" (one of: {', '.join(map(str, choices))})" if choices else ""
     section, _, leaf = key.rpartition(".")
     return f"[{section}] {leaf}: {message}" if section else f"{key}: {message}"
+
+
+def _choices(shape: Any, path: str) -> tuple[Any, ...]:
+    """The values a Literal field at ``path`` (msgspec's ``$.bus.log_level``) of ``shape`` takes."""
+    for part in path.removeprefix("$").strip(".").split("."):
+        # X | None, Annotated[X, ...]: X
+        while typing.get_origin(shape) in (typing.Union, types.UnionType, Annotated):
+            shape = next(a for a in typing.get_args(shape) if a is not type(None))
+        try:
+            shape = typing.get_type_hints(shape).get(part)
+        except TypeError:  # not a struct: a dict's key, a list's index
+            return ()
+    return typing.get_args(shape) if typing.get_origin(shape) is Literal else ()

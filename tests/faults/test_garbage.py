@@ -148,7 +148,14 @@ BAD_CONFIGS = {
         '[consumers.svc]\nqueue_kind = "lazy"\n',
         "[consumers.svc] queue_kind:",
     ),
-    "a log level that does not exist": ('[bus]\nlog_level = "LOUD"\n', "[bus] log_level:"),
+    "a log level that does not exist": (
+        '[bus]\nlog_level = "LOUD"\n',
+        "[bus] log_level: invalid enum value 'LOUD' (one of: DEBUG, INFO, WARNING, ERROR)",
+    ),
+    "an archive store that does not exist": (
+        '[archive]\nstore = "mysql"\n',
+        "[archive] store: invalid enum value 'mysql' (one of: sqlite, postgresql)",
+    ),
 }
 
 
