@@ -359,8 +359,8 @@ def consume(
         # ("handle") would share one queue, and each ack the other's events without a call
         name = queue or callback.replace(":", ".")
         consumer_app = callback_app(name, import_handler(callback), bind, queue=queue or name)
-    elif target in bus.config.consumers and ":" not in target:  # type: ignore[operator]
-        consumer_app = bus.consumer(target)  # type: ignore[arg-type] - [consumers.NAME], as serve runs it
+    elif target is not None and ":" not in target and target in bus.config.consumers:
+        consumer_app = bus.consumer(target)  # [consumers.NAME], as serve runs it
         if queue:
             consumer_app.settings.queue = queue
     else:
