@@ -183,6 +183,10 @@ def test_schemas_commands(tmp_path: Path) -> None:
     result = tidings(tmp_path, "schemas", "validate", "tidings.demo.v1", str(bad))
     assert result.returncode == 4
     assert "(document 2)" in result.stderr and "message" in result.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"message": "a"}\n\n{"message": \n')
+    result = tidings(tmp_path, "schemas", "validate", "tidings.demo.v1", str(broken))
+    assert result.returncode == 4 and "line 3: malformed JSON" in result.stderr, result.stderr
 
 
 def test_doctor_reports_the_embedded_default_healthy(tmp_path: Path) -> None:

@@ -150,6 +150,13 @@ def backlog_drop(
     out.print(f"{name}: dropped {count} {'backlog' if backlog else 'dead-letter'} entr(y/ies)")
 
 
+def _line(number: int, line: bytes) -> Any:
+    try:
+        return loads(line)
+    except InvalidEvent as exc:
+        raise InvalidEvent(f"line {number}: {exc}") from None
+
+
 def _all_there(bus: Bus, connector: str, table: str, seqs: list[int]) -> None:
     """Nothing is done when a --seq names no entry (a typo, or another connector's entry)."""
     missing = bus.outbox.missing(connector, table, seqs) if seqs else []
@@ -210,7 +217,7 @@ def schemas_validate(
     try:
         bodies = [loads(raw)]
     except InvalidEvent:
-        bodies = [loads(line) for line in raw.splitlines() if line.strip()]
+        bodies = [_line(number, line) for number, line in enumerate(raw.splitlines(), 1) if line.strip()]
     if not bodies:  # "0 document(s) valid" would pass for a check
         raise InvalidEvent(f"{str(file)!r} holds no JSON document to check")
     for number, body in enumerate(bodies, 1):
