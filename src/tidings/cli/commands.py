@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -230,18 +231,26 @@ def dispatch(
     if once:
         asyncio.run(dispatcher.deliver_due())
         for c in dispatcher.connectors:
-            stats = c.stats
-            note = f" (last: {stats.last_error})" if stats.last_error else ""
-            out.print(
-                f"{c.name}: delivered {stats.delivered}, to backlog {stats.retried}, dead {stats.dead}{note}",
-                highlight=False,
-            )
+            out.print(f"{c.name}: {_once_summary(bus, c)}", highlight=False)
         return
     err.print(
         f"dispatching from {bus.config.outbox_path()} to {', '.join(c.name for c in dispatcher.connectors)}"
         " — Ctrl-C to stop"
     )
     asyncio.run(until_signalled(dispatcher.run))
+
+
+def _once_summary(bus: Bus, connector: Any) -> str:
+    """What ``dispatch --once`` did for a connector, and what it left waiting for a later run."""
+    stats = connector.stats
+    said = f"delivered {stats.delivered}, to backlog {stats.retried}, dead {stats.dead}"
+    if stats.last_error:
+        said += f" (last: {stats.last_error})"
+    waiting = bus.outbox.backlog_head(connector.name)
+    if waiting is not None:
+        count, soonest = waiting
+        said += f"; {count} waiting in the backlog, the next due in {max(0.0, soonest - time.time()):.0f}s"
+    return said
 
 
 async def until_signalled(run: Any, *args: Any) -> None:
