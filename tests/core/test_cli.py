@@ -53,6 +53,7 @@ def deep(levels: int) -> str:
         ),
         (["tail", "a.#b"], 4, "invalid pattern"),
         (["tail", "--last", "-1"], 2, "invalid value for '--last'"),
+        (["backlog", "list", "--dead"], 2, "--dead lists one connector's dead letters: name the CONNECTOR"),
         (["consume", "--callback", "os:getcwd", "--bind", "a..b"], 4, "invalid pattern"),
         (["consume", "no_such_module:app"], 3, "cannot import 'no_such_module'"),
         (["consume", "a:b:c"], 3, "'a:b:c' is not MODULE:ATTRIBUTE"),

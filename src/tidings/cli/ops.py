@@ -66,7 +66,10 @@ def backlog_list(
     Examples:
       tidings backlog list
       tidings backlog list stomp          # its entries, one per line
+      tidings backlog list stomp --dead   # its dead letters
     """
+    if dead and connector is None:  # it would list the counts, and --dead would say nothing
+        raise typer.BadParameter("--dead lists one connector's dead letters: name the CONNECTOR")
     bus = load_bus(config)
     if connector is None:
         statuses = bus.outbox.status(bus.config.connectors)
