@@ -95,8 +95,8 @@ def from_text(headers: Mapping[str, Any], list_header: str = JSON_HEADERS) -> di
 
 
 def whole_number(text: str) -> int | None:
-    """A header's whole number >= 0 as another client wrote it, or None: ASCII digits only
-    (``"²".isdigit()`` is true, and ``int("²")`` fails) and within 64 bits."""
+    """A whole number >= 0 as another program wrote it (a header, a query parameter), or None:
+    ASCII digits only (``"²".isdigit()`` is true, and ``int("²")`` fails) and within 64 bits."""
     if not (text.isascii() and text.isdigit() and len(text) <= 19):
         return None
     return int(text)

@@ -374,7 +374,9 @@ def test_the_demo_stops_cleanly_on_a_signal_with_its_ledger_and_a_second_one_tak
         until(lambda: "datawarehouse." in said(tmp_path, "demo", "out"), 20, "the first event")
         second = tidings(tmp_path, "demo", "--duration", "5", "--home", "demo")
         assert second.returncode == 7 and "another dispatcher" in second.stderr, second.stderr
-        time.sleep(1.0)  # the first goes on: its events still arrive
+        shown = said(tmp_path, "demo", "out").count("datawarehouse.")
+        # the first goes on: its events still arrive
+        until(lambda: said(tmp_path, "demo", "out").count("datawarehouse.") > shown, 20, "more events")
     finally:
         assert stop(demo, sig) == code, said(tmp_path, "demo")
     last = said(tmp_path, "demo", "out").splitlines()[-1]

@@ -367,11 +367,9 @@ def consume(
         # the default queue is the whole MODULE.FUNC: two services whose functions share a name
         # ("handle") would share one queue, and each ack the other's events without a call
         name = queue or callback.replace(":", ".")
-        consumer_app = callback_app(name, import_handler(callback), bind, queue=queue or name)
+        consumer_app = callback_app(name, import_handler(callback), bind, queue=name)
     elif target is not None and ":" not in target and target in bus.config.consumers:
         consumer_app = bus.consumer(target)  # [consumers.NAME], as serve runs it
-        if queue:
-            consumer_app.settings.queue = queue
     else:
         consumer_app = import_target(target)  # type: ignore[arg-type]
         if not isinstance(consumer_app, App):
@@ -379,8 +377,8 @@ def consume(
         section = bus.config.consumers.get(consumer_app.name)
         if section is not None:  # [consumers.NAME] says where it runs, as for `tidings serve`
             consumer_app.configure(section)
-        if queue:
-            consumer_app.settings.queue = queue
+    if queue:
+        consumer_app.settings.queue = queue
     if transport:
         consumer_app.settings.transport = transport
     if exchange:

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from tidings.archive import Archive, Archived
 from tidings.event import dumps
+from tidings.textheaders import whole_number
 from tidings.web import query as q
 from tidings.web.access import Role, role_of
 from tidings.web.stream import sse
@@ -81,10 +82,8 @@ async def raw(request: Request) -> Response:
                 "through /v2/search, whose pages end early by bytes",
                 arguments=dict(params.multi_items()),
             )
-    rest = dumps({"count": len(messages), "pages": found.pages, "total": found.total, "arguments": arguments})
-    return Response(
-        b'{"raw_messages":[' + b",".join(messages) + b"]," + rest[1:], media_type="application/json"
-    )
+    rest = {"count": len(messages), "pages": found.pages, "total": found.total, "arguments": arguments}
+    return _listing("raw_messages", messages, rest)
 
 
 async def by_id(request: Request) -> Response:
@@ -121,10 +120,17 @@ async def search(request: Request) -> Response:
     if next_cursor:
         # relative: the Host header is the client's to say, not a place to send the next request
         following = f"{request.url.path}?{request.url.include_query_params(cursor=next_cursor).query}"
-    rest = dumps({"next_cursor": next_cursor, "next": following, "estimated_total": estimate})
-    # the items as encoded while counting their bytes, not a second time
-    body = b'{"items":[' + b",".join(data for _, data in kept) + b"]," + rest[1:]
-    return Response(body, media_type="application/json")
+    rest = {"next_cursor": next_cursor, "next": following, "estimated_total": estimate}
+    return _listing("items", [data for _, data in kept], rest)
+
+
+def _listing(key: str, encoded: list[bytes], rest: dict[str, Any]) -> Response:
+    """``{key: [...], **rest}`` with the items as they were encoded while their bytes were counted
+    (not a second time)."""
+    return Response(
+        b'{"%s":[' % key.encode() + b",".join(encoded) + b"]," + dumps(rest)[1:],
+        media_type="application/json",
+    )
 
 
 def _encoded(item: Archived) -> bytes:
@@ -136,9 +142,10 @@ def resume_point(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or ""
     if not raw:
         return None
-    if not (raw.isascii() and raw.isdigit() and int(raw) < 2**63):
+    seq = whole_number(raw)
+    if seq is None or seq >= 2**63:
         raise q.BadRequest(f"Last-Event-ID must be an event's seq, not {raw[:40]!r}")
-    return int(raw)
+    return seq
 
 
 async def stream(request: Request) -> Response:

@@ -22,6 +22,7 @@ from tidings.archive import Archive, Archived, Order, Query
 from tidings.archive.rows import cursor_after
 from tidings.errors import InvalidTopic
 from tidings.event import format_time
+from tidings.textheaders import whole_number
 from tidings.topics import validate_pattern
 
 #: datagrepper's defaults and limit
@@ -186,12 +187,11 @@ def order_of(params: QueryParams, default: Order = "desc") -> Order:
 
 def integer(params: QueryParams, name: str, default: int, low: int, high: int | None = None) -> int:
     raw = params.get(name) or str(default)
-    # ASCII digits only (int() takes fullwidth and Arabic-Indic ones), no more than a limit needs
-    digits = raw.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+    magnitude = whole_number(raw.removeprefix("-"))  # int() takes fullwidth and Arabic-Indic digits too
+    if magnitude is None:
         shown = raw if len(raw) <= 40 else f"{raw[:40]}… ({len(raw)} characters)"
-        raise BadRequest(f"{name} must be a whole number of at most 18 digits, not {shown!r}")
-    value = int(raw)
+        raise BadRequest(f"{name} must be a whole number of at most 19 digits, not {shown!r}")
+    value = -magnitude if raw.startswith("-") else magnitude
     if value < low or (high is not None and value > high):
         limit = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise BadRequest(f"{name} must be {limit}")
