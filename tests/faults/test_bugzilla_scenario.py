@@ -28,7 +28,8 @@ from tidings import App, Bus, Event
 from tidings.config import load_config
 from tidings.formats.bugzilla import ACTIONS, TARGETS, bugzilla_event
 
-pytestmark = [pytest.mark.kafka, pytest.mark.stomp, pytest.mark.rabbitmq, pytest.mark.slow]
+# alone: its p99 latency bound is measured, not shared with other tests' load
+pytestmark = [pytest.mark.kafka, pytest.mark.stomp, pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.alone]
 
 EVENTS = scaled(5_000, 20_000)
 SECONDS = 36.0  # publishing spreads over this long

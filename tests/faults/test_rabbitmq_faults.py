@@ -13,7 +13,8 @@ import pytest
 from tests.faults.rig import Rig, rabbitmqctl
 from tidings import App, Event
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+# alone: it stops RabbitMQ and closes every connection it has, other tests' too
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.alone]
 
 
 async def test_restarts_and_dropped_connections_lose_nothing(tmp_path: Path, rabbitmq: str) -> None:

@@ -167,6 +167,7 @@ def rabbit_setting(key: str, milliseconds: int | None) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # it sets RabbitMQ's consumer_timeout to 1 s for every channel
 async def test_a_channel_closed_by_the_ack_timeout_is_reopened_and_the_event_handled(
     bus_and_app: tuple[Bus, App],
 ) -> None:

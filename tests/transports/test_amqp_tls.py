@@ -15,7 +15,7 @@ from tidings.errors import ConfigError, TransportError
 from tidings.transport import Binding, ExchangeSpec, QueueSpec, Topology, WireMessage
 from tidings.transports.amqp import AmqpTransport
 
-pytestmark = pytest.mark.rabbitmq
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.alone]  # it turns RabbitMQ's TLS listener on and off
 
 
 @pytest.fixture(scope="module")
