@@ -23,6 +23,7 @@ from tidings.retry import HAND_BACK_BASE
 from tidings.transport import Binding, Delivery, ExchangeSpec, Outcome, QueueSpec, Topology, WireMessage
 from tidings.transports.kafka import KafkaTransport
 from tidings.transports.kafka import consume as kafka_consume
+from tidings.transports.kafka import delivery as kafka_delivery
 from tidings.transports.kafka import groups as kafka_groups
 from tidings.transports.kafka.records import Record
 
@@ -74,6 +75,10 @@ def test_doctor_and_dispatch_say_the_broker_is_away_in_one_line(tmp_path: Path) 
         ('librdkafka = { "bootstrap.servers" = "elsewhere:9092" }', "'bootstrap.servers' is tidings' own"),
         ('librdkafka = { "enable.auto.commit" = true }', "always false"),
         ('librdkafka = { "metadata.broker.list" = "elsewhere:9092" }', "set url instead"),
+        (
+            'session_timeout = 20\nlibrdkafka = { "max.poll.interval.ms" = 12000 }',
+            "'max.poll.interval.ms' (12000) must be at least session_timeout (20000 ms)",
+        ),
     ],
 )
 def test_a_kafka_option_that_cannot_work_is_a_config_error_naming_it(
@@ -144,6 +149,41 @@ async def test_a_record_just_within_the_limit_can_still_be_retried_and_dead_lett
         await transport.close()
 
 
+async def test_a_foreign_record_over_the_limit_is_dead_lettered_without_its_body(kafka: str) -> None:
+    """Another producer may write records larger than this transport's max_message_bytes: no
+    copy of one can be made, so its retry and its dead letter failed for ever, and its partition
+    was committed no further. Its dead letter now says why and where it is, without the body."""
+    from confluent_kafka import Producer
+
+    transport = KafkaTransport(url=kafka, max_message_bytes=10_000, partitions=1)
+    exchange = unique("huge")
+    queue = QueueSpec(unique("huge-q"), [Binding(exchange, "#")])
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        raw = Producer({"bootstrap.servers": kafka.removeprefix("kafka://")})
+        for key in ("a.rejected", "a.retried"):
+            raw.produce(exchange, value=b"x" * 50_000, headers=[("x-tidings-routing-key", key.encode())])
+        raw.flush(10)
+        stream = transport.consume(queue, prefetch=10)
+        rejected, retried = await hold(stream, 2)
+        await rejected.reject("not JSON")
+        await retried.retry(0, "handler failed")
+        await stream.aclose()  # type: ignore[attr-defined]
+        dead = transport.consume(QueueSpec(f"{queue.name}.dead"), prefetch=10)
+        letters = await hold(dead, 2)
+        await dead.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+    reasons = [letter.message.headers["x-tidings-reason"] for letter in letters]
+    assert [letter.message.body for letter in letters] == [b"", b""]
+    whys = ("not JSON", "could not be retried: handler failed")
+    for reason, offset, why in zip(reasons, (0, 1), whys, strict=True):
+        assert reason.startswith("Kafka takes no copy of it (Kafka never takes this record"), reason
+        assert f"the record (50,000 bytes) is at {exchange} partition 0 offset {offset}. {why}" in reason
+    assert committed_position(kafka, queue.name, exchange) == 2  # its partition goes on
+
+
 async def test_a_copy_kafka_does_not_take_is_tried_again_then_handed_back(
     kafka: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,7 +204,7 @@ async def test_a_copy_kafka_does_not_take_is_tried_again_then_handed_back(
         await real_forward(record)
 
     monkeypatch.setattr(transport, "forward", refusing)
-    monkeypatch.setattr(kafka_consume, "FORWARD_TRIES", 2)
+    monkeypatch.setattr(kafka_delivery, "FORWARD_TRIES", 2)
     try:
         await transport.connect()
         await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
@@ -199,6 +239,80 @@ def committed_position(kafka: str, group: str, topic: str) -> int:
     finally:
         consumer.close()
     return int(found.offset)
+
+
+async def test_positions_are_committed_while_a_batch_is_still_being_handled(kafka: str) -> None:
+    """The consume loop polls only between the batches it reads: positions were committed only
+    there, so a member killed while a batch's handlers took long handed everything they had
+    finished to the next reader again (the docs promise a commit every 0.2 s)."""
+    transport = KafkaTransport(url=kafka, partitions=1)
+    exchange = unique("commits")
+    queue = QueueSpec(unique("commits-q"), [Binding(exchange, "#")])
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        await transport.send(exchange, [message(f"a.n{n}") for n in range(10)])
+        stream = transport.consume(queue, prefetch=10)
+        deliveries = await hold(stream, 10)  # all it may hold: it asks Kafka for no more
+        for delivery in deliveries[:4]:
+            await delivery.ack()
+        deadline = time.monotonic() + 10
+        while (position := await asyncio.to_thread(committed_position, kafka, queue.name, exchange)) != 4:
+            assert time.monotonic() < deadline, f"committed {position}, not the 4 finished"
+            await asyncio.sleep(0.2)
+        for delivery in deliveries[4:]:
+            await delivery.release()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+
+
+async def test_a_cloudevents_record_from_another_producer_is_selected_by_its_subject(kafka: str) -> None:
+    """A producer that knows nothing of tidings writes no x-tidings-routing-key: the record was
+    read with an empty routing key, skipped by every binding but ``#`` and committed past,
+    without a word. CloudEvents' Kafka binding names the topic in ce_subject."""
+    from confluent_kafka import Producer
+
+    transport = KafkaTransport(url=kafka, partitions=1)
+    exchange = unique("foreign")
+    queue = QueueSpec(unique("foreign-q"), [Binding(exchange, "lab.*.done")])
+    try:
+        await transport.connect()
+        await transport.declare(Topology([ExchangeSpec(exchange)], [queue]))
+        raw = Producer({"bootstrap.servers": kafka.removeprefix("kafka://")})
+        for n, subject in enumerate(["lab.job.done", "lab.job.started", "lab.build.done"]):
+            ce = {
+                "specversion": "1.0",
+                "id": f"raw-{n}",
+                "source": "/lab",
+                "type": "lab.v1",
+                "subject": subject,
+            }
+            headers = [(f"ce_{name}", value.encode()) for name, value in ce.items()]
+            raw.produce(
+                exchange, value=b'{"n": 1}', headers=[*headers, ("content-type", b"application/json")]
+            )
+        raw.flush(10)
+        stream = transport.consume(queue, prefetch=10)
+        got = await hold(stream, 2)
+        for delivery in got:
+            await delivery.ack()
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await transport.close()
+    assert [d.message.routing_key for d in got] == ["lab.job.done", "lab.build.done"]
+
+
+def test_a_consumers_timeouts_agree_as_librdkafka_wants_them() -> None:
+    """A session timeout past librdkafka's default poll interval (300 s), or a poll interval set
+    below the 45 s session librdkafka assumes, made every consumer fail at start."""
+    for transport in (
+        KafkaTransport(url="kafka://127.0.0.1:1", session_timeout=400),
+        KafkaTransport(url="kafka://127.0.0.1:1", librdkafka={"max.poll.interval.ms": 12_000}),
+    ):
+        config = transport.consumer_config("some-queue")
+        assert config["max.poll.interval.ms"] >= config["session.timeout.ms"]
+        Consumer(config).close()  # librdkafka takes them together (it raises otherwise)
 
 
 async def test_a_long_retry_never_holds_up_a_shorter_one_behind_it(kafka: str) -> None:

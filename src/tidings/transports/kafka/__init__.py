@@ -24,6 +24,8 @@ DEFAULT_URL = "kafka://127.0.0.1:9092"
 FORWARD_ROOM = 16_384
 #: librdkafka's largest message.max.bytes and session.timeout.ms
 LIBRDKAFKA_MAX_BYTES, LIBRDKAFKA_MAX_SESSION = 1_000_000_000, 3600
+#: librdkafka's default max.poll.interval.ms: a consumer that polls no more for this long leaves its group
+LIBRDKAFKA_POLL_INTERVAL = 300_000
 Count = Annotated[int, Meta(ge=1)]
 
 
@@ -83,6 +85,15 @@ class KafkaSettings(Settings):
         own = sorted(set(self.librdkafka) & set(SET_BY_TIDINGS))
         if own:
             raise ValueError(f"librdkafka: {own[0]!r} is tidings' own: {SET_BY_TIDINGS[own[0]]}")
+        try:
+            poll_interval = float(self.librdkafka.get("max.poll.interval.ms", LIBRDKAFKA_POLL_INTERVAL))
+        except ValueError:
+            poll_interval = LIBRDKAFKA_POLL_INTERVAL  # not a number: librdkafka says so, naming it
+        if poll_interval < self.session_timeout * 1000:
+            raise ValueError(  # librdkafka refuses the consumer otherwise
+                f"librdkafka: 'max.poll.interval.ms' ({poll_interval:g}) must be at least "
+                f"session_timeout ({self.session_timeout * 1000:g} ms)"
+            )
         if self.linger >= self.delivery_timeout:  # librdkafka refuses the producer otherwise
             raise ValueError(f"linger ({self.linger:g} s) must be shorter than delivery_timeout")
         for problem in (TopicTemplate(self.topic).problem(), key_problem(self.key)):

@@ -39,21 +39,21 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidings.errors import TransportError
-from tidings.retry import HandBack, backoff
+from tidings.retry import HandBack
 from tidings.topics import TopicMatcher
 from tidings.transport import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
     QueueSpec,
     WireMessage,
-    death_headers,
 )
+from tidings.transports.kafka.delivery import KafkaDelivery
 from tidings.transports.kafka.groups import subscriptions
 from tidings.transports.kafka.offsets import Offsets
 from tidings.transports.kafka.records import (
@@ -61,8 +61,6 @@ from tidings.transports.kafka.records import (
     NOT_BEFORE_HEADER,
     from_record,
     is_queue_topic,
-    key_of,
-    to_record,
 )
 from tidings.transports.kafka.transport import KafkaTransport, end_offsets
 
@@ -71,13 +69,11 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, int]
 #: how long ``poll`` waits for a first message; then it takes what is already fetched
 POLL_WAIT = 0.05
-#: how often positions that moved are committed while running (always at revoke and stop)
+#: how often positions that moved are committed while running (always at revoke and stop), also
+#: while no poll runs (the handlers of a batch read at once may take long)
 COMMIT_EVERY = 0.2
 #: seconds without a single partition before a member says so (at least 6 session timeouts)
 IDLE_WARNING = 60.0
-#: a retry's or a dead letter's copy that Kafka does not take is tried again, with backoff, this
-#: often and for this long at most (one try can take delivery_timeout: a stop must not wait minutes)
-FORWARD_TRIES, FORWARD_BASE, FORWARD_CAP, FORWARD_PATIENCE = 5, 0.5, 4.0, 10.0
 
 
 async def consume(transport: KafkaTransport, queue: QueueSpec, prefetch: int) -> AsyncIterator[KafkaDelivery]:
@@ -120,96 +116,6 @@ class Ready:
     epoch: int = 0
 
 
-@dataclass
-class KafkaDelivery:
-    message: WireMessage
-    attempt: int
-    redelivered: bool
-    queue: str
-    topic: str
-    partition: int
-    offset: int
-    group: GroupConsumer = field(repr=False)
-    settled: bool = False
-    last_error: str = ""
-    epoch: int = 0
-    #: a retry that wished to wait longer than its topic (epoch ms): kept if it is handed back
-    not_before: int | None = None
-
-    async def ack(self) -> None:
-        self._mark_settled()
-        self.group.settled(self)
-
-    async def retry(self, delay: float, reason: str = "", *, attempts: int | None = None) -> None:
-        tries = self.attempt if attempts is None else attempts
-        await self._retry_in(max(delay, 0.0), tries, reason[:1000])
-
-    async def wait_longer(self, not_before: int) -> None:
-        """Round the longest retry topic again, uncounted: its handler has not seen it yet."""
-        try:
-            remaining = (not_before - self.group.transport.now_ms()) / 1000
-            # once only: this runs in the consume loop, which polls no more meanwhile
-            await self._retry_in(max(remaining, 0.0), self.attempt - 1, self.last_error, tries=1)
-        except TransportError as exc:  # it stays where it is; the next reader of it goes on
-            log.warning("Kafka consumer of %r: cannot park a retry again (%s)", self.queue, exc)
-            if not self.settled:
-                await self.release()
-
-    async def _retry_in(self, delay: float, attempts: int, error: str, *, tries: int | None = None) -> None:
-        transport = self.group.transport
-        target, waits = transport.retry_topic(self.queue, delay)
-        now = transport.now_ms()
-        # due after the topic's own delay, whatever was wished: then a retry topic's partition is
-        # in the order its messages fall due, and none waits behind a later one
-        headers = {ATTEMPTS_HEADER: attempts, LAST_ERROR_HEADER: error, DUE_HEADER: now + waits * 1000}
-        if delay > waits:
-            headers[NOT_BEFORE_HEADER] = now + int(delay * 1000)
-        await self._forward(target, headers, tries=tries)
-
-    async def reject(self, reason: str, *, attempts: int | None = None) -> None:
-        tries = self.attempt if attempts is None else attempts
-        await self._forward(f"{self.queue}.dead", death_headers(reason, tries, self.queue))
-
-    async def release(self) -> None:
-        self._mark_settled()
-        self.group.hand_back(self)
-
-    async def _forward(self, topic: str, headers: dict[str, Any], *, tries: int | None = None) -> None:
-        """Write a confirmed copy to ``topic``, then count the original as finished (trying
-        ``tries`` times at most, :data:`FORWARD_TRIES` if None)."""
-        if self.settled:
-            raise TransportError(f"message {self.message.message_id} was already settled")
-        transport = self.group.transport
-        record = to_record(self.message, topic, key_of(self.message, transport.key), headers)
-        started, limit = time.monotonic(), FORWARD_TRIES if tries is None else tries
-        for attempt in range(1, limit + 1):
-            try:
-                await transport.forward(record)
-                break
-            except TransportError as exc:
-                patience = time.monotonic() - started < FORWARD_PATIENCE and not self.group.stopped
-                if attempt == limit or not patience:
-                    # handed back (and handed out again after a backoff): left unsettled, it would
-                    # keep its prefetch place, and its partition's commits, for good
-                    await self.release()
-                    raise
-                delay = backoff(attempt, FORWARD_BASE, FORWARD_CAP)
-                log.warning(
-                    "Kafka consumer of %r: the copy for %s was not taken (%s); trying again in %.1fs",
-                    self.queue,
-                    topic,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-        await self.ack()
-
-    def _mark_settled(self) -> None:
-        if self.settled:
-            raise TransportError(f"message {self.message.message_id} was already settled")
-        self.settled = True
-
-
 class GroupConsumer:
     """One member of a queue's consumer group. Every call into librdkafka's consumer is made on
     one thread of its own (rebalance callbacks come on it too); settling happens on the event
@@ -237,7 +143,7 @@ class GroupConsumer:
         #: since when this member has had no partition at all (None: it has some)
         self._idle_since: float | None = time.monotonic()
         self._told_idle = False
-        self._last_commit = 0.0
+        self._committing: asyncio.Task[None] | None = None
         self._settle_event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         #: released messages due to be handed out again (the loop's side), and their backoff
@@ -257,17 +163,14 @@ class GroupConsumer:
         return await self._loop.run_in_executor(self._thread, fn, *args)
 
     async def start(self) -> None:
-        config = self.transport.client_config(
+        config = self.transport.consumer_config(
+            self.queue.name,
             **{
-                "group.id": self.queue.name,
-                "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "session.timeout.ms": int(self.transport.session_timeout * 1000),
-                "heartbeat.interval.ms": max(100, int(self.transport.session_timeout * 100)),
                 "fetch.wait.max.ms": 10,
                 "topic.metadata.refresh.interval.ms": 5000,
-            }
+            },
         )
         await self.transport.ensure_topics(
             self.retry_topics | (self.exact if self.reads_dead_letters else set())
@@ -288,6 +191,7 @@ class GroupConsumer:
                 f"Kafka at {self.transport.url}: cannot consume {self.queue.name!r}: {exc}"
             ) from None
         self.transport.consumers.add(self)
+        self._committing = asyncio.create_task(self._commit_regularly(), name=f"commit {self.queue.name}")
 
     async def stop(self) -> None:
         """Commit what was finished and leave the group (its partitions go to the others at once)."""
@@ -295,12 +199,32 @@ class GroupConsumer:
             return
         self.stopped = True
         self.transport.consumers.discard(self)
+        if self._committing is not None:
+            self._committing.cancel()
+            await asyncio.gather(self._committing, return_exceptions=True)
         if self._consumer is not None:
             try:
                 await self.in_thread(self._leave)
             except RuntimeError:
                 pass  # the thread pool is gone (the interpreter is exiting)
         self._thread.shutdown(wait=False)
+
+    async def _commit_regularly(self) -> None:
+        """Commit the positions that moved, every :data:`COMMIT_EVERY` s. The consume loop polls
+        only between the batches it reads: a member killed while a batch's handlers took long
+        would otherwise hand everything they finished to the next reader again."""
+        while not self.stopped:
+            await asyncio.sleep(COMMIT_EVERY)
+            if self.offsets_to_commit():
+                try:
+                    await self.in_thread(self._commit_moved)
+                except RuntimeError:
+                    return  # the thread pool is gone (the interpreter is exiting)
+
+    def _commit_moved(self) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            self._commit(consumer, self.offsets_to_commit(), sync=False)
 
     def _leave(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -316,12 +240,8 @@ class GroupConsumer:
         consumer = self._consumer
         if consumer is None:
             return []
-        now = time.time()
         self._tell_if_idle_long()
-        self._resume_due(consumer, now)
-        if now - self._last_commit >= COMMIT_EVERY:
-            self._commit(consumer, self.offsets_to_commit(), sync=False)
-            self._last_commit = now
+        self._resume_due(consumer, time.time())
         if want <= 0:
             self._pause_all(consumer)
             stray = consumer.poll(0)  # rebalances and heartbeats go on while the queue is full
@@ -470,7 +390,7 @@ class GroupConsumer:
         timeout = self.transport.connect_timeout
         try:
             committed = consumer.committed(partitions, timeout=timeout)
-            ends = end_offsets(self.transport.client_config(), partitions, timeout)
+            ends = end_offsets(self.transport.consumer_config(self.queue.name), partitions, timeout)
         except KafkaException as exc:
             log.warning("Kafka consumer of %r: reading positions failed (%s)", self.queue.name, exc)
             committed, ends = partitions, {}

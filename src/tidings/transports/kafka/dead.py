@@ -178,7 +178,7 @@ class KafkaDeadLetters:
     async def _commit(self, dead: str, positions: dict[int, int]) -> bool:
         if not positions:
             return True
-        config = self.transport.client_config(**{"group.id": dead, "enable.auto.commit": False})
+        config = self.transport.consumer_config(dead)
 
         def commit() -> None:
             writer = Consumer(config)
@@ -249,9 +249,7 @@ class _Reader:
 
     def __init__(self, transport: KafkaTransport, topic: str, group: str) -> None:
         self.transport, self.topic = transport, topic
-        self.config = transport.client_config(
-            **{"group.id": group, "enable.auto.commit": False, "enable.partition.eof": True}
-        )
+        self.config = transport.consumer_config(group, **{"enable.partition.eof": True})
 
     def read(self, until: dict[int, int] | None, skip: set[Where], limit: int | None) -> _Log:
         """Records up to ``until`` (else the end), stopping after ``limit`` that are not in ``skip``."""

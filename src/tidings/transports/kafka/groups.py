@@ -34,7 +34,7 @@ async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
     """
     retry_topics = set(transport.queue_topics(queue.name)[:-1])
     topics = await subscribed_topics(transport, queue) | retry_topics
-    config = transport.client_config(**{"group.id": queue.name, "enable.auto.commit": False})
+    config = transport.consumer_config(queue.name)
 
     def commit_ends() -> None:
         reader = Consumer(config)
@@ -45,7 +45,7 @@ async def start_at_the_end(transport: KafkaTransport, queue: QueueSpec) -> None:
             committed = reader.committed(partitions, timeout=transport.connect_timeout)
             if any(tp.offset >= 0 for tp in committed):
                 return  # a group declared before: its positions stand, the rest from the beginning
-            ends = end_offsets(transport.client_config(), committed, transport.connect_timeout)
+            ends = end_offsets(config, committed, transport.connect_timeout)
             at_ends = [TopicPartition(t.topic, t.partition, ends[(t.topic, t.partition)]) for t in committed]
             # a second member starting at the same time may have set them meanwhile: its start stands
             if any(tp.offset >= 0 for tp in reader.committed(partitions, timeout=transport.connect_timeout)):

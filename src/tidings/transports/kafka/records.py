@@ -243,8 +243,10 @@ def from_record(
     own = {name: every.pop(name) for name in _OWN if name in every}
     properties = own.get(PROPERTIES_HEADER) if isinstance(own.get(PROPERTIES_HEADER), dict) else {}
     priority = properties.pop("priority", None)
+    # a CloudEvents producer that knows nothing of tidings says the topic in ce_subject only
+    routing_key = own.get(ROUTING_KEY_HEADER) or every.get("ce_subject") or ""
     message = WireMessage(
-        routing_key=str(own.get(ROUTING_KEY_HEADER, "")),
+        routing_key=str(routing_key),
         body=value or b"",
         headers=every,
         message_id=_text_or_none(own.get(MESSAGE_ID_HEADER)),

@@ -40,7 +40,7 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
-from tidings.transports.kafka import DEFAULT_URL, FORWARD_ROOM
+from tidings.transports.kafka import DEFAULT_URL, FORWARD_ROOM, LIBRDKAFKA_POLL_INTERVAL
 from tidings.transports.kafka.records import (
     Record,
     Servers,
@@ -147,6 +147,22 @@ class KafkaTransport:
     def client_config(self, **more: Any) -> dict[str, Any]:
         """Settings every client of this transport shares, with ``more`` (librdkafka's names)."""
         return {**self._client, "logger": library_log, "error_cb": self._on_error, **more}
+
+    def consumer_config(self, group: str, **more: Any) -> dict[str, Any]:
+        """A consumer's settings, in group ``group``: positions are committed by tidings only, and
+        its timeouts agree (librdkafka refuses a poll interval shorter than the session timeout,
+        whose own default is 45 s)."""
+        session = int(self.session_timeout * 1000)
+        timeouts: dict[str, Any] = {
+            "session.timeout.ms": session,
+            "heartbeat.interval.ms": max(100, session // 10),
+        }
+        try:
+            poll_interval = float(self._client.get("max.poll.interval.ms", LIBRDKAFKA_POLL_INTERVAL))
+            timeouts["max.poll.interval.ms"] = int(max(session, poll_interval))
+        except ValueError:
+            pass  # not a number: librdkafka refuses it, naming it
+        return self.client_config(**{"group.id": group, "enable.auto.commit": False, **timeouts, **more})
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -439,11 +455,17 @@ class KafkaTransport:
             await self.connect()
         await self._topics_for([record])
         (result,) = await self.produce([record])
+        if result.outcome is Outcome.REFUSED:
+            raise RefusedRecord(f"Kafka never takes this record for {record.topic}: {result.reason}")
         if result.outcome is not Outcome.DELIVERED:
             raise TransportError(f"Kafka did not take the message for {record.topic}: {result.reason}")
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+
+class RefusedRecord(TransportError):
+    """Kafka will never take this record (too large, a topic it may not write): no use trying again."""
 
 
 def check_librdkafka(settings: dict[str, Any]) -> dict[str, Any]:
@@ -521,14 +543,7 @@ def end_offsets(
     The high watermark should say it, but some Kafka-protocol brokers (Tansu) answer with the
     start of the last batch; reading on from there to the end of the partition settles it.
     """
-    reader = Consumer(
-        {
-            **config,
-            "group.id": "tidings-end-offsets",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
+    reader = Consumer({**config, "group.id": "tidings-end-offsets", "enable.partition.eof": True})
     try:
         ends: dict[tuple[str, int], int] = {}
         start = []
