@@ -128,6 +128,7 @@ class Runner:
                 stopping.cancel()
                 watcher.cancel()
                 purger.cancel()
+                self._stopping.set()  # (being cancelled, nothing else sets it: the reporter would wait)
                 await asyncio.gather(reporter, return_exceptions=True)  # its last line: the stop
                 if not pump.done():  # we are being cancelled ourselves: stop fetching first
                     pump.cancel()
@@ -301,6 +302,11 @@ class Runner:
             log.error("%s: dead-lettering message %s: %s", self.app.name, delivery.message.message_id, reason)
             await delivery.reject(reason)
             return None
+        if not delivery.message.message_id:
+            # a format may derive the id from the content when the message carries none: a copy
+            # this consumer makes (a retry, a dead letter) carries that id, or its next reader
+            # would decode the id a transport stamps on copies (AMQP matches returns by one)
+            delivery.message.message_id = event.id
         if self.inbox is not None and self.inbox.seen(self.app.name, event.id):
             self.app.counters.duplicates += 1
             await delivery.ack()

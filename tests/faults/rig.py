@@ -29,15 +29,18 @@ def rabbitmqctl(*args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
-def write_config(root: Path, url: str = RABBIT, *, heartbeat: int = 5, name: str = "") -> tuple[Path, str]:
-    """A config with a `rabbit` transport and connector on a fresh exchange; returns (path, exchange)."""
+def write_config(
+    root: Path, url: str = RABBIT, *, heartbeat: int = 5, name: str = "", more: str = ""
+) -> tuple[Path, str]:
+    """A config with a `rabbit` transport and connector on a fresh exchange, then ``more`` TOML;
+    returns (path, exchange)."""
     exchange = f"faults.{name or uuid.uuid4().hex[:8]}"
     config = root / "tidings.toml"
     config.write_text(
         f'[bus]\nsource = "faults"\nhome = "home"\n\n'
         f'[transports.rabbit]\nkind = "amqp"\nurl = "{url}"\nheartbeat = {heartbeat}\n\n'
         f'[connectors.rabbit]\ntransport = "rabbit"\nexchange = "{exchange}"\nretry_schedule = [0.5, 1, 2]\n'
-        f"max_attempts = 1000\n"
+        f"max_attempts = 1000\n{more}"
     )
     return config, exchange
 
@@ -45,9 +48,9 @@ def write_config(root: Path, url: str = RABBIT, *, heartbeat: int = 5, name: str
 class Rig:
     """In-process dispatcher and consumer on RabbitMQ, counting like a ledger."""
 
-    def __init__(self, root: Path, url: str = RABBIT, *, heartbeat: int = 5) -> None:
+    def __init__(self, root: Path, url: str = RABBIT, *, heartbeat: int = 5, more_config: str = "") -> None:
         self.url = url
-        self.config_path, self.exchange = write_config(root, url, heartbeat=heartbeat)
+        self.config_path, self.exchange = write_config(root, url, heartbeat=heartbeat, more=more_config)
         self.bus = Bus(load_config(self.config_path))
         self.queue = f"{self.exchange}.svc"
         self.app = App(

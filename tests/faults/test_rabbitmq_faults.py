@@ -10,16 +10,35 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import delete_amqp_topology
 from tests.faults.rig import Rig, rabbitmqctl
+from tests.ledger import check
+from tests.waiting import until
 from tidings import App, Event
 
 # alone: it stops RabbitMQ and closes every connection it has, other tests' too
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.alone]
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.stomp, pytest.mark.slow, pytest.mark.alone]
+
+STOMP = "stomp://guest:guest@127.0.0.1:61613/"
 
 
 async def test_restarts_and_dropped_connections_lose_nothing(tmp_path: Path, rabbitmq: str) -> None:
-    """10,000 events while the broker's app stops and starts twice and every connection is closed once."""
-    rig = Rig(tmp_path)
+    """10,000 events while the broker's app stops and starts twice and every connection is closed
+    once; a STOMP consumer of the same exchange lives through it too (a broker shutting down
+    refuses the channel of a connection it just took: that is a reconnect, not the end)."""
+    rig = Rig(tmp_path, more_config=f'\n[transports.stomp]\nkind = "stomp"\nurl = "{STOMP}"\n')
+    over_stomp = App(f"{rig.queue}.stomp", transport="stomp", exchange=rig.exchange, prefetch=200)
+    over_stomp_saw: list[str] = []
+    distinct: set[str] = set()
+
+    @over_stomp.subscribe("#")
+    async def record(event: Event) -> None:
+        over_stomp_saw.append(event.id)
+        distinct.add(event.id)
+
+    await over_stomp.declare(rig.bus)
+    stomp_running = asyncio.create_task(over_stomp.run(rig.bus, rig.stop), name="stomp consumer")
+    rig.tasks.append(stomp_running)
     await rig.start()
     publishing = asyncio.create_task(rig.publish(10_000, pace=0.0002))
     try:
@@ -32,14 +51,19 @@ async def test_restarts_and_dropped_connections_lose_nothing(tmp_path: Path, rab
             else:
                 await asyncio.to_thread(rabbitmqctl, "close_all_connections", "fault test")
         await publishing
-        await rig.wait_all_delivered(timeout=180)
+        await rig.wait_all_delivered(timeout=180)  # (it fails at once when a consumer task ended)
+        await until(lambda: stomp_running.done() or len(distinct) >= len(rig.returned), 120)
     finally:
         await asyncio.to_thread(rabbitmqctl, "start_app")
         await rig.close()
+        await delete_amqp_topology(rabbitmq, [over_stomp.settings.queue], [])
     verdict = rig.verdict()
     print(verdict.line("rabbitmq stop/start x2 + close_all_connections"))
     assert verdict.ok
     assert verdict.returned == 10_000
+    over_stomp_verdict = check(rig.attempted, rig.returned, over_stomp_saw)
+    print(over_stomp_verdict.line("rabbitmq stop/start x2 + close_all_connections, STOMP consumer"))
+    assert over_stomp_verdict.ok
 
 
 async def test_poison_message_is_dead_lettered_after_exactly_the_attempts(

@@ -38,7 +38,7 @@ import pytest
 from tests.waiting import until
 from tidings import App, Bus, Drop, Event, Halt, Reject, Retry
 from tidings.errors import HaltedError
-from tidings.transport import ATTEMPTS_HEADER, QUEUE_HEADER, REASON_HEADER, QueueSpec
+from tidings.transport import ATTEMPTS_HEADER, QUEUE_HEADER, REASON_HEADER, Outcome, QueueSpec, WireMessage
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests.transports.runtime_child importable
 WAIT = 30.0
@@ -201,6 +201,54 @@ class RuntimeConformance:
         assert (first, second) == (1, 2)
         assert 0.8 <= at_second - at_first < 6.0
         assert await self.nothing_left(bus, queue)
+
+    async def test_a_message_without_an_id_keeps_its_event_id_when_retried(
+        self, bus: Bus, queue: str
+    ) -> None:
+        """Bugzilla's format derives the event id from the content when the message carries none
+        (a foreign publisher's); the retry's copy must decode to the same id, whatever a
+        transport stamps on the copies it makes (inbox, ledgers and ``dead --id`` go by it)."""
+        declared = self.app(bus, queue)
+        declared.subscribe("#")(lambda event: None)
+        await declared.declare(bus)
+        # seed 002's comment example, with the fields the schema asks for
+        event = {
+            "target": "comment",
+            "action": "create",
+            "routing_key": "comment.create",
+            "bug_id": 3,
+            "change_set": "1.2.3",
+            "time": "2016-12-04T19:00:38",
+            "user": {"id": 1, "login": "a@b", "real_name": "A"},
+        }
+        comment = {
+            "id": 7,
+            "body": "hi",
+            "creation_time": "2016-12-04T18:50:38",
+            "number": 2,
+            "is_private": False,
+            "bug": {"id": 3, "is_private": False},
+        }
+        body = {"event": event, "comment": comment}
+        sent = WireMessage("comment.create", orjson.dumps(body), message_id=None)
+        transport = bus.make_transport(self.transport)
+        await transport.connect()
+        try:
+            (result,) = await transport.send(self.exchange(bus), [sent])
+        finally:
+            await transport.close()
+        assert result.outcome is Outcome.DELIVERED
+        seen: list[str] = []
+        app = self.app(bus, queue, format="bugzilla")
+
+        @app.subscribe("#")
+        def handle(got: Event, ctx: Any) -> None:
+            seen.append(got.id)
+            if ctx.attempt == 1:
+                raise Retry(delay=0.1)
+
+        await self.run_until(app, bus, lambda: len(seen) >= 2)
+        assert seen[0] == seen[1]
 
     async def test_the_attempt_limit_dead_letters_with_reason_error_and_attempts(
         self, bus: Bus, queue: str

@@ -122,7 +122,11 @@ class AmqpTransport:
                 return
             await self._drop()
             self._connection = await self.open_connection()
-            self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            try:  # a broker shutting down closes the connection here (320 CONNECTION_FORCED)
+                self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            except (aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+                await self._drop()
+                raise ConnectionLost(f"cannot open a channel on {mask(self.url)}: {_reason(exc)}") from None
 
     async def open_connection(self) -> aiormq.abc.AbstractConnection:
         """A new connection with a one-line error for every way it can fail."""
