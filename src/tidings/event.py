@@ -391,6 +391,11 @@ def is_bookkeeping(header: str) -> bool:
     return own or name in BROKER_HEADERS
 
 
+def the_events_own(headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` without those a transport or a broker put on the event (attempts, reasons)."""
+    return {key: value for key, value in headers.items() if not is_bookkeeping(key)}
+
+
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs
 _CONTAINERS = (dict, list)
 #: the deepest nesting of a body anything may hold: JSON writers recurse (CPython stops them

@@ -136,7 +136,7 @@ def _rule_app(bus: Bus, rule: Rule, slots: asyncio.Semaphore) -> App:
             raise Reject(str(exc)) from None
         async with slots:
             if target is not None:
-                await _call(target, event)
+                await _call(rule, target, event)
             else:
                 await run_command(rule, rule.argv(event), rule.stdin(event))
 
@@ -190,11 +190,16 @@ async def _kill_group(process: asyncio.subprocess.Process) -> None:
         log.warning("reactor: %d was killed, but a process it started still holds its output", process.pid)
 
 
-async def _call(target: Callable[[Event], Any], event: Event) -> None:
-    if inspect.iscoroutinefunction(target):
-        await target(event)
-    else:
-        await asyncio.to_thread(target, event)
+async def _call(rule: Rule, target: Callable[[Event], Any], event: Event) -> None:
+    """Call the rule's function within its ``timeout``; CommandFailed if it does not return in time.
+
+    A coroutine is cancelled then. A plain function goes on in its thread (Python cannot stop
+    a thread), but no longer holds a worker's slot: a hung one does not stop every rule."""
+    running = target(event) if inspect.iscoroutinefunction(target) else asyncio.to_thread(target, event)
+    try:
+        await asyncio.wait_for(running, rule.config.timeout)
+    except TimeoutError:
+        raise CommandFailed(f"{rule.config.call} did not return within {rule.config.timeout:g} s") from None
 
 
 def _callable(rule: Rule, config_dir: str) -> Callable[[Event], Any]:

@@ -26,7 +26,7 @@ from tidings.config import Config, ConsumerConfig, RelayConfig, archives_outbox
 from tidings.config_checks import check_topic_template
 from tidings.consumer import App
 from tidings.errors import ConfigError, InvalidTopic
-from tidings.event import HOPS_HEADER, Event, is_bookkeeping, year_prefixed
+from tidings.event import HOPS_HEADER, Event, the_events_own, year_prefixed
 from tidings.filters import FilterTimeout, Predicate, compile_filter
 from tidings.handling import Reject
 from tidings.migration import MissingCheck, Sightings
@@ -71,12 +71,32 @@ class Relay:
         self.sightings = Sightings(bus.config.home_path() / "migration.db")
 
     def app(self) -> App:
+        own = self._reads_its_own_connector()
+        if own is not None:
+            log.warning(
+                "relay %s reads what connector %s of this bus sends and keeps each event's id: "
+                "those events are in this outbox already, which takes an id once, so they are not "
+                'relayed again (give the relay another id, such as id = "relayed-{id}")',
+                self.name,
+                own,
+            )
         settings = msgspec.structs.asdict(self.config)
         for key in _NOT_CONSUMER_SETTINGS:
             settings.pop(key)
         app = App(f"relay.{self.name}", queue=self.config.queue or f"relay.{self.name}", **settings)
         app.add_handler(self.config.bindings or ["#"], self.relay)
         return app
+
+    def _reads_its_own_connector(self) -> str | None:
+        """A connector of this bus that sends to where the relay reads, when the relay keeps ids."""
+        if self.config.id != "{id}":
+            return None
+        config = self.bus.config
+        reads = (config.transport_name(self.config.transport), self.config.exchange)
+        for name, connector in config.connectors.items():
+            if (config.transport_name(connector.transport), connector.exchange) == reads:
+                return name
+        return None
 
     def apps(self) -> list[App]:
         """The relay, and the watcher of the new bus when ``watch`` is set."""
@@ -110,7 +130,7 @@ class Relay:
     def outgoing(self, event: Event) -> Event | None:
         """What this relay publishes for ``event``, or None (filtered out, or a loop)."""
         hops = hops_of(event)
-        if self.name in hops or len(hops) >= self.config.max_hops or self._marked(event):
+        if self.is_a_loop(event, hops):
             self.counters.looped += 1
             log.debug("relay %s: event %s already went through %s: dropped", self.name, event.id, hops)
             return None
@@ -119,9 +139,13 @@ class Relay:
             return None
         # what the source bus's transports wrote (a dead letter's attempts and reason) is not the
         # event's: on this bus a consumer would take it for its own count
-        carried = {k: v for k, v in event.headers.items() if not is_bookkeeping(k)}
+        carried = the_events_own(event.headers)
         headers = {**carried, **self.config.mark, HOPS_HEADER: ",".join([*hops, self.name])}
         return dataclasses.replace(event, id=self.id_for(event), topic=self.topic_for(event), headers=headers)
+
+    def is_a_loop(self, event: Event, hops: list[str]) -> bool:
+        """Whether ``event`` (which went through relays ``hops``) is dropped as a loop."""
+        return self.name in hops or len(hops) >= self.config.max_hops or self._marked(event)
 
     def _marked(self, event: Event) -> bool:
         """Whether ``event`` carries a mark like this relay's (any value: an HA pair of bridges
@@ -222,7 +246,7 @@ def _watcher(relay: Relay, section: dict[str, Any], suffix: str, saw: Any) -> Ap
 
 
 def _old_side(relay: Relay, check: MissingCheck, event: Event) -> None:
-    if relay.name not in hops_of(event) and relay.passes(event):
+    if not relay.is_a_loop(event, hops_of(event)) and relay.passes(event):
         check.saw("a", relay.id_for(event), time.monotonic())  # the id its copy carries
 
 

@@ -27,7 +27,7 @@ from tidings.archive import Archive, Query
 from tidings.bus import Bus
 from tidings.connector import Connector
 from tidings.errors import ConfigError, InvalidEvent, NotFound
-from tidings.event import REPLAY_HEADER, Event, utcnow
+from tidings.event import REPLAY_HEADER, Event, the_events_own, utcnow
 from tidings.plugins import Registry
 from tidings.topics import topic_matches
 from tidings.transport import Outcome
@@ -79,14 +79,15 @@ def window(events: Iterable[Event], *, since: datetime, pattern: str = "#") -> I
 
 
 def same_again(events: Iterable[Event]) -> Iterator[Event]:
-    """The identity transform: each event again, with a new id and time."""
+    """The identity transform: each event again, with a new id and time, and without the headers
+    a transport put on it (a dead letter's attempts would count against the new event)."""
     for event in events:
         yield Event.create(
             event.topic,
             event.body,
             source=event.source,
             type=event.type,
-            headers=event.headers,
+            headers=the_events_own(event.headers),
             visibility=event.visibility,
         )
 
@@ -147,7 +148,7 @@ def from_archive(archive: Archive, query: Query, ids: Sequence[str] = ()) -> Ite
 def marked(event: Event, at: datetime | None = None) -> Event:
     """``event`` as a replay: the same id (an inbox drops what it already handled), one header more."""
     moment = (at or utcnow()).isoformat()
-    return dataclasses.replace(event, headers={**event.headers, REPLAY_HEADER: moment})
+    return dataclasses.replace(event, headers={**the_events_own(event.headers), REPLAY_HEADER: moment})
 
 
 async def send_again(

@@ -68,8 +68,16 @@ def test_replay_errors_are_one_line(tmp_path: Path) -> None:
     assert "no event 'no-such-id' in the archive" in missing.stderr
     unknown = tidings(tmp_path, "replay", "--from-archive", "--to", "nowhere")
     assert unknown.returncode == 3 and "no connector named 'nowhere'" in unknown.stderr
-    mixed = tidings(tmp_path, "replay", "--to", "copy")
-    assert mixed.returncode == 2 and "--from-archive" in mixed.stderr
+    for mixed in (
+        ["--to", "copy"],
+        ["--to-queue", "svc"],  # (it published every event again, new ids, to every connector)
+        ["--from-archive", "--transform", "cki-needs-triage", "--to", "copy"],
+        ["--from-archive", "--transform", "cki-needs-triage", "--to-queue", "svc"],
+        ["--id", "some-id", "--topic", "a.#"],
+    ):
+        done = tidings(tmp_path, "replay", *mixed)
+        assert done.returncode == 2, (mixed, done.stdout, done.stderr)
+        assert done.stderr.startswith("tidings: error:") and done.stderr.count("\n") == 1, done.stderr
 
 
 @pytest.mark.parametrize("kind", ["embedded", "amqp"])

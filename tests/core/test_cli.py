@@ -285,7 +285,8 @@ def test_tail_stops_on_a_signal_even_started_with_ctrl_c_ignored(tmp_path: Path,
 
 
 def test_replay_from_a_file_and_from_the_outbox(tmp_path: Path) -> None:
-    from tidings import Event
+    from tidings import Bus, Event
+    from tidings.config import default_config
 
     old = Event.create("old.one", {"n": 0}, time=datetime.now(UTC) - timedelta(days=30))
     recent = [Event.create(f"keep.e{n}", {"n": n}) for n in range(3)]
@@ -296,6 +297,14 @@ def test_replay_from_a_file_and_from_the_outbox(tmp_path: Path) -> None:
     assert "published 3 event(s) from 3 in the window" in result.stdout
     again = tidings(tmp_path, "replay", "--topic", "keep.#", "--dry-run")  # the outbox's own history
     assert "would publish 3 event(s)" in again.stdout
+    dead_letter = {"team": "a", "x-tidings-attempts": 4, "x-tidings-reason": "boom"}
+    dead = Event.create("keep.dead", {"n": 9}, headers=dead_letter)
+    (tmp_path / "dead.jsonl").write_bytes(dead.to_json() + b"\n")
+    assert tidings(tmp_path, "replay", "--from", "dead.jsonl").returncode == 0
+    bus = Bus(default_config(tmp_path))
+    (again,) = [event for event in bus.outbox.history() if event.topic == "keep.dead"]
+    bus.close()
+    assert again.headers == {"team": "a"}  # a transport's count would count against the new event
     (tmp_path / "bad.jsonl").write_text('{"id": 1}\n')
     bad = tidings(tmp_path, "replay", "--from", "bad.jsonl")
     assert bad.returncode == 4

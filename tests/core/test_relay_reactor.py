@@ -350,6 +350,57 @@ async def test_a_missing_argument_dead_letters_without_running(tmp_path: Path) -
     assert not log.exists()
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_function_past_its_timeout_fails_that_try_and_holds_no_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A call rule's timeout was taken and ignored: one hung function held a worker for good,
+    and with one worker every other rule waited behind it."""
+    from tests.transports.conformance import take
+    from tidings.transport import QueueSpec
+
+    module = f"hanging_{kind}"
+    hang = (
+        "async def hang(event):\n    await asyncio.sleep(1000)\n"
+        if kind == "async"
+        else ("def hang(event):\n    time.sleep(3)\n")
+    )
+    (tmp_path / f"{module}.py").write_text(f"import asyncio, time\n{hang}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    log = tmp_path / "ran.jsonl"
+    (tmp_path / "recorder.py").write_text(RECORDER)
+    bus = bus_of(
+        tmp_path,
+        {
+            "reactor": {
+                "workers": 1,
+                "rules": {
+                    "finished": {
+                        "bindings": ["org.hang.#"],
+                        "call": f"{module}:hang",
+                        "timeout": 0.5,
+                        "max_attempts": 1,
+                    },
+                    "echo": {
+                        "bindings": ["org.linaro.#"],
+                        "command": [sys.executable, str(tmp_path / "recorder.py"), str(log), "$topic"],
+                    },
+                },
+            }
+        },
+    )
+    hung = Event.create("org.hang.one", {})
+    await react(bus, [hung, job(1)], lambda: log.exists(), timeout=10)
+    assert log.exists()  # the other rule ran: the hung function held its worker no longer
+    transport = bus.make_transport("local")
+    await transport.connect()
+    try:
+        (letter,) = await take(transport, QueueSpec("reactor.finished.dead"), 1)
+    finally:
+        await transport.close()
+    assert f"{module}:hang did not return within 0.5 s" in letter.message.headers["x-tidings-reason"]
+
+
 async def test_an_argument_holding_a_nul_dead_letters_at_once(tmp_path: Path) -> None:
     """No program can be given it (exec refuses it): retrying would fail the same way every time."""
     from tests.transports.conformance import take
@@ -512,7 +563,7 @@ async def test_verify_missing_lists_what_passed_but_never_arrived(tmp_path: Path
         '[connectors.local]\ntransport = "local"\nexchange = "new"\n'
         '[relays.up]\nexchange = "old"\nbindings = ["a.#"]\n'
         'filter = { field = "data.keep", equals = true }\n'
-        'watch = { exchange = "new", bindings = ["a.#"] }\n'
+        'watch = { exchange = "new", bindings = ["a.#"] }\nmark = { bridged_by = "up" }\n'
     )
     from tidings.config import load_config
 
@@ -529,6 +580,8 @@ async def test_verify_missing_lists_what_passed_but_never_arrived(tmp_path: Path
         checking = asyncio.create_task(verify_missing(relaying, 3.0, 0.5))
         await asyncio.sleep(1.0)  # the verification's queues are bound
         sent = [Event.create("a.b", {"keep": n % 2 == 0}) for n in range(6)]
+        # a loop (another bridge's mark): dropped by the relay, so not missing either
+        sent.append(Event.create("a.b", {"keep": True}, headers={"bridged_by": "other"}))
         await transport.send("old", [fmt.encode(e) for e in sent])
         missing = await checking
         stop.set()
@@ -538,7 +591,8 @@ async def test_verify_missing_lists_what_passed_but_never_arrived(tmp_path: Path
     sent, missing = await round_trip(dispatching=True)
     assert missing == {"old": [], "new": []}
     sent, missing = await round_trip(dispatching=False)  # nothing carries the copies to the new bus
-    assert missing["old"] == sorted(e.id for e in sent if e.body["keep"]) and missing["new"] == []
+    passed = [e for e in sent if e.body["keep"] and not e.headers]
+    assert missing["old"] == sorted(e.id for e in passed) and missing["new"] == []
     await transport.close()
     relaying.sightings.close()
     bus.close()

@@ -149,6 +149,23 @@ def test_an_id_template_gives_the_same_new_id_for_the_same_event(tmp_path: Path)
         parse_config({"relays": {"y": {"id": "{year}"}}})  # without {id} every event would be one
 
 
+def test_a_relay_reading_its_own_bus_with_ids_kept_says_nothing_would_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It read this bus's own events, whose ids the outbox holds: each was taken as already there,
+    nothing was relayed, and it counted them relayed without a word."""
+    config = {"bus": {"home": "home"}, "relays": {"rename": {"topic": "new.{1}"}}}
+    Relay(bus_of(tmp_path, config), "rename").app()
+    assert "relay rename reads what connector local of this bus sends" in caplog.text
+    assert 'id = "relayed-{id}"' in caplog.text
+    caplog.clear()
+    config["relays"]["rename"]["id"] = "relayed-{id}"
+    Relay(bus_of(tmp_path, config), "rename").app()
+    config["relays"]["rename"] = {"topic": "new.{1}", "exchange": "elsewhere"}
+    Relay(bus_of(tmp_path, config), "rename").app()
+    assert "reads what connector" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -105,3 +105,34 @@ async def test_stopping_serve_while_it_waits_for_a_broker_is_a_clean_stop(tmp_pa
     stop.set()
     await asyncio.wait_for(serving, 10)  # no error: it never connected, nothing to settle
     bus.close()
+
+
+@pytest.mark.parametrize("kind", ["embedded", "zeromq"])
+async def test_a_service_beside_the_consumers_that_fails_ends_serve_with_its_error(
+    tmp_path: Path, kind: str
+) -> None:
+    """The consumers are cancelled when a service beside them fails (another dispatcher holds the
+    outbox, a relay's source is refused): a cancelled consumer waited for its activity reporter,
+    which only a stop ends, and ZeroMQ's close waited for the cancelled consumer's socket; serve
+    hung for good, deaf to SIGTERM, and said nothing."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    options = {"embedded": 'path = "broker.db"', "zeromq": f'endpoint = "tcp://127.0.0.1:{port}"'}
+    (tmp_path / "tidings.toml").write_text(
+        f'[bus]\nhome = "home"\n\n[transports.t]\nkind = "{kind}"\n{options[kind]}\n\n'
+        '[connectors.t]\ntransport = "t"\n'
+    )
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+
+    async def failing(stop: asyncio.Event) -> None:
+        await asyncio.sleep(0.5)
+        raise RuntimeError("the service beside failed")
+
+    app = App("svc", transport="t")
+    app.add_handler(["#"], lambda event: None)
+    try:
+        with pytest.raises(RuntimeError, match="the service beside failed"):
+            await asyncio.wait_for(bus.serve(asyncio.Event(), [app], beside=[failing]), 20)
+    finally:
+        bus.close()

@@ -103,6 +103,13 @@ def replay(
     if from_archive or ids:
         if source is not None:
             raise typer.BadParameter("--from FILE and the archive (--from-archive, --id) exclude each other")
+        if ids and (topic != "#" or user or package):
+            raise typer.BadParameter("--id names the events: --topic, --user and --package would choose none")
+        if transform != "same" and (to or to_queue):
+            raise typer.BadParameter(
+                f"--transform {transform} makes new events, published through the outbox to every "
+                "connector whose topics take them: --to and --to-queue send the same events again"
+            )
         from tidings.cli.web import warn_if_nothing_archives
 
         warn_if_nothing_archives(bus)
@@ -122,9 +129,9 @@ def replay(
             to_queue,
         )
         return
-    if to or user or package:
+    if to or to_queue or user or package:
         raise typer.BadParameter(
-            "--to, --user and --package are for replays from the archive (--from-archive)"
+            "--to, --to-queue, --user and --package are for replays from the archive (--from-archive, --id)"
         )
     _warn_retention(bus, source, days)
     history = (

@@ -103,7 +103,9 @@ class ZeroMQTransport:
             self._pub.close(linger=1000)  # a second to flush what is queued
             self._pub = None
         if self._context is not None:
-            self._context.term()
+            # term() would wait for every socket: a consumer's, closed with its stream, may still
+            # be open when the consumer was cancelled (destroy closes it, at once)
+            self._context.destroy(linger=0)
             self._context = None
 
     async def declare(self, topology: Topology) -> None:
