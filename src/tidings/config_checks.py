@@ -14,7 +14,7 @@ import msgspec
 
 from tidings.config import Config, ConsumerConfig, archives_outbox
 from tidings.errors import ConfigError, InvalidTopic
-from tidings.filters import compile_filter
+from tidings.filters import FIELDS, compile_filter, is_field
 from tidings.format import format_plugin
 from tidings.plugins import explain
 from tidings.topics import validate_pattern, validate_topic
@@ -162,9 +162,23 @@ def _check_relays_and_rules(config: Config, origin: str) -> None:
             raise ConfigError(f'{where}: give either command = [...] or call = "module:function"')
         if rule.command and not rule.command[0]:
             raise ConfigError(f"{where} command: the first item is the program to run, not empty")
+        _check_substitutions(rule.command, f"{where} command")
         if rule.match is not None:
             compile_filter(rule.match, f"{where} match")
         _check_bindings(rule.bindings, f"{where} bindings")
+
+
+def _check_substitutions(command: list[str], where: str) -> None:
+    """Each ``$path`` of a command names a field an event can have: a typo would dead-letter
+    every event, as a filter's is refused when the config is read."""
+    from tidings.reactor import paths_in  # (it imports the consumer runtime: only when needed)
+
+    for arg in command:
+        for path in paths_in(arg):
+            if not is_field(path):
+                raise ConfigError(
+                    f"{where}: {arg!r}: {path!r} is not a field: {FIELDS} (a literal $ is written $$)"
+                )
 
 
 def _check_bindings(patterns: list[str], where: str) -> None:

@@ -61,6 +61,8 @@ class FilterTimeout(InvalidEvent):
 
 _FIELD_TESTS = ("equals", "not_equals", "in", "not_in", "regex", "exists", *_COMPARISONS)
 _ENVELOPE = ("topic", "id", "source", "type", "time", "username")
+#: what a field may be, for messages that name a wrong one
+FIELDS = "topic, id, source, type, time, username, headers.NAME or data.PATH"
 
 
 def compile_filter(spec: Any, where: str = "filter") -> Predicate:
@@ -232,10 +234,7 @@ def _has_required_character(parsed: Any) -> bool:
 def _field_test(spec: Mapping[str, Any], where: str) -> Predicate:
     path = spec["field"]
     if not isinstance(path, str) or not _valid_path(path):
-        raise ConfigError(
-            f"{where}.field: {path!r} is not a field: topic, id, source, type, time, username, "
-            "headers.NAME or data.PATH"
-        )
+        raise ConfigError(f"{where}.field: {path!r} is not a field: {FIELDS}")
     tests = [key for key in spec if key != "field"]
     if len(tests) != 1 or tests[0] not in _FIELD_TESTS:
         raise ConfigError(
@@ -297,6 +296,11 @@ def _walk(value: Any, path: str) -> Any:
         if value is MISSING:
             return MISSING
     return value
+
+
+def is_field(path: str) -> bool:
+    """Whether ``path`` names a field an event can have (what :func:`lookup` takes)."""
+    return _valid_path(path)
 
 
 def _valid_path(path: str) -> bool:

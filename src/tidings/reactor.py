@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 #: a whole argument that is one substitution: ``$data.job``
 WHOLE = re.compile(r"\$([A-Za-z_][\w.]*)")
-#: a substitution inside an argument: ``job-${data.job}.log``
-INSIDE = re.compile(r"\$\{([^}]+)\}")
+#: a substitution inside an argument: ``job-${data.job}.log``; ``$$`` is a literal ``$``
+INSIDE = re.compile(r"\$\$|\$\{([^}]+)\}")
 #: how much of a command's output a log line keeps
 OUTPUT_SHOWN = 2000
 #: seconds to wait for a killed command to be gone
@@ -89,7 +89,15 @@ def substitute(arg: str, event: Event) -> str:
     whole = WHOLE.fullmatch(arg)
     if whole:
         return _value(event, whole[1], arg)
-    return INSIDE.sub(lambda m: _value(event, m[1], m[0]), arg)
+    return INSIDE.sub(lambda m: "$" if m[0] == "$$" else _value(event, m[1], m[0]), arg)
+
+
+def paths_in(arg: str) -> list[str]:
+    """The event fields a command argument names."""
+    whole = WHOLE.fullmatch(arg)
+    if whole:
+        return [whole[1]]
+    return [m[1] for m in INSIDE.finditer(arg) if m[0] != "$$"]
 
 
 def reactor_apps(bus: Bus) -> list[App]:

@@ -247,6 +247,7 @@ async def test_a_rule_runs_its_command_once_per_matching_event_with_literal_argu
                 "job-${data.job}",
                 "$data.note",
                 "$topic",
+                "cost: $$5 for ${data.job}, $${not.this}",  # $$: a literal $
             ],
         },
     )
@@ -259,7 +260,8 @@ async def test_a_rule_runs_its_command_once_per_matching_event_with_literal_argu
     ran = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(r["argv"][0] for r in ran) == ["1", "3"]
     first = next(r for r in ran if r["argv"][0] == "1")
-    assert first["argv"] == ["1", "job-1", HOSTILE, "org.linaro.validation.testjob"]  # one literal item
+    literal = "cost: $5 for 1, ${not.this}"
+    assert first["argv"] == ["1", "job-1", HOSTILE, "org.linaro.validation.testjob", literal]  # literal items
     assert first["stdin"]["body"]["job"] == 1  # the event as JSON on stdin
     assert not (tmp_path / "pwned").exists()
 
@@ -643,6 +645,19 @@ def test_verify_missing_stopped_early_still_says_what_it_found(tmp_path: Path, s
         ),
         ('[reactor.rules.r]\ncommand = [""]\n', ["config", "check"], 3, "the first item is the program"),
         ('[reactor.rules.r]\ncommand = ["true"]\ntimeout = inf\n', ["config", "check"], 3, "timeout"),
+        (  # (every event was dead-lettered: "the event has no dat.job")
+            '[reactor.rules.r]\ncommand = ["echo", "$dat.job"]\n',
+            ["config", "check"],
+            3,
+            "[reactor.rules.r] command: '$dat.job': 'dat.job' is not a field: topic, id",
+        ),
+        (
+            '[reactor.rules.r]\ncommand = ["sh", "-c", "echo ${HOME}"]\n',
+            ["config", "check"],
+            3,
+            "'HOME' is not a field: topic, id, source, type, time, username, headers.NAME or data.PATH "
+            "(a literal $ is written $$)",
+        ),
         ("[relays.x]\n", ["relay", "x", "--verify-missing", "nan"], 2, "not a number of seconds"),
         ("[relays.x]\n", ["relay", "x", "--grace", "-5"], 2, "not a number of seconds"),
     ],
