@@ -31,6 +31,7 @@ from tidings.format import Format, wire_pattern
 from tidings.handling import Context, Counters, Drop, Halt, Reject, Retry, Subscription
 from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
+from tidings.redact import redact
 from tidings.topics import TopicMatcher
 from tidings.transport import Delivery, QueueSpec, Topology, Transport, WireMessage
 
@@ -426,14 +427,16 @@ class Runner:
             return
         if isinstance(outcome, Reject):
             counters.rejected += 1
-            await delivery.reject(f"rejected by handler: {outcome}", attempts=attempt)
+            await delivery.reject(redact(f"rejected by handler: {outcome}"), attempts=attempt)
             return
         if attempt >= settings.max_attempts:
             counters.rejected += 1
             log.error(
                 "%s: event %s failed %d times, dead-lettering: %r", self.app.name, event.id, attempt, outcome
             )
-            await delivery.reject(f"failed {attempt} times; last error: {outcome!r}"[:1000], attempts=attempt)
+            # (the broker keeps what a dead letter says, for anyone who reads the queue: no secrets)
+            last = redact(f"failed {attempt} times; last error: {outcome!r}")
+            await delivery.reject(last[:1000], attempts=attempt)
             return
         delay = (
             outcome.delay
@@ -451,7 +454,7 @@ class Runner:
             waits,
             "" if waits == delay else f" (asked {delay:g}s: the nearest of the broker's retry queues)",
         )
-        await delivery.retry(delay, repr(outcome)[:1000], attempts=attempt)
+        await delivery.retry(delay, redact(repr(outcome))[:1000], attempts=attempt)
 
 
 class Isolation:

@@ -277,3 +277,51 @@ def test_doctor_never_prints_the_management_password(
     assert "management API unreachable" in done.stderr, done.stderr
     assert "guest" not in done.stderr  # the URL is shown without its credentials, which go apart
     assert_absent(done.stdout + done.stderr, "guest", canary, "doctor's output")
+
+
+async def test_a_handler_error_quoting_a_url_leaves_its_password_out_of_the_dead_letter(
+    tmp_path: Path,
+) -> None:
+    """What a retry or a dead letter says stays on the broker for anyone who reads the queue, and
+    ``tidings dead list`` printed it as it was: a handler's error that quotes a URL with its
+    password put the password in both."""
+    import asyncio
+
+    from tests.transports.conformance import take
+    from tidings import App, Bus
+    from tidings.config import default_config
+    from tidings.transport import QueueSpec
+
+    canary = secrets.token_hex(8)
+    bus = Bus(default_config(tmp_path))
+    app = App("svc", transport="local", max_attempts=2, retry_schedule=[0.1])
+
+    @app.subscribe("#")
+    def handle(event: object) -> None:
+        raise ConnectionError(f"cannot reach postgresql://svc:{canary}@db/jobs")
+
+    await app.declare(bus)
+    bus.publish("a.b", {"n": 1})
+    stop = asyncio.Event()
+    running = asyncio.create_task(app.run(bus, stop))
+    dispatching = asyncio.create_task(bus.dispatcher().run(stop))
+    try:
+        while app.counters.rejected < 1:
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(running, dispatching)
+    listed = tidings(tmp_path, "dead", "list", "svc")
+    assert listed.returncode == 0, listed.stderr
+    assert "postgresql://svc:***@db/jobs" in listed.stdout
+    transport = bus.make_transport("local")
+    await transport.connect()
+    try:
+        (letter,) = await take(transport, QueueSpec("svc.dead"), 1)
+    finally:
+        await transport.close()
+        bus.close()
+    stored = repr(letter.message.headers)
+    assert "postgresql://svc:***@db/jobs" in stored
+    for where, text in (("dead list", listed.stdout), ("the dead letter's headers", stored)):
+        assert_absent(text, "svc", canary, where)

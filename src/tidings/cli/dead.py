@@ -26,6 +26,7 @@ from tidings.cli.output import aligned
 from tidings.config import MAX_COUNT
 from tidings.errors import ConfigError, InvalidEvent, NotFound, TidingsError
 from tidings.event import dumps, format_time, loads, pretty
+from tidings.redact import redact
 from tidings.transport import QUEUE_HEADER, DeadLetter, DeadLetters, dead_letters
 
 dead_app = typer.Typer(
@@ -245,8 +246,8 @@ def _cells(letter: DeadLetter) -> list[str]:
         letter.message.routing_key,
         _when(letter.dead_at),
         attempts,
-        _one_line(letter.reason),
-        _one_line(letter.last_error),
+        _one_line(redact(letter.reason)),
+        _one_line(redact(letter.last_error)),
     ]
 
 
@@ -272,8 +273,8 @@ def summary(letter: DeadLetter) -> dict[str, Any]:
         "topic": letter.message.routing_key,
         "died": format_time(letter.dead_at) if letter.dead_at else None,
         "attempts": letter.attempts,
-        "reason": letter.reason,
-        "last_error": letter.last_error,
+        "reason": redact(letter.reason),
+        "last_error": redact(letter.last_error),
     }
 
 
@@ -310,8 +311,8 @@ def _envelope(letter: DeadLetter) -> list[tuple[str, Any]]:
         ("published", _when(message.timestamp)),
         ("died", _when(letter.dead_at)),
         ("attempts", "-" if letter.attempts is None else letter.attempts),
-        ("reason", letter.reason or "-"),
-        ("last error", letter.last_error or "-"),
+        ("reason", redact(letter.reason or "-")),
+        ("last error", redact(letter.last_error or "-")),
         ("content", message.content_type or "-"),
     ]
 
