@@ -428,8 +428,9 @@ def serve(
     log_level: LogOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app) together,
-    and the web page when [web] is configured.
+    """Run the dispatcher and every configured consumer (each [consumers.NAME] with an app), every
+    relay ([relays.NAME], bridges too) and every reactor rule together, and the web page when
+    [web] is configured.
 
     \b
     Examples:
