@@ -86,6 +86,9 @@ async def test_a_queue_name_that_cannot_work_is_one_line_before_anything_is_decl
             ("svc\0x", "a NUL character cannot be in"),
             ("svc\\x", "only letters, digits"),
             ("s" * 250, "over AMQP's 255"),  # its retry queue's name is longer still
+            # (it made a queue of that very name, which a peer subscribing there never reads)
+            ("/amq/queue/svc", r"is a STOMP destination: name the queue alone \('svc'\)"),
+            ("/topic/a.b", r"name the queue alone \('a.b'\)"),
         ):
             with pytest.raises(ConfigError, match=problem):
                 await transport.declare(Topology([], [QueueSpec(name, [Binding("x", "#")])]))

@@ -533,3 +533,10 @@ def check_queue_name(name: str) -> None:
     problem = destination_problem(name)
     if problem:
         raise ConfigError(f"queue name {name!r} cannot be used over STOMP: {problem}")
+    for form in ("/amq/queue/", "/queue/", "/topic/", "/exchange/"):
+        if name.startswith(form):  # it would make a queue of that very name, which no peer reads
+            bare = name.removeprefix(form).split("/")[0] or "NAME"
+            raise ConfigError(
+                f"queue name {name!r} is a STOMP destination: name the queue alone ({bare!r}); "
+                "tidings subscribes to /amq/queue/<name> itself"
+            )
