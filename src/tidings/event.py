@@ -8,7 +8,7 @@ import threading
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -94,6 +94,15 @@ def year_prefixed(event_id: str) -> bool:
     return len(event_id) > 5 and event_id[:4].isdigit() and event_id[4] == "-"
 
 
+def whole_seconds(moment: datetime) -> int:
+    """Seconds since the Unix epoch, rounded down exactly (``int(moment.timestamp())`` goes
+    through a float, which rounds .999997 s up to the next second in the year 3059)."""
+    return (moment - _EPOCH) // _SECOND
+
+
+_EPOCH, _SECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -162,6 +171,8 @@ class Event:
         """Build an event, checking the envelope (not the schema: the bus does that)."""
         validate_topic(topic)
         check_envelope(body, headers or {}, visibility)
+        if id:
+            check_id(id)
         if time is not None and time.tzinfo is None:
             raise InvalidEvent("event time must carry a time zone (use UTC)")
         return cls(
@@ -349,6 +360,16 @@ def json_kind(value: Any) -> str:
     return "an object" if isinstance(value, dict) else type(value).__name__
 
 
+def check_id(event_id: str) -> None:
+    """An id every transport can carry: AMQP's message id is a short string (255 bytes), and a
+    line break would split a STOMP header line. (An id read from the wire that is not one makes
+    the message invalid: dead-lettered where it arrives, not by the connector it goes out on.)"""
+    if len(event_id) > MAX_ID_BYTES // 4 and len(event_id.encode()) > MAX_ID_BYTES:
+        raise InvalidEvent(f"event id {event_id[:40]!r}... is longer than {MAX_ID_BYTES} bytes")
+    if not event_id.isprintable():
+        raise InvalidEvent(f"event id {event_id[:80]!r} holds a control character")
+
+
 def check_envelope(body: Any, headers: Any, visibility: Any) -> None:
     if not isinstance(body, dict):
         raise InvalidEvent(f"event body must be a JSON object, not {json_kind(body)}")
@@ -398,6 +419,8 @@ def the_events_own(headers: dict[str, Any]) -> dict[str, Any]:
 
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs
 _CONTAINERS = (dict, list)
+#: the longest event id, in UTF-8 (AMQP's short string)
+MAX_ID_BYTES = 255
 #: the deepest nesting of a body anything may hold: JSON writers recurse (CPython stops them
 #: near 1,000 levels) and the archive's API wraps a body in a few levels more
 DEEPEST = 500

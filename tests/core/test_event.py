@@ -311,3 +311,29 @@ def test_nan_or_infinity_is_refused_at_publish_not_written_as_null(body: dict, t
     finally:
         bus.close()
     assert holds_non_finite(body) and not holds_non_finite({"n": None, "x": [1.5, {"y": 2}]})
+
+
+def test_an_id_some_transport_cannot_carry_is_refused_where_the_event_is_made() -> None:
+    """A 5,000-character id read from a LAVA frame was relayed into the outbox, and then every
+    AMQP connector dead-lettered it ("AMQP short string over 255 bytes")."""
+    Event.create("a.b", {}, id="x" * 255)
+    for bad, said in (
+        ("x" * 256, "longer than 255 bytes"),
+        ("é" * 128, "longer than 255 bytes"),  # 256 bytes in UTF-8
+        ("job\n42", "holds a control character"),
+        ("job\x0042", "holds a control character"),
+    ):
+        with pytest.raises(InvalidEvent, match=said):
+            Event.create("a.b", {}, id=bad)
+        with pytest.raises(InvalidEvent, match=said):
+            Event.from_dict({"id": bad, "topic": "a.b", "time": "2026-12-03T00:00:00Z", "body": {}})
+
+
+def test_whole_seconds_round_down_exactly() -> None:
+    """Through a float, .999997 s rounded up to the next second (fedmsg's and STOMP's integer
+    timestamps then said a later second than the event's)."""
+    from tidings.event import whole_seconds
+
+    late = datetime(3059, 1, 1, 0, 0, 0, 999_997, tzinfo=UTC)
+    assert whole_seconds(late) == int(datetime(3059, 1, 1, tzinfo=UTC).timestamp())
+    assert whole_seconds(datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC)) == -1

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tidings.errors import ConfigError, DecodeError, InvalidEvent
-from tidings.event import Event, loads, year_prefixed
+from tidings.event import Event, loads, whole_seconds, year_prefixed
 from tidings.formats.fedora.settings import BRIDGED_HEADER
 from tidings.transport import WireMessage
 
@@ -73,7 +73,7 @@ class FedmsgFormat:
         envelope = {
             "topic": topic,
             "msg": event.body,
-            "timestamp": int(event.time.timestamp()),
+            "timestamp": whole_seconds(event.time),
             "msg_id": _msg_id(event),
             "i": next(self._counter),
             "username": str(event.headers.get("username", self.username)),

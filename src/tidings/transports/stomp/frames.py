@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidings.event import BROKER_HEADERS  # RabbitMQ writes them when it dead-letters (a retry coming back)
+# BROKER_HEADERS: RabbitMQ writes them when it dead-letters (a retry coming back)
+from tidings.event import BROKER_HEADERS, in_utc, whole_seconds
 from tidings.textheaders import from_text, to_text, utc_moment, whole_number
 from tidings.transport import ATTEMPTS_HEADER, LAST_ERROR_HEADER, REASON_HEADER, WireMessage
 
@@ -99,7 +100,7 @@ def send_headers(message: WireMessage, extra: dict[str, Any] | None = None) -> d
     if message.content_encoding:
         headers["content-encoding"] = message.content_encoding
     if message.timestamp is not None:
-        headers["timestamp"] = str(int(message.timestamp.timestamp()))
+        headers["timestamp"] = str(whole_seconds(in_utc(message.timestamp)))
     if message.priority is not None:
         headers["priority"] = str(message.priority)
     for name, header in PROPERTY_HEADERS.items():
