@@ -358,8 +358,7 @@ async def test_a_function_past_its_timeout_fails_that_try_and_holds_no_worker(
 ) -> None:
     """A call rule's timeout was taken and ignored: one hung function held a worker for good,
     and with one worker every other rule waited behind it."""
-    from tests.transports.conformance import take
-    from tidings.transport import QueueSpec
+    from tests.transports.conformance import take_from
 
     module = f"hanging_{kind}"
     hang = (
@@ -394,31 +393,20 @@ async def test_a_function_past_its_timeout_fails_that_try_and_holds_no_worker(
     hung = Event.create("org.hang.one", {})
     await react(bus, [hung, job(1)], lambda: log.exists(), timeout=10)
     assert log.exists()  # the other rule ran: the hung function held its worker no longer
-    transport = bus.make_transport("local")
-    await transport.connect()
-    try:
-        (letter,) = await take(transport, QueueSpec("reactor.finished.dead"), 1)
-    finally:
-        await transport.close()
+    (letter,) = await take_from(bus, "local", "reactor.finished.dead", 1)
     assert f"{module}:hang did not return within 0.5 s" in letter.message.headers["x-tidings-reason"]
 
 
 async def test_an_argument_holding_a_nul_dead_letters_at_once(tmp_path: Path) -> None:
     """No program can be given it (exec refuses it): retrying would fail the same way every time."""
-    from tests.transports.conformance import take
-    from tidings.transport import QueueSpec
+    from tests.transports.conformance import take_from
 
     log = tmp_path / "ran.jsonl"
     bus = reactor_bus(
         tmp_path, {"command": [sys.executable, str(tmp_path / "recorder.py"), str(log), "$data.status"]}
     )
     await react(bus, [job(1, status="Comp\0lete")], lambda: False, timeout=3)
-    transport = bus.make_transport("local")
-    await transport.connect()
-    try:
-        (letter,) = await take(transport, QueueSpec("reactor.finished.dead"), 1)
-    finally:
-        await transport.close()
+    (letter,) = await take_from(bus, "local", "reactor.finished.dead", 1)
     assert "holds a NUL character" in letter.message.headers["x-tidings-reason"]
     assert letter.message.headers["x-tidings-attempts"] == 1  # not tried again and again
     assert not log.exists()

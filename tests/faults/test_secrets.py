@@ -287,10 +287,9 @@ async def test_a_handler_error_quoting_a_url_leaves_its_password_out_of_the_dead
     password put the password in both."""
     import asyncio
 
-    from tests.transports.conformance import take
+    from tests.transports.conformance import take_from
     from tidings import App, Bus
     from tidings.config import default_config
-    from tidings.transport import QueueSpec
 
     canary = secrets.token_hex(8)
     bus = Bus(default_config(tmp_path))
@@ -314,12 +313,9 @@ async def test_a_handler_error_quoting_a_url_leaves_its_password_out_of_the_dead
     listed = tidings(tmp_path, "dead", "list", "svc")
     assert listed.returncode == 0, listed.stderr
     assert "postgresql://svc:***@db/jobs" in listed.stdout
-    transport = bus.make_transport("local")
-    await transport.connect()
     try:
-        (letter,) = await take(transport, QueueSpec("svc.dead"), 1)
+        (letter,) = await take_from(bus, "local", "svc.dead", 1)
     finally:
-        await transport.close()
         bus.close()
     stored = repr(letter.message.headers)
     assert "postgresql://svc:***@db/jobs" in stored

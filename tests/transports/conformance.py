@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from tidings.bus import Bus
 from tidings.errors import TransportError
 from tidings.retry import HAND_BACK_BASE
 from tidings.transport import (
@@ -58,6 +59,16 @@ async def take(transport: Transport, queue: QueueSpec, count: int, *, prefetch: 
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
     return got
+
+
+async def take_from(bus: Bus, transport: str, queue: str, count: int) -> list[Delivery]:
+    """Consume and ack ``count`` deliveries of ``queue`` on the bus's transport ``transport``."""
+    connected = bus.make_transport(transport)
+    await connected.connect()
+    try:
+        return await take(connected, QueueSpec(queue), count)
+    finally:
+        await connected.close()
 
 
 async def hold(stream: AsyncIterator[Delivery], count: int) -> list[Delivery]:
