@@ -288,6 +288,10 @@ class Runner:
         if self.halted:
             await delivery.release()
             return None
+        if getattr(delivery, "lost", False):
+            # prefetched on a connection that is gone: the broker hands it out again on the next
+            # one, and handled here too it would run twice (its settle could not reach the broker)
+            return None
         try:
             event = self.format.decode(delivery.message)
             self.bus.check_received(event)

@@ -136,7 +136,11 @@ def death_headers(reason: str, attempts: int, queue: str) -> dict[str, Any]:
 
 @runtime_checkable
 class Delivery(Protocol):
-    """One message handed to a consumer; settle it exactly once."""
+    """One message handed to a consumer; settle it exactly once.
+
+    A delivery may also say ``lost`` (a property): true once the connection it came on is gone,
+    so that the broker hands it out again. The consumer runtime then leaves it unhandled.
+    """
 
     message: WireMessage
     #: 1 + the tries settled so far (retries), counted by the broker, so it survives restarts

@@ -221,6 +221,11 @@ class AmqpDelivery:
     acks: ChannelAcks = field(repr=False)
     settled: bool = False
 
+    @property
+    def lost(self) -> bool:
+        """Its channel is gone: the broker hands it out again on another."""
+        return bool(self.raw.channel.is_closed)
+
     async def ack(self) -> None:
         self._mark_settled()
         self.acks.ack(self.raw.delivery.delivery_tag)

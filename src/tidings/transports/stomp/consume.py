@@ -59,6 +59,12 @@ class StompDelivery:
     transport: StompTransport = field(repr=False)
     settled: bool = False
 
+    @property
+    def lost(self) -> bool:
+        """Its connection is gone: the broker hands it out again on the next one."""
+        link = self.link
+        return link.connection is None or link.failed_a_write or self.generation != link.generation
+
     async def ack(self) -> None:
         self._mark_settled()
         await self._frame("ack")
@@ -98,6 +104,8 @@ class StompDelivery:
         try:
             await self.link.write(getattr(connection, command), self.ack_id, **headers)
         except (NotConnectedException, OSError):
+            # stomp.py may not have seen the connection go yet: what came on it is not handled now
+            self.link.failed_a_write = True
             log.warning(
                 "%s of message %s was lost with its connection; it comes back",
                 command,

@@ -75,6 +75,8 @@ class Link(stomp.ConnectionListener):
         self.connection: stomp.Connection12 | None = None
         #: counts connections: an ack id from an earlier one must never be sent on a later one
         self.generation = 0
+        #: an ack or a nack could not be written: the connection is gone, whatever stomp.py says
+        self.failed_a_write = False
         self.refusal = ""
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tidings-stomp")
 
