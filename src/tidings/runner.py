@@ -359,7 +359,7 @@ class Runner:
 
     async def _call_handlers(self, delivery: Delivery, event: Event, attempt: int) -> BaseException | None:
         context = Context(attempt, self.app.settings.queue, self.app.name, delivery, event.id, self.inbox)
-        handlers = self.app.handlers_for(event.topic)
+        handlers = self.handlers_of(event, delivery.message)
         if not handlers and not self._bound_on_purpose(delivery.message):
             self._tell_unhandled(event.topic, delivery.message.routing_key)
         try:
@@ -376,6 +376,18 @@ class Runner:
             # consumer goes on rather than ending with exit status 0 as if all were well)
             return exc
         return None
+
+    def handlers_of(self, event: Event, message: WireMessage) -> list[Subscription]:
+        """The subscriptions the event's topic matches; if none, those matching the further keys
+        the broker routed the message by (CC: Taskcluster's task routes, a queue bound by
+        ``route.index.#`` whose messages' topic is their primary key)."""
+        found = self.app.handlers_for(event.topic)
+        if found or not message.cc:
+            return found
+        by_cc: list[Subscription] = []
+        for key in message.cc:
+            by_cc += [sub for sub in self.app.handlers_for(key) if sub not in by_cc]
+        return by_cc
 
     def _broker_wait(self, delay: float) -> float:
         """How long a retry asked to wait ``delay`` s really waits on this transport (a broker
@@ -417,7 +429,7 @@ class Runner:
             if self.inbox is not None:
                 self.inbox.mark(self.app.name, event.id)
             await delivery.ack()
-            if outcome is None and not self.app.handlers_for(event.topic):
+            if outcome is None and not self.handlers_of(event, delivery.message):
                 counters.unhandled += 1  # not "handled": no handler saw it (see _tell_unhandled)
             elif outcome is None:
                 counters.handled += 1

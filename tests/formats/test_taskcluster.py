@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -281,3 +282,51 @@ async def test_a_queue_bound_by_two_routes_gets_one_copy(rabbitmq: str) -> None:
     finally:
         await transport.close()
         await delete_amqp_topology(rabbitmq, [queue.name], [prefix + e for e in EXCHANGES])
+
+
+@pytest.mark.rabbitmq
+async def test_a_consumer_subscribed_to_a_route_gets_the_tasks_routed_by_it(
+    tmp_path: Path, rabbitmq: str
+) -> None:
+    """Taskcluster's index, notify and Treeherder listen by route: RabbitMQ delivers the message
+    by its CC key, but its topic is the primary key, which no handler's pattern matched, so it
+    was acked without a call ("unhandled") — gone for the service that bound it."""
+    import asyncio
+
+    from tests.conftest import delete_amqp_topology
+    from tests.faults.rig import write_config
+    from tests.waiting import until
+    from tidings import App, Bus, Event
+    from tidings.config import load_config
+    from tidings.transports.amqp import AmqpTransport
+
+    prefix = f"exchange/test-{uuid.uuid4().hex[:6]}/v1/"
+    config, _ = write_config(tmp_path)
+    bus = Bus(load_config(config))
+    app = App(
+        f"queue/test/{uuid.uuid4().hex[:6]}",
+        transport="rabbit",
+        exchange=prefix + "task-completed",
+        format="taskcluster",
+        format_options={"prefix": prefix},
+    )
+    got: list[Event] = []
+    app.subscribe("route.index.#")(got.append)
+    await app.declare(bus)
+    event = task_event("task-completed", STATUS, routes=["index.gecko.v2.latest"], **FIELDS)
+    transport = AmqpTransport(url=rabbitmq)
+    await transport.connect()
+    stop = asyncio.Event()
+    running = asyncio.create_task(app.run(bus, stop))
+    try:
+        (result,) = await transport.send("", [TaskclusterFormat(prefix=prefix).encode(event)])
+        assert result.outcome.value == "delivered"
+        await until(lambda: bool(got) or running.done(), 30)
+    finally:
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await transport.close()
+        bus.close()
+        await delete_amqp_topology(rabbitmq, [app.settings.queue], [prefix + "task-completed"])
+    assert [e.id for e in got] == [event.id]
+    assert (app.counters.handled, app.counters.unhandled) == (1, 0)
