@@ -10,12 +10,14 @@ header for each of ``usernames``, ``groups``, ``packages``, ``containers``, ``mo
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pika
 import pytest
 from fedora_messaging import message as fm
 
 from tests.formats.test_fedora import COMMENT_SCHEMA, OVERRIDE, SCHEMA, comment_body, to_pika
+from tidings.errors import InvalidEvent
 from tidings.event import Event
 from tidings.formats.fedora import FedoraMessagingFormat, fedora_event, messaging
 from tidings.transport import WireMessage
@@ -177,3 +179,30 @@ def test_a_listed_header_that_is_no_json_goes_out_as_its_text() -> None:
     assert FedoraMessagingFormat().encode(event).headers["x-odd"] == "[not json"
     garbage = Event.create("a.b", {}, headers={messaging.JSON_HEADERS: "{"})
     assert messaging.JSON_HEADERS not in FedoraMessagingFormat().encode(garbage).headers
+
+
+def test_a_severity_and_priority_given_as_text_go_out_as_numbers_fedora_messaging_takes() -> None:
+    """``tidings publish -H fedora_messaging_severity=30 -H priority=3`` made text headers: the real
+    library's get_message refused the message ("'30' is not of type 'number'"), and its consumer
+    drops such a message; the AMQP priority was not set at all."""
+    headers = {"fedora_messaging_severity": "30", "priority": "3"}
+    event = Event.create("bodhi.update.comment", comment(), type=COMMENT_SCHEMA, headers=headers)
+    wire = FedoraMessagingFormat().encode(event)
+    assert (wire.headers["fedora_messaging_severity"], wire.headers["priority"], wire.priority) == (30, 3, 3)
+    received = fm.get_message(wire.routing_key, to_pika(wire), wire.body)
+    assert (received.severity, received.priority) == (fm.WARNING, 3)
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"fedora_messaging_severity": 50}, "fedora_messaging_severity must be one of (10, 20, 30, 40)"),
+        ({"fedora_messaging_severity": "loud"}, "fedora_messaging_severity must be one of"),
+        ({"priority": 300}, "priority must be a whole number from 0 to 255, not 300"),
+        ({"priority": "-1"}, "priority must be a whole number from 0 to 255"),
+    ],
+)
+def test_a_severity_or_priority_fedora_messaging_refuses_is_refused_here(headers: dict, said: str) -> None:
+    event = Event.create("bodhi.update.comment", comment(), type=COMMENT_SCHEMA, headers=headers)
+    with pytest.raises(InvalidEvent, match=re.escape(said)):
+        FedoraMessagingFormat().encode(event)

@@ -182,6 +182,32 @@ def fedora_event(
     return Event.create(topic, body, source=source, type=schema, headers=headers)
 
 
+def _whole(value: Any) -> int | None:
+    """An integer header as a number: ``tidings publish -H`` gives every value as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+
+
+def _severity(value: Any) -> int:
+    """fedora-messaging's consumers refuse a severity that is not one of its four numbers (and
+    drop the message)."""
+    severity = _whole(value)
+    if severity not in SEVERITIES:
+        raise InvalidEvent(f"fedora_messaging_severity must be one of {SEVERITIES}, not {value!r}")
+    return severity
+
+
+def _priority(value: Any) -> int | None:
+    """AMQP's priority: 0 to 255 (a number given as text is taken as that number)."""
+    if value is None:
+        return None
+    priority = _whole(value)
+    if priority is None or not 0 <= priority <= 255:
+        raise InvalidEvent(f"priority must be a whole number from 0 to 255, not {value!r}")
+    return priority
+
+
 class FedoraMessagingFormat:
     """Format ``fedora-messaging``; option ``topic_prefix`` (e.g. ``org.fedoraproject.prod``).
 
@@ -209,8 +235,9 @@ class FedoraMessagingFormat:
         headers["sent-at"] = event.time.astimezone(UTC).replace(microsecond=0).isoformat()
         message = class_message(schema, event.topic, event.body)
         severity = getattr(message, "severity", INFO)  # the class's, unless the event names one
-        headers["fedora_messaging_severity"] = event.headers.get("fedora_messaging_severity", severity)
-        priority = event.headers.get("priority")
+        named = event.headers.get("fedora_messaging_severity")
+        headers["fedora_messaging_severity"] = severity if named is None else _severity(named)
+        priority = _priority(event.headers.get("priority"))
         headers["priority"] = priority or 0
         headers.update({k: v for k, v in wire_headers(event.headers).items() if k not in headers})
         if message is not None:  # last, as _build_properties adds them: what the class says goes
