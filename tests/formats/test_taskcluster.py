@@ -47,7 +47,7 @@ STATUS = {"status": {"taskId": FIELDS["taskId"], "state": "completed"}, "runId":
 GROUP = {"taskGroupId": FIELDS["taskGroupId"], "schedulerId": FIELDS["schedulerId"]}
 #: a body of each exchange (the queue's message schemas, services/queue/schemas/v1/)
 BODIES = {
-    "task-group-resolved": GROUP,
+    "task-group-resolved": {**GROUP, "expires": "2027-01-01T00:00:00.000Z"},
     "task-group-sealed": {
         **GROUP,
         "expires": "2027-01-01T00:00:00.000Z",
@@ -190,6 +190,7 @@ def test_a_message_as_lib_pulse_publishes_it_decodes(exchange: str) -> None:
     ("exchange", "body"),
     [
         ("task-group-sealed", GROUP),  # no expires
+        ("task-group-resolved", GROUP),  # no expires: the same task-group-changed message
         ("task-priority-changed", {**BODIES["task-priority-changed"], "newPriority": "urgent"}),
         ("task-group-priority-changed", {**BODIES["task-group-priority-changed"], "tasksAffected": -1}),
     ],
