@@ -181,7 +181,7 @@ class ReactorRule(_Strict):
 
     match: Any = None
     #: the command and its arguments; ``$topic``, ``$data.job`` ... (tidings.filters paths) are
-    #: replaced by the event's values, as whole arguments or as ``${path}`` inside one (``$$``: a ``$``)
+    #: replaced by the event's values, as whole arguments or as ``${path}`` inside one (``$${``: a ``${``)
     command: list[str] = []
     #: ``module:function`` called with the event instead of a command
     call: str = ""

@@ -177,7 +177,7 @@ def _check_substitutions(command: list[str], where: str) -> None:
         for path in paths_in(arg):
             if not is_field(path):
                 raise ConfigError(
-                    f"{where}: {arg!r}: {path!r} is not a field: {FIELDS} (a literal $ is written $$)"
+                    f"{where}: {arg!r}: {path!r} is not a field: {FIELDS} (a literal ${{ is written $${{)"
                 )
 
 

@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 #: a whole argument that is one substitution: ``$data.job``
 WHOLE = re.compile(r"\$([A-Za-z_][\w.]*)")
-#: a substitution inside an argument: ``job-${data.job}.log``; ``$$`` is a literal ``$``
-INSIDE = re.compile(r"\$\$|\$\{([^}]+)\}")
+#: a substitution inside an argument: ``job-${data.job}.log``; ``$${`` is a literal ``${`` (and ``$$``
+#: before anything else stays as it is: a shell's process id)
+INSIDE = re.compile(r"\$\$(?=\{)|\$\{([^}]+)\}")
 #: how much of a command's output a log line keeps
 OUTPUT_SHOWN = 2000
 #: seconds to wait for a killed command to be gone

@@ -247,7 +247,7 @@ async def test_a_rule_runs_its_command_once_per_matching_event_with_literal_argu
                 "job-${data.job}",
                 "$data.note",
                 "$topic",
-                "cost: $$5 for ${data.job}, $${not.this}",  # $$: a literal $
+                "pid $$, job ${data.job}, $${not.this}",  # $${: a literal ${ ($$ stays: the shell's)
             ],
         },
     )
@@ -260,7 +260,7 @@ async def test_a_rule_runs_its_command_once_per_matching_event_with_literal_argu
     ran = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(r["argv"][0] for r in ran) == ["1", "3"]
     first = next(r for r in ran if r["argv"][0] == "1")
-    literal = "cost: $5 for 1, ${not.this}"
+    literal = "pid $$, job 1, ${not.this}"
     assert first["argv"] == ["1", "job-1", HOSTILE, "org.linaro.validation.testjob", literal]  # literal items
     assert first["stdin"]["body"]["job"] == 1  # the event as JSON on stdin
     assert not (tmp_path / "pwned").exists()
@@ -644,7 +644,7 @@ def test_verify_missing_stopped_early_still_says_what_it_found(tmp_path: Path, s
             ["config", "check"],
             3,
             "'HOME' is not a field: topic, id, source, type, time, username, headers.NAME or data.PATH "
-            "(a literal $ is written $$)",
+            "(a literal ${ is written $${)",
         ),
         ("[relays.x]\n", ["relay", "x", "--verify-missing", "nan"], 2, "not a number of seconds"),
         ("[relays.x]\n", ["relay", "x", "--grace", "-5"], 2, "not a number of seconds"),
