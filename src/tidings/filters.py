@@ -233,7 +233,7 @@ def _has_required_character(parsed: Any) -> bool:
 
 def _field_test(spec: Mapping[str, Any], where: str) -> Predicate:
     path = spec["field"]
-    if not isinstance(path, str) or not _valid_path(path):
+    if not isinstance(path, str) or not is_field(path):
         raise ConfigError(f"{where}.field: {path!r} is not a field: {FIELDS}")
     tests = [key for key in spec if key != "field"]
     if len(tests) != 1 or tests[0] not in _FIELD_TESTS:
@@ -300,10 +300,6 @@ def _walk(value: Any, path: str) -> Any:
 
 def is_field(path: str) -> bool:
     """Whether ``path`` names a field an event can have (what :func:`lookup` takes)."""
-    return _valid_path(path)
-
-
-def _valid_path(path: str) -> bool:
     head, dot, rest = path.partition(".")
     if head in ("data", "body"):
         return not dot or all(rest.split("."))

@@ -44,7 +44,7 @@ from tidings.errors import DecodeError, InvalidEvent
 from tidings.event import Event, JSONScalar, dumps, loads
 from tidings.format import stable_id
 from tidings.schemas import SchemaPack
-from tidings.textheaders import from_text, to_text
+from tidings.textheaders import from_text, to_text, whole_number
 from tidings.transport import WireMessage
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -186,7 +186,7 @@ def _whole(value: Any) -> int | None:
     """An integer header as a number: ``tidings publish -H`` gives every value as text."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+    return whole_number(value) if isinstance(value, str) else None
 
 
 def _severity(value: Any) -> int:

@@ -10,6 +10,7 @@ plug-in and its options and imports none of the Kafka library.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -43,6 +44,15 @@ SET_BY_TIDINGS = {
     "linger.ms": "set linger instead",
     "session.timeout.ms": "set session_timeout instead",
 }
+
+
+def poll_interval_ms(librdkafka: Mapping[str, Any]) -> float | None:
+    """The ``max.poll.interval.ms`` in force (librdkafka's default unless set), or None when the
+    setting is not a number (librdkafka refuses it, naming it)."""
+    try:
+        return float(librdkafka.get("max.poll.interval.ms", LIBRDKAFKA_POLL_INTERVAL))
+    except ValueError:
+        return None
 
 
 class KafkaSettings(Settings):
@@ -85,11 +95,8 @@ class KafkaSettings(Settings):
         own = sorted(set(self.librdkafka) & set(SET_BY_TIDINGS))
         if own:
             raise ValueError(f"librdkafka: {own[0]!r} is tidings' own: {SET_BY_TIDINGS[own[0]]}")
-        try:
-            poll_interval = float(self.librdkafka.get("max.poll.interval.ms", LIBRDKAFKA_POLL_INTERVAL))
-        except ValueError:
-            poll_interval = LIBRDKAFKA_POLL_INTERVAL  # not a number: librdkafka says so, naming it
-        if poll_interval < self.session_timeout * 1000:
+        poll_interval = poll_interval_ms(self.librdkafka)
+        if poll_interval is not None and poll_interval < self.session_timeout * 1000:
             raise ValueError(  # librdkafka refuses the consumer otherwise
                 f"librdkafka: 'max.poll.interval.ms' ({poll_interval:g}) must be at least "
                 f"session_timeout ({self.session_timeout * 1000:g} ms)"

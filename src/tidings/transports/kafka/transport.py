@@ -40,7 +40,7 @@ from tidings.transport import (
     Topology,
     WireMessage,
 )
-from tidings.transports.kafka import DEFAULT_URL, FORWARD_ROOM, LIBRDKAFKA_POLL_INTERVAL
+from tidings.transports.kafka import DEFAULT_URL, FORWARD_ROOM, poll_interval_ms
 from tidings.transports.kafka.records import (
     Record,
     Servers,
@@ -157,11 +157,9 @@ class KafkaTransport:
             "session.timeout.ms": session,
             "heartbeat.interval.ms": max(100, session // 10),
         }
-        try:
-            poll_interval = float(self._client.get("max.poll.interval.ms", LIBRDKAFKA_POLL_INTERVAL))
+        poll_interval = poll_interval_ms(self._client)
+        if poll_interval is not None:
             timeouts["max.poll.interval.ms"] = int(max(session, poll_interval))
-        except ValueError:
-            pass  # not a number: librdkafka refuses it, naming it
         return self.client_config(**{"group.id": group, "enable.auto.commit": False, **timeouts, **more})
 
     def _on_error(self, error: KafkaError) -> None:
