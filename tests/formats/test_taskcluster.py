@@ -43,10 +43,54 @@ FIELDS = {
     "schedulerId": "gecko-level-3",
     "taskGroupId": "Xs9f-N3kQ2yJ1fG4x5aQ7w",
 }
-STATUS = {"status": {"taskId": FIELDS["taskId"], "state": "completed"}, "runId": 0}
+#: a task's status as the queue sends it (services/queue/schemas/v1/task-status.yml)
+TASK_STATUS = {
+    "taskId": FIELDS["taskId"],
+    "provisionerId": FIELDS["provisionerId"],
+    "workerType": FIELDS["workerType"],
+    "taskQueueId": f"{FIELDS['provisionerId']}/{FIELDS['workerType']}",
+    "schedulerId": FIELDS["schedulerId"],
+    "projectId": "none",
+    "taskGroupId": FIELDS["taskGroupId"],
+    "priority": "lowest",
+    "deadline": "2026-12-02T08:00:00.000Z",
+    "expires": "2027-12-01T08:00:00.000Z",
+    "retriesLeft": 5,
+    "state": "completed",
+    "runs": [
+        {
+            "runId": 0,
+            "state": "completed",
+            "reasonCreated": "scheduled",
+            "reasonResolved": "completed",
+            "workerGroup": FIELDS["workerGroup"],
+            "workerId": FIELDS["workerId"],
+            "takenUntil": "2026-12-01T08:20:00.000Z",
+            "scheduled": "2026-12-01T08:00:00.000Z",
+            "started": "2026-12-01T08:01:00.000Z",
+            "resolved": "2026-12-01T08:10:00.000Z",
+        }
+    ],
+}
+RUN = {"runId": 0, "workerGroup": FIELDS["workerGroup"], "workerId": FIELDS["workerId"]}
+#: a task-completed message (task-completed-message.yml)
+STATUS = {"status": TASK_STATUS, **RUN}
 GROUP = {"taskGroupId": FIELDS["taskGroupId"], "schedulerId": FIELDS["schedulerId"]}
 #: a body of each exchange (the queue's message schemas, services/queue/schemas/v1/)
 BODIES = {
+    "task-defined": {"status": TASK_STATUS, "task": {"tags": {"kind": "build"}}},
+    "task-pending": {"status": TASK_STATUS, "runId": 0, "task": {"tags": {}}},
+    "task-running": {**STATUS, "takenUntil": "2026-12-01T08:20:00.000Z"},
+    "artifact-created": {
+        **STATUS,
+        "artifact": {
+            "storageType": "object",
+            "name": "public/logs/live.log",
+            "expires": "2027-12-01T08:00:00.000Z",
+            "contentType": "text/plain",
+        },
+    },
+    "task-exception": {"status": TASK_STATUS},  # deadline passed before a run: no run, no worker
     "task-group-resolved": {**GROUP, "expires": "2027-01-01T00:00:00.000Z"},
     "task-group-sealed": {
         **GROUP,
@@ -70,6 +114,27 @@ METHODS = {
     "task-priority-changed": "taskPriorityChanged",
     "task-group-priority-changed": "taskGroupPriorityChanged",
 }
+
+
+SCHEMAS = Path(inspect.getfile(SchemaRegistry)).parent / "packs" / "taskcluster"
+TASK_STATUS_REQUIRED = {
+    "taskId",
+    "provisionerId",
+    "workerType",
+    "taskQueueId",
+    "schedulerId",
+    "projectId",
+    "taskGroupId",
+    "deadline",
+    "expires",
+    "retriesLeft",
+    "state",
+    "runs",
+}
+
+
+def without(mapping: dict, name: str) -> dict:
+    return {key: value for key, value in mapping.items() if key != name}
 
 
 def body_of(exchange: str) -> dict:
@@ -193,12 +258,72 @@ def test_a_message_as_lib_pulse_publishes_it_decodes(exchange: str) -> None:
         ("task-group-resolved", GROUP),  # no expires: the same task-group-changed message
         ("task-priority-changed", {**BODIES["task-priority-changed"], "newPriority": "urgent"}),
         ("task-group-priority-changed", {**BODIES["task-group-priority-changed"], "tasksAffected": -1}),
-    ],
+        # the task messages (services/queue/schemas/v1/<exchange>-message.yml, task-status.yml)
+        ("task-completed", {"status": {"taskId": FIELDS["taskId"]}, "runId": 0}),  # tidings 0.1 took it
+        ("task-completed", {"status": TASK_STATUS, "runId": 0, "workerId": "w"}),  # no workerGroup
+        ("task-failed", {**STATUS, "runId": 1001}),
+        ("task-running", STATUS),  # no takenUntil
+        ("task-pending", {"status": TASK_STATUS}),  # no runId
+        ("artifact-created", STATUS),  # no artifact
+        ("artifact-created", {**BODIES["artifact-created"], "artifact": {"name": "x"}}),
+        ("task-defined", {"status": TASK_STATUS, "task": {"tags": {"a": 1}}}),
+        ("task-exception", {"status": {**TASK_STATUS, "taskId": "not-a-slugid"}}),
+        ("task-exception", {"status": {**TASK_STATUS, "state": "done"}}),
+        ("task-exception", {"status": {**TASK_STATUS, "workerType": "B.Linux"}}),
+        ("task-exception", {"status": {**TASK_STATUS, "runs": [{"runId": 0, "state": "pending"}]}}),
+        (
+            "task-priority-changed",
+            {**BODIES["task-priority-changed"], "status": {"taskId": FIELDS["taskId"]}},
+        ),
+    ]
+    + [("task-exception", {"status": without(TASK_STATUS, name)}) for name in sorted(TASK_STATUS_REQUIRED)],
 )
 def test_the_new_schemas_refuse_what_the_queue_never_sends(exchange: str, body: dict) -> None:
     with pytest.raises(SchemaError) as refused:
         SchemaRegistry.default().validate(f"taskcluster.{exchange}.v1", {**body, "version": 1})
     assert not isinstance(refused.value, UnknownSchema)  # known, and the body breaks it
+
+
+@pytest.mark.parametrize("exchange", sorted(METHODS))
+def test_properties_a_newer_queue_may_add_are_let_through(exchange: str) -> None:
+    # the queue's schemas say additionalProperties: false, and grew a property now and then
+    # (taskQueueId, projectId, the message's task): a consumer of a newer queue keeps working
+    body = {**body_of(exchange), "version": 1, "futureProperty": {"x": 1}}
+    if "status" in body:
+        body["status"] = {**body["status"], "futureField": 2}
+    SchemaRegistry.default().validate(f"taskcluster.{exchange}.v1", body)
+
+
+def test_every_task_message_schema_has_the_same_task_status() -> None:
+    schemas = {
+        path.name: orjson.loads(path.read_bytes())
+        for path in SCHEMAS.glob("taskcluster.*.json")
+        if "status" in orjson.loads(path.read_bytes())["properties"]
+    }
+    assert len(schemas) == 8  # seven task messages and task-priority-changed
+    first = next(iter(schemas.values()))["$defs"]
+    assert set(first["status"]["required"]) == TASK_STATUS_REQUIRED
+    assert all(schema["$defs"] == first for schema in schemas.values())
+
+
+def test_the_routing_key_words_come_from_the_message_as_the_queue_takes_them() -> None:
+    # exchanges.js commonRoutingKeyBuilder: the status' words and the message's run words
+    derived = task_event("task-completed", STATUS)
+    assert (
+        derived.topic
+        == task_event("task-completed", STATUS, **FIELDS).topic
+        == routing_key("task-completed", FIELDS)
+    )
+    group = task_event("task-group-resolved", BODIES["task-group-resolved"])
+    assert group.topic == f"primary.{FIELDS['taskGroupId']}.{FIELDS['schedulerId']}._"
+    # the queue's priority-changed message has no run words
+    assert task_event("task-priority-changed", BODIES["task-priority-changed"]).topic.split(".")[2:5] == [
+        "_",
+        "_",
+        "_",
+    ]
+    with pytest.raises(InvalidEvent, match="workerId 'other' is not the message's 'i-0abc'"):
+        task_event("task-completed", STATUS, **{**FIELDS, "workerId": "other"})
 
 
 def test_properties_are_lib_pulses() -> None:
@@ -331,3 +456,14 @@ async def test_a_consumer_subscribed_to_a_route_gets_the_tasks_routed_by_it(
         await delete_amqp_topology(rabbitmq, [app.settings.queue], [prefix + "task-completed"])
     assert [e.id for e in got] == [event.id]
     assert (app.counters.handled, app.counters.unhandled) == (1, 0)
+
+
+def test_the_docs_example_publishes_a_message_the_schema_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "systems" / "taskcluster.md"
+    code = page.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(code, scope)  # our own docs page
+    event = scope["event"]
+    SchemaRegistry.default().validate(event.type, event.body)
+    assert event.topic == routing_key("task-completed", FIELDS)
+    assert capsys.readouterr().out.splitlines()[-1] == "primary.*.*.*.*.*.b-linux.*.*.#"

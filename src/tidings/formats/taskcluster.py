@@ -70,6 +70,10 @@ def _task_group() -> tuple[Word, ...]:
     )
 
 
+#: the words of a task message's routing key taken from its status, and from the message itself
+STATUS_WORDS = ("taskId", "provisionerId", "workerType", "schedulerId", "taskGroupId")
+RUN_WORDS = ("runId", "workerGroup", "workerId")
+
 #: exchange → routing key words after the constant "primary"
 EXCHANGES: dict[str, tuple[Word, ...]] = {
     "task-defined": _common(),
@@ -81,7 +85,7 @@ EXCHANGES: dict[str, tuple[Word, ...]] = {
     "task-exception": _common(),
     "task-group-resolved": _task_group(),
     "task-group-sealed": _task_group(),
-    # the latest run's words, "_" while the task has none (QueueEvents.taskPriorityChanged)
+    # the queue's message has no run words: "_" (services/queue/src/api.js, changeTaskPriority)
     "task-priority-changed": _common(),
     "task-group-priority-changed": _task_group(),
 }
@@ -172,6 +176,32 @@ def routes_of(event: Event) -> list[str]:
     return validate_routes(loads(text))
 
 
+def words_of(exchange: str, message: Mapping[str, Any]) -> dict[str, Any]:
+    """The routing key words the queue takes from a message (``commonRoutingKeyBuilder``: the
+    status and the run's words; ``taskGroupRoutingKeyBuilder``: the group's), those it has."""
+    if _words(exchange) == EXCHANGES["task-group-resolved"]:
+        found = {name: message.get(name) for name in ("taskGroupId", "schedulerId")}
+    else:
+        status = message.get("status")
+        status = status if isinstance(status, Mapping) else {}
+        found = {name: status.get(name) for name in STATUS_WORDS}
+        found.update({name: message.get(name) for name in RUN_WORDS})
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def _agreeing_words(exchange: str, message: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The message's words and those given; a given word the message says otherwise is refused
+    (the queue builds the key from the message: a key that contradicts it routes wrongly)."""
+    found = words_of(exchange, message)
+    for name, value in given.items():
+        if name in found and str(found[name]) != str(value):
+            raise InvalidEvent(
+                f"Taskcluster {exchange}: routing key word {name} {value!r} is not the message's "
+                f"{found[name]!r}"
+            )
+    return {**found, **given}
+
+
 def task_event(
     exchange: str,
     message: dict[str, Any],
@@ -180,7 +210,9 @@ def task_event(
     scopes: Iterable[str] | None = None,
     **fields: Any,
 ) -> Event:
-    """An event for a queue exchange; ``scopes`` (when given) must allow every route, checked now."""
+    """An event for a queue exchange; its routing key words come from the message as the queue
+    takes them (``fields`` may add the words a message lacks). ``scopes`` (when given) must
+    allow every route, checked now."""
     routes = validate_routes(routes)
     if scopes is not None:
         check_routes(routes, scopes)
@@ -189,7 +221,7 @@ def task_event(
     if routes:
         headers[ROUTES_HEADER] = routes_header(routes)
     return Event.create(
-        routing_key(exchange, fields),
+        routing_key(exchange, _agreeing_words(exchange, message, fields)),
         body,
         source="taskcluster-queue",
         type=f"taskcluster.{exchange}.v1",
