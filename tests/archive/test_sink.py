@@ -107,6 +107,33 @@ def test_a_bug_on_one_event_inside_a_postgresql_transaction_is_its_dead_letter(
     asyncio.run(sink.close())
 
 
+def test_a_postgresql_connection_that_broke_is_opened_again(tmp_path: Path, pg_schema: str) -> None:
+    """A terminated backend (a server restart, an operator's pg_terminate_backend) left the
+    archive's lock held: the archive stored nothing more, and every search and close waited
+    for ever. The batch it broke is now stored on a new connection."""
+    import psycopg
+
+    from tests.archive.conftest import PG_URL
+    from tidings.archive import postgres
+
+    sink = ArchiveSink(config(tmp_path))
+    archive = sink.archive = postgres.PostgresArchive(PG_URL, schema=pg_schema)
+    native = load_format("tidings")
+    before, after = Event.create("before", {}), Event.create("after", {})
+    assert [r.outcome for r in asyncio.run(sink.send("tidings", [native.encode(before)]))] == [
+        Outcome.DELIVERED
+    ]
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (archive._db.info.backend_pid,))
+
+    async def send_after() -> list[SendResult]:
+        return await asyncio.wait_for(sink.send("tidings", [native.encode(after)]), 30)
+
+    assert [r.outcome for r in asyncio.run(send_after())] == [Outcome.DELIVERED]
+    assert {a.event.id for a in archive.search(Query()).items} == {before.id, after.id}
+    asyncio.run(asyncio.wait_for(sink.close(), 30))
+
+
 def test_a_bug_on_one_event_inside_a_sqlite_transaction_is_rolled_back_and_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

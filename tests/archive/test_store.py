@@ -102,7 +102,12 @@ def test_every_query_field(sample: Archive) -> None:
     assert find(agents=["alice"]) == ["org.fedoraproject.prod.bodhi.update.comment"]
     assert find(sources=["copr"]) == ["org.fedoraproject.prod.copr.build.end"]
     assert find(contains=["mainline", "nothing-like-it"]) == ["datawarehouse.checkout.new"]
+    # both ends included, as datanommer's between(timestamp, start, end)
     assert find(start=T0 + timedelta(minutes=4), end=T0 + timedelta(minutes=5)) == [
+        "datawarehouse.checkout.new",
+        "datawarehouse.build.done",
+    ]
+    assert find(start=T0 + timedelta(minutes=4), end=T0 + timedelta(minutes=4.5)) == [
         "datawarehouse.checkout.new"
     ]
     # the lists combine with AND
@@ -246,7 +251,9 @@ def test_since_on_sqlite_walks_by_seq_whatever_the_filter(
     store = SqliteArchive(Path(str(tmp_path)) / "archive.db")
     asked: list[tuple[str, list[object]]] = []
     read = store._read
-    monkeypatch.setattr(store, "_read", lambda sql, params: asked.append((sql, params)) or read(sql, params))
+    monkeypatch.setattr(
+        store, "_read", lambda sql, params, **kw: asked.append((sql, params)) or read(sql, params, **kw)
+    )
     for query in (Query(topics=["org.fedoraproject.*.bodhi.#"]), Query(topics=["a.b"]), Query(sources=["x"])):
         store.since(10, query)
         sql, params = asked[-1]
@@ -282,3 +289,16 @@ def test_a_pattern_of_many_hashes_is_answered_at_once(archive: Archive) -> None:
     found = archive.search(Query(topics=["#." * 60 + "h"]), limit=1).items
     assert topics(found) == ["org.fedoraproject.prod.bodhi.update.comment.a.b.c.d.e.f.g.h"]
     assert time.monotonic() - started < 5
+
+
+def test_since_stops_at_a_budget_of_bytes_and_always_reads_one(archive: Archive) -> None:
+    """A live stream reads a batch at a time: of large events, as many as the budget holds."""
+    archive.ingest([archived(f"big.{n}", n, body={"pad": "x" * 100_000}) for n in range(5)])
+    assert [a.event.topic for a in archive.since(0, Query(), max_bytes=250_000)] == [
+        "big.0",
+        "big.1",
+        "big.2",
+    ]
+    assert [a.event.topic for a in archive.since(0, Query(), max_bytes=1)] == ["big.0"]
+    assert len(archive.since(0, Query(), limit=2, max_bytes=10**9)) == 2
+    assert [a.event.topic for a in archive.since(3, Query(), max_bytes=150_000)] == ["big.3", "big.4"]

@@ -106,6 +106,47 @@ def test_raw_time_arguments_follow_datagrepper_table(client: TestClient, archive
     assert arguments["end"] - arguments["start"] == pytest.approx(300)
 
 
+def test_a_window_holds_the_events_at_both_its_ends(client: TestClient, archive: Archive) -> None:
+    # datanommer's grep: between(timestamp, start, end), both ends included
+    archive.ingest([event(BODHI, {"n": n}, at=1577836800) for n in range(3)])
+    for params in ({"start": 1577836700, "end": 1577836800}, {"end": 1577836800}, {"start": 1577836800}):
+        assert client.get("/raw", params=params).json()["total"] == 3, params
+    assert client.get("/raw", params={"start": 1577836800.001}).json()["total"] == 0
+    assert client.get("/raw", params={"end": 1577836799.999}).json()["total"] == 0
+
+
+@pytest.mark.parametrize("path", ["/raw", "/id"])
+def test_a_post_with_a_form_body_is_refused_not_read_as_no_filter(
+    client: TestClient, archive: Archive, path: str
+) -> None:
+    archive.ingest([event(BODHI, {"n": 1})])
+    refused = client.post(path, data={"category": "nope", "rows_per_page": "1"})
+    assert refused.status_code == 400
+    assert "query string" in refused.json()["error"]
+    assert client.post("/raw", params={"category": "nope"}).json()["total"] == 0  # POST as GET
+
+
+def test_a_store_that_cannot_answer_is_503_with_why(
+    client: TestClient, archive: Archive, monkeypatch
+) -> None:
+    from tidings.errors import StorageError
+
+    def away(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("archive (PostgreSQL): the connection is closed")
+
+    for method in ("numbered", "get", "search", "last_seq", "since"):
+        monkeypatch.setattr(archive, method, away)
+    for path, params in (("/raw", {}), ("/id", {"id": "x"}), ("/v2/search", {}), ("/stream", {})):
+        response = client.get(path, params=params)
+        if path == "/stream":  # the stream ends: a browser comes back with its Last-Event-ID
+            assert response.status_code == 200 and response.text == "retry: 1000\n\n"
+            continue
+        assert response.status_code == 503, path
+        assert response.json() == {
+            "error": "the archive cannot answer now: archive (PostgreSQL): the connection is closed"
+        }
+
+
 @pytest.mark.parametrize(
     "params",
     [

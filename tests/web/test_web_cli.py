@@ -103,3 +103,40 @@ def test_config_show_masks_the_tokens(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "[web]" in result.stdout and "secret" not in result.stdout
     assert 'admin_token = "***"' in result.stdout
+
+
+def stalled_stream(port: int) -> socket.socket:
+    """A client that asks for the whole stream and never reads: the server's send waits for good."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(b"GET /stream?last_event_id=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    return client
+
+
+def test_sigterm_with_streams_that_never_read_stops_without_tracebacks(tmp_path: Path) -> None:
+    """uvicorn cancels what is still running once the grace is over: a stream stuck sending
+    wrote a whole traceback each into the service's log."""
+    from tidings.archive.sqlite import SqliteArchive
+    from tidings.bus import Bus
+    from tidings.config import load_config
+    from tidings.event import Event
+
+    (tmp_path / "tidings.toml").write_text("[archive]\n")
+    archive = SqliteArchive(Bus(load_config(tmp_path / "tidings.toml")).config.archive_path())
+    archive.ingest([Event.create("big.event", {"pad": "x" * 400_000}) for _ in range(40)])
+    archive.close()
+    port = free_port()
+    process = started(tmp_path, "web", "--listen", f"127.0.0.1:{port}")
+    clients: list[socket.socket] = []
+    try:
+        wait_up(f"http://127.0.0.1:{port}/raw?rows_per_page=1", process)
+        clients = [stalled_stream(port) for _ in range(3)]
+        time.sleep(1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        said = process.communicate(timeout=20)[1].decode()
+        for client in clients:
+            client.close()
+    assert process.returncode == 0, said
+    assert "Traceback" not in said and "Exception in ASGI application" not in said, said

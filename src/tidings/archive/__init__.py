@@ -121,8 +121,12 @@ class Archive(Protocol):
         """datagrepper's paging (OFFSET and an exact count): for its URLs to work unchanged."""
         ...
 
-    def since(self, seq: int, query: Query, *, limit: int = 500) -> list[Archived]:
-        """Events archived after ``seq``, in seq order: a live stream resuming (Last-Event-ID)."""
+    def since(
+        self, seq: int, query: Query, *, limit: int = 500, max_bytes: int | None = None
+    ) -> list[Archived]:
+        """Events archived after ``seq``, in seq order: a live stream resuming (Last-Event-ID).
+        ``max_bytes``: stop before an event that would start past that many bytes of bodies
+        read (the first is always read), so that a batch of large events costs what it says."""
         ...
 
     def last_seq(self) -> int: ...

@@ -79,25 +79,42 @@ class PostgresArchive:
     """The Archive protocol on PostgreSQL; ``schema``: the schema to keep it in (tests use their own)."""
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
-        self.url = url
-        try:
-            self._db = psycopg.connect(url, autocommit=False)
-        except psycopg.Error as exc:
-            raise StorageError(f"cannot connect to the archive at {redact(url)}: {_line(exc)}") from None
-        set_json_loads(loads, self._db)  # integers of any width, exactly (as tidings.event reads them)
-        set_json_dumps(dumps, self._db)
+        self.url, self.schema = url, schema
         self._lock = threading.Lock()
         self._months: set[tuple[int, int]] = set()
+        self._db = self._connect()
         with self._transaction() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-            # a page costs a millisecond; compiling it (the planner's cost of a big partitioned
-            # scan passes jit_above_cost) took 40-400 ms
-            cur.execute("SET jit = off")
             if schema:
                 cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
                 cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITERS,))  # two first starts at once
             cur.execute(SCHEMA)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A connection with the session's settings (at the start, and after the last one broke:
+        a server restarted, a backend terminated)."""
+        try:
+            db = psycopg.connect(self.url, autocommit=False)
+            set_json_loads(loads, db)  # integers of any width, exactly (as tidings.event reads them)
+            set_json_dumps(dumps, db)
+            with db.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+                # a page costs a millisecond; compiling it (the planner's cost of a big partitioned
+                # scan passes jit_above_cost) took 40-400 ms
+                cur.execute("SET jit = off")
+                if self.schema:
+                    cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            db.commit()
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot connect to the archive at {redact(self.url)}: {_line(exc)}") from None
+        return db
+
+    def _usable_connection(self) -> psycopg.Connection[Any]:
+        """The connection, opened again when the last one broke (under the lock)."""
+        if self._db.closed or self._db.broken:
+            self._db.close()
+            self._db = self._connect()
+        return self._db
 
     # -- writing ------------------------------------------------------------------------
 
@@ -220,10 +237,21 @@ class PostgresArchive:
         items = self._read(text, [*params, rows_per_page, (page - 1) * rows_per_page])
         return NumberedPage(items, total, -(-total // rows_per_page))
 
-    def since(self, seq: int, query: Query, *, limit: int = 500) -> list[Archived]:
+    def since(
+        self, seq: int, query: Query, *, limit: int = 500, max_bytes: int | None = None
+    ) -> list[Archived]:
         where, params = where_clause(query)
         text = f"SELECT {_COLUMNS} FROM events WHERE seq > %s AND {where} ORDER BY seq LIMIT %s"
-        return self._read(text, [seq, *params, limit])
+        if max_bytes is None:
+            return self._read(text, [seq, *params, limit])
+        # the server counts the bodies' bytes (as text) and sends only the rows that start
+        # within the budget: a client-side cursor would receive the whole batch first
+        sized = (
+            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, octet_length(body::text) AS size, "
+            f"sum(octet_length(body::text)) OVER (ORDER BY seq) AS upto FROM ({text}) AS batch) AS sized "
+            "WHERE upto - size < %s ORDER BY seq"
+        )
+        return self._read(sized, [seq, *params, limit, max_bytes])
 
     def last_seq(self) -> int:
         with self._transaction() as cur:
@@ -266,7 +294,13 @@ class _Transaction:
 
     def __enter__(self) -> psycopg.Cursor[Any]:
         self.archive._lock.acquire()
-        self.cur = self.archive._db.cursor()
+        try:
+            self.cur = self.archive._usable_connection().cursor()
+        except BaseException as exc:
+            self.archive._lock.release()  # held on, every later call would wait for it for ever
+            if isinstance(exc, psycopg.Error):
+                raise StorageError(f"archive (PostgreSQL): {_line(exc)}") from None
+            raise
         return self.cur
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -372,7 +406,7 @@ def where_clause(query: Query) -> tuple[str, list[Any]]:
     if query.start is not None:
         add("time >= %s", query.start)
     if query.end is not None:
-        add("time < %s", query.end)
+        add("time <= %s", query.end)
     if not query.include_private:
         add("NOT private")
     return (" AND ".join(parts) or "true"), params

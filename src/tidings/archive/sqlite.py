@@ -204,7 +204,9 @@ class SqliteArchive:
         items = self._read(sql, [*params, rows_per_page, (page - 1) * rows_per_page])
         return NumberedPage(items, total, -(-total // rows_per_page))
 
-    def since(self, seq: int, query: Query, *, limit: int = 500) -> list[Archived]:
+    def since(
+        self, seq: int, query: Query, *, limit: int = 500, max_bytes: int | None = None
+    ) -> list[Archived]:
         where, params = where_clause(query)
         # Walked by seq (the rowid), whatever the filter: a live stream asks for the few events
         # after the newest, and even from far behind this reads each later event at most once
@@ -212,7 +214,7 @@ class SqliteArchive:
         # filter's index when it has no statistics (no ANALYZE) and sort every event of that
         # topic or category by seq, on every look of every stream (200,000: 1.7 s).
         sql = f"SELECT {_COLUMNS} FROM events NOT INDEXED WHERE seq > ? AND {where} ORDER BY seq LIMIT ?"
-        return self._read(sql, [seq, *params, limit])
+        return self._read(sql, [seq, *params, limit], max_bytes=max_bytes)
 
     def last_seq(self) -> int:
         with self._lock:
@@ -227,10 +229,11 @@ class SqliteArchive:
         with self._lock:
             self._db.execute("ANALYZE")
 
-    def _read(self, sql: str, params: list[Any]) -> list[Archived]:
+    def _read(self, sql: str, params: list[Any], *, max_bytes: int | None = None) -> list[Archived]:
         try:
             with self._lock:
-                rows = self._db.execute(sql, params).fetchall()
+                cursor = self._db.execute(sql, params)
+                rows = cursor.fetchall() if max_bytes is None else _up_to(cursor, max_bytes)
         except sqlite3.Error as exc:
             raise StorageError(f"archive {self.path.name}: {explain(exc)}") from None
         return [_archived(row) for row in rows]
@@ -280,6 +283,17 @@ def _tag_rows(rows: list[tuple[int, str | None]]) -> list[tuple[int, str, int]]:
         ):
             tags.extend((kind, value, seq) for value in values)
     return tags
+
+
+def _up_to(cursor: sqlite3.Cursor, max_bytes: int) -> list[tuple[Any, ...]]:
+    """The rows, one at a time, until the next would start past ``max_bytes`` of bodies read."""
+    rows, read = [], 0
+    for row in cursor:
+        if rows and read >= max_bytes:
+            break
+        rows.append(row)
+        read += len(row[-1])  # the body, as stored
+    return rows
 
 
 def _archived(row: tuple[Any, ...]) -> Archived:
@@ -332,7 +346,7 @@ def where_clause(query: Query) -> tuple[str, list[Any]]:
     if query.start is not None:
         add("time >= ?", micros(query.start))
     if query.end is not None:
-        add("time < ?", micros(query.end))
+        add("time <= ?", micros(query.end))
     if not query.include_private:
         add("private = 0")
     return (" AND ".join(parts) or "1"), params

@@ -42,9 +42,25 @@ def bad(message: str, **extra: Any) -> Json:
     return Json({"error": message, **extra}, status_code=400)
 
 
+def body_refused(request: Request) -> Json | None:
+    """A POST with a body: refused (400). Its parameters, like datagrepper's, are read from the
+    query string alone, and a form's filters left unread would widen the search to everything."""
+    if request.method != "POST":
+        return None
+    length = request.headers.get("content-length", "0").strip()
+    if length in ("", "0") and "transfer-encoding" not in request.headers:
+        return None
+    return bad(
+        "POST takes its parameters in the query string, as GET does (the body is not read): "
+        f"{request.url.path}?topic=...&rows_per_page=..."
+    )
+
+
 async def raw(request: Request) -> Response:
     """datagrepper's /raw: numbered pages, an exact total, its response shape."""
     params = request.query_params
+    if (refused := body_refused(request)) is not None:
+        return refused
     try:
         q.refuse_unsupported(params)
         window = q.time_range(params)
@@ -88,6 +104,8 @@ async def raw(request: Request) -> Response:
 
 async def by_id(request: Request) -> Response:
     """datagrepper's /id?id=: one message in /raw's form; private ones need the read token."""
+    if (refused := body_refused(request)) is not None:
+        return refused
     event_id = request.query_params.get("id", "")
     if not event_id:
         return bad("missing_argument", argument="id")

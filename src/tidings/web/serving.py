@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -38,6 +39,19 @@ def open_archive(bus: Bus) -> Archive:
     return store
 
 
+class _CancelledAtShutdown(logging.Filter):
+    """uvicorn cancels the requests still running when the grace is over, and logs each one's
+    CancelledError with its traceback: for a stream whose client stopped reading, that is the
+    stop working as meant. Its own line ("Cancel N running task(s)") stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        return not (kind is not None and issubclass(kind, asyncio.CancelledError))
+
+
+_QUIET_CANCELS = _CancelledAtShutdown()
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the command's (until_signalled) stop it."""
 
@@ -51,6 +65,7 @@ async def run_web(
 ) -> None:
     """Serve the page and the API on ``sock`` (else ``settings.listen``) until ``stop`` is set."""
     sock = sock or bind(settings.listen)
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_CANCELS)  # (once: a set of filters)
     app = create_app(bus, archive, settings)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=GRACE)
     server = _Server(config)

@@ -4,14 +4,14 @@ A stream does not keep a queue of its own that could overflow: it remembers the 
 last event it sent and asks the archive for what came after (``Archive.since``), a batch at a
 time. An event is therefore sent once it is archived, exactly once, in order, however fast
 events come; a slow client only falls behind. ``Last-Event-ID`` (which a browser sends when it
-reconnects) is that seq, so a stream resumes where it stopped. :meth:`Live.wake` makes the
-streams look at once after an ingest in this process; other processes' ingests are seen by the
-next look, a few times a second.
+reconnects) is that seq, so a stream resumes where it stopped. Streams look a few times a
+second (:data:`POLL`); :meth:`Live.wake` makes them look at once (:meth:`Live.close` uses it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator
 from starlette.concurrency import run_in_threadpool
 
 from tidings.archive import Archive, Archived, Query
+from tidings.errors import StorageError
 from tidings.event import dumps
 from tidings.web.query import PAGE_BYTES, budgeted_page, envelope
 
+log = logging.getLogger(__name__)
 #: seconds between looks at the archive when nothing woke the stream
 POLL = 0.2
-#: events read (and sent) at a time: at first, and at most once their size is known (PAGE_BYTES)
-FIRST_BATCH = 50
+#: events read (and sent) at a time, at most: a batch also ends at PAGE_BYTES of bodies
 BATCH = 500
 #: seconds of silence before a comment line keeps proxies from closing the connection
 KEEPALIVE = 15.0
@@ -89,7 +90,18 @@ async def backlog(archive: Archive, query: Query, count: int) -> tuple[int, list
 async def sse(
     archive: Archive, live: Live, query: Query, after: int | None, count: int
 ) -> AsyncIterator[bytes]:
-    """The stream's bytes: the backlog (if no resume point), then everything after, forever."""
+    """The stream's bytes: the backlog (if no resume point), then everything after, forever.
+    A store that cannot answer ends the stream: the browser comes back with its Last-Event-ID."""
+    try:
+        async for chunk in _frames(archive, live, query, after, count):
+            yield chunk
+    except StorageError as exc:
+        log.warning("web: a /stream ended: %s", exc)
+
+
+async def _frames(
+    archive: Archive, live: Live, query: Query, after: int | None, count: int
+) -> AsyncIterator[bytes]:
     yield b"retry: %d\n\n" % RECONNECT_MS
     if after is None:
         after, first = await backlog(archive, query, count)
@@ -100,23 +112,19 @@ async def sse(
         # page last saw it): from now on, rather than nothing until its seqs catch up
         after = min(after, await run_in_threadpool(archive.last_seq))
     quiet_since = time.monotonic()
-    limit = FIRST_BATCH
     while not live.closed:
         # read before the look: every event up to it was archived when the look began
         head = await run_in_threadpool(archive.last_seq)
-        batch = await run_in_threadpool(lambda seq=after, n=limit: archive.since(seq, query, limit=n))
-        if len(batch) < limit:
-            # nothing more matched up to head: the next look starts there, not where the last
-            # match was (a filter that rarely matches would scan ever more events each time)
-            after = max(after, head)
+        batch = await run_in_threadpool(
+            lambda seq=after: archive.since(seq, query, limit=BATCH, max_bytes=PAGE_BYTES)
+        )
         if batch:
-            frames = [frame(item) for item in batch]
-            yield b"".join(frames)
-            after, quiet_since = max(after, batch[-1].seq), time.monotonic()
-            # large events, fewer at a time: what a stream holds is bounded by bytes
-            each = max(1, sum(map(len, frames)) // len(frames))
-            limit = max(1, min(BATCH, PAGE_BYTES // each))
-            continue
+            yield b"".join(frame(item) for item in batch)
+            after, quiet_since = batch[-1].seq, time.monotonic()
+            continue  # more may follow at once (a batch ends by count or by bytes)
+        # nothing matched up to head: the next look starts there, not where the last match was
+        # (a filter that rarely matches would scan ever more events each time)
+        after = max(after, head)
         if time.monotonic() - quiet_since > KEEPALIVE:
             yield b": keepalive\n\n"
             quiet_since = time.monotonic()
