@@ -55,6 +55,23 @@ def test_once_archives_the_outbox_with_search_fields_and_counts(tmp_path: Path) 
     assert "archive" in backlog.stdout and "local" in backlog.stdout
 
 
+def test_once_counts_what_the_archive_had_already_apart(tmp_path: Path) -> None:
+    """Killed between the archive's commit and the outbox cursor's, the archive is sent those
+    events again: it stores them once, and says so rather than counting them archived."""
+    import sqlite3
+
+    (tmp_path / "tidings.toml").write_text("[archive]\n")
+    for topic in ("a.one", "a.two", "a.three"):
+        publish(tmp_path, topic)
+    assert tidings(tmp_path, "archive", "--once").stdout.strip() == "archived 3 event(s)"
+    with sqlite3.connect(tmp_path / ".tidings" / "outbox.db") as outbox:
+        assert outbox.execute("UPDATE cursors SET seq = 1 WHERE connector = 'archive'").rowcount == 1
+    publish(tmp_path, "a.four")
+    done = tidings(tmp_path, "archive", "--once")
+    assert done.stdout.strip() == "archived 1 event(s), 2 already there", done.stderr
+    assert archived(tmp_path) == ["a.one", "a.two", "a.three", "a.four"]
+
+
 def test_runs_until_sigterm_archiving_what_is_published_meanwhile(tmp_path: Path) -> None:
     (tmp_path / "tidings.toml").write_text("[archive]\n")
     process = start(tmp_path, "archive")

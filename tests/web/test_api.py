@@ -115,6 +115,14 @@ def test_a_window_holds_the_events_at_both_its_ends(client: TestClient, archive:
     assert client.get("/raw", params={"end": 1577836799.999}).json()["total"] == 0
 
 
+def test_the_search_page_searches_by_delta_alone(client: TestClient, archive: Archive) -> None:
+    archive.ingest(
+        [event(BODHI, {"n": 1}, at=time.time() - 60), event(KOJI, {"n": 2}, at=time.time() - 7200)]
+    )
+    page = client.get("/search", params={"delta": 3600}).text
+    assert BODHI in page and KOJI not in page
+
+
 @pytest.mark.parametrize("path", ["/raw", "/id"])
 def test_a_post_with_a_form_body_is_refused_not_read_as_no_filter(
     client: TestClient, archive: Archive, path: str

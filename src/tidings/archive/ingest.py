@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from tidings.activity import Activity
 from tidings.archive import Archive, Archived
 from tidings.archive.fields import FieldsFinder
+from tidings.archive.sink import ArchiveSink
 from tidings.archive.stores import open_archive
 from tidings.archive.storing import read_message, store_batch
 from tidings.bus import Bus
@@ -60,8 +61,10 @@ async def _from_outbox(bus: Bus, stop: asyncio.Event, *, once: bool) -> Counts:
         await dispatcher.deliver_due()
     else:
         await dispatcher.run(stop)
-    stats = dispatcher.connectors[0].stats
-    return Counts(archived=stats.delivered, rejected=stats.dead)
+    connector = dispatcher.connectors[0]
+    sink = connector.transport
+    assert isinstance(sink, ArchiveSink)
+    return Counts(archived=sink.new, duplicates=sink.already_there, rejected=connector.stats.dead)
 
 
 async def run_sources(bus: Bus, stop: asyncio.Event, *, once: bool = False) -> Counts:

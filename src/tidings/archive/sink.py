@@ -42,6 +42,9 @@ class ArchiveSink:
         self.format = load_format("tidings")
         self.archive: Archive | None = None
         self._purged_at = 0.0
+        #: events stored, and those the archive had already (sent again after a crash between
+        #: the archive's commit and the outbox cursor's)
+        self.new = self.already_there = 0
 
     async def connect(self) -> None:
         if self.archive is None:
@@ -77,6 +80,8 @@ class ArchiveSink:
         stored = await store_batch(self.archive, batch)  # a store that is away: the cursor stays
         for index, reason in stored.refused.items():
             results[places[index]] = SendResult(Outcome.REFUSED, reason)
+        self.new += stored.new
+        self.already_there += len(batch) - len(stored.refused) - stored.new
         await self._purge_when_due()
         return results
 

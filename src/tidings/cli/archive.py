@@ -39,7 +39,7 @@ def archive(
     if once:
         counts = asyncio.run(run_archive(bus, asyncio.Event(), once=True))
         note = f", {counts.duplicates} already there" if counts.duplicates else ""
-        rejected = f", {counts.rejected} unreadable" if counts.rejected else ""
+        rejected = f", {counts.rejected} refused (dead letters)" if counts.rejected else ""
         out.print(f"archived {counts.archived} event(s){note}{rejected}", highlight=False)
         return
     source = "the outbox" if section.from_outbox() else ", ".join(s.queue for s in section.sources)

@@ -65,7 +65,7 @@ async def search(request: Request) -> Response:
     # shown back in the form: a NUL is no character a page may hold (the query refuses it anyway)
     values = {name: params.get(name, "").replace("\x00", "\ufffd") for name in FILTERS}
     page, problem = None, ""
-    if any(values.values()) or "cursor" in params:
+    if any(values.values()) or "cursor" in params or params.get("delta"):  # delta: a link's "last hour"
         try:
             query = q.query_of(params, q.time_range(params), include_private=role_of(request) >= Role.READER)
             page = await run_in_threadpool(
