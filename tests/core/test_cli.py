@@ -57,6 +57,8 @@ def deep(levels: int) -> str:
         (["consume", "--callback", "os:getcwd", "--bind", "a..b"], 4, "invalid pattern"),
         (["consume", "no_such_module:app"], 3, "cannot import 'no_such_module'"),
         (["consume", "a:b:c"], 3, "'a:b:c' is not MODULE:ATTRIBUTE"),
+        (["consume", "triage"], 3, "'triage' is neither MODULE:APP nor a [consumers.triage] of the config"),
+        (["consume", "json:dumps"], 3, "a function goes with --callback json:dumps --bind PATTERN"),
         (["backlog", "retry", "nobody"], 3, "no connector named 'nobody'"),
         (["consume", "--callback", "json:dumps", "--bind", "a", "--transport", "no"], 3, "no transport"),
         (["backlog", "retry", "local", "--seq", "999"], 4, "connector local has no dead letter with seq 999"),
@@ -330,6 +332,8 @@ def test_replay_says_when_the_window_is_longer_than_the_outbox_keeps(tmp_path: P
     done = tidings(tmp_path, "replay", "--days", "14", "--dry-run")
     assert done.returncode == 0, done.stderr
     assert "keeps finished events for 7 days ([outbox] retention)" in done.stderr
+    # not of the default window: every replay on the default config said it
+    assert "warning" not in tidings(tmp_path, "replay", "--dry-run").stderr
     (tmp_path / "tidings.toml").write_text("[outbox]\nretention = 1296000\n")  # as docs/systems/cki.md says
     done = tidings(tmp_path, "replay", "--days", "14", "--dry-run")
     assert done.returncode == 0 and "warning" not in done.stderr

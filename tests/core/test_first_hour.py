@@ -218,6 +218,8 @@ def test_an_event_no_queue_is_bound_for_is_told_and_goes_once_a_queue_is_bound(t
         assert stop(dispatcher) == 130
         if consumer is not None:
             assert stop(consumer) == 130
+    # a clean stop leaves no handling journal behind (each run left its 256 KiB file)
+    assert not list((tmp_path / ".tidings" / "handling").glob("*.log"))
 
 
 def test_two_callback_services_whose_functions_share_a_name_get_a_queue_each(tmp_path: Path) -> None:
@@ -465,6 +467,20 @@ def test_config_check_and_doctor_name_a_missing_extra_before_saying_ok(tmp_path:
         assert done.returncode == 3, (command, done.stdout, done.stderr)
         assert "config: ok" not in done.stdout
         assert done.stderr.count("\n") == 1 and "tidings[kafka]" in done.stderr, done.stderr
+
+
+def test_the_bridge_without_its_extra_names_it(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow" / "cryptography"  # as on a machine without tidings[fedmsg]
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError('no cryptography', name='cryptography')\n")
+    done = tidings(
+        tmp_path, "bridge", "fedmsg", env={"PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{ROOT}"}
+    )
+    assert (done.returncode, done.stderr) == (
+        3,
+        "tidings: error: tidings bridge needs a package that is not installed (cryptography): "
+        "pip install 'tidings[fedmsg]'\n",
+    )
 
 
 def test_config_check_says_ok_without_connecting(tmp_path: Path) -> None:

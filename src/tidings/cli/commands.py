@@ -347,8 +347,8 @@ def consume(
     \b
     Examples:
       tidings consume myservice:app
-      tidings consume triage          # [consumers.triage] with app = "myservice:handle"
-      tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue triage
+      tidings consume triage          # [consumers.triage] with app and bindings
+      tidings consume --callback myservice:handle --bind 'datawarehouse.checkout.*' --queue checkouts
 
     An App named NAME takes the settings of [consumers.NAME] when the config has one (the options
     given here go over them).
@@ -370,10 +370,18 @@ def consume(
         consumer_app = callback_app(name, import_handler(callback), bind, queue=name)
     elif target is not None and ":" not in target and target in bus.config.consumers:
         consumer_app = bus.consumer(target)  # [consumers.NAME], as serve runs it
+    elif target is not None and ":" not in target:
+        known = ", ".join(sorted(bus.config.consumers)) or "none"
+        raise ConfigError(
+            f"{target!r} is neither MODULE:APP nor a [consumers.{target}] of the config (consumers: {known})"
+        )
     else:
         consumer_app = import_target(target)  # type: ignore[arg-type]
         if not isinstance(consumer_app, App):
-            raise ConfigError(f"{target!r} is not a tidings App")
+            hint = (
+                f"; a function goes with --callback {target} --bind PATTERN" if callable(consumer_app) else ""
+            )
+            raise ConfigError(f"{target!r} is not a tidings App{hint}")
         section = bus.config.consumers.get(consumer_app.name)
         if section is not None:  # [consumers.NAME] says where it runs, as for `tidings serve`
             consumer_app.configure(section)
@@ -392,7 +400,10 @@ def consume(
         f"consuming queue {consumer_app.settings.queue!r} ({', '.join(consumer_app.bindings())}) "
         "— Ctrl-C to stop"
     )
-    asyncio.run(until_signalled(consumer_app.run, bus))
+    try:
+        asyncio.run(until_signalled(consumer_app.run, bus))
+    finally:
+        bus.close()  # its handling journal file goes (it stayed, 256 KiB a run)
 
 
 @app.command()
@@ -450,7 +461,10 @@ def serve(
         f"serving: dispatcher for {', '.join(bus.config.connectors) or 'no connectors'}; "
         f"consumers: {', '.join(a.name for a in apps) or 'none'}{page} — Ctrl-C to stop"
     )
-    asyncio.run(until_signalled(lambda stop: bus.serve(stop, apps, beside=beside)))
+    try:
+        asyncio.run(until_signalled(lambda stop: bus.serve(stop, apps, beside=beside)))
+    finally:
+        bus.close()
 
 
 def print_event(event: Event, console: Console) -> None:

@@ -234,7 +234,7 @@ def schemas_validate(
 
 @app.command()
 def doctor(config: ConfigOpt = None) -> None:
-    """Check the config, the outbox and every transport; exit 6 if anything is wrong.
+    """Check the config, the outbox and every transport; exit 6 if anything is wrong (3: the config).
 
     \b
     Examples:

@@ -75,6 +75,7 @@ def relay(
         asyncio.run(until_signalled(lambda stop: _run_all(bus, [consumer, *watching], stop)))
     finally:
         relaying.sightings.close()
+        bus.close()
     counted = relaying.counters
     err.print(
         f"relay {name}: relayed {counted.relayed}, filtered out {counted.filtered}, "
@@ -132,7 +133,10 @@ def reactor(
         return
     apps = reactor_apps(bus)
     err.print(f"reactor: {', '.join(a.name for a in apps)} — Ctrl-C to stop", highlight=False)
-    asyncio.run(until_signalled(lambda stop: _run_all(bus, apps, stop)))
+    try:
+        asyncio.run(until_signalled(lambda stop: _run_all(bus, apps, stop)))
+    finally:
+        bus.close()
 
 
 def _printable(argument: str) -> str:

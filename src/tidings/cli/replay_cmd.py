@@ -18,10 +18,13 @@ from tidings.cli.commands import ConfigOpt, load_bus, out
 from tidings.errors import ConfigError, TransportError
 from tidings.event import Event
 
+#: --days when not given
+DEFAULT_DAYS = 14.0
 
-def _days(value: float) -> float:
+
+def _days(value: float | None) -> float | None:
     """--days: from 0 to a hundred years of days (nan, inf and what no date reaches are refused)."""
-    if not math.isfinite(value) or not 0 <= value <= 36_500:
+    if value is not None and (not math.isfinite(value) or not 0 <= value <= 36_500):
         raise typer.BadParameter(f"{value} is not a number of days from 0 to 36500")
     return value
 
@@ -41,8 +44,9 @@ def replay(
         list[str], typer.Option("--id", metavar="ID", help="These archived events (repeatable).")
     ] = [],  # noqa: B006
     days: Annotated[
-        float, typer.Option(metavar="DAYS", help="Only events of the last DAYS days.", callback=_days)
-    ] = 14.0,
+        float | None,
+        typer.Option(metavar="DAYS", help="Only events of the last DAYS days (default 14).", callback=_days),
+    ] = None,
     topic: Annotated[str, typer.Option(metavar="PATTERN", help="Only topics matching this pattern.")] = "#",
     user: Annotated[
         list[str], typer.Option("--user", metavar="USER", help="Archive: only events naming this user.")
@@ -99,7 +103,7 @@ def replay(
     for name in to:
         if name not in bus.config.connectors:
             raise ConfigError(f"no connector named {name!r} (configured: {', '.join(bus.config.connectors)})")
-    since = replaying.since_days(days)
+    since = replaying.since_days(DEFAULT_DAYS if days is None else days)
     if from_archive or ids:
         if source is not None:
             raise typer.BadParameter("--from FILE and the archive (--from-archive, --id) exclude each other")
@@ -210,9 +214,10 @@ def _to_queue(bus: Bus, events: list[Event], name: str) -> None:
         raise TransportError("some replayed events were not taken; run the replay again for them")
 
 
-def _warn_retention(bus: Bus, source: Path | None, days: float) -> None:
+def _warn_retention(bus: Bus, source: Path | None, days: float | None) -> None:
+    """--days asks for more than the outbox keeps (not said of the default: every replay would)."""
     kept = bus.config.outbox.retention / 86400
-    if source is None and days > kept:
+    if source is None and days is not None and days > kept:
         err.print(
             f"tidings: warning: the outbox keeps finished events for {kept:g} days ([outbox] retention); "
             f"events older than that are purged, so --days {days:g} finds only {kept:g} days of them "

@@ -9,6 +9,7 @@ import typer
 
 from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, LogOpt, checked, load_bus, seconds, until_signalled
+from tidings.errors import ConfigError
 
 
 @app.command()
@@ -52,8 +53,14 @@ def bridge(
         transport = "rabbit"
         zmq_publish = "tcp://*:9941"
     """
-    from tidings.formats.fedora.bridge import Bridge
-    from tidings.formats.fedora.bridge import verify_missing as verify
+    try:
+        from tidings.formats.fedora.bridge import Bridge
+        from tidings.formats.fedora.bridge import verify_missing as verify
+    except ImportError as exc:  # cryptography (fedmsg's signatures), pyzmq
+        raise ConfigError(
+            f"tidings bridge needs a package that is not installed ({exc.name}): "
+            "pip install 'tidings[fedmsg]'"
+        ) from None
 
     bus = load_bus(config, log_level)
     running = Bridge(bus, name)
@@ -68,7 +75,10 @@ def bridge(
         f"bridging {', '.join(c.zmq_endpoints)} → AMQP ({c.connector}) and {c.exchange} → "
         f"{c.zmq_publish or 'nowhere (one way)'} — Ctrl-C to stop"
     )
-    asyncio.run(until_signalled(running.run))
+    try:
+        asyncio.run(until_signalled(running.run))
+    finally:
+        bus.close()
     counters = running.counters
     err.print(
         f"bridge {name}: {counters.to_amqp} to AMQP, {counters.to_fedmsg} to fedmsg, "
