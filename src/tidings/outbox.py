@@ -522,13 +522,18 @@ class Outbox:
 
     def retry_unroutable_now(self, connector: str) -> list[int]:
         """Make the connector's unroutable entries due now (a queue may have been bound since);
-        their seqs. The others keep their time: a binding does not change what refused them."""
-        rows = self._read(f"SELECT seq FROM backlog WHERE connector = ? AND {_UNROUTABLE}", (connector,))
+        the seqs of those that were not due yet (tried early, at no cost of an attempt: one due
+        anyway is a try of its schedule, or ``dispatch --once`` from cron would try it for ever).
+        The others keep their time: a binding does not change what refused them."""
+        now = time.time()
+        rows = self._read(
+            f"SELECT seq FROM backlog WHERE connector = ? AND {_UNROUTABLE} AND next_at > ?", (connector, now)
+        )
         self._transaction(
             [
                 (
-                    f"UPDATE backlog SET next_at = ? WHERE connector = ? AND {_UNROUTABLE}",
-                    [(time.time(), connector)],
+                    f"UPDATE backlog SET next_at = ? WHERE connector = ? AND {_UNROUTABLE} AND next_at > ?",
+                    [(now, connector, now)],
                 )
             ]
         )

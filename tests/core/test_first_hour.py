@@ -287,6 +287,21 @@ def test_dispatch_once_sends_what_waited_for_a_queue_once_one_is_bound(tmp_path:
     assert orjson.loads(tidings(tmp_path, "backlog", "list", "--json").stdout)["backlog"] == 0
 
 
+def test_dispatch_once_from_cron_spends_the_attempts_of_an_event_no_queue_takes(tmp_path: Path) -> None:
+    """Each ``--once`` connects anew and tried what waited for a queue at no cost of an attempt:
+    an event no queue ever takes stayed in the backlog for good, at attempt 1."""
+    (tmp_path / "tidings.toml").write_text(
+        '[connectors.local]\ntransport = "local"\nretry_schedule = [0.2]\nmax_attempts = 3\n'
+    )
+    tidings(tmp_path, "publish", "nobody.listens", "--body", "{}")
+    for _ in range(3):
+        assert tidings(tmp_path, "dispatch", "--once").returncode == 0
+        time.sleep(0.5)  # the retry is due by the next run, as between two runs of a cron job
+    listed = tidings(tmp_path, "backlog", "list", "local", "--dead", "--json").stdout
+    dead = [orjson.loads(line) for line in listed.splitlines()]
+    assert [d["reason"].split(":")[0] for d in dead] == ["gave up after 3 attempts"], dead
+
+
 def test_a_configured_consumer_runs_by_its_name(tmp_path: Path) -> None:
     """``tidings consume triage`` for ``[consumers.triage]``: as ``tidings serve`` would run it."""
     (tmp_path / "service.py").write_text(HANDLER)
