@@ -477,8 +477,12 @@ def load_config(path: str | Path | None = None) -> Config:
     return msgspec.structs.replace(config, origin=f"{file} ({why})")
 
 
+#: Config's fields that are no keys of the file
+COMPUTED = ("base_dir", "origin", "expanded")
+
+
 def parse_config(raw: dict[str, Any], *, base_dir: str | Path = ".", origin: str = "config") -> Config:
-    for computed in ("base_dir", "origin", "expanded"):
+    for computed in COMPUTED:
         if computed in raw:
             raise ConfigError(f"{origin}: unknown key {computed!r}")
     # named tables first, so an error can say [connectors.rabbit] rather than [connectors[...]]
@@ -575,12 +579,32 @@ def _in_table(exc: msgspec.ValidationError, table: str = "", shape: type = Any) 
     said = explain(exc, table)
     key, sep, message = said.partition(": ")
     if not sep or said.startswith("unknown key"):
-        return said if " in [" in said else f"{said} in [top level]"
+        where = said.partition(" in [")[2].rstrip("]")
+        known = known_keys(shape, where.removeprefix(table).strip(".") if table else where)
+        said = said if " in [" in said else f"{said} in [top level]"
+        return f"{said} (known: {', '.join(known)})" if known else said
     if message.startswith("invalid enum value"):  # msgspec does not say which values are
         choices = _choices(shape, str(exc).partition(" - at `")[2].rstrip("`"))
         message += f" (one of: {', '.join(map(str, choices))})" if choices else ""
     section, _, leaf = key.rpartition(".")
     return f"[{section}] {leaf}: {message}" if section else f"{key}: {message}"
+
+
+def known_keys(shape: Any, path: str) -> list[str]:
+    """The keys the table at ``path`` (``bus``, ``transports.local``; "" the top level) of
+    ``shape`` takes, when it is a struct (a table of named tables has no fixed keys)."""
+    for part in [p for p in path.split(".") if p]:
+        while typing.get_origin(shape) in (typing.Union, types.UnionType, Annotated):
+            shape = next(a for a in typing.get_args(shape) if a is not type(None))
+        try:
+            shape = typing.get_type_hints(shape).get(part)
+        except TypeError:
+            return []
+    while typing.get_origin(shape) in (typing.Union, types.UnionType, Annotated):
+        shape = next(a for a in typing.get_args(shape) if a is not type(None))
+    if isinstance(shape, type) and issubclass(shape, msgspec.Struct):
+        return [f.encode_name for f in msgspec.structs.fields(shape) if f.encode_name not in COMPUTED]
+    return []
 
 
 def _choices(shape: Any, path: str) -> tuple[Any, ...]:

@@ -61,7 +61,11 @@ class Plugin:
         try:
             parsed = msgspec.convert(dict(options), self.settings, strict=True)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"{where}: {explain(exc)}") from None
+            said = explain(exc)
+            if said.startswith("unknown key"):
+                known = [f.encode_name for f in msgspec.structs.fields(self.settings)]
+                said += f" (known: {', '.join(known) or 'none'})"
+            raise ConfigError(f"{where}: {said}") from None
         return msgspec.structs.asdict(parsed)
 
     def missing(self) -> list[str]:
@@ -87,8 +91,12 @@ class Plugin:
         cls = self.load(what)
         try:
             return cls(**self.parse(options, where))
-        except TypeError as exc:  # an entry point's class without settings: its own signature decides
-            raise ConfigError(f"{where}: {exc}") from None
+        except TypeError as exc:  # a class without settings: its own signature decides
+            given = ", ".join(sorted(options)) or "none"
+            detail = "" if "takes no arguments" in str(exc) else f" ({exc})"  # (no class names for none)
+            raise ConfigError(
+                f"{where}: {what} {self.name!r} does not take the option(s) {given}{detail}"
+            ) from None
         except ConfigError as exc:  # what only the class itself can check (a library's own settings)
             raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
 

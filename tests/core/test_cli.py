@@ -96,7 +96,10 @@ def test_unknown_config_key_is_named(tmp_path: Path) -> None:
     (tmp_path / "tidings.toml").write_text('[bus]\nsource = "x"\nsorce = "typo"\n')
     result = tidings(tmp_path, "publish", "a.b", "--body", "{}")
     assert result.returncode == 3
-    assert result.stderr.strip() == "tidings: error: tidings.toml: unknown key 'sorce' in [bus]"
+    assert result.stderr.strip() == (
+        "tidings: error: tidings.toml: unknown key 'sorce' in [bus] (known: source, home, "
+        "max_body_bytes, max_depth, require_schema, log_level, inbox_retention)"
+    )
 
 
 def test_config_from_the_environment(tmp_path: Path) -> None:

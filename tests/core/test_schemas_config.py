@@ -179,7 +179,11 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
             "unknown key 'exchnage' in [connectors.rabbit]",
         ),
         ({"consumers": {"svc": {"prefetch": "many"}}}, "[consumers.svc] prefetch: expected int, got str"),
-        ({"whatever": 1}, "unknown key 'whatever' in [top level]"),
+        ({"whatever": 1}, "unknown key 'whatever' in [top level] (known: bus, outbox, schemas, transports,"),
+        (
+            {"connectors": {"r": {"transport": "local", "topic": ["#"]}}},
+            "(known: transport, format, exchange, enabled, topics,",
+        ),
         ({"connectors": {"x": {"transport": "gone"}}}, "names transport 'gone', which is not configured"),
         (
             {"transports": {"t": {"path": "x"}}, "connectors": {"c": {"transport": "t"}}},
@@ -198,8 +202,12 @@ def test_unknown_transport_kind_and_option_are_config_errors(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="unknown transport 'carrier-pigeon'"):
         Bus.load(tmp_path / "a.toml").make_transport("x")
     (tmp_path / "b.toml").write_text('[transports.x]\nkind = "embedded"\npaht = "b.db"\n')
-    with pytest.raises(ConfigError, match="paht"):
+    with pytest.raises(ConfigError, match=r"unknown key 'paht' \(known: path, lease, poll"):
         Bus.load(tmp_path / "b.toml").make_transport("x")
+    (tmp_path / "c.toml").write_text('[connectors.local]\ntransport = "local"\nformat_options = {foo = 1}\n')
+    with pytest.raises(ConfigError) as no_options:
+        Bus.load(tmp_path / "c.toml").connectors()
+    assert str(no_options.value).endswith("format_options: format 'tidings' does not take the option(s) foo")
 
 
 def test_a_format_or_transport_whose_package_is_missing_is_a_config_error(
