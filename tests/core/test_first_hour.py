@@ -477,10 +477,12 @@ def test_config_check_and_doctor_name_a_missing_extra_before_saying_ok(tmp_path:
     (shadow / "__init__.py").write_text("raise ImportError('No module named confluent_kafka')\n")
     (tmp_path / "tidings.toml").write_text('[transports.k]\nkind = "kafka"\nurl = "kafka://127.0.0.1:9"\n')
     env = {"PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{ROOT}"}
-    for command in (["config", "check"], ["doctor"]):
+    consume = ["consume", "--callback", "json:dumps", "--bind", "a.#", "--transport", "k"]
+    for command in (["config", "check"], ["doctor"], consume):
         done = tidings(tmp_path, *command, env=env)
         assert done.returncode == 3, (command, done.stdout, done.stderr)
         assert "config: ok" not in done.stdout
+        # one line: no "consuming queue ..." before it
         assert done.stderr.count("\n") == 1 and "tidings[kafka]" in done.stderr, done.stderr
 
 

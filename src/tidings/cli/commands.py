@@ -23,6 +23,7 @@ from tidings.event import Event, json_kind, loads
 from tidings.plugins import import_object
 from tidings.stopping import exit_status, leave_now_if_forced, run_until_signalled
 from tidings.topics import validate_pattern
+from tidings.transport import transport_plugin
 
 out = Console(soft_wrap=True, markup=False, emoji=False)  # see err
 
@@ -395,7 +396,9 @@ def consume(
         consumer_app.settings.prefetch = prefetch
     if concurrency:
         consumer_app.settings.concurrency = concurrency
-    bus.config.transport_options(consumer_app.settings.transport)  # unknown: said before "consuming"
+    # an unknown transport, or one whose package is missing: said before "consuming"
+    kind, _ = bus.config.transport_options(consumer_app.settings.transport)
+    transport_plugin(kind).load("transport")
     err.print(
         f"consuming queue {consumer_app.settings.queue!r} ({', '.join(consumer_app.bindings())}) "
         "— Ctrl-C to stop"
