@@ -36,8 +36,12 @@ T = TypeVar("T")
 
 #: how long an idle connector waits before looking for events from other processes
 IDLE_POLL = 0.02
-#: most just-committed events kept in memory per connector; beyond, they are read back instead
-FRESH_LIMIT = 20_000
+#: most just-committed events kept in memory per connector (and most bytes of them); beyond,
+#: they are read back instead
+FRESH_LIMIT, FRESH_BYTES = 20_000, 64 * 1024 * 1024
+#: a batch ends at batch_size events or once it holds this many bytes of stored events (always one
+#: at least): with in_flight batches on the wire, what a connector holds is bounded in bytes
+BATCH_BYTES = 8 * 1024 * 1024
 #: reconnect backoff of a connector that cannot reach its broker: base * 2^n, capped
 DOWN_BASE, DOWN_CAP = 0.5, 30.0
 PURGE_EVERY = 60.0
@@ -228,6 +232,7 @@ class ConnectorWorker:
         #: events this process just committed, handed over by the outbox: sent without reading
         #: them back, as long as they follow on from ``_sent_upto`` and the backlog is empty
         self._fresh: deque[Row] = deque()
+        self._fresh_bytes = 0
         #: when the last look at the outbox found no backlog and nothing more to read (monotonic
         #: seconds); for IDLE_POLL after it, only handed-over events can be new (other processes'
         #: are found by the next look, as they always were), so no look is needed
@@ -370,7 +375,9 @@ class ConnectorWorker:
         now = self.dispatcher.clock()
         self.next_due, self.holding = self.outbox.backlog_next_at(name, ordered=config.ordered)
         if self.next_due is not None and self.next_due <= now:
-            due = self.outbox.backlog_due(name, now, config.batch_size, ordered=config.ordered)
+            due = self.outbox.backlog_due(
+                name, now, config.batch_size, ordered=config.ordered, max_bytes=BATCH_BYTES
+            )
             if due:
                 self.next_due = None
                 return due, []
@@ -378,9 +385,9 @@ class ConnectorWorker:
             return [], []
         if not want_new:
             return [], []
-        new = self.outbox.read_after(after, config.batch_size)
-        if len(new) < config.batch_size:
-            self._caught_up_at = started
+        new = self.outbox.read_after(after, config.batch_size, max_bytes=BATCH_BYTES)
+        if len(new) < config.batch_size and sum(len(row.data) for row in new) < BATCH_BYTES:
+            self._caught_up_at = started  # (a batch cut by bytes is not the end)
         return [], new
 
     # -- events handed over by this process's outbox ---------------------------------------------
@@ -391,24 +398,35 @@ class ConnectorWorker:
             self._caught_up_at = None  # the outbox could not tell which rows they were: read them
             return
         if self._fresh and committed[0].seq != self._fresh[-1].seq + 1:
-            self._fresh.clear()  # a gap: another process committed in between; read from the outbox
-            self._caught_up_at = None
+            self._forget_fresh()  # a gap: another process committed in between; read from the outbox
         self._fresh.extend(committed)
-        if len(self._fresh) > FRESH_LIMIT:
-            self._fresh.clear()  # far behind (a slow or paused connector): reading is as good
-            self._caught_up_at = None
+        self._fresh_bytes += sum(len(row.data) for row in committed)
+        if len(self._fresh) > FRESH_LIMIT or self._fresh_bytes > FRESH_BYTES:
+            self._forget_fresh()  # far behind (a slow or paused connector): reading is as good
+
+    def _forget_fresh(self) -> None:
+        self._fresh.clear()
+        self._fresh_bytes = 0
+        self._caught_up_at = None
 
     def _take_fresh(self, limit: int) -> list[Row]:
-        """Up to ``limit`` handed-over events that follow ``_sent_upto`` with no gap; else []."""
+        """Up to ``limit`` handed-over events (and BATCH_BYTES of them) that follow ``_sent_upto``
+        with no gap; else []."""
         fresh = self._fresh
         while fresh and fresh[0].seq <= self._sent_upto:
-            fresh.popleft()  # already read from the outbox and sent
+            self._fresh_bytes -= len(fresh.popleft().data)  # already read from the outbox and sent
         if not fresh:
             return []
         if fresh[0].seq != self._sent_upto + 1:
             self._caught_up_at = None  # something between: read it from the outbox first
             return []
-        return [fresh.popleft() for _ in range(min(limit, len(fresh)))]
+        taken: list[Row] = []
+        size = 0
+        while fresh and len(taken) < limit and (not taken or size < BATCH_BYTES):
+            taken.append(fresh.popleft())
+            size += len(taken[-1].data)
+        self._fresh_bytes -= size
+        return taken
 
     def _caught_up(self) -> bool:
         at = self._caught_up_at

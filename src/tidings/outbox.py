@@ -288,10 +288,21 @@ class Outbox:
 
     # -- dispatcher ---------------------------------------------------------------------
 
-    def _read(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Iterable[object] = (), *, max_bytes: int | None = None) -> list[tuple]:
+        """The rows; with ``max_bytes``, read one at a time until their third column (an event's
+        stored data) reaches that many bytes, the first row always."""
         with self._db_lock:
             try:
-                return self._db.execute(sql, tuple(params)).fetchall()
+                cursor = self._db.execute(sql, tuple(params))
+                if max_bytes is None:
+                    return cursor.fetchall()
+                rows, read = [], 0
+                for row in cursor:
+                    if rows and read >= max_bytes:
+                        break
+                    rows.append(row)
+                    read += len(row[2])
+                return rows
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
 
@@ -342,9 +353,13 @@ class Outbox:
         self._transaction([("INSERT OR IGNORE INTO cursors (connector, seq) VALUES (?, 0)", [(connector,)])])
         return self._read("SELECT seq FROM cursors WHERE connector = ?", (connector,))[0][0]
 
-    def read_after(self, cursor: int, limit: int) -> list[Row]:
+    def read_after(self, cursor: int, limit: int, *, max_bytes: int | None = None) -> list[Row]:
+        """Up to ``limit`` events after ``cursor``; with ``max_bytes``, fewer once their stored
+        bytes reach it (the first is always read): a batch of large events stays bounded."""
         rows = self._read(
-            "SELECT seq, topic, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+            "SELECT seq, topic, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (cursor, limit),
+            max_bytes=max_bytes,
         )
         return [Row(seq, topic, data) for seq, topic, data in rows]
 
@@ -396,8 +411,10 @@ class Outbox:
         )
         return (min(next_at, before[0][0]) if before else next_at), True
 
-    def backlog_due(self, connector: str, now: float, limit: int, *, ordered: bool = False) -> list[Row]:
-        """Due backlog entries, in seq order.
+    def backlog_due(
+        self, connector: str, now: float, limit: int, *, ordered: bool = False, max_bytes: int | None = None
+    ) -> list[Row]:
+        """Due backlog entries, in seq order (``max_bytes``: as for :meth:`read_after`).
 
         Ordered: none at or after the first entry that holds the order and is not due
         (:meth:`backlog_next_at`). Not ordered: the ``limit`` due the longest, however many wait
@@ -409,6 +426,7 @@ class Outbox:
                 "JOIN events e ON e.seq = b.seq WHERE b.connector = ? AND b.next_at <= ? "
                 "ORDER BY b.next_at, b.seq LIMIT ?",
                 (connector, now, limit),
+                max_bytes=max_bytes,
             )
             return sorted((Row(*row) for row in rows), key=lambda row: row.seq)
         waiting = self._read(
@@ -420,6 +438,7 @@ class Outbox:
             "SELECT b.seq, e.topic, e.data, b.attempts FROM backlog b JOIN events e ON e.seq = b.seq "
             "WHERE b.connector = ? AND b.seq < ? AND b.next_at <= ? ORDER BY b.seq LIMIT ?",
             (connector, MAX_SEQ if waiting is None else waiting, now, limit),
+            max_bytes=max_bytes,
         )
         return [Row(*row) for row in rows]
 
@@ -444,19 +463,39 @@ class Outbox:
         ]
         done = ("delivered", "dead")
         finished = [(connector, s.seq) for s in settlements if s.state in done] if from_backlog else []
-        statements: list[tuple[str, Sequence[tuple]]] = [
-            (
-                "INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) "
-                "VALUES (?,?,?,?,?)",
-                retry,
-            ),
-            (
-                "INSERT OR REPLACE INTO dead (connector, seq, attempts, reason, failed_at) "
-                "VALUES (?,?,?,?,?)",
-                dead,
-            ),
-            ("DELETE FROM backlog WHERE connector = ? AND seq = ?", finished),
-        ]
+        statements: list[tuple[str, Sequence[tuple]]]
+        if from_backlog:
+            # only entries still there: one an operator dropped while its try was on the wire
+            # (`tidings backlog drop`) stays dropped, neither back in the backlog nor dead
+            statements = [
+                (
+                    "UPDATE backlog SET attempts = ?, next_at = ?, last_error = ? "
+                    "WHERE connector = ? AND seq = ?",
+                    [
+                        (attempts, next_at, reason, name, seq)
+                        for name, seq, attempts, next_at, reason in retry
+                    ],
+                ),
+                (
+                    "INSERT OR REPLACE INTO dead (connector, seq, attempts, reason, failed_at) "
+                    "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM backlog WHERE connector = ? AND seq = ?)",
+                    [(*row, row[0], row[1]) for row in dead],
+                ),
+            ]
+        else:
+            statements = [
+                (
+                    "INSERT OR REPLACE INTO backlog (connector, seq, attempts, next_at, last_error) "
+                    "VALUES (?,?,?,?,?)",
+                    retry,
+                ),
+                (
+                    "INSERT OR REPLACE INTO dead (connector, seq, attempts, reason, failed_at) "
+                    "VALUES (?,?,?,?,?)",
+                    dead,
+                ),
+            ]
+        statements.append(("DELETE FROM backlog WHERE connector = ? AND seq = ?", finished))
         if new_cursor is not None:
             statements.append(
                 ("UPDATE cursors SET seq = max(seq, ?) WHERE connector = ?", [(new_cursor, connector)])

@@ -353,3 +353,32 @@ def test_looking_at_a_connector_writes_nothing(outbox: Outbox) -> None:
     (status,) = outbox.status(["never-ran"])
     assert (status.cursor, status.pending) == (0, 2)
     assert outbox._read("SELECT count(*) FROM cursors WHERE connector = 'never-ran'") == [(0,)]
+
+
+def test_entries_dropped_while_their_try_is_on_the_wire_stay_dropped(outbox: Outbox) -> None:
+    """`tidings backlog drop --all` said "dropped 5000", and the batch then in flight put 164 of
+    them back: its settlement inserted or replaced the entries it had read."""
+    from tidings.outbox import Settlement
+
+    outbox.append(events(3))
+    later = 10**10
+    outbox.settle(
+        "c", [Settlement(s, "retry", 1, later, "nope") for s in (1, 2, 3)], new_cursor=3, from_backlog=False
+    )
+    assert outbox.status(["c"])[0].backlog == 3
+    assert (
+        outbox.drop("c", "backlog") == 3
+    )  # the operator's decision, while a retry of 1 and 2 is on the wire
+    outbox.settle(
+        "c",
+        [Settlement(1, "retry", 2, later, "nope"), Settlement(2, "dead", 2, reason="gave up")],
+        new_cursor=None,
+        from_backlog=True,
+    )
+    status = outbox.status(["c"])[0]
+    assert (status.backlog, status.dead) == (0, 0)
+    # a settlement of an entry still there is recorded as before
+    outbox.settle("c", [Settlement(3, "retry", 1, later, "x")], new_cursor=None, from_backlog=False)
+    outbox.settle("c", [Settlement(3, "dead", 2, reason="gave up")], new_cursor=None, from_backlog=True)
+    status = outbox.status(["c"])[0]
+    assert (status.backlog, status.dead) == (0, 1)

@@ -306,3 +306,49 @@ def test_events_published_while_it_runs_go_out_in_order_with_other_writers_betwe
     if all(answer == "ok" for _, answer in plan):
         assert transport.wire == topics, "with no failure, each event exactly once"
     dispatcher.outbox.close()
+
+
+class CountingTransport(ScriptedTransport):
+    """Delivers everything at once; remembers each send's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        self.sizes.append(len(messages))
+        return await super().send(exchange, messages)
+
+
+def test_a_batch_of_large_events_ends_by_bytes(tmp_path: Path, monkeypatch: Any) -> None:
+    """batch_size alone counted events: 500 events of 15 MB made a 7.5 GB batch, four of them on
+    the wire (the dispatcher grew past 17 GB, and its broker's heartbeats went missing)."""
+    from tidings import dispatcher as dispatching
+
+    monkeypatch.setattr(dispatching, "BATCH_BYTES", 250_000)
+    transport = CountingTransport()
+    dispatcher = make(tmp_path, transport, in_flight=2, batch=50)
+    big = [Event.create(f"big.{i}", {"pad": "x" * 100_000}) for i in range(9)]
+    small = [Event.create(f"small.{i}", {"i": i}) for i in range(30)]
+    dispatcher.outbox.append([*big, *small])
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(dispatcher.run(stop))
+        await until(lambda: durable_cursor(dispatcher) == 39)
+        stop.set()
+        await running
+
+    asyncio.run(run())
+    assert transport.delivered_topics() == [e.topic for e in (*big, *small)]  # each once, in order
+    assert transport.sizes[:3] == [3, 3, 3]  # three 100 KB events reach 250,000 bytes
+    assert transport.sizes[3:] == [30]  # then the count decides again
+
+
+def test_the_outbox_reads_at_least_one_event_whatever_the_budget(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    outbox.append([Event.create(f"t.{i}", {"pad": "x" * 1000}) for i in range(5)])
+    assert len(outbox.read_after(0, 10, max_bytes=1)) == 1
+    assert len(outbox.read_after(0, 10, max_bytes=2500)) == 3
+    assert len(outbox.read_after(0, 10)) == 5
+    outbox.close()
