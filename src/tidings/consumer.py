@@ -141,8 +141,8 @@ class App:
             validate_pattern(pattern)
         takes_context = _takes_context(handler)
         _check_callable_with(handler, 2 if takes_context else 1)
-        # a coroutine function, or an object whose __call__ is one
-        call = None if inspect.isroutine(handler) else vars(type(handler)).get("__call__")
+        # a coroutine function, or an object whose __call__ is one (its own or a base class's)
+        call = None if inspect.isroutine(handler) else inspect.getattr_static(type(handler), "__call__", None)
         is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
         index = len(self.subscriptions)
         self.subscriptions.append(Subscription(patterns, handler, takes_context, is_async))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -366,14 +367,23 @@ class Runner:
             for sub in handlers:
                 args = (event, context) if sub.takes_context else (event,)
                 if sub.is_async:
-                    await sub.handler(*args)
+                    returned = await sub.handler(*args)
                 else:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._threads, lambda a=args, s=sub: s.handler(*a)
+                    returned = await asyncio.get_running_loop().run_in_executor(
+                        self._threads, _call_sync, sub.handler, args
                     )
-        except (Exception, SystemExit) as exc:  # handler outcome: decided in _settle
-            # (a sys.exit() in a handler is its failure: the message is retried, and the
-            # consumer goes on rather than ending with exit status 0 as if all were well)
+                _check_finished(sub.handler, returned)
+        except _Raised as carried:
+            return carried.raised
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # stopped at once: the message comes back unsettled
+            return exc  # raised by the handler itself: its failure
+        except BaseException as exc:  # handler outcome: decided in _settle
+            # (a sys.exit(), a KeyboardInterrupt or any BaseException a handler raises is its
+            # failure: the message is retried, and the consumer goes on; uncaught, it left the
+            # message unsettled, its lease renewed, until the consumer stopped)
             return exc
         return None
 
@@ -525,3 +535,44 @@ async def _hand_back(delivery: Delivery) -> None:
         await delivery.release()
     except TidingsError as exc:  # the connection is gone: the broker gives it out again anyway
         log.warning("could not hand message %s back (%s)", delivery.message.message_id, exc)
+
+
+def _check_finished(handler: Any, returned: Any) -> None:
+    """A handler that returned work instead of doing it (a coroutine it forgot to await, a
+    generator) did nothing: its failure, not an ack."""
+    kind = (
+        "a coroutine"
+        if inspect.isawaitable(returned)
+        else "a generator"
+        if inspect.isgenerator(returned) or inspect.isasyncgen(returned)
+        else None
+    )
+    if kind is None:
+        return
+    closing = getattr(returned, "close", None) or getattr(returned, "aclose", None)
+    if inspect.iscoroutine(returned) or inspect.isgenerator(returned):
+        closing()  # (no "never awaited" warning beside our error)
+    name = getattr(handler, "__qualname__", type(handler).__name__)
+    raise TypeError(
+        f"handler {name} returned {kind} instead of running it: await it, or make the handler "
+        "async def (a sync decorator around an async handler must be async too)"
+    )
+
+
+class _Raised(Exception):
+    """Carries a BaseException a sync handler raised out of its thread: asyncio hands a
+    future's exception to the awaiting task with ``throw()``, and a GeneratorExit thrown
+    into a coroutine closes it instead of reaching its ``except``."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(repr(raised))
+        self.raised = raised
+
+
+def _call_sync(handler: Any, args: tuple[Any, ...]) -> Any:
+    try:
+        return handler(*args)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise _Raised(exc) from None

@@ -166,6 +166,76 @@ async def test_flow_control_exceptions(bus: Bus, fast_app: App) -> None:
     assert "failed 3 times" in reasons["always.fails"] and "boom" in reasons["always.fails"]
 
 
+async def test_a_handler_that_returns_its_work_undone_fails_instead_of_acking(
+    bus: Bus, fast_app: App
+) -> None:
+    """A coroutine it forgot to await, a sync decorator around an async handler, a generator,
+    an async __call__ of a base class: each was acked "handled" without its body running."""
+    import functools
+
+    ran: list[str] = []
+
+    async def work(event: Event) -> None:
+        ran.append(event.topic)
+
+    def logged(handler: Any) -> Any:
+        @functools.wraps(handler)
+        def wrapper(*args: Any) -> Any:
+            return handler(*args)
+
+        return wrapper
+
+    class Base:
+        async def __call__(self, event: Event) -> None:
+            ran.append(event.topic)
+
+    class Inherits(Base):
+        pass
+
+    fast_app.add_handler(["not.awaited"], lambda event: work(event))
+    fast_app.add_handler(["sync.decorator"], logged(work))
+    fast_app.add_handler(["a.generator"], lambda event: (yield))  # a generator function
+    fast_app.add_handler(["inherited.call"], Inherits())
+    async with Running(bus, fast_app):
+        for topic in ("not.awaited", "sync.decorator", "a.generator", "inherited.call"):
+            await bus.apublish(topic, {})
+        await until(lambda: fast_app.counters.rejected == 3 and fast_app.counters.handled == 1)
+    assert ran == ["inherited.call"] and fast_app.counters.retried == 6  # 3 tries each, then dead
+    reasons = [m.message.headers["x-tidings-reason"] for m in await dead_letters(bus, "svc", 3)]
+    assert all("instead of running it: await it" in reason for reason in reasons), reasons
+
+
+class Unusual(BaseException):
+    """Not an Exception: a handler may still raise it."""
+
+
+async def test_a_handler_raising_any_base_exception_is_retried_not_left_unsettled(
+    bus: Bus, fast_app: App
+) -> None:
+    tries: dict[str, int] = {}
+
+    @fast_app.subscribe("base", "cancelled", "keyboard")
+    async def handler(event: Event) -> None:
+        tries[event.topic] = tries.get(event.topic, 0) + 1
+        if tries[event.topic] == 1:
+            raise {"base": Unusual(), "cancelled": asyncio.CancelledError(), "keyboard": KeyboardInterrupt()}[
+                event.topic
+            ]
+
+    @fast_app.subscribe("sync.#")
+    def sync_handler(event: Event) -> None:
+        tries[event.topic] = tries.get(event.topic, 0) + 1
+        if tries[event.topic] == 1:
+            raise GeneratorExit()
+
+    async with Running(bus, fast_app):
+        for topic in ("base", "cancelled", "keyboard", "sync.exit"):
+            await bus.apublish(topic, {})
+        await until(lambda: fast_app.counters.handled == 4)
+    assert tries == {"base": 2, "cancelled": 2, "keyboard": 2, "sync.exit": 2}
+    assert fast_app.counters.retried == 4
+
+
 async def test_invalid_messages_go_to_dead_letters_without_a_requeue_loop(bus: Bus, fast_app: App) -> None:
     handled: list[str] = []
     fast_app.subscribe("#")(lambda event: handled.append(event.topic))
