@@ -27,6 +27,8 @@ from tidings.event import (
     Event,
     JSONScalar,
     Visibility,
+    check_envelope,
+    check_id,
     check_publisher_headers,
     dumps,
     holds_non_finite,
@@ -37,6 +39,7 @@ from tidings.inbox import Inbox
 from tidings.journal import HandlingJournal
 from tidings.outbox import Outbox
 from tidings.schemas import SchemaRegistry
+from tidings.topics import validate_topic
 from tidings.transport import Transport, load_transport
 
 log = logging.getLogger(__name__)
@@ -177,8 +180,9 @@ class Bus:
     def publish_many(self, events: Iterable[Event]) -> list[Event]:
         """Check all, then store all in one commit: either every event is stored or none."""
         batch = list(events)
-        rows = [(event.id, event.topic, self.check(event)) for event in batch]
-        (self._diversion or self.outbox).append_encoded(rows)
+        rows = self._rows(batch)
+        if rows:
+            (self._diversion or self.outbox).append_encoded(rows)
         return batch
 
     async def apublish(
@@ -193,8 +197,9 @@ class Bus:
     async def apublish_many(self, events: Iterable[Event]) -> list[Event]:
         """:meth:`publish_many` for asyncio code: all stored, or none."""
         batch = list(events)
-        rows = [(event.id, event.topic, self.check(event)) for event in batch]
-        await (self._diversion or self.outbox).append_async(rows)
+        rows = self._rows(batch)
+        if rows:
+            await (self._diversion or self.outbox).append_async(rows)
         return batch
 
     def _as_event(
@@ -203,12 +208,34 @@ class Bus:
         if isinstance(topic_or_event, Event):
             if body is not None or fields:
                 raise TypeError("publish(event) takes no body or fields")
-            return topic_or_event, self.check(topic_or_event)
+            return topic_or_event, self._check_given(topic_or_event)
         if body is None:
             raise TypeError("publish(topic, body) needs a body")
         check_publisher_headers(fields.get("headers"))
-        event = Event.create(topic_or_event, body, source=self.config.bus.source, **fields)
+        fields.setdefault("source", self.config.bus.source)
+        event = Event.create(topic_or_event, body, **fields)
         return event, self.check(event)
+
+    def _rows(self, batch: list[Event]) -> list[tuple[str, str, bytes]]:
+        """Each event checked, as the outbox stores it: (id, topic, data)."""
+        rows = []
+        for event in batch:
+            data = self._check_given(event)
+            rows.append((event.id, event.topic, data))
+        return rows
+
+    def _check_given(self, event: Event) -> bytes:
+        """An Event object a caller made (``Event(...)`` skips what ``Event.create`` checks): its
+        topic, envelope, id and headers as a publisher's, then :meth:`check`."""
+        if not isinstance(event, Event):
+            raise TypeError(
+                f"publish_many takes Event objects (bus.event(topic, body)), not {type(event).__name__}"
+            )
+        validate_topic(event.topic)
+        check_envelope(event.body, event.headers, event.visibility)
+        check_id(event.id)
+        check_publisher_headers(event.headers)
+        return self.check(event)
 
     # -- the parts built from config ------------------------------------------------------
 

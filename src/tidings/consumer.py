@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from tidings.config import ConsumerConfig
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, HaltedError
 from tidings.format import Format, load_format, wire_pattern
 from tidings.handling import Context, Counters, Drop, Halt, Handler, Reject, Retry, Subscription
 from tidings.plugins import explain, import_object
@@ -45,6 +46,9 @@ __all__ = ["App", "Context", "Drop", "Halt", "Reject", "Retry", "callback_app", 
 def consumer_settings(name: str, **given: Any) -> ConsumerConfig:
     """An App's settings from keyword arguments, checked as ``[consumers.NAME]`` is."""
     given.setdefault("queue", name)
+    if not isinstance(name, str) or not name.strip():
+        # on RabbitMQ an empty name makes the broker name a new queue at every declare
+        raise ConfigError(f"App({name!r}): an app needs a name (it names its queue)")
     try:
         settings = msgspec.convert(given, ConsumerConfig, strict=False)
     except msgspec.ValidationError as exc:
@@ -199,8 +203,14 @@ class App:
 
     def run_forever(self, bus: Bus) -> None:
         """Blocking entry point: consume until SIGTERM or SIGINT, finishing in-flight handlers
-        (a second signal stops at once: :mod:`tidings.stopping`)."""
-        leave_now_if_forced(asyncio.run(run_until_signalled(self.run, bus)))
+        (a second signal stops at once: :mod:`tidings.stopping`). A handler's Halt ends the
+        process with exit status 8, as ``tidings consume`` does (one line on stderr)."""
+        try:
+            received = asyncio.run(run_until_signalled(self.run, bus))
+        except HaltedError as exc:
+            print(f"tidings: error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
+        leave_now_if_forced(received)
 
 
 _DEFAULTS = ConsumerConfig()

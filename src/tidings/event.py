@@ -418,7 +418,7 @@ def the_events_own(headers: dict[str, Any]) -> dict[str, Any]:
 
 
 #: a tuple, not ``dict | list``: that expression builds a new union object each time it runs
-_CONTAINERS = (dict, list)
+_CONTAINERS = (dict, list, tuple)  # (a tuple is written as an array)
 #: the longest event id, in UTF-8 (AMQP's short string)
 MAX_ID_BYTES = 255
 #: the deepest nesting of a body anything may hold: JSON writers recurse (CPython stops them
@@ -437,7 +437,7 @@ def holds_non_finite(value: Any) -> bool:
                 return True
         elif isinstance(item, dict):
             stack.extend(item.values())
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             stack.extend(item)
     return False
 
@@ -456,7 +456,7 @@ def json_depth(value: Any) -> int:
         item, depth = stack.pop()
         if isinstance(item, dict):
             children = item.values()
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             children = item
         else:
             continue

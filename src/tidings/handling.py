@@ -28,11 +28,13 @@ MAX_RETRY_DELAY = 86_400.0
 class Retry(Exception):
     """Deliver this message again later (after ``delay`` seconds, or the app's schedule)."""
 
-    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+    def __init__(self, delay: float | str | None = None, reason: str = "") -> None:
+        if isinstance(delay, str):  # Retry("builds not in yet"), as Reject("why") is written
+            delay, reason = None, reason or delay
         super().__init__(reason or "handler asked to retry")
         # a delay no broker can wait (nan, inf, negative, past a day) is a bug of the handler:
         # raised here, it counts as the handler's failure and the app's schedule applies
-        if delay is not None and not 0 <= delay <= MAX_RETRY_DELAY:
+        if isinstance(delay, bool) or (delay is not None and not 0 <= delay <= MAX_RETRY_DELAY):
             raise ValueError(f"Retry delay must be between 0 and {MAX_RETRY_DELAY:g} seconds, not {delay!r}")
         self.delay = delay
 

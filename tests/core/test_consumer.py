@@ -476,3 +476,49 @@ def test_a_handler_the_runtime_cannot_call_is_refused_when_it_is_added() -> None
     with pytest.raises(ConfigError, match=r"handler .*three cannot be called with the event and its context"):
         app.subscribe("a.#")(three)
     app.subscribe("a.#")(lambda event, name="bound": None)  # a default for the second: the event only
+
+
+def test_an_app_needs_a_name() -> None:
+    # on RabbitMQ an empty queue name makes the broker name a new durable queue at every declare
+    for name in ("", "  "):
+        with pytest.raises(ConfigError, match="an app needs a name"):
+            App(name)
+
+
+def test_retry_takes_a_reason_as_reject_does() -> None:
+    assert (Retry("builds not in yet").delay, str(Retry("builds not in yet"))) == (None, "builds not in yet")
+    assert (Retry(30).delay, str(Retry(30, reason="later"))) == (30, "later")
+    with pytest.raises(ValueError, match="Retry delay"):
+        Retry(True)  # type: ignore[arg-type]
+
+
+def test_halt_under_run_forever_ends_with_exit_8_in_one_line(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.clirun import ROOT
+
+    (tmp_path / "service.py").write_text(
+        "import asyncio\n"
+        "from tidings import App, Bus, Halt\n"
+        "app = App('stopper')\n"
+        "@app.subscribe('a.#')\n"
+        "def handle(event):\n"
+        "    raise Halt()\n"
+        "bus = Bus.load()\n"
+        "asyncio.run(app.declare(bus))\n"
+        "bus.publish('a.b', {})\n"
+        "asyncio.run(bus.dispatcher().deliver_due())\n"
+        "app.run_forever(bus)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "service.py"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 8, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "tidings: error: app stopper halted by its handler"
+    assert "Traceback" not in done.stderr

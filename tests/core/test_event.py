@@ -296,7 +296,12 @@ def test_a_header_a_transport_would_take_for_its_own_is_refused_at_publish(
 
 @pytest.mark.parametrize(
     "body",
-    [{"score": float("nan")}, {"a": [1, {"b": float("inf")}]}, {"n": None, "m": -float("inf")}],
+    [
+        {"score": float("nan")},
+        {"a": [1, {"b": float("inf")}]},
+        {"n": None, "m": -float("inf")},
+        {"t": (float("nan"),)},  # a tuple is written as an array too
+    ],
 )
 def test_nan_or_infinity_is_refused_at_publish_not_written_as_null(body: dict, tmp_path: Path) -> None:
     """orjson writes them as null without a word: the stored event was not the one published
@@ -337,3 +342,47 @@ def test_whole_seconds_round_down_exactly() -> None:
     late = datetime(3059, 1, 1, 0, 0, 0, 999_997, tzinfo=UTC)
     assert whole_seconds(late) == int(datetime(3059, 1, 1, tzinfo=UTC).timestamp())
     assert whole_seconds(datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC)) == -1
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (Event("a b", {}), "invalid topic"),
+        (Event("a.*", {}), "invalid topic"),
+        (Event("a.list", [1, 2]), "body must be a JSON object"),  # type: ignore[arg-type]
+        (Event("a.vis", {}, visibility="secret"), "visibility"),  # type: ignore[arg-type]
+        (Event("x.y", {}, headers={"x-tidings-attempts": 99}), "reserved for tidings' transports"),
+        (Event.create("x.y", {}, headers={"x-tidings-attempts": 99}), "reserved for tidings' transports"),
+        (Event("a.b", {}, id="x\ny"), "id"),
+    ],
+)
+def test_an_event_object_is_checked_as_a_topic_and_body_are(
+    event: Event, problem: str, tmp_path: Path
+) -> None:
+    """``bus.publish(Event(...))`` skipped what Event.create and publish(topic, body) check: the
+    event was stored, and every consumer then dead-lettered it as invalid."""
+    bus = Bus(embedded_config(tmp_path / "home"))
+    try:
+        for publish in (bus.publish, lambda e: bus.publish_many([e])):
+            with pytest.raises(InvalidEvent, match=problem):
+                publish(event)
+        assert bus.outbox.last_seq() == 0
+    finally:
+        bus.close()
+
+
+def test_publishing_calls_that_mean_nothing_or_something_else(tmp_path: Path) -> None:
+    bus = Bus(embedded_config(tmp_path / "home", source="svc"))
+    try:
+        assert bus.publish_many([]) == []  # nothing to store: no error
+        with pytest.raises(TypeError, match="publish_many takes Event objects"):
+            bus.publish_many([("t.z", {})])  # type: ignore[list-item]
+        assert bus.publish("a.b", {}, source="other").source == "other"  # not "multiple values"
+        assert bus.publish("a.b", {}).source == "svc"
+        deep: object = 1
+        for _ in range(600):
+            deep = (deep,)
+        with pytest.raises(InvalidEvent, match="levels deep"):
+            bus.publish("a.b", {"t": deep})
+    finally:
+        bus.close()
