@@ -9,8 +9,8 @@ is retried until ``max_attempts``. A handler that takes a second argument gets a
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +70,20 @@ class Context:
         before the commit, nothing happened and the redelivery runs the handler
         again; if it dies after, the redelivery finds the event in the inbox.
         """
-        if self.inbox is None:
-            raise TidingsError(f"ctx.transaction() needs the inbox: App({self.app!r}, inbox=True)")
-        with self.inbox.transaction(self.app, self.event_id) as db:
+        with self._inbox("transaction").transaction(self.app, self.event_id) as db:
             yield db
+
+    @asynccontextmanager
+    async def atransaction(self) -> AsyncIterator[sqlite3.Connection]:
+        """:meth:`transaction` for an async handler that awaits inside it (``async with``): it
+        waits for another handler's transaction without stopping the event loop."""
+        async with self._inbox("atransaction").atransaction(self.app, self.event_id) as db:
+            yield db
+
+    def _inbox(self, call: str) -> Inbox:
+        if self.inbox is None:
+            raise TidingsError(f"ctx.{call}() needs the inbox: App({self.app!r}, inbox=True)")
+        return self.inbox
 
 
 @dataclass(slots=True)

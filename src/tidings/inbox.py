@@ -14,11 +14,12 @@ so the retention must outlast a consumer's retry schedule (the default, 7 days, 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from tidings.errors import StorageError
@@ -33,6 +34,8 @@ CREATE INDEX IF NOT EXISTS inbox_by_age ON inbox (handled_at);
 """
 #: records deleted per purge transaction: short enough not to stall a handler's transaction
 PURGE_BATCH = 1000
+#: seconds ctx.transaction() in an async handler waits for another transaction to end
+LOOP_WAIT = 0.1
 
 
 class Inbox:
@@ -41,36 +44,98 @@ class Inbox:
         self._db = connect(self.path, schema=SCHEMA)
         self._lock = threading.Lock()
 
+    async def aseen(self, consumer: str, event_id: str) -> bool:
+        """:meth:`seen` for the event loop: a handler's transaction may hold the lock for long."""
+        if self._lock.acquire(blocking=False):  # the common case: no transaction open
+            try:
+                return self._seen(consumer, event_id)
+            finally:
+                self._lock.release()
+        return await asyncio.to_thread(self.seen, consumer, event_id)
+
+    async def amark(self, consumer: str, event_id: str) -> None:
+        """:meth:`mark` for the event loop (as :meth:`aseen`)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._mark(consumer, event_id)
+            finally:
+                self._lock.release()
+        else:
+            await asyncio.to_thread(self.mark, consumer, event_id)
+
+    def _seen(self, consumer: str, event_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?", (consumer, event_id)
+        ).fetchone()
+        return row is not None
+
+    def _mark(self, consumer: str, event_id: str) -> None:
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time())
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"inbox {self.path.name}: {explain(exc)}") from None
+
     def seen(self, consumer: str, event_id: str) -> bool:
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?", (consumer, event_id)
-            ).fetchone()
-        return row is not None
+            return self._seen(consumer, event_id)
 
     def mark(self, consumer: str, event_id: str) -> None:
         with self._lock:
-            try:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time())
-                )
-            except sqlite3.Error as exc:
-                raise StorageError(f"inbox {self.path.name}: {explain(exc)}") from None
+            self._mark(consumer, event_id)
 
     @contextmanager
     def transaction(self, consumer: str, event_id: str) -> Iterator[sqlite3.Connection]:
-        """Run the caller's writes and the inbox record in one transaction (see Context.transaction)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute(
-                    "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time())
+        """Run the caller's writes and the inbox record in one transaction (see Context.transaction).
+
+        On an event loop's thread (an async handler) it waits for the lock a moment only (a sync
+        handler's transaction on a thread ends by itself): a longer wait there would stop the
+        loop, and with it an async handler holding the lock across an ``await``.
+        """
+        if on_an_event_loop():
+            if not self._lock.acquire(timeout=LOOP_WAIT):
+                raise StorageError(
+                    "ctx.transaction() in an async handler while another handler's transaction is "
+                    "open: use `async with ctx.atransaction()`, which waits without stopping the loop"
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                rollback(self._db)
-                raise
+        else:
+            self._lock.acquire()
+        try:
+            with self._in_transaction(consumer, event_id) as db:
+                yield db
+        finally:
+            self._lock.release()
+
+    @asynccontextmanager
+    async def atransaction(self, consumer: str, event_id: str) -> AsyncIterator[sqlite3.Connection]:
+        """:meth:`transaction` for async handlers that await inside it: the lock is waited for on
+        a thread, so the event loop (and the handler holding it) go on meanwhile."""
+        acquiring = asyncio.ensure_future(asyncio.to_thread(self._lock.acquire))
+        try:
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:  # the thread takes the lock anyway: give it back then
+            acquiring.add_done_callback(lambda _: self._lock.release())
+            raise
+        try:
+            with self._in_transaction(consumer, event_id) as db:
+                yield db
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def _in_transaction(self, consumer: str, event_id: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN; the caller's writes (at the yield); the record; COMMIT (under the lock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute(
+                "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", (consumer, event_id, time.time())
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            rollback(self._db)
+            raise
 
     def purge(self, older_than: float, batch: int = PURGE_BATCH) -> int:
         """Forget records handled before ``older_than`` (epoch seconds), ``batch`` per transaction."""
@@ -95,3 +160,12 @@ class Inbox:
 
     def close(self) -> None:
         self._db.close()
+
+
+def on_an_event_loop() -> bool:
+    """Whether this thread runs an event loop (an async handler's code runs here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

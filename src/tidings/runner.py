@@ -313,7 +313,7 @@ class Runner:
             # this consumer makes (a retry, a dead letter) carries that id, or its next reader
             # would decode the id a transport stamps on copies (AMQP matches returns by one)
             delivery.message.message_id = event.id
-        if self.inbox is not None and self.inbox.seen(self.app.name, event.id):
+        if self.inbox is not None and await self.inbox.aseen(self.app.name, event.id):
             self.app.counters.duplicates += 1
             await delivery.ack()
             return None
@@ -437,7 +437,7 @@ class Runner:
         counters, settings = self.app.counters, self.app.settings
         if outcome is None or isinstance(outcome, Drop):
             if self.inbox is not None:
-                self.inbox.mark(self.app.name, event.id)
+                await self.inbox.amark(self.app.name, event.id)
             await delivery.ack()
             if outcome is None and not self.handlers_of(event, delivery.message):
                 counters.unhandled += 1  # not "handled": no handler saw it (see _tell_unhandled)

@@ -450,6 +450,46 @@ async def test_side_effects_through_the_inbox_transaction_happen_once(bus: Bus) 
     assert calls == [event.id]
 
 
+async def test_async_handlers_awaiting_inside_their_transactions_do_not_stop_the_consumer(bus: Bus) -> None:
+    """A threading lock held across an ``await``: the next message's inbox look waited for it on
+    the event loop, and the loop, the handler holding it, and the whole consumer stood still."""
+    app = App("awaits", inbox=True, concurrency=8, retry_schedule=[0.05], max_attempts=50)
+    committed: list[str] = []
+
+    @app.subscribe("legacy.#")
+    async def as_the_issue_had_it(event: Event, ctx: Context) -> None:
+        with ctx.transaction() as db:  # an await inside the sync form: the one that hung
+            db.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT)")
+            await asyncio.sleep(0.05)
+            db.execute("INSERT INTO effects VALUES (?)", (event.id,))
+        committed.append(event.id)
+
+    @app.subscribe("tx.#")
+    async def handler(event: Event, ctx: Context) -> None:
+        async with ctx.atransaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT)")
+            await asyncio.sleep(0.05)
+            db.execute("INSERT INTO effects VALUES (?)", (event.id,))
+        committed.append(event.id)
+
+    @app.subscribe("sync.#")
+    async def sync_style(event: Event, ctx: Context) -> None:
+        with ctx.transaction() as db:  # no await inside: fine on the loop
+            db.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT)")
+            db.execute("INSERT INTO effects VALUES (?)", (event.id,))
+        committed.append(event.id)
+
+    async with Running(bus, app):
+        await bus.apublish_many(
+            [bus.event(f"tx.{n}", {}) for n in range(6)]
+            + [bus.event(f"legacy.{n}", {}) for n in range(3)]
+            + [bus.event("sync.a", {})]
+        )
+        await until(lambda: len(committed) == 10, timeout=20)
+    rows = bus.inbox()._db.execute("SELECT count(*) FROM effects").fetchone()
+    assert rows == (10,)  # each once (one that met another's open transaction tried again)
+
+
 async def test_transaction_without_inbox_is_a_clear_error(bus: Bus) -> None:
     app = App("no-inbox", max_attempts=1)
     errors: list[str] = []
