@@ -18,7 +18,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from tidings.errors import OutboxError
+from tidings.errors import OutboxError, StorageError
 
 #: how long a writer waits for another process's transaction before failing
 BUSY_TIMEOUT_MS = 30_000
@@ -123,7 +123,12 @@ class WriterLock:
 
     def __init__(self, database: str | Path) -> None:
         self.path = Path(f"{database}.writer-lock")
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only or full file system, a folder not ours
+            raise StorageError(
+                f"cannot open {self.path.name} beside {Path(database).name}: {exc.strerror}"
+            ) from None
 
     def __enter__(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_EX)

@@ -575,3 +575,14 @@ def test_consume_runs_where_the_config_or_its_options_say(tmp_path: Path, comman
         consumer.send_signal(signal.SIGTERM)
         assert consumer.wait(20) == 0, consumer.stderr.read().decode()  # type: ignore[union-attr]
     assert (tmp_path / "done.txt").read_text().split() == ["job.done"]
+
+
+def test_an_outbox_whose_lock_file_cannot_be_opened_is_one_line_exit_5(tmp_path: Path) -> None:
+    """A read-only home (as a read-only mount has it) was "internal error: OSError", exit 1."""
+    (tmp_path / ".tidings" / "outbox.db.writer-lock").mkdir(parents=True)  # os.open cannot take it
+    for args in (["publish", "a.b", "--body", "{}"], ["backlog", "list"]):
+        done = tidings(tmp_path, *args)
+        assert done.returncode == 5, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            "tidings: error: cannot open outbox.db.writer-lock beside outbox.db: Is a directory"
+        ]
