@@ -228,3 +228,53 @@ def test_deliver_sync_runs_without_a_loop(bus: Bus, app: App) -> None:
 async def test_deliver_sync_in_a_loop_says_what_to_use(bus: Bus, app: App) -> None:
     with pytest.raises(RuntimeError, match=r"use await deliver\(bus, app\)"):
         deliver_sync(bus, app)
+
+
+async def test_only_what_a_connector_would_send_is_delivered(tmp_path: object) -> None:
+    """deliver matched the queue's bindings alone: an event no connector on the app's exchange
+    sends (its topics, its filter) was handed over and acked in the test, never in production."""
+    import msgspec
+
+    from tests.conftest import embedded_config
+    from tidings.config import ConnectorConfig
+
+    config = embedded_config(tmp_path / "home", source="test")  # type: ignore[operator]
+    only = ConnectorConfig(
+        transport="local", topics=["datawarehouse.#"], filter={"not": {"field": "data.skip", "equals": True}}
+    )
+    bus = Bus(msgspec.structs.replace(config, connectors={"local": only}))
+    try:
+        app = App("svc")
+        app.subscribe("#")(lambda event: None)
+        for topic, body in (
+            ("bodhi.update", {}),
+            ("datawarehouse.a", {}),
+            ("datawarehouse.b", {"skip": True}),
+        ):
+            bus.publish(topic, body)
+        assert [o.event.topic for o in await deliver(bus, app)] == ["datawarehouse.a"]
+        elsewhere = App("other", exchange="cki")  # no connector there (a test config): every event
+        elsewhere.subscribe("#")(lambda event: None)
+        assert len(await deliver(bus, elsewhere)) == 3
+    finally:
+        bus.close()
+
+
+async def test_an_event_a_retry_puts_back_comes_again_with_the_retries(bus: Bus, app: App) -> None:
+    tries: list[int] = []
+
+    @app.subscribe("#")
+    def handler(event: Event, ctx: Context) -> None:
+        tries.append(ctx.attempt)
+        if len(tries) == 1:
+            raise Retry()
+        if len(tries) == 2:
+            raise Halt()
+
+    bus.publish("a.b", {})
+    first = await deliver(bus, app)
+    assert [o.state for o in first] == ["retry"]
+    second = await deliver(bus, app, retries=first)
+    assert [o.state for o in second] == ["released"]
+    third = await deliver(bus, app, retries=second)  # put back: it comes again, at the same attempt
+    assert [o.state for o in third] == ["acked"] and tries == [1, 2, 2]

@@ -15,9 +15,9 @@ What the app was given is remembered in the outbox as a cursor of its own
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tidings.errors import TidingsError
 from tidings.event import Event
@@ -158,11 +158,13 @@ async def deliver(bus: Bus, app: App, *, retries: DeliveryReport | None = None) 
     the broker does when their delay is up).
     """
     if retries is not None:
+        # a retried event comes back one attempt later; one put back (Halt) at the same attempt
+        again = [o for o in retries.outcomes if o.state in ("retry", "released")]
         return await _hand_over(
-            bus, app, [(outcome.event, outcome.attempt + 1) for outcome in retries.retried]
+            bus, app, [(o.event, o.attempt + 1 if o.state == "retry" else o.attempt) for o in again]
         )
     outbox, name = bus.outbox, f"tidings.testing:{app.settings.queue}"
-    rows, last = _unseen(outbox, name, app.bindings())
+    rows, last = _unseen(outbox, name, app.bindings(), _carriers(bus, app))
     report = await _hand_over(bus, app, [(row.event(), 1) for row in rows])
     # what was put back (a Halt, and what came after it) is handed over again next time
     released = [row.seq for row, outcome in zip(rows, report, strict=True) if outcome.state == "released"]
@@ -179,9 +181,32 @@ def deliver_sync(bus: Bus, app: App, *, retries: DeliveryReport | None = None) -
     raise RuntimeError("deliver_sync() cannot run inside an event loop: use await deliver(bus, app)")
 
 
-def _unseen(outbox: Outbox, name: str, bindings: list[str]) -> tuple[list[Row], int]:
-    """The rows after the app's cursor whose topics its queue is bound by, and the last seq looked
-    at: what was published before this call (a handler's own publishing waits for the next)."""
+def _carriers(bus: Bus, app: App) -> list[Callable[[Row], bool]] | None:
+    """Whether a connector would send a row to the app's exchange, one test per connector on it;
+    None when the config has none there (a test config without the app's broker: every row)."""
+    from tidings.relay import connector_test
+
+    tests = []
+    for name, config in bus.config.connectors.items():
+        if not config.enabled or config.exchange != app.settings.exchange:
+            continue
+        accepts = connector_test(bus.config, name)
+        topics = list(config.topics)
+
+        def carries(row: Row, topics: list[str] = topics, accepts: Any = accepts) -> bool:
+            wanted = any(topic_matches(pattern, row.topic) for pattern in topics)
+            return wanted and (accepts is None or accepts(row.event()))
+
+        tests.append(carries)
+    return tests or None
+
+
+def _unseen(
+    outbox: Outbox, name: str, bindings: list[str], carriers: list[Callable[[Row], bool]] | None = None
+) -> tuple[list[Row], int]:
+    """The rows after the app's cursor whose topics its queue is bound by (and that a connector
+    on its exchange would send it), and the last seq looked at: what was published before this
+    call (a handler's own publishing waits for the next)."""
     cursor, last = outbox.ensure_connector(name), outbox.last_seq()
     start, rows = cursor, []
     while cursor < last:
@@ -189,7 +214,13 @@ def _unseen(outbox: Outbox, name: str, bindings: list[str]) -> tuple[list[Row], 
         if not page:
             break
         cursor = page[-1].seq
-        rows += [row for row in page if row.seq <= last and _bound(bindings, row.topic)]
+        rows += [
+            row
+            for row in page
+            if row.seq <= last
+            and _bound(bindings, row.topic)
+            and (carriers is None or any(carries(row) for carries in carriers))
+        ]
     return rows, max(start, last)
 
 
