@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tidings import Bus, Event, InvalidTopic
 from tidings.config import parse_config
+from tidings.event import dumps, loads
 from tidings.testing import assert_published, body_difference, on_the_wire, published
 from tidings.testing.matching import check
 
@@ -192,3 +193,19 @@ def test_on_the_wire_is_the_connector_s_encoding(tmp_path: Any) -> None:
     with pytest.raises(AssertionError, match=r"connector 'fedora' does not carry 'koji.build.tag'"):
         on_the_wire(bus, other, "fedora")
     bus.close()
+
+
+def test_a_datetime_or_uuid_expected_is_compared_as_the_stored_json_has_it() -> None:
+    """The body was stored as JSON (a string), the expectation held the datetime: the mismatch
+    message showed the same text twice."""
+    import datetime
+    import uuid
+
+    when = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    ident = uuid.UUID(int=7)
+    stored = loads(dumps({"when": when, "id": ident}))
+    assert body_difference({"when": when, "id": ident}, stored) is None
+    later = when + datetime.timedelta(seconds=1)
+    assert body_difference({"when": later}, stored) == (
+        'body[\'when\']: expected "2024-01-01T00:00:01+00:00", got "2024-01-01T00:00:00+00:00"'
+    )
