@@ -214,3 +214,34 @@ def test_a_store_that_answers_nothing_keeps_the_batch_for_later(tmp_path: Path) 
     message = load_format("tidings").encode(Event.create("a.b", {}))
     with pytest.raises(TransportError, match="server closed"):
         asyncio.run(sink.send("tidings", [message]))
+
+
+def test_the_archive_s_seqs_follow_the_outbox_with_batches_in_flight(tmp_path: Path) -> None:
+    """Four batches on the wire, each stored by a thread of its own: the archive gave a later
+    batch the earlier seqs now and then (the live stream showed k=27 before k=26)."""
+    from tidings.bus import Bus
+    from tidings.config import load_config
+
+    (tmp_path / "tidings.toml").write_text('[bus]\nhome = "home"\n[archive]\nbatch_size = 7\n')
+    bus = Bus(load_config(tmp_path / "tidings.toml"))
+    try:
+        bus.publish_many([bus.event("k.n", {"k": k}) for k in range(1500)])
+
+        async def dispatch() -> None:
+            dispatcher = bus.dispatcher(["archive"])
+            stop = asyncio.Event()
+            running = asyncio.create_task(dispatcher.run(stop))
+            while dispatcher.connectors[0].stats.delivered < 1500:
+                await asyncio.sleep(0.05)
+            stop.set()
+            await running
+
+        asyncio.run(dispatch())
+        archive = SqliteArchive(bus.config.archive_path())
+        try:
+            order = [a.event.body["k"] for a in archive.since(0, Query(), limit=2000)]
+        finally:
+            archive.close()
+        assert order == list(range(1500))
+    finally:
+        bus.close()

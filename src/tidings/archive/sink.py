@@ -45,6 +45,7 @@ class ArchiveSink:
         #: events stored, and those the archive had already (sent again after a crash between
         #: the archive's commit and the outbox cursor's)
         self.new = self.already_there = 0
+        self._storing = asyncio.Lock()
 
     async def connect(self) -> None:
         if self.archive is None:
@@ -64,6 +65,13 @@ class ArchiveSink:
         """Nothing to declare: the archive's tables are made when it is opened."""
 
     async def send(self, exchange: str, messages: Sequence[WireMessage]) -> list[SendResult]:
+        # batches in flight (the dispatcher pipelines them) are stored one after the other in the
+        # order they were sent, so that the archive's seqs, and its live stream, follow the outbox
+        # (asyncio's lock wakes its waiters first come, first served)
+        async with self._storing:
+            return await self._store(messages)
+
+    async def _store(self, messages: Sequence[WireMessage]) -> list[SendResult]:
         await self.connect()
         assert self.archive is not None
         results: list[SendResult] = []
