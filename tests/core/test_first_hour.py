@@ -508,3 +508,17 @@ def test_config_check_says_ok_without_connecting(tmp_path: Path) -> None:
     done = tidings(tmp_path, "config", "check")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("config: ok — 1 transport(s), 1 connector(s)")
+
+
+def test_a_second_dispatcher_says_so_in_one_line_without_announcing_itself(tmp_path: Path) -> None:
+    first = start(tmp_path, "dispatch")
+    try:
+        until(lambda: "dispatching from" in said(tmp_path, "dispatch"), 20, "the first dispatcher")
+        second = tidings(tmp_path, "dispatch")
+        assert second.returncode == 7, second.stderr
+        assert second.stderr.strip().splitlines() == [
+            f"tidings: error: another dispatcher (pid {first.pid}) is already delivering from "
+            ".tidings/outbox.db"
+        ]
+    finally:
+        assert stop(first, signal.SIGTERM) == 0

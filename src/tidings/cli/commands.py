@@ -234,6 +234,7 @@ def dispatch(
         for c in dispatcher.connectors:
             out.print(f"{c.name}: {_once_summary(bus, c)}", highlight=False)
         return
+    dispatcher.acquire()  # another dispatcher there is said before "dispatching", not after it
     err.print(
         f"dispatching from {bus.config.outbox_path()} to {', '.join(c.name for c in dispatcher.connectors)}"
         " — Ctrl-C to stop"
