@@ -453,7 +453,9 @@ class Runner:
             return
         if isinstance(outcome, Reject):
             counters.rejected += 1
-            await delivery.reject(redact(f"rejected by handler: {outcome}"), attempts=attempt)
+            reason = redact(f"rejected by handler: {outcome}")
+            log.warning("%s: event %s dead-lettered: %s", self.app.name, event.id, reason)
+            await delivery.reject(reason, attempts=attempt)
             return
         if attempt >= settings.max_attempts:
             counters.rejected += 1

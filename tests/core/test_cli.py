@@ -586,3 +586,11 @@ def test_an_outbox_whose_lock_file_cannot_be_opened_is_one_line_exit_5(tmp_path:
         assert done.stderr.strip().splitlines() == [
             "tidings: error: cannot open outbox.db.writer-lock beside outbox.db: Is a directory"
         ]
+
+
+def test_an_empty_body_from_standard_input_says_so(tmp_path: Path) -> None:
+    done = tidings(tmp_path, "publish", "a.b", "--body", "@-", stdin=b"")
+    assert (done.returncode, done.stderr.strip()) == (
+        4,
+        "tidings: error: body file (standard input) is empty",
+    )

@@ -139,7 +139,8 @@ async def test_queues_bound_for_other_topics_spend_no_attempt_of_a_waiting_unrou
     assert bus.outbox.status(["local"])[0].dead == 0
 
 
-async def test_flow_control_exceptions(bus: Bus, fast_app: App) -> None:
+async def test_flow_control_exceptions(bus: Bus, fast_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="tidings.runner")
     calls: dict[str, int] = {}
 
     @fast_app.subscribe("#")
@@ -163,6 +164,8 @@ async def test_flow_control_exceptions(bus: Bus, fast_app: App) -> None:
     letters = await dead_letters(bus, "svc", 2)
     reasons = {m.message.routing_key: m.message.headers["x-tidings-reason"] for m in letters}
     assert "not for us" in reasons["reject"]
+    # a rejection is said, as a failure on its last attempt is (it was only counted)
+    assert any("dead-lettered: rejected by handler: not for us" in r.getMessage() for r in caplog.records)
     assert "failed 3 times" in reasons["always.fails"] and "boom" in reasons["always.fails"]
 
 

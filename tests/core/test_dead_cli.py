@@ -284,7 +284,11 @@ def declared(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["requeue", "svc"], 2, "say which dead letters: --id ID (repeatable) or --all"),
+        (
+            ["requeue", "svc"],
+            2,
+            "say which dead letters: --id ID (repeatable) or --all; see tidings dead requeue --help",
+        ),
         (["drop", "svc"], 2, "say which dead letters"),
         (["drop", "svc", "--id", "1", "--all"], 2, "not both"),
         (["list", "nosuch", "--transport", "t"], 4, "has no queue 'nosuch.dead'"),

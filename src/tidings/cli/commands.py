@@ -137,6 +137,8 @@ def read_body(body: str) -> dict[str, Any]:
         if not name:
             raise InvalidEvent("--body @ needs a file name (@FILE, or @- for standard input)")
         raw = read_capped(name, "body file")
+        if not raw.strip():  # (rather than "malformed JSON: Input data was truncated")
+            raise InvalidEvent(f"body file {'(standard input)' if name == '-' else repr(name)} is empty")
     else:
         raw = body.encode()
     value = loads(raw)

@@ -111,11 +111,12 @@ def run(bus: Bus, target: Target, work: Callable[[DeadLetters], Awaitable[T]]) -
     return asyncio.run(connected())
 
 
-def _which(ids: list[str], all_: bool) -> list[str] | None:
+def _which(ids: list[str], all_: bool, command: str) -> list[str] | None:
+    see = f"; see tidings dead {command} --help"  # as every usage error says where to read more
     if ids and all_:
-        raise UsageError("say which dead letters: --id ID (repeatable) or --all, not both")
+        raise UsageError(f"say which dead letters: --id ID (repeatable) or --all, not both{see}")
     if not ids and not all_:
-        raise UsageError("say which dead letters: --id ID (repeatable) or --all")
+        raise UsageError(f"say which dead letters: --id ID (repeatable) or --all{see}")
     return None if all_ else ids
 
 
@@ -206,7 +207,7 @@ def dead_requeue(
 
     A copy is on the queue, confirmed by the broker, before its dead letter is removed.
     """
-    chosen = _which(ids, all_)
+    chosen = _which(ids, all_, "requeue")
     bus = load_bus(config)
     target = find_target(bus, queue, transport)
     count = run(bus, target, lambda dead: dead.requeue(target.queue, chosen))
@@ -227,7 +228,7 @@ def dead_drop(
     Example:
       tidings dead drop triage --id 3
     """
-    chosen = _which(ids, all_)
+    chosen = _which(ids, all_, "drop")
     bus = load_bus(config)
     target = find_target(bus, queue, transport)
     count = run(bus, target, lambda dead: dead.drop(target.queue, chosen))
