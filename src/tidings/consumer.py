@@ -171,7 +171,13 @@ class App:
     def handlers_for(self, topic: str) -> list[Subscription]:
         found = self._handlers_of.get(topic)
         if found is None:
-            found = [self.subscriptions[i] for i in sorted(self._routes.match(topic))]
+            found, handlers = [], set()
+            for i in sorted(self._routes.match(topic)):
+                sub = self.subscriptions[i]
+                # one function subscribed twice (two decorators) is one handler of the event
+                if id(sub.handler) not in handlers:
+                    handlers.add(id(sub.handler))
+                    found.append(sub)
             if len(self._handlers_of) >= HANDLER_CACHE_SIZE:
                 self._handlers_of.clear()  # topics with ids in them (Taskcluster's) must not grow it
             self._handlers_of[topic] = found

@@ -565,3 +565,16 @@ def test_halt_under_run_forever_ends_with_exit_8_in_one_line(tmp_path: Any) -> N
     assert done.returncode == 8, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "tidings: error: app stopper halted by its handler"
     assert "Traceback" not in done.stderr
+
+
+def test_a_function_subscribed_twice_is_called_once_per_event() -> None:
+    app = App("twice")
+    calls: list[str] = []
+
+    @app.subscribe("s.twice")
+    @app.subscribe("s.*")
+    def handler(event: Event) -> None:
+        calls.append(event.topic)
+
+    assert [sub.handler for sub in app.handlers_for("s.twice")] == [handler]
+    assert [sub.handler for sub in app.handlers_for("s.other")] == [handler]
