@@ -174,6 +174,11 @@ def test_raw_refuses_what_it_cannot_mean(client: TestClient, params: dict[str, A
     assert response.json()["error"]
 
 
+def test_a_refusal_echoes_every_value_of_a_repeated_parameter(client: TestClient) -> None:
+    got = client.get("/raw", params=[("topic", "a.b"), ("topic", "c.d"), ("rows_per_page", "0")]).json()
+    assert got["arguments"] == {"topic": ["a.b", "c.d"], "rows_per_page": "0"}
+
+
 # -- /id -----------------------------------------------------------------------------------
 
 

@@ -38,6 +38,15 @@ SEARCH_PARAMETERS = q.FILTERS | {"limit", "order", "cursor"}
 STREAM_PARAMETERS = q.FILTERS | {"backlog", "last_event_id"}
 
 
+def _given(params: Any) -> dict[str, Any]:
+    """The parameters as the request gave them: a repeated one as the list of its values."""
+    given: dict[str, Any] = {}
+    for key in params:
+        values = params.getlist(key)
+        given[key] = values if len(values) > 1 else values[0]
+    return given
+
+
 def bad(message: str, **extra: Any) -> Json:
     return Json({"error": message, **extra}, status_code=400)
 
@@ -69,7 +78,7 @@ async def raw(request: Request) -> Response:
         order = q.order_of(params)
         query = q.query_of(params, window, include_private=_private(request))
     except q.BadRequest as exc:
-        return bad(str(exc), arguments=dict(params.multi_items()))
+        return bad(str(exc), arguments=_given(params))
     found = await run_in_threadpool(
         lambda: _archive(request).numbered(query, page=page, rows_per_page=rows, order=order)
     )
@@ -96,7 +105,7 @@ async def raw(request: Request) -> Response:
                 f"page {page} of {rows} rows holds more than {q.PAGE_BYTES // 2**20} MiB of events; "
                 f"ask for fewer rows_per_page (at most {len(messages) - 1} of these fit), or page "
                 "through /v2/search, whose pages end early by bytes",
-                arguments=dict(params.multi_items()),
+                arguments=_given(params),
             )
     rest = {"count": len(messages), "pages": found.pages, "total": found.total, "arguments": arguments}
     return _listing("raw_messages", messages, rest)
