@@ -542,18 +542,16 @@ async def _hand_back(delivery: Delivery) -> None:
 def _check_finished(handler: Any, returned: Any) -> None:
     """A handler that returned work instead of doing it (a coroutine it forgot to await, a
     generator) did nothing: its failure, not an ack."""
-    kind = (
-        "a coroutine"
-        if inspect.isawaitable(returned)
-        else "a generator"
-        if inspect.isgenerator(returned) or inspect.isasyncgen(returned)
-        else None
-    )
-    if kind is None:
+    if returned is None:  # what almost every handler returns
         return
-    closing = getattr(returned, "close", None) or getattr(returned, "aclose", None)
+    if inspect.isawaitable(returned):
+        kind = "an awaitable (a coroutine?)"
+    elif inspect.isgenerator(returned) or inspect.isasyncgen(returned):
+        kind = "a generator"
+    else:
+        return
     if inspect.iscoroutine(returned) or inspect.isgenerator(returned):
-        closing()  # (no "never awaited" warning beside our error)
+        returned.close()  # (no "never awaited" warning beside our error)
     name = getattr(handler, "__qualname__", type(handler).__name__)
     raise TypeError(
         f"handler {name} returned {kind} instead of running it: await it, or make the handler "
