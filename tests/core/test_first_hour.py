@@ -522,3 +522,20 @@ def test_a_second_dispatcher_says_so_in_one_line_without_announcing_itself(tmp_p
         ]
     finally:
         assert stop(first, signal.SIGTERM) == 0
+
+
+def test_config_show_fills_in_a_transport_s_defaults_and_what_it_prints_loads_again(tmp_path: Path) -> None:
+    """ "Defaults filled in", said its help: the embedded default's lease and poll were left out."""
+    local = show(tmp_path)["config"]["transports"]["local"]
+    assert (local["lease"], local["poll"]) == (30.0, 0.01)
+    (tmp_path / "tidings.toml").write_text(
+        '[transports.rabbit]\nkind = "amqp"\nurl = "amqp://guest:guest@127.0.0.1:9/"\n'
+        '[connectors.rabbit]\ntransport = "rabbit"\n'
+    )
+    printed = tidings(tmp_path, "config", "show")
+    assert printed.returncode == 0, printed.stderr
+    assert "heartbeat = 15.0" in printed.stdout and "guest:***@" in printed.stdout
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "tidings.toml").write_text(printed.stdout.replace("guest:***@", "guest:guest@"))
+    assert tidings(again, "config", "check").returncode == 0

@@ -14,7 +14,9 @@ from tidings.bus import Bus
 from tidings.cli import app, err
 from tidings.cli.commands import ConfigOpt, JsonOpt, check_plugins, load_bus, out
 from tidings.config import Config
+from tidings.errors import ConfigError
 from tidings.redact import MASK, mask_url, redact
+from tidings.transport import transport_plugin
 
 config_app = typer.Typer(help="Show the configuration in force and check it.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -81,7 +83,23 @@ def effective(config: Config) -> dict[str, Any]:
         raw.pop(computed, None)
     for section, name in config.expanded:  # [bridges.NAME] stands for them, and is shown
         raw[section].pop(name, None)
+    for name, table in raw.get("transports", {}).items():
+        raw["transports"][name] = _with_defaults(name, table)
     return {key: value for key, value in _without_none(raw).items() if value not in ({}, [])}
+
+
+def _with_defaults(name: str, table: dict[str, Any]) -> dict[str, Any]:
+    """A transport's table with the options its plug-in fills in (as it is shown, unchanged when
+    the plug-in cannot say: not installed, or a plug-in without settings)."""
+    options = {key: value for key, value in table.items() if key != "kind"}
+    try:
+        plugin = transport_plugin(str(table.get("kind")))
+        if plugin.settings is None:
+            return table
+        parsed = plugin.parse(options, f"[transports.{name}]")
+    except ConfigError:
+        return table
+    return {"kind": table.get("kind"), **msgspec.to_builtins(parsed)}
 
 
 def _without_none(value: Any) -> Any:
