@@ -34,8 +34,6 @@ CREATE INDEX IF NOT EXISTS inbox_by_age ON inbox (handled_at);
 """
 #: records deleted per purge transaction: short enough not to stall a handler's transaction
 PURGE_BATCH = 1000
-#: seconds ctx.transaction() in an async handler waits for another transaction to end
-LOOP_WAIT = 0.1
 
 
 class Inbox:
@@ -46,22 +44,28 @@ class Inbox:
 
     async def aseen(self, consumer: str, event_id: str) -> bool:
         """:meth:`seen` for the event loop: a handler's transaction may hold the lock for long."""
-        if self._lock.acquire(blocking=False):  # the common case: no transaction open
-            try:
-                return self._seen(consumer, event_id)
-            finally:
-                self._lock.release()
-        return await asyncio.to_thread(self.seen, consumer, event_id)
+        await self._acquire_on_the_loop()
+        try:
+            return self._seen(consumer, event_id)
+        finally:
+            self._lock.release()
 
     async def amark(self, consumer: str, event_id: str) -> None:
         """:meth:`mark` for the event loop (as :meth:`aseen`)."""
-        if self._lock.acquire(blocking=False):
-            try:
-                self._mark(consumer, event_id)
-            finally:
-                self._lock.release()
-        else:
-            await asyncio.to_thread(self.mark, consumer, event_id)
+        await self._acquire_on_the_loop()
+        try:
+            self._mark(consumer, event_id)
+        finally:
+            self._lock.release()
+
+    async def _acquire_on_the_loop(self) -> None:
+        """Take the lock without stopping the loop (the holder may be a handler awaiting on it)
+        and without parking a thread of the loop's shared executor on it (the holder may need
+        one): tried again after short sleeps. Cancelled meanwhile, it holds nothing."""
+        wait = 0.001
+        while not self._lock.acquire(blocking=False):
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.02)
 
     def _seen(self, consumer: str, event_id: str) -> bool:
         row = self._db.execute(
@@ -88,19 +92,9 @@ class Inbox:
     @contextmanager
     def transaction(self, consumer: str, event_id: str) -> Iterator[sqlite3.Connection]:
         """Run the caller's writes and the inbox record in one transaction (see Context.transaction).
-
-        On an event loop's thread (an async handler) it waits for the lock a moment only (a sync
-        handler's transaction on a thread ends by itself): a longer wait there would stop the
-        loop, and with it an async handler holding the lock across an ``await``.
-        """
-        if on_an_event_loop():
-            if not self._lock.acquire(timeout=LOOP_WAIT):
-                raise StorageError(
-                    "ctx.transaction() in an async handler while another handler's transaction is "
-                    "open: use `async with ctx.atransaction()`, which waits without stopping the loop"
-                )
-        else:
-            self._lock.acquire()
+        In an async handler that awaits inside it, use :meth:`atransaction`: this one waits for the
+        lock on the thread it runs on, and on the event loop's that stops the loop meanwhile."""
+        self._lock.acquire()
         try:
             with self._in_transaction(consumer, event_id) as db:
                 yield db
@@ -109,14 +103,9 @@ class Inbox:
 
     @asynccontextmanager
     async def atransaction(self, consumer: str, event_id: str) -> AsyncIterator[sqlite3.Connection]:
-        """:meth:`transaction` for async handlers that await inside it: the lock is waited for on
-        a thread, so the event loop (and the handler holding it) go on meanwhile."""
-        acquiring = asyncio.ensure_future(asyncio.to_thread(self._lock.acquire))
-        try:
-            await asyncio.shield(acquiring)
-        except asyncio.CancelledError:  # the thread takes the lock anyway: give it back then
-            acquiring.add_done_callback(lambda _: self._lock.release())
-            raise
+        """:meth:`transaction` for async handlers that await inside it: the lock is waited for
+        without stopping the event loop, so the handler holding it goes on meanwhile."""
+        await self._acquire_on_the_loop()
         try:
             with self._in_transaction(consumer, event_id) as db:
                 yield db
@@ -160,12 +149,3 @@ class Inbox:
 
     def close(self) -> None:
         self._db.close()
-
-
-def on_an_event_loop() -> bool:
-    """Whether this thread runs an event loop (an async handler's code runs here)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -544,8 +544,8 @@ def _check_finished(handler: Any, returned: Any) -> None:
     generator) did nothing: its failure, not an ack."""
     if returned is None:  # what almost every handler returns
         return
-    if inspect.isawaitable(returned):
-        kind = "an awaitable (a coroutine?)"
+    if inspect.iscoroutine(returned):  # (a Task or Future returned on purpose runs anyway)
+        kind = "a coroutine"
     elif inspect.isgenerator(returned) or inspect.isasyncgen(returned):
         kind = "a generator"
     else:

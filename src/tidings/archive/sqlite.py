@@ -292,7 +292,7 @@ def _up_to(cursor: sqlite3.Cursor, max_bytes: int) -> list[tuple[Any, ...]]:
         if rows and read >= max_bytes:
             break
         rows.append(row)
-        read += len(row[-1])  # the body, as stored
+        read += len(row[-1].encode()) if isinstance(row[-1], str) else len(row[-1])  # the body's bytes
     return rows
 
 
