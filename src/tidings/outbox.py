@@ -35,7 +35,7 @@ from tidings.doorbell import Doorbell
 from tidings.errors import InvalidEvent, OutboxError
 from tidings.event import Event, loads
 from tidings.groupcommit import GroupCommit
-from tidings.sqlite import LogSync, WriterLock, connect, explain, rollback
+from tidings.sqlite import LogSync, WriterLock, connect, explain, rollback, rows_up_to
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -294,15 +294,7 @@ class Outbox:
         with self._db_lock:
             try:
                 cursor = self._db.execute(sql, tuple(params))
-                if max_bytes is None:
-                    return cursor.fetchall()
-                rows, read = [], 0
-                for row in cursor:
-                    if rows and read >= max_bytes:
-                        break
-                    rows.append(row)
-                    read += len(row[2])
-                return rows
+                return cursor.fetchall() if max_bytes is None else rows_up_to(cursor, max_bytes, 2)
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path.name}: {explain(exc)}") from None
 

@@ -17,6 +17,7 @@ import fcntl
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from tidings.errors import OutboxError, StorageError
 
@@ -110,6 +111,20 @@ class LogSync:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def rows_up_to(cursor: sqlite3.Cursor, max_bytes: int, column: int) -> list[tuple[Any, ...]]:
+    """A query's rows, one at a time, until those read hold ``max_bytes`` bytes in ``column``
+    (text counted encoded); the first row always: a batch of large values stays bounded."""
+    rows: list[tuple[Any, ...]] = []
+    read = 0
+    for row in cursor:
+        if rows and read >= max_bytes:
+            break
+        rows.append(row)
+        value = row[column]
+        read += len(value.encode()) if isinstance(value, str) else len(value)
+    return rows
 
 
 class WriterLock:

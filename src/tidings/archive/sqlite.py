@@ -37,7 +37,7 @@ from tidings.archive.rows import (
 )
 from tidings.errors import StorageError, TidingsError
 from tidings.event import Event, dumps, loads
-from tidings.sqlite import connect, explain, rollback
+from tidings.sqlite import connect, explain, rollback, rows_up_to
 from tidings.topics import topic_matches
 
 SCHEMA = """
@@ -233,7 +233,7 @@ class SqliteArchive:
         try:
             with self._lock:
                 cursor = self._db.execute(sql, params)
-                rows = cursor.fetchall() if max_bytes is None else _up_to(cursor, max_bytes)
+                rows = cursor.fetchall() if max_bytes is None else rows_up_to(cursor, max_bytes, -1)
         except sqlite3.Error as exc:
             raise StorageError(f"archive {self.path.name}: {explain(exc)}") from None
         return [_archived(row) for row in rows]
@@ -283,17 +283,6 @@ def _tag_rows(rows: list[tuple[int, str | None]]) -> list[tuple[int, str, int]]:
         ):
             tags.extend((kind, value, seq) for value in values)
     return tags
-
-
-def _up_to(cursor: sqlite3.Cursor, max_bytes: int) -> list[tuple[Any, ...]]:
-    """The rows, one at a time, until the next would start past ``max_bytes`` of bodies read."""
-    rows, read = [], 0
-    for row in cursor:
-        if rows and read >= max_bytes:
-            break
-        rows.append(row)
-        read += len(row[-1].encode()) if isinstance(row[-1], str) else len(row[-1])  # the body's bytes
-    return rows
 
 
 def _archived(row: tuple[Any, ...]) -> Archived:
